@@ -1,0 +1,1 @@
+"""The Ray programs users submit (segment, train, evaluate) and the helpers they share."""

@@ -1,0 +1,226 @@
+"""The Ray Data stages of a segmentation run, from a listing of URIs to Parquet parts.
+
+    listing -> prepare (CPU tasks: read, decode, letterbox)
+            -> Segmenter (actor pool: one U-Net replica per actor, GPU if asked)
+            -> finalize (CPU tasks: mask back to full size, palette PNG, statistics)
+            -> write_parts (CPU tasks: one images + one class_stats Parquet file per batch)
+
+Every input row comes out as exactly one output row: a file that cannot be read or decoded
+carries its reason in `error` through every stage instead of failing its block.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.storage import filesystem, join, read_bytes
+from unet_core import (
+    DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, load_artifact,
+    unletterbox,
+)
+
+IMAGES_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("image_uri", pa.string()),
+    ("source_size", pa.int64()), ("source_version", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()),
+    ("status", pa.string()), ("error", pa.string()), ("mask_png", pa.binary()),
+    ("model_name", pa.string()), ("model_sha256", pa.string()),
+    ("processed_at", pa.timestamp("us", tz="UTC")),
+])
+CLASS_STATS_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("image_uri", pa.string()),
+    ("class_id", pa.int16()), ("class_name", pa.string()),
+    ("pixels", pa.int64()), ("fraction", pa.float64()), ("mean_confidence", pa.float64()),
+])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What every stage needs to know of the model, without loading it."""
+
+    uri: str
+    name: str
+    sha256: str
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    input_size: int
+
+
+def image_id(uri: str) -> str:
+    """A stable id from the URI: safe as an object key whatever the file is called."""
+    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:20]
+
+
+def prepare(batch: dict, input_size: int, max_pixels: int) -> dict:
+    """Read and decode each image and letterbox it to the model input; failures become error rows."""
+    count = len(batch["image_uri"])
+    pixels = np.zeros((count, input_size, input_size, 3), np.uint8)
+    boxes = np.zeros((count, 4), np.int32)
+    width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
+    errors = np.full(count, "", dtype=object)
+    for row, uri in enumerate(batch["image_uri"]):
+        try:
+            image = decode_image(read_bytes(uri), max_pixels=max_pixels)
+        except DecodeError as exc:
+            errors[row] = str(exc)
+            continue
+        except OSError as exc:
+            errors[row] = f"cannot read file ({exc.__class__.__name__}: {exc})"
+            continue
+        height[row], width[row] = image.shape[:2]
+        pixels[row], box = letterbox(image, input_size)
+        boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
+    return {
+        **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
+        "width": width, "height": height, "error": errors, "pixels": pixels, "box": boxes,
+    }
+
+
+class Segmenter:
+    """Holds one model replica for the life of its actor and segments batches of letterboxed images."""
+
+    def __init__(self, model_uri: str, batch_size: int, precision: str, threads: int, allow_unsafe: bool = False):
+        from unet_core.predict import Predictor, configure_tensorflow
+
+        configure_tensorflow(threads)
+        self.predictor = Predictor(load_artifact(model_uri, allow_unsafe=allow_unsafe), batch_size, precision)
+
+    def __call__(self, batch: dict) -> dict:
+        ok = batch["error"] == ""
+        size = batch["pixels"].shape[1:3]
+        masks = np.zeros((len(ok),) + size, np.uint8)
+        confidence = np.zeros((len(ok),) + size, np.float16)
+        if ok.any():
+            predicted, probability = self.predictor.predict(batch["pixels"][ok])
+            masks[ok], confidence[ok] = predicted, probability.astype(np.float16)
+        out = {key: value for key, value in batch.items() if key != "pixels"}
+        return {**out, "mask": masks, "confidence": confidence}
+
+
+def finalize(batch: dict, model: ModelInfo) -> dict:
+    """Map each mask back to its image's own size, encode it and count its classes."""
+    count, classes = len(batch["image_uri"]), len(model.class_names)
+    stats = {name: np.zeros((count, classes), dtype) for name, dtype in
+             (("pixels", np.int64), ("fraction", np.float64), ("mean_confidence", np.float64))}
+    mask_png = np.full(count, None, dtype=object)
+    for row in range(count):
+        if batch["error"][row]:
+            continue
+        top, left, inner_h, inner_w = (int(v) for v in batch["box"][row])
+        box = Letterbox(int(batch["height"][row]), int(batch["width"][row]), model.input_size, top, left, inner_h, inner_w)
+        mask = unletterbox(batch["mask"][row], box)
+        result = class_statistics(mask, unletterbox(batch["confidence"][row], box), classes)
+        mask_png[row] = encode_mask_png(mask, list(model.colors))
+        stats["pixels"][row], stats["fraction"][row], stats["mean_confidence"][row] = (
+            result.pixels, result.fraction, result.mean_confidence)
+    out = {key: value for key, value in batch.items() if key not in ("mask", "confidence", "box")}
+    return {**out, "mask_png": mask_png, **{f"stats_{k}": v for k, v in stats.items()}}
+
+
+def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict:
+    """Write one images file and one class_stats file for this batch; report what was written.
+
+    File names are fresh UUIDs under the run's partition, never derived from input names.
+    """
+    images = _images_table(batch, model)
+    class_stats = _class_stats_table(batch, model)
+    part = f"part-{uuid.uuid4().hex}.parquet"
+    for dataset, table in (("images", images), ("class_stats", class_stats)):
+        fs, path = filesystem(join(output, dataset, f"run_id={run_id}", part))
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+    ok = batch["error"] == ""
+    return {
+        "part": np.array([part], dtype=object),
+        "rows": np.array([len(ok)]), "ok": np.array([int(ok.sum())]),
+        "class_pixels": batch["stats_pixels"][ok].sum(axis=0, keepdims=True),
+    }
+
+
+def _images_table(batch: dict, model: ModelInfo) -> pa.Table:
+    count = len(batch["image_uri"])
+    errors = batch["error"]
+    now = dt.datetime.now(dt.timezone.utc)
+    return pa.table({
+        "image_id": pa.array(batch["image_id"], pa.string()),
+        "image_uri": pa.array(batch["image_uri"], pa.string()),
+        "source_size": pa.array(batch["source_size"], pa.int64()),
+        "source_version": pa.array(batch["source_version"], pa.string()),
+        "width": pa.array(batch["width"], pa.int32()),
+        "height": pa.array(batch["height"], pa.int32()),
+        "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
+        "error": pa.array([e or None for e in errors], pa.string()),
+        "mask_png": pa.array(list(batch["mask_png"]), pa.binary()),
+        "model_name": pa.array([model.name] * count, pa.string()),
+        "model_sha256": pa.array([model.sha256] * count, pa.string()),
+        "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
+    }, schema=IMAGES_SCHEMA)
+
+
+def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
+    ok = np.flatnonzero(batch["error"] == "")
+    classes = len(model.class_names)
+    confidence = batch["stats_mean_confidence"][ok].ravel()
+    return pa.table({
+        "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
+        "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
+        "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
+        "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
+        "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
+        "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
+        "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
+    }, schema=CLASS_STATS_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the run is laid out on the cluster."""
+
+    min_actors: int
+    max_actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    batch_size: int
+    cpus_per_task: float = 0.5
+    """Decode and post-processing tasks: a fraction, so reads never starve beside the actors."""
+    rows_per_file: int = 256
+
+
+def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, output: str, run_id: str,
+                  precision: str, max_pixels: int, allow_unsafe: bool = False):
+    """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
+    import ray
+
+    tasks = {"num_cpus": resources.cpus_per_task}
+    return (
+        ray.data.from_arrow(_slices(listing, resources.batch_size))
+        .map_batches(prepare, batch_size=resources.batch_size, fn_kwargs={
+            "input_size": model.input_size, "max_pixels": max_pixels}, **tasks)
+        .map_batches(
+            Segmenter, batch_size=resources.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
+            num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor,
+            fn_constructor_kwargs={
+                "model_uri": model.uri, "batch_size": resources.batch_size, "precision": precision,
+                "threads": max(1, round(resources.cpus_per_actor)), "allow_unsafe": allow_unsafe,
+            },
+        )
+        .map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
+        .map_batches(write_parts, batch_size=resources.rows_per_file,
+                     fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
+    )
+
+
+def _slices(listing: pa.Table, batch_size: int, max_blocks: int = 4096) -> list[pa.Table]:
+    """Cut the listing into blocks on the driver: a shuffle task would need a whole CPU that
+    a small machine has already given to the actors."""
+    rows = max(batch_size, -(-len(listing) // max_blocks))
+    return [listing.slice(start, rows) for start in range(0, len(listing), rows)]

@@ -1,0 +1,226 @@
+"""Segment every image of a collection with a U-Net artifact; write masks and per-class statistics to Parquet.
+
+    python jobs/segment.py --input s3://bucket/photos/ --output s3://bucket/seg/ --model s3://bucket/models/v3
+    python jobs/segment.py --demo
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from jobs import runs  # noqa: E402
+from jobs.errors import UserError, run_main  # noqa: E402
+from jobs.pipeline import ModelInfo, Resources, build_dataset  # noqa: E402
+from jobs.storage import list_inputs  # noqa: E402
+from unet_core import DEFAULT_MAX_PIXELS, read_metadata  # noqa: E402
+from unet_core.predict import PRECISIONS  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    inputs: list[str]
+    output: str
+    model: str
+    batch_size: int = 8
+    actors: str = "auto"
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float = 0.0
+    precision: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    rows_per_file: int = 256
+    run_id: str | None = None
+    address: str | None = None
+    unsafe_allow_code: bool = False
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
+    parser = argparse.ArgumentParser(
+        prog="segment.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", metavar="URI", dest="inputs",
+                        help="folders or prefixes (recursive), globs, single images, or list files "
+                             "(.txt/.csv/.parquet of URIs: the way to pass millions of images)")
+    parser.add_argument("--output", metavar="URI", help="output root: images/, class_stats/ and runs/ go under it")
+    parser.add_argument("--model", metavar="URI", help="model artifact folder (see unet_core.save_artifact)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8,
+                        help="images per model call; fixed, the last batch is padded (default: 8)")
+    parser.add_argument("--actors", default="auto", metavar="MIN[:MAX]",
+                        help="size of the autoscaling pool of model replicas (default: auto = 1 up to what "
+                             "the cluster's GPUs or nodes hold)")
+    parser.add_argument("--cpus-per-actor", type=_positive_float, default=None,
+                        help="CPUs reserved per replica; TensorFlow's thread pool is sized to it (default: 1 "
+                             "with GPUs, else the largest node's CPUs minus 0.5 left for decoding)")
+    parser.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0,
+                        help="GPUs per replica: 1 pins one GPU each, 0.5 puts two replicas on a GPU (default: 0)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
+    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--rows-per-file", type=_positive_int, default=256,
+                        help="images per Parquet file (default: 256)")
+    parser.add_argument("--run-id", default=None,
+                        help="name of this run (default: UTC time + random suffix); rerunning an unfinished "
+                             "run id discards its partial output and completes it")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to use (default: the one this job was submitted to, else a local "
+                             "Ray started in-process)")
+    parser.add_argument("--unsafe-allow-code", action="store_true",
+                        help="UNSAFE: load models whose file carries code (Lambda layers); only for models you trust")
+    parser.add_argument("--demo", action="store_true",
+                        help="make synthetic scenes and a small model trained on them, segment them into "
+                             "./demo-output/ and report the mIoU against the true masks")
+    args = parser.parse_args(argv)
+    if args.demo:
+        args.inputs = args.inputs or []
+        args.output = args.output or "demo-output"
+        args.model = args.model or ""
+    missing = [flag for flag, value in (("--input", args.inputs), ("--output", args.output), ("--model", args.model))
+               if value is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or use --demo)")
+    if args.run_id:
+        runs.check_run_id(args.run_id)
+    fields = {f.name for f in dataclasses.fields(SegmentConfig)}
+    return SegmentConfig(**{k: v for k, v in vars(args).items() if k in fields}), args.demo
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here."""
+    import ray
+
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+def plan_resources(config: SegmentConfig) -> Resources:
+    """Turn the flags and what the cluster has into an actor-pool layout."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    max_node_cpus = max((n.get("CPU", 0) for n in nodes), default=1)
+    total_gpus = sum(n.get("GPU", 0) for n in nodes)
+    gpus = config.gpus_per_actor
+    if gpus > 0 and total_gpus < gpus:
+        raise UserError(f"--gpus-per-actor {gpus}: the cluster has {total_gpus:g} GPUs")
+    cpus = config.cpus_per_actor or (1.0 if gpus else max(0.5, max_node_cpus - 0.5))
+    if cpus > max_node_cpus:
+        raise UserError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max_node_cpus:g})")
+    if config.actors == "auto":
+        fit = int(total_gpus // gpus) if gpus else sum(int(n.get("CPU", 0) // cpus) for n in nodes)
+        low, high = 1, max(1, fit)
+    else:
+        low, high = _parse_actors(config.actors)
+    return Resources(low, high, cpus, gpus, config.batch_size, rows_per_file=config.rows_per_file)
+
+
+def _parse_actors(text: str) -> tuple[int, int]:
+    try:
+        low, _, high = text.partition(":")
+        low, high = int(low), int(high or low)
+    except ValueError:
+        raise UserError(f"--actors {text!r}: expected MIN or MIN:MAX, e.g. 2 or 1:8") from None
+    if not 1 <= low <= high:
+        raise UserError(f"--actors {text!r}: need 1 <= MIN <= MAX")
+    return low, high
+
+
+def model_info(uri: str) -> ModelInfo:
+    meta = read_metadata(uri)
+    height, width = meta.input_size
+    if height != width:
+        raise UserError(f"{uri}: letterboxing needs a square model input, this one is {height}x{width}")
+    return ModelInfo(uri, meta.name, meta.sha256, tuple(meta.class_names), tuple(meta.colors), height)
+
+
+def segment(config: SegmentConfig) -> dict:
+    """Run the job and commit it; returns the manifest."""
+    model = model_info(config.model)
+    listing = list_inputs(config.inputs)
+    if len(listing) == 0:
+        raise UserError(f"no images found in {' '.join(config.inputs)}")
+    run_id = config.run_id or runs.new_run_id()
+    if runs.is_committed(config.output, run_id):
+        raise UserError(f"run {run_id} is already committed in {config.output}; pick another --run-id")
+    stale = runs.discard_parts(config.output, run_id)
+    if stale:
+        print(f"discarded {stale} files of an unfinished earlier attempt of run {run_id}")
+    connect_ray(config.address)
+    resources = plan_resources(config)
+    print(f"run {run_id}: {len(listing)} images, model {model.name} ({model.sha256[:12]}), "
+          f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
+          + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
+    started = time.time()
+    dataset = build_dataset(listing, model, resources, config.output, run_id, config.precision,
+                            config.max_pixels, config.unsafe_allow_code)
+    parts = dataset.take_all()
+    wall = time.time() - started
+    rows = sum(int(p["rows"]) for p in parts)
+    ok = sum(int(p["ok"]) for p in parts)
+    if rows != len(listing):
+        raise RuntimeError(f"run {run_id}: {rows} result rows for {len(listing)} inputs; not committing")
+    class_pixels = [int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))]
+    manifest = {
+        "config": dataclasses.asdict(config),
+        "model": {"uri": model.uri, "name": model.name, "sha256": model.sha256, "class_names": list(model.class_names)},
+        "counts": {"inputs": rows, "ok": ok, "errors": rows - ok},
+        "class_pixels": dict(zip(model.class_names, class_pixels)),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(rows / wall, 3) if wall > 0 else None,
+    }
+    manifest_path = runs.commit(config.output, run_id, manifest, {str(p["part"]) for p in parts})
+    return {**manifest, "run_id": run_id, "manifest_uri": manifest_path}
+
+
+def print_summary(manifest: dict) -> None:
+    counts = manifest["counts"]
+    total = sum(manifest["class_pixels"].values()) or 1
+    shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in manifest["class_pixels"].items())
+    print(f"run {manifest['run_id']}: {counts['inputs']} images, {counts['ok']} ok, {counts['errors']} errors "
+          f"in {manifest['wall_seconds']:.1f} s ({manifest['images_per_second']} images/s)")
+    print(f"class shares: {shares}")
+    print(f"committed: {manifest['manifest_uri']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, demo = parse_args(argv)
+    if demo:
+        from jobs.demo import run_demo
+
+        return run_demo(config, segment, print_summary)
+    print_summary(segment(config))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

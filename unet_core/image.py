@@ -1,0 +1,127 @@
+"""Image bytes in, model-ready pixels out, and the geometry to map a mask back.
+
+Every failure to decode raises `DecodeError` with a reason a person can act on, so the
+pipeline can turn it into an error row instead of a dead job.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Refuse images above this many pixels before decoding (decompression bombs)."""
+
+
+class DecodeError(ValueError):
+    """The bytes are not an image this system can read; the message says why."""
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to an upright RGB uint8 array of shape (height, width, 3)."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    image = _open(data, max_pixels)
+    try:
+        image.seek(0)
+        image = ImageOps.exif_transpose(image)
+        return np.asarray(_to_rgb(image), dtype=np.uint8)
+    except DecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DecodeError(f"corrupt or truncated image data ({exc})") from exc
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"image too large to decode safely ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DecodeError(f"not a recognised image format ({exc})") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"image has {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{max_pixels:,} (raise --max-pixels to allow it)"
+        )
+    if width < 1 or height < 1:
+        raise DecodeError(f"image has no pixels ({width}x{height})")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; high bit depths are scaled, transparency goes to black."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(image))).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map 16-bit, 32-bit or float grey levels to 0..255 by the range of the stored type.
+
+    A fixed range (not per-image min/max) keeps brightness comparable across a collection.
+    """
+    peak = float(values.max(initial=0))
+    if values.dtype.kind == "f":
+        top = 1.0 if peak <= 1.0 else 255.0
+    elif values.dtype == np.uint16 or peak > 255:
+        top = 65535.0
+    else:
+        top = 255.0
+    return np.clip(values.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image of `height` x `width` sits inside the square model input."""
+
+    height: int
+    width: int
+    size: int
+    top: int
+    left: int
+    inner_height: int
+    inner_width: int
+
+    @classmethod
+    def fit(cls, height: int, width: int, size: int) -> "Letterbox":
+        scale = size / max(height, width)
+        inner_h = max(1, min(size, round(height * scale)))
+        inner_w = max(1, min(size, round(width * scale)))
+        return cls(height, width, size, (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w)
+
+
+def letterbox(image: np.ndarray, size: int, resample: int = Image.BILINEAR) -> tuple[np.ndarray, Letterbox]:
+    """Scale an image to fit a size x size square, keeping its aspect ratio, padded with black."""
+    box = Letterbox.fit(image.shape[0], image.shape[1], size)
+    resized = Image.fromarray(image).resize((box.inner_width, box.inner_height), resample)
+    canvas = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
+    canvas[box.top:box.top + box.inner_height, box.left:box.left + box.inner_width] = np.asarray(resized)
+    return canvas, box
+
+
+def unletterbox(values: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Map a per-pixel map (mask, confidence) from model input space back to the original image.
+
+    Nearest-neighbour at pixel centres: each original pixel takes the value of the model pixel
+    its centre falls in, so an upscaled letterbox maps back exactly.
+    """
+    rows = box.top + _nearest_index(box.height, box.inner_height)
+    cols = box.left + _nearest_index(box.width, box.inner_width)
+    return values[rows[:, None], cols[None, :]]
+
+
+def _nearest_index(original: int, scaled: int) -> np.ndarray:
+    centres = (np.arange(original) + 0.5) * (scaled / original)
+    return np.minimum(centres.astype(np.int64), scaled - 1)

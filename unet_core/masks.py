@@ -1,0 +1,75 @@
+"""Masks as palette PNGs and per-class statistics of one mask."""
+from __future__ import annotations
+
+import colorsys
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+VOC_CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+def default_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """Pascal VOC's colour map: the palette every VOC tool already knows."""
+    colors = []
+    for index in range(num_classes):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colors.append((r, g, b))
+    return colors if num_classes <= 256 else colors + _hue_colors(num_classes - 256)
+
+
+def _hue_colors(count: int) -> list[tuple[int, int, int]]:
+    return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / count, 0.8, 0.9)) for i in range(count)]
+
+
+def encode_mask_png(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> bytes:
+    """Encode a class-index mask losslessly; the palette makes it viewable as a colour image."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D; got shape {mask.shape}")
+    if len(colors) > 256:
+        raise ValueError("palette PNG masks hold at most 256 classes")
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette([channel for color in colors for channel in color])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def decode_mask_png(data: bytes) -> np.ndarray:
+    """Read back the class indices of a palette PNG (the palette itself is ignored)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"expected a palette or grey mask PNG; got mode {image.mode}")
+        return np.asarray(image, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Per-class figures of one mask, each array indexed by class id."""
+
+    pixels: np.ndarray
+    fraction: np.ndarray
+    mean_confidence: np.ndarray
+    """NaN where a class has no pixels."""
+
+
+def class_statistics(mask: np.ndarray, confidence: np.ndarray, num_classes: int) -> ClassStats:
+    """Pixel count, share of the image and mean softmax confidence of each class in one mask."""
+    labels = mask.ravel().astype(np.int64)
+    pixels = np.bincount(labels, minlength=num_classes)[:num_classes]
+    confidence_sum = np.bincount(labels, weights=confidence.ravel().astype(np.float64), minlength=num_classes)[:num_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.where(pixels > 0, confidence_sum / np.maximum(pixels, 1), np.nan)
+    return ClassStats(pixels, pixels / max(labels.size, 1), mean_confidence)

@@ -1,0 +1,39 @@
+"""Segmentation metrics from one confusion matrix, so they add up exactly across images and workers."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Counts[t, p] of pixels with true class t predicted as p; ignored and out-of-range labels drop out."""
+    truth = truth.ravel().astype(np.int64)
+    pred = pred.ravel().astype(np.int64)
+    keep = (truth >= 0) & (truth < num_classes)
+    if ignore_index is not None:
+        keep &= truth != ignore_index
+    index = truth[keep] * num_classes + pred[keep]
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+    """Intersection over union of each class; NaN for a class absent from both truth and prediction."""
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def dice_per_class(confusion: np.ndarray) -> np.ndarray:
+    tp = np.diag(confusion).astype(np.float64)
+    total = confusion.sum(0) + confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2 * tp / np.maximum(total, 1), np.nan)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """Mean over the classes that occur (in truth or prediction)."""
+    return float(np.nanmean(iou_per_class(confusion)))
+
+
+def pixel_accuracy(confusion: np.ndarray) -> float:
+    return float(np.trace(confusion) / max(confusion.sum(), 1))

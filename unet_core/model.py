@@ -1,0 +1,81 @@
+"""The seed U-Net: a VGG16 encoder and a four-stage upsampling decoder.
+
+Layer names follow Keras' VGG16 (`block{i}_conv{j}`) so ImageNet VGG16 weights load by name.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+ENCODER_BLOCKS = ((1, 2), (2, 2), (4, 3), (8, 3), (8, 3))
+"""(width multiple of base_filters, convolutions) for VGG16 blocks 1..5."""
+
+DECODER_WIDTHS = (8, 4, 2, 1)
+"""Width multiples of the decoder stages fusing feat4, feat3, feat2, feat1."""
+
+
+def build_unet(
+    num_classes: int = 21,
+    input_shape: tuple[int, int, int] = (512, 512, 3),
+    base_filters: int = 64,
+    activation: str = "relu",
+    name: str = "unet",
+) -> keras.Model:
+    """Build the seed U-Net; the defaults give the seed's exact 24,892,437-parameter model.
+
+    `base_filters` scales every block, so tests run a narrow replica of the same graph.
+    """
+    height, width = input_shape[0], input_shape[1]
+    if height % 16 or width % 16:
+        raise ValueError(
+            f"U-Net input sides must be multiples of 16 (four 2x2 poolings); got {height}x{width}"
+        )
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2; got {num_classes}")
+    inputs = keras.Input(shape=input_shape, name="image")
+    features = _encoder(inputs, base_filters, activation)
+    outputs = _decoder(features, base_filters, activation, num_classes)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _encoder(x, base_filters: int, activation: str) -> list:
+    features = []
+    for block, (multiple, convs) in enumerate(ENCODER_BLOCKS, start=1):
+        if block > 1:
+            x = layers.MaxPooling2D(2, strides=2, name=f"block{block - 1}_pool")(x)
+        for conv in range(1, convs + 1):
+            x = layers.Conv2D(
+                base_filters * multiple, 3, activation=activation, padding="same",
+                name=f"block{block}_conv{conv}",
+            )(x)
+        features.append(x)
+    return features
+
+
+def _decoder(features: list, base_filters: int, activation: str, num_classes: int):
+    x = features[-1]
+    for stage, (skip, multiple) in enumerate(zip(reversed(features[:-1]), DECODER_WIDTHS)):
+        level = 4 - stage
+        x = layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
+        x = layers.Concatenate(axis=-1, name=f"up{level}_concat")([skip, x])
+        for conv in (1, 2):
+            x = layers.Conv2D(
+                base_filters * multiple, 3, activation=activation, padding="same",
+                kernel_initializer="he_normal", name=f"up{level}_conv{conv}",
+            )(x)
+    return layers.Conv2D(
+        num_classes, 1, activation="softmax", dtype="float32", name="final_conv"
+    )(x)
+
+
+def unet_config(model: keras.Model) -> dict:
+    """Read back the `build_unet` arguments of a model, so it can be rebuilt (e.g. in bfloat16)."""
+    try:
+        base_filters = model.get_layer("block1_conv1").filters
+    except ValueError as exc:
+        raise ValueError("model is not a seed U-Net (no layer block1_conv1)") from exc
+    return {
+        "num_classes": int(model.output_shape[-1]),
+        "input_shape": tuple(int(d) for d in model.input_shape[1:]),
+        "base_filters": int(base_filters),
+    }

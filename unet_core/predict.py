@@ -1,0 +1,112 @@
+"""Batched inference: uint8 images in, class masks and confidences out.
+
+One compiled `tf.function` with a fixed batch shape serves every call (the last partial batch
+is padded), so TensorFlow traces once per process and never again.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from unet_core.artifact import Artifact
+from unet_core.model import build_unet, unet_config
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def configure_tensorflow(threads: int | None = None) -> None:
+    """Size TF's thread pools to this process's CPU share and let GPUs grow memory on demand.
+
+    Must run before TensorFlow executes its first op in the process.
+    """
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' means the fastest precision the device runs natively: bfloat16 on CPUs with bf16
+    instructions, float16 on GPUs, float32 otherwise."""
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "float16"
+    return "bfloat16" if _cpu_has_bf16() else "float32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def model_in_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The same weights under a mixed-precision policy (a .keras file pins its own dtypes)."""
+    if precision == "float32":
+        return model
+    with _dtype_policy(f"mixed_{precision}"):
+        rebuilt = build_unet(**unet_config(model))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+class Predictor:
+    """Runs one artifact's model on batches of letterboxed uint8 images."""
+
+    def __init__(self, artifact: Artifact, batch_size: int, precision: str = "auto"):
+        self.precision = resolve_precision(precision)
+        self.batch_size = batch_size
+        self.num_classes = artifact.metadata.num_classes
+        self._model = model_in_precision(artifact.model, self.precision)
+        height, width = artifact.metadata.input_size
+        norm = artifact.metadata.normalization
+        self._mean = tf.constant(norm["mean"], tf.float32)
+        self._std = tf.constant(norm["std"], tf.float32)
+        self._forward = tf.function(
+            self._forward_graph,
+            input_signature=[tf.TensorSpec([batch_size, height, width, 3], tf.uint8)],
+        )
+
+    def _forward_graph(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = (tf.cast(images, tf.float32) / 255.0 - self._mean) / self._std
+        probabilities = tf.cast(self._model(x, training=False), tf.float32)
+        return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.reduce_max(probabilities, axis=-1)
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (N, H, W) uint8 and the winning class's softmax probability (N, H, W) float32."""
+        masks, confidences = [], []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            padded = _pad_batch(chunk, self.batch_size)
+            mask, confidence = self._forward(padded)
+            masks.append(mask.numpy()[: len(chunk)])
+            confidences.append(confidence.numpy()[: len(chunk)])
+        if not masks:
+            empty = (0,) + images.shape[1:3]
+            return np.zeros(empty, np.uint8), np.zeros(empty, np.float32)
+        return np.concatenate(masks), np.concatenate(confidences)
+
+
+def _pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+    if len(images) == batch_size:
+        return images
+    padding = np.zeros((batch_size - len(images),) + images.shape[1:], images.dtype)
+    return np.concatenate([images, padding])
