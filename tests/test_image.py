@@ -1,0 +1,101 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import jpeg_with_orientation, png_bytes
+from unet_core import DecodeError, Letterbox, decode_image, letterbox, unletterbox
+
+RNG = np.random.default_rng(0)
+
+
+def _encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make, expected_pixel", [
+    (lambda: Image.new("L", (5, 4), 77), (77, 77, 77)),
+    (lambda: Image.new("LA", (5, 4), (200, 0)), (0, 0, 0)),  # fully transparent over black
+    (lambda: Image.new("RGBA", (5, 4), (10, 20, 30, 255)), (10, 20, 30)),
+    (lambda: Image.new("RGB", (5, 4), (1, 2, 3)), (1, 2, 3)),
+])
+def test_decode_modes_to_rgb(make, expected_pixel):
+    out = decode_image(png_bytes(make()))
+    assert out.shape == (4, 5, 3) and out.dtype == np.uint8
+    assert tuple(out[0, 0]) == expected_pixel
+
+
+def test_palette_with_transparency_composites_on_black():
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    assert tuple(decode_image(png_bytes(image, transparency=1))[0, 0]) == (0, 0, 0)
+    assert tuple(decode_image(png_bytes(image))[0, 0]) == (250, 10, 10)
+
+
+def test_sixteen_bit_grey_scales_by_type_range():
+    values = np.array([[0, 65535], [32768, 257]], dtype=np.uint16)
+    for data in (png_bytes(Image.fromarray(values)), _encoded(Image.fromarray(values), "TIFF")):
+        out = decode_image(data)
+        assert out[..., 0].tolist() == [[0, 255], [128, 1]]
+
+
+def test_cmyk_jpeg_decodes_to_rgb():
+    out = decode_image(_encoded(Image.new("CMYK", (8, 6), (0, 255, 255, 0)), "JPEG"))
+    assert out.shape == (6, 8, 3)
+    assert out[0, 0, 0] > 200 and out[0, 0, 1] < 60
+
+
+def test_exif_orientation_is_applied():
+    array = np.zeros((10, 30, 3), np.uint8)
+    array[:, :5] = 255  # bright band on the left
+    out = decode_image(jpeg_with_orientation(array, 6))  # 6: rotate 90 degrees clockwise to view
+    assert out.shape == (30, 10, 3)
+    assert out[:5].mean() > 200 and out[-5:].mean() < 50  # the left band is now on top
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty"),
+    (b"plain text, not an image", "not a recognised image"),
+    (png_bytes(Image.new("RGB", (64, 64), 5))[:80], "corrupt or truncated"),
+])
+def test_undecodable_bytes_raise_decode_error(data, reason):
+    with pytest.raises(DecodeError, match=reason):
+        decode_image(data)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = png_bytes(Image.new("L", (300, 200)))
+    with pytest.raises(DecodeError, match="60,000 pixels, above the limit of 59,999"):
+        decode_image(data, max_pixels=59_999)
+    assert decode_image(data, max_pixels=60_000).shape == (200, 300, 3)
+
+
+@pytest.mark.parametrize("height, width", [(37, 129), (129, 37), (1, 1), (3, 40), (64, 64)])
+def test_letterbox_round_trip_is_exact_when_upscaling(height, width):
+    image = RNG.integers(0, 255, (height, width), dtype=np.uint8)
+    boxed, box = letterbox(image, 256, Image.NEAREST)
+    assert boxed.shape == (256, 256)
+    np.testing.assert_array_equal(unletterbox(boxed, box), image)
+
+
+@pytest.mark.parametrize("height, width", [(513, 257), (257, 513), (1000, 31)])
+def test_mask_round_trip_is_exact_when_downscaling(height, width):
+    """Model-space masks map to every original pixel and back without losing a model pixel."""
+    box = Letterbox.fit(height, width, 512)
+    mask = RNG.integers(0, 20, (512, 512), dtype=np.uint8)
+    original = unletterbox(mask, box)
+    assert original.shape == (height, width)
+    again, again_box = letterbox(original, 512, Image.NEAREST)
+    assert again_box == box
+    inner = np.s_[box.top:box.top + box.inner_height, box.left:box.left + box.inner_width]
+    np.testing.assert_array_equal(again[inner], mask[inner])
+
+
+def test_letterbox_keeps_aspect_and_centres():
+    box = Letterbox.fit(100, 400, 64)
+    assert (box.inner_height, box.inner_width, box.top, box.left) == (16, 64, 24, 0)
+    boxed, _ = letterbox(np.full((100, 400, 3), 255, np.uint8), 64)
+    assert boxed[:24].max() == 0 and boxed[40:].max() == 0 and boxed[24:40].min() == 255

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from unet_core import class_statistics, decode_mask_png, default_colors, encode_mask_png
+from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy
+
+
+def test_palette_png_round_trip_is_lossless():
+    mask = np.random.default_rng(1).integers(0, 21, (37, 129), dtype=np.uint8)
+    data = encode_mask_png(mask, default_colors(21))
+    np.testing.assert_array_equal(decode_mask_png(data), mask)
+    from PIL import Image
+    import io
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "P"
+        assert image.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]  # VOC colours
+
+
+def test_statistics_sum_to_the_image_and_average_confidence_per_class():
+    mask = np.array([[0, 0, 1], [1, 1, 3]], np.uint8)
+    confidence = np.array([[0.5, 0.7, 0.9], [0.8, 0.7, 0.4]], np.float32)
+    stats = class_statistics(mask, confidence, num_classes=4)
+    assert stats.pixels.tolist() == [2, 3, 0, 1]
+    assert stats.pixels.sum() == mask.size
+    np.testing.assert_allclose(stats.fraction, [2 / 6, 3 / 6, 0, 1 / 6])
+    np.testing.assert_allclose(stats.mean_confidence[[0, 1, 3]], [0.6, 0.8, 0.4], rtol=1e-6)
+    assert np.isnan(stats.mean_confidence[2])
+
+
+def test_metrics_from_a_hand_counted_confusion_matrix():
+    truth = np.array([0, 0, 1, 1, 2, 255])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    cm = confusion_matrix(truth, pred, 3, ignore_index=255)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    np.testing.assert_allclose(iou_per_class(cm), [1 / 3, 2 / 3, 0.0])
+    np.testing.assert_allclose(dice_per_class(cm), [0.5, 0.8, 0.0])
+    assert mean_iou(cm) == pytest.approx(1 / 3)
+    assert pixel_accuracy(cm) == pytest.approx(3 / 5)

@@ -1,0 +1,49 @@
+import ast
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from unet_core import build_unet, unet_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_default_model_is_the_seed_architecture():
+    model = build_unet()
+    assert model.count_params() == 24_892_437
+    assert model.input_shape == (None, 512, 512, 3)
+    assert model.output_shape == (None, 512, 512, 21)
+    vgg = [layer.name for layer in model.layers if layer.name.startswith("block") and "conv" in layer.name]
+    assert vgg == [f"block{b}_conv{c}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for c in range(1, n + 1)]
+    assert [model.get_layer(name).filters for name in vgg] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    decoder = [layer.filters for layer in model.layers if layer.name.startswith("up") and "conv" in layer.name]
+    assert decoder == [512, 512, 256, 256, 128, 128, 64, 64]
+    assert model.layers[-1].activation.__name__ == "softmax"
+
+
+def test_tiny_replica_output_shape_and_probabilities():
+    model = build_unet(num_classes=5, input_shape=(48, 64, 3), base_filters=4)
+    out = model(np.random.default_rng(0).random((2, 48, 64, 3), dtype=np.float32)).numpy()
+    assert out.shape == (2, 48, 64, 5)
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
+    assert unet_config(model) == {"num_classes": 5, "input_shape": (48, 64, 3), "base_filters": 4}
+
+
+@pytest.mark.parametrize("shape", [(100, 128, 3), (128, 8, 3)])
+def test_input_sides_must_be_multiples_of_16(shape):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        build_unet(input_shape=shape, base_filters=2)
+
+
+def test_unet_core_never_imports_ray():
+    for path in (ROOT / "unet_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "ray" or n.startswith("ray.") for n in names), f"{path} imports ray"
+    code = "import sys, unet_core, unet_core.predict, unet_core.synthetic, unet_core.metrics; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

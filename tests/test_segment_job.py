@@ -1,0 +1,109 @@
+"""The segment job end to end, as a user runs it: a subprocess with real Ray and TensorFlow."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from conftest import TINY_CLASSES
+from unet_core import decode_mask_png
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_job(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_dataset(output, name: str):
+    return pads.dataset(os.path.join(output, name), format="parquet", partitioning="hive").to_table()
+
+
+def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_folder):
+    folder = os.path.dirname(mixed_folder["grey.png"])
+    output = str(tmp_path / "out")
+    done = run_job("segment.py", "--input", folder, "--output", output, "--model", tiny_artifact,
+                   "--batch-size", "4", "--run-id", "mixed-1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run mixed-1: 7 images, 6 ok, 1 errors" in done.stdout
+
+    images = read_dataset(output, "images").to_pylist()
+    by_name = {os.path.relpath(row["image_uri"], folder): row for row in images}
+    assert sorted(by_name) == sorted(mixed_folder)  # notes.txt is not an image
+    assert {row["run_id"] for row in images} == {"mixed-1"}
+    corrupt = by_name.pop("corrupt.png")
+    assert corrupt["status"] == "error" and "truncated" in corrupt["error"] and corrupt["mask_png"] is None
+    expected_sizes = {"grey.png": (50, 40), "rgba.png": (65, 33), "palette.png": (129, 37), "grey16.png": (19, 21),
+                      "nested/rotated.jpg": (37, 129), "nested/deeper/odd.png": (257, 513)}
+    for name, row in by_name.items():
+        assert row["status"] == "ok" and row["error"] is None, name
+        assert (row["width"], row["height"]) == expected_sizes[name], name
+        assert decode_mask_png(row["mask_png"]).shape == (row["height"], row["width"])
+        assert row["model_sha256"] == json.load(open(os.path.join(tiny_artifact, "metadata.json")))["sha256"]
+
+    stats = read_dataset(output, "class_stats").to_pylist()
+    assert len(stats) == 6 * len(TINY_CLASSES)
+    for image_id in {row["image_id"] for row in stats}:
+        rows = [row for row in stats if row["image_id"] == image_id]
+        image = next(r for r in by_name.values() if r["image_id"] == image_id)
+        mask = decode_mask_png(image["mask_png"])
+        assert [r["class_name"] for r in rows] == TINY_CLASSES or sorted(r["class_id"] for r in rows) == [0, 1, 2]
+        for row in rows:
+            assert row["pixels"] == int((mask == row["class_id"]).sum())
+            assert row["fraction"] == pytest.approx(row["pixels"] / mask.size)
+        assert sum(r["pixels"] for r in rows) == image["width"] * image["height"]
+
+    manifest = json.load(open(os.path.join(output, "runs", "mixed-1.json")))
+    assert manifest["status"] == "committed"
+    assert manifest["counts"] == {"inputs": 7, "ok": 6, "errors": 1}
+    assert len(manifest["files"]["images"]) == len(list((tmp_path / "out" / "images" / "run_id=mixed-1").glob("*.parquet")))
+
+    sql = duckdb.sql(
+        f"SELECT status, count(*) FROM read_parquet('{output}/images/**/*.parquet', hive_partitioning=true) "
+        "GROUP BY status ORDER BY status").fetchall()
+    assert sql == [("error", 1), ("ok", 6)]
+    total = duckdb.sql(
+        f"SELECT sum(pixels) FROM read_parquet('{output}/class_stats/**/*.parquet', hive_partitioning=true) "
+        "WHERE run_id = 'mixed-1'").fetchall()[0][0]
+    assert total == sum(r["width"] * r["height"] for r in by_name.values())
+
+
+def test_list_file_input_and_second_run_beside_the_first(tmp_path, tiny_artifact, mixed_folder):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two images\n{mixed_folder['grey.png']}\n{mixed_folder['rgba.png']}\n")
+    output = str(tmp_path / "out")
+    for run_id in ("first", "second"):
+        done = run_job("segment.py", "--input", str(listing), "--output", output, "--model", tiny_artifact,
+                       "--run-id", run_id, "--actors", "1", "--cpus-per-actor", "1")
+        assert done.returncode == 0, done.stderr[-3000:]
+    images = read_dataset(output, "images")
+    assert images.num_rows == 4
+    assert sorted(images.column("run_id").to_pylist()) == ["first", "first", "second", "second"]
+    again = run_job("segment.py", "--input", str(listing), "--output", output, "--model", tiny_artifact,
+                    "--run-id", "first")
+    assert again.returncode == 2 and "already committed" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "/no/such/folder", "--output", "x", "--model", "MODEL"], "/no/such/folder: no such file or folder"),
+    (["--input", "INPUT", "--output", "x", "--model", "/no/model"], "no model artifact at /no/model"),
+    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--actors", "3:1"], "--actors '3:1'"),
+    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--run-id", "../up"], "--run-id '../up'"),
+    (["--input", "INPUT", "--output", "x"], "required: --model"),
+    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--batch-size", "0"], "must be at least 1"),
+])
+def test_user_errors_are_one_line_without_traceback(args, message, tiny_artifact, mixed_folder):
+    folder = os.path.dirname(mixed_folder["grey.png"])
+    args = [tiny_artifact if a == "MODEL" else folder if a == "INPUT" else a for a in args]
+    done = run_job("segment.py", *args, timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error") or "error:" in line]) == 1
