@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import posixpath
 import uuid
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,7 +159,8 @@ def _images_table(batch: dict, model: ModelInfo) -> pa.Table:
         "height": pa.array(batch["height"], pa.int32()),
         "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
         "error": pa.array([e or None for e in errors], pa.string()),
-        "mask_png": pa.array(list(batch["mask_png"]), pa.binary()),
+        # a batch of only failures reaches here with the all-null column read back as floats
+        "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
         "model_name": pa.array([model.name] * count, pa.string()),
         "model_sha256": pa.array([model.sha256] * count, pa.string()),
         "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
@@ -178,6 +180,10 @@ def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
         "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
         "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
     }, schema=CLASS_STATS_SCHEMA)
+
+
+ACTOR_RESTARTS = 4
+"""A replica that dies (OOM, node loss, crash) is restarted and its batch retried this many times."""
 
 
 @dataclass(frozen=True)
@@ -200,11 +206,14 @@ def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, out
     import ray
 
     tasks = {"num_cpus": resources.cpus_per_task}
-    return (
-        ray.data.from_arrow(_slices(listing, resources.batch_size))
-        .map_batches(prepare, batch_size=resources.batch_size, fn_kwargs={
-            "input_size": model.input_size, "max_pixels": max_pixels}, **tasks)
-        .map_batches(
+    prepared = ray.data.from_arrow(_slices(listing, resources.batch_size)).map_batches(
+        prepare, batch_size=resources.batch_size,
+        fn_kwargs={"input_size": model.input_size, "max_pixels": max_pixels}, **tasks)
+    with warnings.catch_warnings():
+        # Ray Data restarts dead replicas and retries their batches without limit by default, and
+        # names no parameter to bound it yet: the (deprecated) remote args are the only way.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        segmented = prepared.map_batches(
             Segmenter, batch_size=resources.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor,
@@ -212,8 +221,10 @@ def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, out
                 "model_uri": model.uri, "batch_size": resources.batch_size, "precision": precision,
                 "threads": max(1, round(resources.cpus_per_actor)), "allow_unsafe": allow_unsafe,
             },
+            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
         )
-        .map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
+    return (
+        segmented.map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
         .map_batches(write_parts, batch_size=resources.rows_per_file,
                      fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
     )

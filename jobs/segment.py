@@ -22,7 +22,7 @@ from jobs import runs  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import ModelInfo, Resources, build_dataset  # noqa: E402
 from jobs.storage import list_inputs  # noqa: E402
-from unet_core import DEFAULT_MAX_PIXELS, read_metadata  # noqa: E402
+from unet_core import DEFAULT_MAX_PIXELS, load_artifact  # noqa: E402
 from unet_core.predict import PRECISIONS  # noqa: E402
 
 
@@ -39,6 +39,10 @@ class SegmentConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     rows_per_file: int = 256
     run_id: str | None = None
+    incremental: bool = False
+    retry_errors: bool = False
+    max_error_rate: float = 1.0
+    stale_after_hours: float = 24.0
     address: str | None = None
     unsafe_allow_code: bool = False
 
@@ -70,6 +74,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     parser.add_argument("--run-id", default=None,
                         help="name of this run (default: UTC time + random suffix); rerunning an unfinished "
                              "run id discards its partial output and completes it")
+    parser.add_argument("--incremental", action="store_true",
+                        help="skip images (same URI, size and mtime/ETag) that a committed run of the same "
+                             "model already processed")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="with --incremental, process again images whose earlier result was an error")
+    parser.add_argument("--max-error-rate", type=_fraction, default=1.0, metavar="R",
+                        help="exit with status 3 when more than this fraction of the processed images failed; "
+                             "all rows are still written and committed (default: 1.0, never)")
+    parser.add_argument("--stale-after-hours", type=_non_negative_float, default=24.0,
+                        help="delete files of runs that never committed and were last written this long ago "
+                             "(default: 24)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to use (default: the one this job was submitted to, else a local "
                              "Ray started in-process)")
@@ -104,6 +119,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -154,8 +176,10 @@ def _parse_actors(text: str) -> tuple[int, int]:
     return low, high
 
 
-def model_info(uri: str) -> ModelInfo:
-    meta = read_metadata(uri)
+def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:
+    """Load the artifact once here, so a refused, tampered or corrupt model is one clear error
+    before any replica starts."""
+    meta = load_artifact(uri, allow_unsafe=allow_unsafe).metadata
     height, width = meta.input_size
     if height != width:
         raise UserError(f"{uri}: letterboxing needs a square model input, this one is {height}x{width}")
@@ -164,35 +188,28 @@ def model_info(uri: str) -> ModelInfo:
 
 def segment(config: SegmentConfig) -> dict:
     """Run the job and commit it; returns the manifest."""
-    model = model_info(config.model)
+    model = model_info(config.model, config.unsafe_allow_code)
     listing = list_inputs(config.inputs)
     if len(listing) == 0:
         raise UserError(f"no images found in {' '.join(config.inputs)}")
     run_id = config.run_id or runs.new_run_id()
     if runs.is_committed(config.output, run_id):
         raise UserError(f"run {run_id} is already committed in {config.output}; pick another --run-id")
-    stale = runs.discard_parts(config.output, run_id)
-    if stale:
-        print(f"discarded {stale} files of an unfinished earlier attempt of run {run_id}")
-    connect_ray(config.address)
-    resources = plan_resources(config)
-    print(f"run {run_id}: {len(listing)} images, model {model.name} ({model.sha256[:12]}), "
-          f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
-          + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
+    _discard_unfinished(config, run_id)
+    todo, skipped = runs.select_new(listing, config.output, model.sha256, config.retry_errors) \
+        if config.incremental else (listing, 0)
     started = time.time()
-    dataset = build_dataset(listing, model, resources, config.output, run_id, config.precision,
-                            config.max_pixels, config.unsafe_allow_code)
-    parts = dataset.take_all()
+    parts = _process(todo, model, config, run_id) if todo.num_rows else []
     wall = time.time() - started
     rows = sum(int(p["rows"]) for p in parts)
     ok = sum(int(p["ok"]) for p in parts)
-    if rows != len(listing):
-        raise RuntimeError(f"run {run_id}: {rows} result rows for {len(listing)} inputs; not committing")
+    if rows != todo.num_rows:
+        raise RuntimeError(f"run {run_id}: {rows} result rows for {todo.num_rows} inputs; not committing")
     class_pixels = [int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))]
     manifest = {
         "config": dataclasses.asdict(config),
         "model": {"uri": model.uri, "name": model.name, "sha256": model.sha256, "class_names": list(model.class_names)},
-        "counts": {"inputs": rows, "ok": ok, "errors": rows - ok},
+        "counts": {"inputs": listing.num_rows, "skipped": skipped, "processed": rows, "ok": ok, "errors": rows - ok},
         "class_pixels": dict(zip(model.class_names, class_pixels)),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_seconds": round(wall, 3),
@@ -202,14 +219,40 @@ def segment(config: SegmentConfig) -> dict:
     return {**manifest, "run_id": run_id, "manifest_uri": manifest_path}
 
 
+def _discard_unfinished(config: SegmentConfig, run_id: str) -> None:
+    """Same run id: redo it from scratch. Other runs: clean those abandoned long ago."""
+    stale = runs.discard_parts(config.output, run_id)
+    if stale:
+        print(f"discarded {stale} files of an unfinished earlier attempt of run {run_id}")
+    for old in runs.clean_stale(config.output, config.stale_after_hours):
+        print(f"deleted the files of run {old}, which never committed")
+
+
+def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str) -> list[dict]:
+    connect_ray(config.address)
+    resources = plan_resources(config)
+    print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
+          f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
+          + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
+    dataset = build_dataset(todo, model, resources, config.output, run_id, config.precision,
+                            config.max_pixels, config.unsafe_allow_code)
+    return dataset.take_all()
+
+
 def print_summary(manifest: dict) -> None:
     counts = manifest["counts"]
     total = sum(manifest["class_pixels"].values()) or 1
     shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in manifest["class_pixels"].items())
-    print(f"run {manifest['run_id']}: {counts['inputs']} images, {counts['ok']} ok, {counts['errors']} errors "
+    print(f"run {manifest['run_id']}: {counts['inputs']} images, {counts['skipped']} skipped, "
+          f"{counts['processed']} processed: {counts['ok']} ok, {counts['errors']} errors "
           f"in {manifest['wall_seconds']:.1f} s ({manifest['images_per_second']} images/s)")
     print(f"class shares: {shares}")
     print(f"committed: {manifest['manifest_uri']}")
+
+
+def error_rate_exceeded(manifest: dict, limit: float) -> bool:
+    counts = manifest["counts"]
+    return counts["processed"] > 0 and counts["errors"] / counts["processed"] > limit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.demo import run_demo
 
         return run_demo(config, segment, print_summary)
-    print_summary(segment(config))
+    manifest = segment(config)
+    print_summary(manifest)
+    if error_rate_exceeded(manifest, config.max_error_rate):
+        print(f"error: {manifest['counts']['errors']} of {manifest['counts']['processed']} images failed, "
+              f"above --max-error-rate {config.max_error_rate:g}", file=sys.stderr)
+        return 3
     return 0
 
 

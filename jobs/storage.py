@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import os
 import posixpath
 from typing import Iterator
@@ -101,31 +100,39 @@ def _version(info: dict) -> tuple[int, str]:
 
 
 def _read_list_file(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> Iterator[tuple[str, int, str]]:
-    """URIs named in a list file; their size and version are not looked up (that is the point
-    of a list file for collections too large to list), so they read as unknown."""
+    """URIs named in a list file, never looked up (that is the point of a list file for collections
+    too large to list). Size and version come from `size` and `etag`/`version` columns where the
+    file has them (as an S3 Inventory report does), else they read as unknown (-1, '')."""
     base = spec.rsplit("/", 1)[0] if "/" in spec else "."
-    for entry in _list_file_entries(fs, spec, path):
+    for entry, size, version in _list_file_entries(fs, spec, path):
         uri = entry if "://" in entry or os.path.isabs(entry) else join(base, entry)
-        yield uri, -1, ""
+        yield uri, size, version
 
 
-def _list_file_entries(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> list[str]:
-    if path.lower().endswith(".parquet"):
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle)
-        column = next((c for c in ("image_uri", "uri", "path") if c in table.column_names), None)
+def _list_file_entries(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> list[tuple[str, int, str]]:
+    if path.lower().endswith((".parquet", ".csv")):
+        rows = _table_rows(fs, spec, path)
+        column = next((c for c in ("image_uri", "uri", "path") if rows and c in rows[0]), None)
         if column is None:
-            raise UserError(f"{spec}: a Parquet list file needs an image_uri, uri or path column")
-        return [value for value in table.column(column).to_pylist() if value]
+            raise UserError(f"{spec}: a {path.rsplit('.', 1)[-1]} list file needs an image_uri, uri or path column")
+        version = next((c for c in ("etag", "version", "mtime") if c in rows[0]), None)
+        return [(str(row[column]).strip(), int(row["size"]) if row.get("size") not in (None, "") else -1,
+                 str(row[version]).strip('"') if version and row[version] is not None else "")
+                for row in rows if row[column] and str(row[column]).strip()]
     with fs.open(path, "r", encoding="utf-8") as handle:
-        text = handle.read()
-    if path.lower().endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        column = next((c for c in ("image_uri", "uri", "path") if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise UserError(f"{spec}: a CSV list file needs an image_uri, uri or path column")
-        return [row[column].strip() for row in reader if row[column].strip()]
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        lines = handle.read().splitlines()
+    return [(line.strip(), -1, "") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _table_rows(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> list[dict]:
+    try:
+        if path.lower().endswith(".parquet"):
+            with fs.open(path, "rb") as handle:
+                return pq.read_table(handle).to_pylist()
+        with fs.open(path, "r", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (pa.ArrowInvalid, csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"{spec}: cannot read list file ({exc})") from exc
 
 
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:

@@ -99,3 +99,11 @@ def test_letterbox_keeps_aspect_and_centres():
     assert (box.inner_height, box.inner_width, box.top, box.left) == (16, 64, 24, 0)
     boxed, _ = letterbox(np.full((100, 400, 3), 255, np.uint8), 64)
     assert boxed[:24].max() == 0 and boxed[40:].max() == 0 and boxed[24:40].min() == 255
+
+
+def test_animated_gif_decodes_its_first_frame():
+    frames = [Image.new("RGB", (6, 4), color) for color in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out = decode_image(buffer.getvalue())
+    assert out.shape == (4, 6, 3) and out[0, 0, 0] > 200 and out[0, 0, 2] < 50

@@ -32,7 +32,7 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
     done = run_job("segment.py", "--input", folder, "--output", output, "--model", tiny_artifact,
                    "--batch-size", "4", "--run-id", "mixed-1")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "run mixed-1: 7 images, 6 ok, 1 errors" in done.stdout
+    assert "run mixed-1: 7 images, 0 skipped, 7 processed: 6 ok, 1 errors" in done.stdout
 
     images = read_dataset(output, "images").to_pylist()
     by_name = {os.path.relpath(row["image_uri"], folder): row for row in images}
@@ -62,7 +62,7 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
 
     manifest = json.load(open(os.path.join(output, "runs", "mixed-1.json")))
     assert manifest["status"] == "committed"
-    assert manifest["counts"] == {"inputs": 7, "ok": 6, "errors": 1}
+    assert manifest["counts"] == {"inputs": 7, "skipped": 0, "processed": 7, "ok": 6, "errors": 1}
     assert len(manifest["files"]["images"]) == len(list((tmp_path / "out" / "images" / "run_id=mixed-1").glob("*.parquet")))
 
     sql = duckdb.sql(

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Refuse images above this many pixels before decoding (decompression bombs)."""
@@ -42,8 +42,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large to decode safely ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError("not a recognised image format") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DecodeError(f"not a recognised image format ({exc})") from exc
+        raise DecodeError(f"corrupt or truncated image data ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise DecodeError(
