@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from jobs.storage import filesystem, join, read_bytes
 from unet_core import (
-    DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, load_artifact,
+    DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, load_artifact,
     unletterbox,
 )
 
@@ -59,10 +59,11 @@ def image_id(uri: str) -> str:
     return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:20]
 
 
-def prepare(batch: dict, input_size: int, max_pixels: int) -> dict:
-    """Read and decode each image and letterbox it to the model input; failures become error rows."""
+def prepare(batch: dict, input_size: int, max_pixels: int, tile: bool = False) -> dict:
+    """Read and decode each image, letterboxed to the model input (or whole, for tiling);
+    failures become error rows."""
     count = len(batch["image_uri"])
-    pixels = np.zeros((count, input_size, input_size, 3), np.uint8)
+    images = []
     boxes = np.zeros((count, 4), np.int32)
     width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
     errors = np.full(count, "", dtype=object)
@@ -71,38 +72,76 @@ def prepare(batch: dict, input_size: int, max_pixels: int) -> dict:
             image = decode_image(read_bytes(uri), max_pixels=max_pixels)
         except DecodeError as exc:
             errors[row] = str(exc)
-            continue
         except OSError as exc:
             errors[row] = f"cannot read file ({exc.__class__.__name__}: {exc})"
+        if errors[row]:
+            images.append(np.zeros((1, 1, 3) if tile else (input_size, input_size, 3), np.uint8))
             continue
         height[row], width[row] = image.shape[:2]
-        pixels[row], box = letterbox(image, input_size)
-        boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
+        if tile:
+            images.append(image)
+            boxes[row] = (0, 0, height[row], width[row])
+        else:
+            boxed, box = letterbox(image, input_size)
+            images.append(boxed)
+            boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
     return {
         **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
-        "width": width, "height": height, "error": errors, "pixels": pixels, "box": boxes,
+        "width": width, "height": height, "error": errors, "box": boxes,
+        "pixels": _ragged(images) if tile else np.stack(images),
     }
 
 
-class Segmenter:
-    """Holds one model replica for the life of its actor and segments batches of letterboxed images."""
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """An object array of differently shaped arrays (Ray Data stores it as a variable-shape tensor)."""
+    out = np.empty(len(arrays), dtype=object)
+    for index, array in enumerate(arrays):
+        out[index] = array
+    return out
 
-    def __init__(self, model_uri: str, batch_size: int, precision: str, threads: int, allow_unsafe: bool = False):
+
+class Segmenter:
+    """Holds one model replica for the life of its actor and segments batches of prepared images."""
+
+    def __init__(self, model_uri: str, batch_size: int, precision: str, threads: int, allow_unsafe: bool = False,
+                 tile_overlap: float | None = None, tta: bool = False):
         from unet_core.predict import Predictor, configure_tensorflow
 
         configure_tensorflow(threads)
-        self.predictor = Predictor(load_artifact(model_uri, allow_unsafe=allow_unsafe), batch_size, precision)
+        self.predictor = Predictor(load_artifact(model_uri, allow_unsafe=allow_unsafe), batch_size, precision, tta)
+        self.tile_overlap = tile_overlap
 
     def __call__(self, batch: dict) -> dict:
         ok = batch["error"] == ""
-        size = batch["pixels"].shape[1:3]
-        masks = np.zeros((len(ok),) + size, np.uint8)
-        confidence = np.zeros((len(ok),) + size, np.float16)
-        if ok.any():
-            predicted, probability = self.predictor.predict(batch["pixels"][ok])
-            masks[ok], confidence[ok] = predicted, probability.astype(np.float16)
         out = {key: value for key, value in batch.items() if key != "pixels"}
+        if self.tile_overlap is None:
+            masks, confidence = self._letterboxed(batch["pixels"], ok)
+        else:
+            masks, confidence = self._tiled(batch["pixels"], ok)
         return {**out, "mask": masks, "confidence": confidence}
+
+    def _letterboxed(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        masks = np.zeros(pixels.shape[:3], np.uint8)
+        confidence = np.zeros(pixels.shape[:3], np.float16)
+        if ok.any():
+            predicted, probability = self.predictor.predict(pixels[ok])
+            masks[ok], confidence[ok] = predicted, probability.astype(np.float16)
+        return masks, confidence
+
+    def _tiled(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from unet_core.tiling import sliding_window
+
+        masks, confidence = [], []
+        for image, good in zip(pixels, ok):
+            if not good:
+                masks.append(np.zeros((1, 1), np.uint8))
+                confidence.append(np.zeros((1, 1), np.float16))
+                continue
+            mask, probability = sliding_window(image, self.predictor.probabilities, self.predictor.input_size,
+                                               self.predictor.num_classes, self.tile_overlap)
+            masks.append(mask)
+            confidence.append(probability.astype(np.float16))
+        return _ragged(masks), _ragged(confidence)
 
 
 def finalize(batch: dict, model: ModelInfo) -> dict:
@@ -200,15 +239,28 @@ class Resources:
     rows_per_file: int = 256
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How each image is fed to the model."""
+
+    precision: str = "auto"
+    tile_overlap: float | None = None
+    """None: letterbox the whole image into one model input; else sliding-window tiles at full size."""
+    tta: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_unsafe: bool = False
+
+
 def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, output: str, run_id: str,
-                  precision: str, max_pixels: int, allow_unsafe: bool = False):
+                  inference: Inference):
     """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
     import ray
 
     tasks = {"num_cpus": resources.cpus_per_task}
     prepared = ray.data.from_arrow(_slices(listing, resources.batch_size)).map_batches(
         prepare, batch_size=resources.batch_size,
-        fn_kwargs={"input_size": model.input_size, "max_pixels": max_pixels}, **tasks)
+        fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels,
+                   "tile": inference.tile_overlap is not None}, **tasks)
     with warnings.catch_warnings():
         # Ray Data restarts dead replicas and retries their batches without limit by default, and
         # names no parameter to bound it yet: the (deprecated) remote args are the only way.
@@ -218,8 +270,9 @@ def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, out
             compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor,
             fn_constructor_kwargs={
-                "model_uri": model.uri, "batch_size": resources.batch_size, "precision": precision,
-                "threads": max(1, round(resources.cpus_per_actor)), "allow_unsafe": allow_unsafe,
+                "model_uri": model.uri, "batch_size": resources.batch_size, "precision": inference.precision,
+                "threads": max(1, round(resources.cpus_per_actor)), "allow_unsafe": inference.allow_unsafe,
+                "tile_overlap": inference.tile_overlap, "tta": inference.tta,
             },
             max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
         )

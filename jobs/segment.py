@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jobs import runs  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.pipeline import ModelInfo, Resources, build_dataset  # noqa: E402
+from jobs.pipeline import Inference, ModelInfo, Resources, build_dataset  # noqa: E402
 from jobs.storage import list_inputs  # noqa: E402
 from unet_core import DEFAULT_MAX_PIXELS, load_artifact  # noqa: E402
 from unet_core.predict import PRECISIONS  # noqa: E402
@@ -36,6 +36,9 @@ class SegmentConfig:
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     precision: str = "auto"
+    mode: str = "letterbox"
+    tile_overlap: float = 0.25
+    tta: str = "none"
     max_pixels: int = DEFAULT_MAX_PIXELS
     rows_per_file: int = 256
     run_id: str | None = None
@@ -67,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                         help="GPUs per replica: 1 pins one GPU each, 0.5 puts two replicas on a GPU (default: 0)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
+    parser.add_argument("--mode", choices=("letterbox", "tile"), default="letterbox",
+                        help="letterbox: scale each image into one model input (ordinary photos); tile: "
+                             "sliding-window inference at full resolution (large images, bounded memory)")
+    parser.add_argument("--tile-overlap", type=_overlap, default=0.25,
+                        help="with --mode tile, the fraction by which tiles overlap (default: 0.25)")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="flip: average each prediction with that of the mirrored image (2x compute)")
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--rows-per-file", type=_positive_int, default=256,
@@ -119,6 +129,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
 
 
@@ -234,8 +251,10 @@ def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str) -> list
     print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
           f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
           + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
-    dataset = build_dataset(todo, model, resources, config.output, run_id, config.precision,
-                            config.max_pixels, config.unsafe_allow_code)
+    inference = Inference(
+        precision=config.precision, tile_overlap=config.tile_overlap if config.mode == "tile" else None,
+        tta=config.tta == "flip", max_pixels=config.max_pixels, allow_unsafe=config.unsafe_allow_code)
+    dataset = build_dataset(todo, model, resources, config.output, run_id, inference)
     return dataset.take_all()
 
 

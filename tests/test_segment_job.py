@@ -107,3 +107,22 @@ def test_user_errors_are_one_line_without_traceback(args, message, tiny_artifact
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len([line for line in done.stderr.splitlines() if line.startswith("error") or "error:" in line]) == 1
+
+
+def test_tile_mode_segments_at_full_resolution(tmp_path, tiny_artifact):
+    from PIL import Image
+
+    from unet_core import load_artifact
+    from unet_core.predict import Predictor
+    from unet_core.tiling import sliding_window
+
+    image = np.random.default_rng(5).integers(0, 255, (70, 150, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "large.png")
+    output = str(tmp_path / "out")
+    done = run_job("segment.py", "--input", str(tmp_path / "large.png"), "--output", output, "--model", tiny_artifact,
+                   "--mode", "tile", "--tile-overlap", "0.5", "--tta", "flip", "--precision", "float32")
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = read_dataset(output, "images").to_pylist()[0]
+    predictor = Predictor(load_artifact(tiny_artifact), batch_size=8, precision="float32", tta=True)
+    expected, _ = sliding_window(image, predictor.probabilities, 32, len(TINY_CLASSES), overlap=0.5)
+    np.testing.assert_array_equal(decode_mask_png(row["mask_png"]), expected)

@@ -69,40 +69,58 @@ def model_in_precision(model: keras.Model, precision: str) -> keras.Model:
 
 
 class Predictor:
-    """Runs one artifact's model on batches of letterboxed uint8 images."""
+    """Runs one artifact's model on batches of uint8 images of the model's input size."""
 
-    def __init__(self, artifact: Artifact, batch_size: int, precision: str = "auto"):
+    def __init__(self, artifact: Artifact, batch_size: int, precision: str = "auto", tta: bool = False):
         self.precision = resolve_precision(precision)
         self.batch_size = batch_size
         self.num_classes = artifact.metadata.num_classes
+        self.tta = tta
         self._model = model_in_precision(artifact.model, self.precision)
         height, width = artifact.metadata.input_size
+        self.input_size = height
         norm = artifact.metadata.normalization
         self._mean = tf.constant(norm["mean"], tf.float32)
         self._std = tf.constant(norm["std"], tf.float32)
-        self._forward = tf.function(
-            self._forward_graph,
-            input_signature=[tf.TensorSpec([batch_size, height, width, 3], tf.uint8)],
-        )
+        signature = [tf.TensorSpec([batch_size, height, width, 3], tf.uint8)]
+        self._masks = tf.function(self._masks_graph, input_signature=signature)
+        self._probabilities = tf.function(self._probabilities_graph, input_signature=signature)
 
-    def _forward_graph(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _probabilities_graph(self, images: tf.Tensor) -> tf.Tensor:
         x = (tf.cast(images, tf.float32) / 255.0 - self._mean) / self._std
         probabilities = tf.cast(self._model(x, training=False), tf.float32)
+        if self.tta:
+            flipped = tf.cast(self._model(tf.reverse(x, axis=[2]), training=False), tf.float32)
+            probabilities = (probabilities + tf.reverse(flipped, axis=[2])) / 2.0
+        return probabilities
+
+    def _masks_graph(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        probabilities = self._probabilities_graph(images)
         return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.reduce_max(probabilities, axis=-1)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks (N, H, W) uint8 and the winning class's softmax probability (N, H, W) float32."""
-        masks, confidences = [], []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            padded = _pad_batch(chunk, self.batch_size)
-            mask, confidence = self._forward(padded)
-            masks.append(mask.numpy()[: len(chunk)])
-            confidences.append(confidence.numpy()[: len(chunk)])
-        if not masks:
+        outputs = self._batched(self._masks, images)
+        if not outputs:
             empty = (0,) + images.shape[1:3]
             return np.zeros(empty, np.uint8), np.zeros(empty, np.float32)
-        return np.concatenate(masks), np.concatenate(confidences)
+        return np.concatenate([m for m, _ in outputs]), np.concatenate([c for _, c in outputs])
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Softmax outputs (N, H, W, classes) float32, for blending overlapping tiles."""
+        outputs = self._batched(self._probabilities, images)
+        return np.concatenate(outputs) if outputs else np.zeros(images.shape[:3] + (self.num_classes,), np.float32)
+
+    def _batched(self, function, images: np.ndarray) -> list:
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            output = function(_pad_batch(chunk, self.batch_size))
+            if isinstance(output, tuple):
+                results.append(tuple(o.numpy()[: len(chunk)] for o in output))
+            else:
+                results.append(output.numpy()[: len(chunk)])
+        return results
 
 
 def _pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
