@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 from PIL import Image
 
 from unet_core import build_unet, decode_mask_png, letterbox, read_metadata, save_artifact
-from unet_core.metrics import confusion_matrix, iou_per_class, mean_iou
+from unet_core.metrics import confusion_matrix, mean_iou
 from unet_core.synthetic import SCENE_CLASSES, SCENE_COLORS, make_scene
 
 DEMO_IMAGES = 48

@@ -23,8 +23,7 @@ import pyarrow.parquet as pq
 
 from jobs.storage import filesystem, join, read_bytes
 from unet_core import (
-    DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, load_artifact,
-    unletterbox,
+    DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, unletterbox,
 )
 
 IMAGES_SCHEMA = pa.schema([
@@ -105,6 +104,7 @@ class Segmenter:
 
     def __init__(self, model_uri: str, batch_size: int, precision: str, threads: int, allow_unsafe: bool = False,
                  tile_overlap: float | None = None, tta: bool = False):
+        from unet_core import load_artifact
         from unet_core.predict import Predictor, configure_tensorflow
 
         configure_tensorflow(threads)

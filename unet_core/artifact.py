@@ -17,16 +17,13 @@ import fsspec
 import keras
 import numpy as np
 
+from unet_core.errors import ArtifactError
 from unet_core.masks import default_colors
 
 FORMAT = "unet-artifact/1"
 MODEL_FILE = "model.keras"
 DEFAULT_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 METADATA_FILE = "metadata.json"
-
-
-class ArtifactError(ValueError):
-    """The artifact is missing, malformed or unsafe to load; the message says which."""
 
 
 @dataclass(frozen=True)
