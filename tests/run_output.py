@@ -21,7 +21,7 @@ from test_segment_job import run_job
 from unet_core.synthetic import make_scene
 
 SCENES = {  # name -> (height, width)
-    "a/street.png": (48, 64), "a/odd <b>name</b>.png": (40, 40), "a/twin.png": (36, 52), "a/twin.jpg": (52, 36),
+    "a/street.png": (48, 64), "a/odd <b>name.png": (40, 40), "a/twin.png": (36, 52), "a/twin.jpg": (52, 36),
     "b/field.png": (64, 48), "b/nested/deep.png": (30, 70),
 }
 REPAIRED_SIZE = (44, 44)
