@@ -1,0 +1,131 @@
+"""Write each image's mask as its own palette PNG, mirroring the inputs' folder layout, for tools that want files.
+
+    python jobs/export_masks.py --output s3://bucket/seg/ --dest masks/ [--run ID] [--relative-to s3://bucket/photos]
+
+`photos/2026/a.jpg` becomes `DEST/2026/a.png` (pixel value = class id, palette = class colours);
+`DEST/masks.csv` maps every image URI to its mask file. Paths are made safe: `..`, `.` and
+empty parts of a name are never followed, so no file lands outside DEST. Two images that would
+get the same mask name (`a.jpg` and `a.png`) both get their image id added: `a-<id8>.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import posixpath
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from jobs.errors import UserError, run_main  # noqa: E402
+from jobs.results import check_run, connect, select_scope  # noqa: E402
+from jobs.storage import filesystem, join  # noqa: E402
+
+INDEX_NAME = "masks.csv"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    output: str
+    dest: str
+    run: str | None = None
+    relative_to: str | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> ExportConfig:
+    parser = argparse.ArgumentParser(prog="export_masks.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, metavar="URI", help="output root of the segment job")
+    parser.add_argument("--dest", required=True, metavar="URI", help="folder or prefix to write the masks under")
+    parser.add_argument("--run", default=None, metavar="ID",
+                        help="export one committed run (default: the current mask of every image)")
+    parser.add_argument("--relative-to", default=None, metavar="URI",
+                        help="input root whose layout is mirrored (default: the images' common folder)")
+    args = parser.parse_args(argv)
+    return ExportConfig(args.output, args.dest, args.run, args.relative_to)
+
+
+def strip_scheme(uri: str) -> str:
+    return posixpath.normpath(uri.split("://", 1)[-1]) if uri else uri
+
+
+def common_folder(uris: list[str]) -> str:
+    """The deepest folder holding every image, so the mirror starts where the inputs differ."""
+    try:
+        return posixpath.commonpath([posixpath.dirname(strip_scheme(u)) for u in uris])
+    except ValueError:  # absolute and relative paths mixed: no common folder
+        return ""
+
+
+def safe_relative(uri: str, root: str) -> str:
+    """The image's path below `root` with its extension made `.png`; '..', '.' and empty parts can never climb out."""
+    path = strip_scheme(uri)
+    if root and path.startswith(root.rstrip("/") + "/"):
+        path = path[len(root.rstrip("/")) + 1:]
+    parts = ["__" if part == ".." else part for part in path.split("/") if part not in ("", ".")]
+    stem = posixpath.splitext(parts.pop())[0] if parts else ""
+    return posixpath.join(*parts, (stem or "_") + ".png")
+
+
+def mask_names(rows: list[tuple[str, str]], root: str) -> dict[str, str]:
+    """image_id -> mask path under the destination; names two images would share get the image id added."""
+    wanted = {image_id: safe_relative(uri, root) for image_id, uri in rows}
+    taken: dict[str, int] = {}
+    for name in wanted.values():
+        taken[name] = taken.get(name, 0) + 1
+    return {image_id: name if taken[name] == 1 else f"{name[:-4]}-{image_id[:8]}.png"
+            for image_id, name in wanted.items()}
+
+
+def checked_target(dest: str, name: str) -> str:
+    """The URI to write; on local disk also refuses a path that a symlink inside DEST leads outside it."""
+    target = join(dest, *name.split("/"))
+    if "://" not in dest:
+        top = os.path.realpath(dest)
+        if os.path.commonpath([top, os.path.realpath(target)]) != top:
+            raise UserError(f"{name}: would be written outside {dest} (a symlink there points elsewhere)")
+    return target
+
+
+def export(config: ExportConfig) -> int:
+    """Write the masks and the index; returns how many masks were written."""
+    con, manifests = connect(config.output)
+    check_run(manifests, config.run, config.output)
+    select_scope(con, config.run)
+    rows = con.sql("SELECT image_id, image_uri FROM scope_images WHERE status = 'ok' ORDER BY image_uri").fetchall()
+    root = strip_scheme(config.relative_to) if config.relative_to else common_folder([u for _, u in rows])
+    names = mask_names(rows, root)
+    reader = con.sql("SELECT image_id, mask_png FROM scope_images WHERE status = 'ok'").to_arrow_reader(256)
+    for batch in reader:
+        for image_id, mask_png in zip(batch.column("image_id").to_pylist(), batch.column("mask_png").to_pylist()):
+            write_bytes(checked_target(config.dest, names[image_id]), mask_png)
+    index = io.StringIO()
+    writer = csv.writer(index)
+    writer.writerow(["image_uri", "mask_path"])
+    writer.writerows((uri, names[image_id]) for image_id, uri in rows)
+    write_bytes(join(config.dest, INDEX_NAME), index.getvalue().encode("utf-8"))
+    return len(rows)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        handle.write(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    count = export(config)
+    print(f"wrote {count} masks and {INDEX_NAME} under {config.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,208 @@
+"""Query the committed results of segmentation runs with DuckDB, on a local or s3:// output root.
+
+    python jobs/query.py --output s3://bucket/seg/ runs
+    python jobs/query.py --output s3://bucket/seg/ summary [--run ID]
+    python jobs/query.py --output s3://bucket/seg/ find --class person --min-fraction 0.3 --limit 20
+    python jobs/query.py --output s3://bucket/seg/ errors [--run ID]
+    python jobs/query.py --output s3://bucket/seg/ sql "SELECT status, count(*) FROM images GROUP BY status"
+
+Without --run, summary/find/errors read the current rows: for each image, its row from the latest
+committed run that processed it. Output is an aligned table, or --format csv|json|parquet.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import decimal
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+if __package__ in (None, ""):  # run as a script: make the project importable without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import duckdb  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.csv as pacsv  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from jobs.errors import UserError, run_main  # noqa: E402
+from jobs.results import check_run, connect, select_scope  # noqa: E402
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+RUNS_SQL = """
+SELECT run_id, committed_at, inputs, ok, errors, model_name, left(model_sha256, 12) AS model_sha256,
+       wall_seconds, images_per_second
+FROM runs ORDER BY committed_at, run_id"""
+
+SUMMARY_SQL = """
+SELECT class_id, class_name, sum(pixels)::BIGINT AS pixels,
+       sum(pixels) / nullif(sum(sum(pixels)) OVER (), 0) AS share,
+       count(*) FILTER (WHERE pixels > 0) AS images,
+       count(*) FILTER (WHERE pixels > 0) / count(*) AS image_share
+FROM scope_class_stats GROUP BY class_id, class_name ORDER BY class_id"""
+
+FIND_SQL = """
+SELECT image_uri, fraction, pixels, mean_confidence, run_id, image_id
+FROM scope_class_stats WHERE class_name = $class AND fraction >= $min_fraction
+ORDER BY fraction DESC, image_uri LIMIT $limit"""
+
+ERRORS_SQL = "SELECT image_uri, error, run_id, image_id FROM scope_images WHERE status = 'error' ORDER BY image_uri"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--output", metavar="URI", help="output root of the segment job (required)")
+    common.add_argument("--format", choices=FORMATS,
+                        help="table (default: aligned, for people), csv, json (an array of objects) or parquet "
+                             "(binary: --to FILE or a redirect)")
+    common.add_argument("--to", metavar="FILE", help="write the result to this local file instead of stdout")
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--run", metavar="ID", default=None, help="one committed run (default: current rows)")
+
+    parser = argparse.ArgumentParser(prog="query.py", description=__doc__, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("runs", parents=[common], help="committed runs: counts, model, wall time")
+    commands.add_parser("summary", parents=[common, run],
+                        help="per class: pixel total, share of all pixels, images containing it")
+    find = commands.add_parser("find", parents=[common, run], help="images where a class covers at least a fraction")
+    find.add_argument("--class", dest="class_name", required=True, metavar="NAME")
+    find.add_argument("--min-fraction", type=_fraction, required=True, metavar="F", help="0..1")
+    find.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N images (default 100)")
+    commands.add_parser("errors", parents=[common, run], help="images that failed, and why")
+    sql = commands.add_parser("sql", parents=[common],
+                              help="any query over the views images, class_stats, runs, current_images, "
+                                   "current_class_stats")
+    sql.add_argument("query", metavar="SQL")
+    args = parser.parse_args(argv)
+    if "output" not in args:
+        parser.error("the following arguments are required: --output")
+    args.format, args.to = getattr(args, "format", "table"), getattr(args, "to", None)
+    return args
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def run_query(args: argparse.Namespace) -> pa.Table:
+    """The subcommand's result as an Arrow table."""
+    con, manifests = connect(args.output)
+    if args.command == "runs":
+        return con.sql(RUNS_SQL).to_arrow_table()
+    if args.command == "sql":
+        try:
+            return con.sql(args.query).to_arrow_table()
+        except duckdb.Error as exc:
+            raise UserError(f"query failed: {str(exc).splitlines()[0]}") from exc
+    check_run(manifests, args.run, args.output)
+    select_scope(con, args.run)
+    if args.command == "summary":
+        return con.sql(SUMMARY_SQL).to_arrow_table()
+    if args.command == "errors":
+        return con.sql(ERRORS_SQL).to_arrow_table()
+    check_class(con, args.class_name)
+    params = {"class": args.class_name, "min_fraction": args.min_fraction, "limit": args.limit}
+    return con.sql(FIND_SQL, params=params).to_arrow_table()
+
+
+def check_class(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """An unknown class name is a typo far more often than an empty answer: say which names exist."""
+    known = [row[0] for row in con.sql("SELECT DISTINCT class_name FROM scope_class_stats ORDER BY 1").fetchall()]
+    if known and name not in known:
+        raise UserError(f"--class {name!r}: no such class; classes are {', '.join(known)}")
+
+
+def write_result(table: pa.Table, fmt: str, out: BinaryIO) -> None:
+    if fmt == "parquet":
+        pq.write_table(table, out)
+    elif fmt == "csv":
+        pacsv.write_csv(_printable(table, binary=_base64), out)
+    elif fmt == "json":
+        rows = _printable(table, binary=_base64).to_pylist()
+        out.write(json.dumps([{k: _json_value(v) for k, v in row.items()} for row in rows], indent=1).encode())
+        out.write(b"\n")
+    else:
+        out.write(format_table(table).encode("utf-8"))
+
+
+def format_table(table: pa.Table) -> str:
+    """Columns aligned for a terminal: numbers right, text left, binaries as their size."""
+    table = _printable(table, binary=lambda value: f"<{len(value)} bytes>")
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
+    cells = [[_cell(v) for v in column.to_pylist()] for column in table.columns]
+    widths = [max([len(name)] + [len(c) for c in column]) for name, column in zip(table.column_names, cells)]
+    lines = ["  ".join(name.rjust(w) if num else name.ljust(w) for name, w, num in zip(table.column_names, widths, numeric))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in zip(*cells):
+        lines.append("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)))
+    lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _printable(table: pa.Table, binary) -> pa.Table:
+    """Binary columns (mask_png in a `SELECT *`) turned to text, which CSV, JSON and people can hold."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            values = [None if v is None else binary(v) for v in table.column(index).to_pylist()]
+            table = table.set_column(index, field.name, pa.array(values, pa.string()))
+    return table
+
+
+def _base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _json_value(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    table = run_query(args)
+    if args.to:
+        with open(args.to, "wb") as out:
+            write_result(table, args.format, out)
+    elif args.format == "parquet" and sys.stdout.isatty():
+        raise UserError("--format parquet is binary: add --to FILE or redirect the output to a file")
+    else:
+        write_result(table, args.format, sys.stdout.buffer)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

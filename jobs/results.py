@@ -1,0 +1,115 @@
+"""Reading what segmentation runs committed, as DuckDB views over Arrow datasets.
+
+Only committed runs are visible: a run's rows count once `runs/<id>.json` exists, and only
+the part files its manifest lists are read (a crashed attempt's leftovers never show).
+The Parquet files are opened with pyarrow datasets on fsspec filesystems, so local folders
+and s3:// roots both work offline (DuckDB's own S3 reader needs an extension download), and
+DuckDB scans them lazily with column and filter pushdown.
+
+Views:
+    runs                 one row per committed run (counts, model, wall time)
+    images, class_stats  every row of every committed run, with its `run_id`
+    current_images, current_class_stats
+                         the latest committed row of each image: a later run that processed
+                         an image again supersedes the earlier one (by commit time)
+"""
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from jobs.errors import UserError
+from jobs.pipeline import CLASS_STATS_SCHEMA, IMAGES_SCHEMA
+from jobs.runs import DATASETS
+from jobs.storage import filesystem, join
+
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("committed_at", pa.string()), ("started_at", pa.string()),
+    ("inputs", pa.int64()), ("ok", pa.int64()), ("errors", pa.int64()),
+    ("model_name", pa.string()), ("model_sha256", pa.string()), ("model_uri", pa.string()),
+    ("wall_seconds", pa.float64()), ("images_per_second", pa.float64()),
+])
+PARTITIONING = pads.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
+SCHEMAS = {"images": IMAGES_SCHEMA, "class_stats": CLASS_STATS_SCHEMA}
+
+
+def committed_manifests(output: str) -> list[dict]:
+    """Every committed run's manifest, oldest commit first."""
+    fs, folder = filesystem(join(output, "runs"))
+    root_fs, root = filesystem(output)
+    if not root_fs.exists(root):
+        raise UserError(f"{output}: no such output folder")
+    if not fs.exists(folder):
+        return []
+    manifests = []
+    for path in sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".json")):
+        with fs.open(path, "r", encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        if manifest.get("status") == "committed":
+            manifests.append(manifest)
+    return sorted(manifests, key=lambda m: (m.get("committed_at", ""), m["run_id"]))
+
+
+def runs_table(manifests: list[dict]) -> pa.Table:
+    """The manifests' figures as one Arrow table (the `runs` view)."""
+    rows = [{
+        "run_id": m["run_id"], "committed_at": m.get("committed_at"), "started_at": m.get("started_at"),
+        **{key: m.get("counts", {}).get(key) for key in ("inputs", "ok", "errors")},
+        "model_name": m.get("model", {}).get("name"), "model_sha256": m.get("model", {}).get("sha256"),
+        "model_uri": m.get("model", {}).get("uri"),
+        "wall_seconds": m.get("wall_seconds"), "images_per_second": m.get("images_per_second"),
+    } for m in manifests]
+    return pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
+
+
+def committed_dataset(output: str, dataset: str, manifests: list[dict]) -> pads.Dataset:
+    """One dataset over exactly the part files the manifests list, with `run_id` from the partition path."""
+    files = [join(output, name) for m in manifests for name in m.get("files", {}).get(dataset, [])]
+    schema = SCHEMAS[dataset].append(pa.field("run_id", pa.string()))
+    if not files:
+        return pads.dataset(schema.empty_table())
+    fs, base = filesystem(join(output, dataset))
+    paths = [filesystem(uri)[1] for uri in files]
+    return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet",
+                        partitioning=PARTITIONING, partition_base_dir=base)
+
+
+def connect(output: str) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
+    """An in-memory DuckDB with the views above over `output`; also returns the manifests."""
+    manifests = committed_manifests(output)
+    con = duckdb.connect()
+    con.register("runs", runs_table(manifests))
+    for dataset in DATASETS:
+        con.register(f"{dataset}_parts", committed_dataset(output, dataset, manifests))
+        con.execute(f"CREATE VIEW {dataset} AS SELECT * FROM {dataset}_parts")
+    con.execute("""
+        CREATE VIEW current_images AS
+        SELECT i.* FROM images i JOIN runs r ON i.run_id = r.run_id
+        QUALIFY row_number() OVER (PARTITION BY i.image_id ORDER BY r.committed_at DESC, r.run_id DESC) = 1""")
+    con.execute("""
+        CREATE VIEW current_class_stats AS
+        SELECT c.* FROM class_stats c SEMI JOIN (SELECT image_id, run_id FROM current_images) k
+        ON c.image_id = k.image_id AND c.run_id = k.run_id""")
+    return con, manifests
+
+
+def check_run(manifests: list[dict], run_id: str | None, output: str) -> None:
+    """A --run that names no committed run is a user error, with the ones that exist."""
+    if run_id is None or any(m["run_id"] == run_id for m in manifests):
+        return
+    known = ", ".join(m["run_id"] for m in manifests[-5:]) or "none"
+    raise UserError(f"--run {run_id}: no committed run of that name in {output} (latest committed: {known})")
+
+
+def select_scope(con: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
+    """Views `scope_images` and `scope_class_stats`: one run's rows, or the current rows when no run is named."""
+    if run_id is None:
+        con.execute("CREATE OR REPLACE TEMP VIEW scope_images AS SELECT * FROM current_images")
+        con.execute("CREATE OR REPLACE TEMP VIEW scope_class_stats AS SELECT * FROM current_class_stats")
+        return
+    literal = "'" + run_id.replace("'", "''") + "'"
+    for dataset in DATASETS:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW scope_{dataset} AS SELECT * FROM {dataset} WHERE run_id = {literal}")

@@ -1,0 +1,43 @@
+"""query.py, report.py and export_masks.py on an s3:// output root served by a real S3 server (SeaweedFS)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("s3_server", reason="needs the SeaweedFS test server plugin (tests/s3_server.py)")
+
+from run_output import make_output  # noqa: E402
+from test_segment_job import ROOT  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_output(tmp_path_factory, tiny_artifact) -> str:
+    return make_output(str(tmp_path_factory.getbasetemp() / "segmented"), tiny_artifact)["output"]
+
+
+def run_with(env: dict, script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_an_s3_output_root_answers_like_the_local_one(s3_server, s3_bucket, local_output, tmp_path):
+    fs = s3_server.filesystem()
+    fs.put(local_output, f"{s3_bucket}/seg", recursive=True)
+    remote, env = f"s3://{s3_bucket}/seg", s3_server.env()
+    for args in (["runs"], ["summary"], ["errors", "--run", "first"],
+                 ["find", "--class", "thing", "--min-fraction", "0.5"]):
+        answers = []
+        for root in (local_output, remote):
+            done = run_with(env, "query.py", "--output", root, "--format", "json", *args)
+            assert done.returncode == 0, done.stderr[-2000:]
+            answers.append(json.loads(done.stdout))
+        assert answers[0] == answers[1] and answers[0], args
+
+    done = run_with(env, "report.py", "--output", remote, "--run", "first", "--html", f"{remote}/report.html")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert fs.cat(f"{s3_bucket}/seg/report.html").count(b'<figure class="sample">') == 6
+    done = run_with(env, "export_masks.py", "--output", remote, "--run", "first", "--dest", str(tmp_path / "m"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(os.listdir(tmp_path / "m" / "a")) == 4

@@ -1,0 +1,91 @@
+"""report.py: the HTML report of a real run, rendered in headless Chromium."""
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_CLASSES
+from run_output import make_output, read_run
+
+from jobs.report import ReportConfig, blend, build_report, main, make_sample
+from unet_core import default_colors, encode_mask_png
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory, tiny_artifact) -> str:
+    return make_output(str(tmp_path_factory.getbasetemp() / "segmented"), tiny_artifact)["output"]
+
+
+def chromium(profile, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_blend_tints_class_pixels_and_leaves_black_classes_alone():
+    picture = np.full((2, 2, 3), 100, np.uint8)
+    mask = np.array([[0, 1], [2, 1]], np.uint8)
+    out = blend(picture, mask, default_colors(3))  # class 0 is black, 1 is (128, 0, 0), 2 is (0, 128, 0)
+    assert out[0, 0].tolist() == [100, 100, 100]
+    assert out[0, 1].tolist() == [114, 50, 50] and out[1, 1].tolist() == [114, 50, 50]
+    assert out[1, 0].tolist() == [50, 114, 50]
+
+
+def test_report_is_self_contained_bounded_and_escaped(output, tmp_path):
+    full = build_report(ReportConfig(output, str(tmp_path / "r.html"), run="first"))
+    assert full.count('<figure class="sample">') == 6
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", full)  # nothing fetched from anywhere
+    assert "default-src 'none'" in full
+    assert "<b>name" not in full and ">odd &lt;b&gt;name.png (40x40)" in full  # file names are escaped
+    small = build_report(ReportConfig(output, str(tmp_path / "r.html"), run="first", samples=3, thumb_size=64))
+    thumbs = [Image.open(io.BytesIO(base64.b64decode(data)))
+              for data in re.findall(r"data:image/jpeg;base64,([^\"]+)", small)]
+    assert len(thumbs) == 3 and all(max(t.size) == 64 for t in thumbs)
+    latest = build_report(ReportConfig(output, str(tmp_path / "r.html")))
+    assert "Segmentation run second</h1>" in latest and "No image failed." in latest
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed here (.ci/run installs Debian's chromium "
+                                             "package; without it the browser check cannot run)")
+def test_report_renders_in_headless_chromium(output, tmp_path, tmp_path_factory):
+    report = tmp_path / "report.html"
+    assert main(["--output", output, "--run", "first", "--html", str(report)]) == 0
+    shot = tmp_path / "report.png"
+    done = chromium(tmp_path / "profile-shot", "--window-size=1200,1400", f"--screenshot={shot}", report.as_uri())
+    assert shot.exists(), done.stderr[-3000:]
+    artefact = tmp_path_factory.getbasetemp() / "artefacts" / "report-first.png"
+    artefact.parent.mkdir(exist_ok=True)
+    shutil.copy(shot, artefact)
+    print(f"report screenshot: {artefact}")
+
+    pixels = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    assert pixels.shape[:2] == (1400, 1200)
+    assert pixels.std() > 20  # a blank or one-colour page would be close to 0
+    gallery_colours = pixels[500:800, :1000].reshape(-1, 3)
+    assert len(np.unique(gallery_colours.astype(np.uint8), axis=0)) > 500  # the thumbnails drew
+
+    dom = chromium(tmp_path / "profile-dom", "--dump-dom", report.as_uri()).stdout
+    ok_images = sum(1 for row in read_run(output, "images", "first").to_pylist() if row["status"] == "ok")
+    assert len(re.findall(r'<figure class="sample"><img src="data:image/jpeg;base64,', dom)) == ok_images
+    assert '<section id="gallery">' in dom
+    chart = re.search(r'<svg id="class-chart".*?</svg>', dom, re.S).group(0)
+    assert [m for m in re.findall(r'<g class="bar" data-class="([^"]+)"', chart)] == TINY_CLASSES
+    assert len(re.findall(r"<rect ", chart)) == len(TINY_CLASSES)
+    assert dom.count("<tr><td>") == 2 and "empty file (0 bytes)" in dom
+
+
+def test_a_source_gone_since_the_run_still_shows_its_mask(tmp_path):
+    mask = np.array([[0, 1, 1, 2], [0, 0, 2, 2]], np.uint8)
+    sample = make_sample(str(tmp_path / "deleted.png"), 4, 2, encode_mask_png(mask, default_colors(3)),
+                         default_colors(3), 32, [("thing", 0.25)])
+    assert "source unreadable now" in sample.note
+    assert Image.open(io.BytesIO(sample.overlay_jpeg)).size == (32, 16)
