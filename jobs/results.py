@@ -19,6 +19,7 @@ import json
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from jobs.errors import UserError
@@ -75,6 +76,34 @@ def committed_dataset(output: str, dataset: str, manifests: list[dict]) -> pads.
     paths = [filesystem(uri)[1] for uri in files]
     return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet",
                         partitioning=PARTITIONING, partition_base_dir=base)
+
+
+def committed_images(output: str, columns: list[str], model_sha256: str | None = None) -> pa.Table:
+    """Chosen columns of every committed `images` row (of one model's runs, if given), with `run_id`."""
+    manifests = [m for m in committed_manifests(output) if model_sha256 in (None, m["model"]["sha256"])]
+    return committed_dataset(output, "images", manifests).to_table(columns=columns)
+
+
+def select_new(listing: pa.Table, output: str, model_sha256: str, retry_errors: bool) -> tuple[pa.Table, int]:
+    """Split a listing into (to process, number skipped) against what committed runs of this model did.
+
+    An image version (URI, size, version) is done once a committed run of the same model has an
+    `ok` row for it; a version whose result was `error` counts as done unless `retry_errors`.
+    """
+    fs, root = filesystem(output)
+    if not fs.exists(root):
+        return listing, 0
+    prior = committed_images(output, ["image_uri", "source_size", "source_version", "status"], model_sha256)
+    done = prior.filter(pc.equal(prior.column("status"), "ok")) if retry_errors else prior
+    keep = pc.invert(pc.is_in(_version_keys(listing), value_set=_version_keys(done)))
+    selected = listing.filter(keep)
+    return selected, listing.num_rows - selected.num_rows
+
+
+def _version_keys(table: pa.Table) -> pa.ChunkedArray:
+    return pc.binary_join_element_wise(
+        table.column("image_uri"), pc.cast(table.column("source_size"), pa.string()),
+        table.column("source_version"), "\x00")
 
 
 def connect(output: str) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:

@@ -72,37 +72,6 @@ def commit(output: str, run_id: str, manifest: dict, parts: set[str]) -> str:
     return uri
 
 
-def committed_manifests(output: str) -> list[dict]:
-    """Every committed run's manifest, oldest first."""
-    fs, folder = filesystem(join(output, "runs"))
-    if not fs.exists(folder):
-        return []
-    manifests = []
-    for path in sorted(fs.glob(f"{folder.rstrip('/')}/*.json")):
-        with fs.open(path, "r") as handle:
-            manifests.append(json.load(handle))
-    return sorted(manifests, key=lambda m: m.get("committed_at", ""))
-
-
-def committed_images(output: str, columns: list[str], model_sha256: str | None = None):
-    """The `images` rows of committed runs only (read from the files their manifests list), as Arrow."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-
-    manifests = [m for m in committed_manifests(output)
-                 if model_sha256 is None or m["model"]["sha256"] == model_sha256]
-    files = [(m["run_id"], join(output, f)) for m in manifests for f in m["files"]["images"]]
-    if not files:
-        return pa.table({c: pa.array([], pa.string()) for c in columns})
-    fs, _ = filesystem(output)
-    tables = []
-    for run_id in dict.fromkeys(r for r, _ in files):
-        paths = [filesystem(uri)[1] for r, uri in files if r == run_id]
-        table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=columns)
-        tables.append(table.append_column("run_id", pa.array([run_id] * table.num_rows, pa.string())))
-    return pa.concat_tables(tables)
-
-
 def clean_stale(output: str, older_than_hours: float) -> list[str]:
     """Delete partitions of runs that never committed and have not been written to for a while.
 
@@ -138,30 +107,3 @@ def _newest_write(output: str, run_id: str) -> dt.datetime:
             modified = modified if modified.tzinfo else modified.replace(tzinfo=dt.timezone.utc)
             newest = max(newest, modified)
     return newest
-
-
-def select_new(listing, output: str, model_sha256: str, retry_errors: bool):
-    """Split a listing into (to process, number skipped) against what committed runs of this model did.
-
-    An image version (URI, size, version) is done once a committed run of the same model has an
-    `ok` row for it; a version whose result was `error` counts as done unless `retry_errors`.
-    """
-    import pyarrow.compute as pc
-
-    prior = committed_images(output, ["image_uri", "source_size", "source_version", "status"], model_sha256)
-    if prior.num_rows == 0:
-        return listing, 0
-    done = prior.filter(pc.equal(prior.column("status"), "ok")) if retry_errors else prior
-    done_keys = _version_keys(done)
-    keep = pc.invert(pc.is_in(_version_keys(listing), value_set=done_keys))
-    selected = listing.filter(keep)
-    return selected, listing.num_rows - selected.num_rows
-
-
-def _version_keys(table):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return pc.binary_join_element_wise(
-        table.column("image_uri"), pc.cast(table.column("source_size"), pa.string()),
-        table.column("source_version"), "\x00")

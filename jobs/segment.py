@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from jobs import runs  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, build_dataset  # noqa: E402
+from jobs.results import select_new  # noqa: E402
 from jobs.storage import list_inputs  # noqa: E402
 from unet_core import DEFAULT_MAX_PIXELS, load_artifact  # noqa: E402
 from unet_core.predict import PRECISIONS  # noqa: E402
@@ -213,7 +214,7 @@ def segment(config: SegmentConfig) -> dict:
     if runs.is_committed(config.output, run_id):
         raise UserError(f"run {run_id} is already committed in {config.output}; pick another --run-id")
     _discard_unfinished(config, run_id)
-    todo, skipped = runs.select_new(listing, config.output, model.sha256, config.retry_errors) \
+    todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \
         if config.incremental else (listing, 0)
     started = time.time()
     parts = _process(todo, model, config, run_id) if todo.num_rows else []

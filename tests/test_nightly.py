@@ -15,12 +15,19 @@ import numpy as np
 import psutil
 import pyarrow.dataset as pads
 import pytest
-from PIL import Image
-
 from conftest import jpeg_with_orientation, png_bytes
-from jobs import runs
+from PIL import Image
 from test_segment_job import ROOT, read_dataset, run_job
-from unet_core import decode_image, decode_mask_png, letterbox, load_artifact, unletterbox
+
+from jobs import runs
+from jobs.results import committed_images
+from unet_core import (
+    decode_image,
+    decode_mask_png,
+    letterbox,
+    load_artifact,
+    unletterbox,
+)
 from unet_core.predict import Predictor
 
 RNG = np.random.default_rng(11)
@@ -117,7 +124,7 @@ def _images(tmp_path, count: int, start: int = 0, size: int = 48):
 
 
 def _committed_rows(output: str) -> list[dict]:
-    return runs.committed_images(output, ["image_uri", "source_size", "source_version", "status"]).to_pylist()
+    return committed_images(output, ["image_uri", "source_size", "source_version", "status"]).to_pylist()
 
 
 def test_incremental_run_processes_only_new_and_changed_images(tmp_path, tiny_artifact):
