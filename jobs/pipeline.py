@@ -104,6 +104,12 @@ class Segmenter:
         return {**out, "mask": masks, "confidence": confidence}
 
 
+def letterbox_of(batch: dict, row: int, input_size: int) -> Letterbox:
+    """Where `prepare` placed this row's image inside the model input."""
+    top, left, inner_h, inner_w = (int(v) for v in batch["box"][row])
+    return Letterbox(int(batch["height"][row]), int(batch["width"][row]), input_size, top, left, inner_h, inner_w)
+
+
 def finalize(batch: dict, model: ModelInfo) -> dict:
     """Map each mask back to its image's own size, encode it and count its classes."""
     count, classes = len(batch["image_uri"]), len(model.class_names)
@@ -113,8 +119,7 @@ def finalize(batch: dict, model: ModelInfo) -> dict:
     for row in range(count):
         if batch["error"][row]:
             continue
-        top, left, inner_h, inner_w = (int(v) for v in batch["box"][row])
-        box = Letterbox(int(batch["height"][row]), int(batch["width"][row]), model.input_size, top, left, inner_h, inner_w)
+        box = letterbox_of(batch, row, model.input_size)
         mask = unletterbox(batch["mask"][row], box)
         result = class_statistics(mask, unletterbox(batch["confidence"][row], box), classes)
         mask_png[row] = encode_mask_png(mask, list(model.colors))
@@ -201,7 +206,7 @@ def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, out
 
     tasks = {"num_cpus": resources.cpus_per_task}
     return (
-        ray.data.from_arrow(_slices(listing, resources.batch_size))
+        ray.data.from_arrow(slices(listing, resources.batch_size))
         .map_batches(prepare, batch_size=resources.batch_size, fn_kwargs={
             "input_size": model.input_size, "max_pixels": max_pixels}, **tasks)
         .map_batches(
@@ -219,7 +224,7 @@ def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, out
     )
 
 
-def _slices(listing: pa.Table, batch_size: int, max_blocks: int = 4096) -> list[pa.Table]:
+def slices(listing: pa.Table, batch_size: int, max_blocks: int = 4096) -> list[pa.Table]:
     """Cut the listing into blocks on the driver: a shuffle task would need a whole CPU that
     a small machine has already given to the actors."""
     rows = max(batch_size, -(-len(listing) // max_blocks))

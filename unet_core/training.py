@@ -90,6 +90,7 @@ class DistributedTrainer:
                                        loss_config.ignore_index)
         images = tf.TensorSpec([None, size, size, 3], tf.float32)
         self._train = tf.function(self._distributed_step, input_signature=[images, tf.TensorSpec([None, size, size], tf.uint8)])
+        self._sum = tf.function(self._distributed_sum)
         self._predict = tf.function(lambda x: tf.argmax(self.model(x, training=False), axis=-1, output_type=tf.int32),
                                     input_signature=[images])
 
@@ -114,8 +115,11 @@ class DistributedTrainer:
 
     def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum an array over all workers (a collective: every worker must call it, in the same order)."""
-        per_replica = self.strategy.run(tf.identity, args=(tf.constant(values, tf.float64),))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+        return self._sum(tf.constant(values, tf.float64)).numpy()
+
+    def _distributed_sum(self, values: tf.Tensor) -> tf.Tensor:
+        per_replica = self.strategy.run(tf.identity, args=(values,))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     @property
     def step(self) -> int:
