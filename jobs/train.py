@@ -65,6 +65,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     augment: bool = True
     seed: int = 0
+    export: str = "best"
     workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float | None = None
@@ -120,6 +121,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     fit.add_argument("--no-augment", dest="augment", action="store_false",
                      help="turn off random scale/crop, flip and brightness/contrast jitter")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--export", choices=("best", "last"), default="best",
+                     help="which epoch becomes the artifact: best validation mIoU (default) or the last one "
+                          "(when the validation set is also your test set, so it must not pick the model)")
     run = parser.add_argument_group("cluster and checkpoints")
     run.add_argument("--workers", type=_positive_int, default=1, help="data-parallel training workers (default 1)")
     run.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
@@ -367,12 +371,15 @@ def run_training(config: TrainConfig):
     return trainer.fit(), plan
 
 
-def export_best(result, config: TrainConfig, plan: Plan) -> dict:
-    """Write the best checkpoint's weights as an artifact, with the training provenance."""
+def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
+    """Write the chosen epoch's weights as an artifact, with the training provenance."""
     from unet_core import build_unet, save_artifact
     from unet_core.training import weights_from_state
 
-    checkpoint, metrics = max(result.best_checkpoints, key=lambda item: item[1]["val_miou"])
+    if config.export == "last":
+        checkpoint, metrics = result.checkpoint, result.metrics
+    else:
+        checkpoint, metrics = max(result.best_checkpoints, key=lambda item: item[1]["val_miou"])
     with checkpoint.as_directory() as folder:
         with np.load(os.path.join(folder, STATE_FILE)) as arrays:
             weights = weights_from_state(dict(arrays))
@@ -382,7 +389,8 @@ def export_best(result, config: TrainConfig, plan: Plan) -> dict:
     source = {
         "trained_by": "jobs/train.py", "run_name": config.name, "checkpoint": checkpoint.path,
         "data_fingerprint": plan.fingerprint, "train_pairs": plan.train_pairs, "val_pairs": plan.val_pairs,
-        "best_epoch": metrics["epoch"], "epochs": config.epochs, "optimizer_step": metrics["optimizer_step"],
+        "exported": config.export, "exported_epoch": metrics["epoch"], "epochs": config.epochs,
+        "optimizer_step": metrics["optimizer_step"],
         "val_miou": metrics["val_miou"], "val_pixel_accuracy": metrics["val_pixel_accuracy"],
         "val_iou": dict(zip(config.class_names, metrics["val_iou"])), "replica_weight_digests": digests,
         "workers": config.workers, "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "address"},
@@ -395,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     started = time.time()
     result, plan = run_training(config)
-    source = export_best(result, config, plan)
-    print(f"best epoch {source['best_epoch']}: val mIoU {source['val_miou']:.4f}; artifact written to "
+    source = export_artifact(result, config, plan)
+    print(f"{config.export} epoch {source['exported_epoch']}: val mIoU {source['val_miou']:.4f}; artifact written to "
           f"{config.output} ({time.time() - started:.0f} s)")
     return 0
 

@@ -71,7 +71,7 @@ def test_trained_model_beats_the_majority_class_on_validation(trained):
     majority_miou = counts.max() / counts.sum() / np.count_nonzero(counts)  # IoU of the majority class, 0 elsewhere
     source = read_metadata(trained["model"]).source
     assert source["val_miou"] > majority_miou + 0.1, (source["val_miou"], majority_miou)
-    assert source["epochs"] == 8 and 1 <= source["best_epoch"] <= 8
+    assert source["epochs"] == 8 and 1 <= source["exported_epoch"] <= 8
     assert source["train_pairs"] == 128 and source["val_pairs"] == 16 and len(source["data_fingerprint"]) == 64
 
 
