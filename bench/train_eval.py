@@ -22,7 +22,7 @@ DATASETS = {
     "isbi": {
         "train": ["--num-classes", "2", "--class-names", "membrane,cell", "--mask-map", "255:1",
                   "--input-size", "512", "--base-filters", "8", "--loss", "ce", "--learning-rate", "2e-3",
-                  "--batch-size", "2", "--epochs", "40", "--export", "last"],
+                  "--batch-size", "4", "--epochs", "60", "--export", "last"],
         "evaluate": ["--mask-map", "255:1"],
         "primary": "membrane",
     },
