@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from jobs import training_data  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
+from jobs.pipeline import slices  # noqa: E402
 from jobs.segment import _non_negative_float, _positive_float, _positive_int, connect_ray  # noqa: E402
 from unet_core.losses import LOSSES  # noqa: E402
 from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
@@ -197,8 +198,7 @@ def pairs_dataset(pairs, config: TrainConfig):
     import ray
 
     lookup = training_data.parse_mask_map(config.mask_map)
-    blocks = [pairs.slice(start, 8) for start in range(0, len(pairs), 8)]
-    return ray.data.from_arrow(blocks).map_batches(
+    return ray.data.from_arrow(slices(pairs, 8)).map_batches(
         training_data.load_pairs, batch_size=8, num_cpus=DATA_CPUS,
         fn_kwargs={"input_size": config.input_size, "lookup": lookup})
 
@@ -225,6 +225,7 @@ def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
 
 def train_worker(loop_config: dict) -> None:
     """One data-parallel worker: MultiWorkerMirroredStrategy over Ray Train's TF_CONFIG."""
+    import keras
     import ray.train
     import tensorflow as tf
 
@@ -234,17 +235,19 @@ def train_worker(loop_config: dict) -> None:
     config: TrainConfig = loop_config["config"]
     plan: Plan = loop_config["plan"]
     configure_tensorflow(plan.threads)
+    tf.get_logger().setLevel("ERROR")  # the strategy logs every collective it builds; keep the epoch lines readable
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     total_steps = plan.steps_per_epoch * config.epochs
+    keras.utils.set_random_seed(config.seed)
     trainer = DistributedTrainer(
         strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters),
         LossConfig(config.loss, config.class_weights, config.ignore_index),
         OptimizerConfig(config.optimizer, config.learning_rate, config.schedule,
                         round(config.warmup_epochs * plan.steps_per_epoch)),
         config.batch_size, total_steps)
-    progress = restore_or_start(trainer, config, rank)
+    progress = restore_or_start(trainer, config, plan, rank)
     train_shard, val_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
@@ -256,7 +259,7 @@ def train_worker(loop_config: dict) -> None:
         report(trainer, metrics, rank, plan)
 
 
-def restore_or_start(trainer, config: TrainConfig, rank: int) -> dict:
+def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int) -> dict:
     """Load the latest checkpoint when this run name has one; otherwise start at epoch 0."""
     import ray.train
 
@@ -276,6 +279,8 @@ def restore_or_start(trainer, config: TrainConfig, rank: int) -> dict:
             progress = json.load(handle)
     if rank == 0:
         print(f"resuming after epoch {progress['epoch']} (optimizer step {trainer.step})", flush=True)
+        if progress["fingerprint"] != plan.fingerprint:
+            print("warning: the training data differ from those the checkpoint was trained on", flush=True)
     return progress
 
 
