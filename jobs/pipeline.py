@@ -144,6 +144,12 @@ class Segmenter:
         return _ragged(masks), _ragged(confidence)
 
 
+def letterbox_of(batch: dict, row: int, input_size: int) -> Letterbox:
+    """Where `prepare` placed this row's image inside the model input."""
+    top, left, inner_h, inner_w = (int(v) for v in batch["box"][row])
+    return Letterbox(int(batch["height"][row]), int(batch["width"][row]), input_size, top, left, inner_h, inner_w)
+
+
 def finalize(batch: dict, model: ModelInfo) -> dict:
     """Map each mask back to its image's own size, encode it and count its classes."""
     count, classes = len(batch["image_uri"]), len(model.class_names)
@@ -153,8 +159,7 @@ def finalize(batch: dict, model: ModelInfo) -> dict:
     for row in range(count):
         if batch["error"][row]:
             continue
-        top, left, inner_h, inner_w = (int(v) for v in batch["box"][row])
-        box = Letterbox(int(batch["height"][row]), int(batch["width"][row]), model.input_size, top, left, inner_h, inner_w)
+        box = letterbox_of(batch, row, model.input_size)
         mask = unletterbox(batch["mask"][row], box)
         result = class_statistics(mask, unletterbox(batch["confidence"][row], box), classes)
         mask_png[row] = encode_mask_png(mask, list(model.colors))
@@ -251,21 +256,19 @@ class Inference:
     allow_unsafe: bool = False
 
 
-def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, output: str, run_id: str,
-                  inference: Inference):
-    """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
+def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, inference: Inference):
+    """Listing rows in, rows with each image's mask and confidence (in model space) out."""
     import ray
 
-    tasks = {"num_cpus": resources.cpus_per_task}
-    prepared = ray.data.from_arrow(_slices(listing, resources.batch_size)).map_batches(
-        prepare, batch_size=resources.batch_size,
+    prepared = ray.data.from_arrow(slices(listing, resources.batch_size)).map_batches(
+        prepare, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task,
         fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels,
-                   "tile": inference.tile_overlap is not None}, **tasks)
+                   "tile": inference.tile_overlap is not None})
     with warnings.catch_warnings():
         # Ray Data restarts dead replicas and retries their batches without limit by default, and
         # names no parameter to bound it yet: the (deprecated) remote args are the only way.
         warnings.simplefilter("ignore", DeprecationWarning)
-        segmented = prepared.map_batches(
+        return prepared.map_batches(
             Segmenter, batch_size=resources.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor,
@@ -276,14 +279,21 @@ def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, out
             },
             max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
         )
+
+
+def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, output: str, run_id: str,
+                  inference: Inference):
+    """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
+    tasks = {"num_cpus": resources.cpus_per_task}
     return (
-        segmented.map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
+        segmented_dataset(listing, model, resources, inference)
+        .map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
         .map_batches(write_parts, batch_size=resources.rows_per_file,
                      fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
     )
 
 
-def _slices(listing: pa.Table, batch_size: int, max_blocks: int = 4096) -> list[pa.Table]:
+def slices(listing: pa.Table, batch_size: int, max_blocks: int = 4096) -> list[pa.Table]:
     """Cut the listing into blocks on the driver: a shuffle task would need a whole CPU that
     a small machine has already given to the actors."""
     rows = max(batch_size, -(-len(listing) // max_blocks))

@@ -79,3 +79,30 @@ def unet_config(model: keras.Model) -> dict:
         "input_shape": tuple(int(d) for d in model.input_shape[1:]),
         "base_filters": int(base_filters),
     }
+
+
+def load_vgg16_weights(model: keras.Model, path: str) -> int:
+    """Copy VGG16 convolution weights from a Keras ImageNet .h5 file into the encoder, by layer name.
+
+    Reads the classic Keras layout (a group per layer, its `weight_names` attribute listing kernel
+    and bias); returns how many layers were loaded. Shapes must match (full width, 3 input channels).
+    """
+    import h5py
+
+    loaded = 0
+    with h5py.File(path, "r") as handle:
+        root = handle["model_weights"] if "model_weights" in handle else handle
+        for layer in model.layers:
+            if not layer.name.startswith("block") or layer.name not in root:
+                continue
+            group = root[layer.name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            values = [group[name][()] for name in names]
+            if [v.shape for v in values] != [tuple(w.shape) for w in layer.get_weights()]:
+                raise ValueError(f"{path}: layer {layer.name} has shapes {[v.shape for v in values]}, "
+                                 f"the model expects {[tuple(w.shape) for w in layer.get_weights()]}")
+            layer.set_weights(values)
+            loaded += 1
+    if not loaded:
+        raise ValueError(f"{path}: no VGG16 layers (block1_conv1 ...) found")
+    return loaded

@@ -1,0 +1,418 @@
+"""Train the seed U-Net data-parallel with Ray Train; export the best epoch as a model artifact.
+
+    python jobs/train.py --images data/img/ --masks data/masks/ --num-classes 2 --output models/v1 \\
+        --workers 2 --name membranes --storage s3://bucket/checkpoints
+    python jobs/train.py --voc VOCdevkit/VOC2012 --num-classes 21 --output s3://bucket/models/voc
+
+Starting the same --name/--storage again resumes from its last checkpoint (epoch, weights and
+optimizer state). The artifact goes straight to jobs/segment.py and jobs/evaluate.py.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from jobs import training_data  # noqa: E402
+from jobs.errors import UserError, run_main  # noqa: E402
+from jobs.pipeline import slices  # noqa: E402
+from jobs.segment import _non_negative_float, _positive_float, _positive_int, connect_ray  # noqa: E402
+from unet_core.losses import LOSSES  # noqa: E402
+from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
+from unet_core.training import OPTIMIZERS, SCHEDULES, LossConfig, ModelConfig, OptimizerConfig  # noqa: E402
+
+STATE_FILE = "state.npz"
+PROGRESS_FILE = "progress.json"
+DATA_CPUS = 0.5
+"""CPUs per decode task: a fraction, so reading never starves beside the training workers."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output: str
+    num_classes: int
+    images: str | None = None
+    masks: str | None = None
+    voc: str | None = None
+    val_images: str | None = None
+    val_masks: str | None = None
+    val_fraction: float = 0.2
+    mask_map: str | None = None
+    ignore_index: int | None = None
+    class_names: tuple[str, ...] | None = None
+    input_size: int = 256
+    base_filters: int = 64
+    backbone_weights: str | None = None
+    epochs: int = 20
+    batch_size: int = 8
+    loss: str = "ce"
+    class_weights: tuple[float, ...] | None = None
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    export: str = "best"
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    name: str | None = None
+    storage: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every worker must agree on before the first step."""
+
+    steps_per_epoch: int
+    worker_batch: int
+    threads: int
+    fingerprint: str
+    train_pairs: int
+    val_pairs: int
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", metavar="URI", help="folder/prefix of training images (local or s3://)")
+    data.add_argument("--masks", metavar="URI", help="folder/prefix of masks, paired with images by file stem")
+    data.add_argument("--voc", metavar="ROOT", help="a Pascal VOC tree instead (JPEGImages/, SegmentationClass/, "
+                                                    "ImageSets/Segmentation/train.txt and val.txt)")
+    data.add_argument("--val-images", metavar="URI", help="validation images (default: hold out --val-fraction)")
+    data.add_argument("--val-masks", metavar="URI", help="validation masks")
+    data.add_argument("--val-fraction", type=_fraction, default=0.2,
+                      help="share of pairs held out for validation when no validation set is given (default 0.2)")
+    data.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1 for 0/255 masks")
+    data.add_argument("--ignore-index", type=int, default=None,
+                      help="label excluded from loss and metrics (e.g. 11 for CamVid void, 255 for VOC borders)")
+    data.add_argument("--class-names", metavar="A,B,...", help="comma-separated class names (default: class_0, ...)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--num-classes", type=_positive_int, required=True)
+    model.add_argument("--input-size", type=_positive_int, default=256, help="square model input side, multiple of 16 (default 256)")
+    model.add_argument("--base-filters", type=_positive_int, default=64, help="width; 64 is the seed model (default 64)")
+    model.add_argument("--backbone-weights", metavar="FILE",
+                       help="VGG16 ImageNet weights (.h5, e.g. Keras' ..._notop.h5) loaded into the encoder by "
+                            "layer name; needs --base-filters 64. Nothing is downloaded.")
+    fit = parser.add_argument_group("optimisation")
+    fit.add_argument("--epochs", type=_positive_int, default=20)
+    fit.add_argument("--batch-size", type=_positive_int, default=8, help="global batch, split over the workers (default 8)")
+    fit.add_argument("--loss", choices=LOSSES, default="ce")
+    fit.add_argument("--class-weights", metavar="W,W,...", help="one loss weight per class")
+    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    fit.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    fit.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="decay to 0 over the run (default cosine)")
+    fit.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0, help="linear warm-up (cosine only)")
+    fit.add_argument("--no-augment", dest="augment", action="store_false",
+                     help="turn off random scale/crop, flip and brightness/contrast jitter")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--export", choices=("best", "last"), default="best",
+                     help="which epoch becomes the artifact: best validation mIoU (default) or the last one "
+                          "(when the validation set is also your test set, so it must not pick the model)")
+    run = parser.add_argument_group("cluster and checkpoints")
+    run.add_argument("--workers", type=_positive_int, default=1, help="data-parallel training workers (default 1)")
+    run.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    run.add_argument("--cpus-per-worker", type=_positive_float, default=None,
+                     help="default: 1 with GPUs, else the cluster's CPUs shared by the workers with 0.5 left for reading")
+    run.add_argument("--name", help="run name; the same --name and --storage resume (default: the output's name)")
+    run.add_argument("--storage", metavar="URI", help="where checkpoints go, local or s3:// (default: ~/ray_results)")
+    run.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray in-process)")
+    parser.add_argument("--output", metavar="URI", required=True, help="where the model artifact is written")
+    args = vars(parser.parse_args(argv))
+    args["class_names"] = tuple(args["class_names"].split(",")) if args["class_names"] else None
+    args["class_weights"] = _weights(args["class_weights"])
+    return check_config(TrainConfig(**args))
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _weights(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise UserError(f"--class-weights {text!r}: expected comma-separated numbers") from None
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    if (config.voc is None) == (config.images is None):
+        raise UserError("give either --images and --masks, or --voc")
+    if config.images and not config.masks:
+        raise UserError("--images needs --masks")
+    if bool(config.val_images) != bool(config.val_masks):
+        raise UserError("--val-images and --val-masks go together")
+    if config.num_classes < 2:
+        raise UserError("--num-classes must be at least 2")
+    if config.input_size % 16:
+        raise UserError(f"--input-size {config.input_size}: must be a multiple of 16")
+    if config.batch_size % config.workers:
+        raise UserError(f"--batch-size {config.batch_size} must be a multiple of --workers {config.workers}")
+    names = config.class_names or (VOC_CLASS_NAMES[:config.num_classes] if config.voc and config.num_classes <= 21 else None)
+    names = names or tuple(f"class_{i}" for i in range(config.num_classes))
+    if len(names) != config.num_classes:
+        raise UserError(f"--class-names gives {len(names)} names for --num-classes {config.num_classes}")
+    if config.class_weights and len(config.class_weights) != config.num_classes:
+        raise UserError(f"--class-weights gives {len(config.class_weights)} weights for {config.num_classes} classes")
+    if config.backbone_weights and config.base_filters != 64:
+        raise UserError("--backbone-weights holds VGG16 at full width: use --base-filters 64")
+    if config.backbone_weights and not os.path.isfile(config.backbone_weights):
+        raise UserError(f"--backbone-weights {config.backbone_weights}: no such file")
+    name = config.name or Path(config.output.rstrip("/")).name or "unet"
+    return dataclasses.replace(config, class_names=tuple(names), name=name)
+
+
+def load_splits(config: TrainConfig) -> tuple:
+    """(train pairs, validation pairs) from the flags."""
+    if config.voc:
+        return training_data.voc_pairs(config.voc, "train"), training_data.voc_pairs(config.voc, "val")
+    pairs = training_data.pair_by_stem(config.images, config.masks)
+    if config.val_images:
+        return pairs, training_data.pair_by_stem(config.val_images, config.val_masks)
+    return training_data.split_validation(pairs, config.val_fraction, config.seed)
+
+
+def pairs_dataset(pairs, config: TrainConfig):
+    """A Ray Dataset of decoded, letterboxed (image, mask) pairs at the model's input size."""
+    import ray
+
+    lookup = training_data.parse_mask_map(config.mask_map)
+    return ray.data.from_arrow(slices(pairs, 8)).map_batches(
+        training_data.load_pairs, batch_size=8, num_cpus=DATA_CPUS,
+        fn_kwargs={"input_size": config.input_size, "lookup": lookup})
+
+
+def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
+    """Steps per epoch (equal on every worker: the collectives need it) and CPUs per worker."""
+    import ray
+
+    worker_batch = config.batch_size // config.workers
+    steps = (len(train_pairs) // config.workers) // worker_batch
+    if steps < 1:
+        raise UserError(f"{len(train_pairs)} training pairs cannot fill one global batch of {config.batch_size}")
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    total_cpus = sum(n.get("CPU", 0) for n in nodes)
+    max_node_cpus = max((n.get("CPU", 0) for n in nodes), default=1)
+    cpus = config.cpus_per_worker or (1.0 if config.use_gpu else
+                                      max(0.25, min(max_node_cpus, (total_cpus - DATA_CPUS) / config.workers)))
+    if cpus > max_node_cpus:
+        raise UserError(f"--cpus-per-worker {cpus:g}: no node has that many CPUs (largest: {max_node_cpus:g})")
+    plan = Plan(steps, worker_batch, max(1, round(cpus)), training_data.fingerprint(train_pairs),
+                len(train_pairs), len(val_pairs))
+    return plan, cpus
+
+
+def train_worker(loop_config: dict) -> None:
+    """One data-parallel worker: MultiWorkerMirroredStrategy over Ray Train's TF_CONFIG."""
+    import keras
+    import ray.train
+    import tensorflow as tf
+
+    from unet_core.predict import configure_tensorflow
+    from unet_core.training import DistributedTrainer
+
+    config: TrainConfig = loop_config["config"]
+    plan: Plan = loop_config["plan"]
+    configure_tensorflow(plan.threads)
+    tf.get_logger().setLevel("ERROR")  # the strategy logs every collective it builds; keep the epoch lines readable
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    total_steps = plan.steps_per_epoch * config.epochs
+    keras.utils.set_random_seed(config.seed)
+    trainer = DistributedTrainer(
+        strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters),
+        LossConfig(config.loss, config.class_weights, config.ignore_index),
+        OptimizerConfig(config.optimizer, config.learning_rate, config.schedule,
+                        round(config.warmup_epochs * plan.steps_per_epoch)),
+        config.batch_size, total_steps)
+    progress = restore_or_start(trainer, config, plan, rank)
+    train_shard, val_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+        started = time.time()
+        loss = train_epoch(trainer, train_shard, plan, config, epoch, rank)
+        confusion = trainer.all_reduce_sum(validation_confusion(trainer, val_data, config, rank, world))
+        metrics = epoch_metrics(epoch, loss, confusion, trainer.step, time.time() - started)
+        if rank == 0:
+            print(format_epoch(metrics, config), flush=True)
+        report(trainer, metrics, rank, plan)
+
+
+def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int) -> dict:
+    """Load the latest checkpoint when this run name has one; otherwise start at epoch 0."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        if config.backbone_weights:
+            from unet_core.model import load_vgg16_weights
+
+            loaded = load_vgg16_weights(trainer.model, config.backbone_weights)
+            if rank == 0:
+                print(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}", flush=True)
+        return {"epoch": 0}
+    with checkpoint.as_directory() as folder:
+        with np.load(os.path.join(folder, STATE_FILE)) as arrays:
+            trainer.restore(dict(arrays))
+        with open(os.path.join(folder, PROGRESS_FILE)) as handle:
+            progress = json.load(handle)
+    if rank == 0:
+        print(f"resuming after epoch {progress['epoch']} (optimizer step {trainer.step})", flush=True)
+        if progress["fingerprint"] != plan.fingerprint:
+            print("warning: the training data differ from those the checkpoint was trained on", flush=True)
+    return progress
+
+
+def train_epoch(trainer, shard, plan: Plan, config: TrainConfig, epoch: int, rank: int) -> float:
+    from unet_core.augment import augment_batch
+
+    rng = np.random.default_rng([config.seed, epoch, rank])
+    losses = []
+    for batch in shard.iter_batches(batch_size=plan.worker_batch, drop_last=True, batch_format="numpy",
+                                    local_shuffle_buffer_size=4 * plan.worker_batch,
+                                    local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank):
+        images, masks = batch["image"], batch["mask"]
+        if config.augment:
+            images, masks = augment_batch(images, masks, rng)
+        losses.append(trainer.train_step(images, masks))
+    if len(losses) != plan.steps_per_epoch:
+        raise RuntimeError(f"worker {rank} got {len(losses)} batches, expected {plan.steps_per_epoch}")
+    return float(np.mean(losses))
+
+
+def validation_confusion(trainer, val_data, config: TrainConfig, rank: int, world: int) -> np.ndarray:
+    """This worker's share of the validation set (every world-th pair), as a confusion matrix."""
+    from unet_core.metrics import confusion_matrix
+
+    confusion = np.zeros((config.num_classes, config.num_classes), np.int64)
+    for batch in val_data.iter_batches(batch_size=8, batch_format="numpy"):
+        mine = batch["index"] % world == rank
+        if mine.any():
+            predicted = trainer.predict(batch["image"][mine])
+            confusion += confusion_matrix(batch["mask"][mine], predicted, config.num_classes, config.ignore_index)
+    return confusion
+
+
+def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, seconds: float) -> dict:
+    from unet_core.metrics import iou_per_class, mean_iou, pixel_accuracy
+
+    return {
+        "epoch": epoch, "train_loss": loss, "optimizer_step": step, "epoch_seconds": round(seconds, 2),
+        "val_miou": mean_iou(confusion), "val_pixel_accuracy": pixel_accuracy(confusion),
+        "val_iou": [None if np.isnan(v) else float(v) for v in iou_per_class(confusion)],
+        "val_confusion": confusion.astype(np.int64).tolist(),
+    }
+
+
+def format_epoch(metrics: dict, config: TrainConfig) -> str:
+    ious = ", ".join(f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in zip(config.class_names, metrics["val_iou"]))
+    return (f"epoch {metrics['epoch']}/{config.epochs}: loss {metrics['train_loss']:.4f}, val mIoU "
+            f"{metrics['val_miou']:.4f}, pixel accuracy {metrics['val_pixel_accuracy']:.4f} [{ious}] "
+            f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.1f} s")
+
+
+def report(trainer, metrics: dict, rank: int, plan: Plan) -> None:
+    """Every rank reports; rank 0's checkpoint holds the state, every rank adds its weights' digest
+    (Ray merges the ranks' files into one checkpoint folder), which proves the replicas agree."""
+    import ray.train
+
+    from unet_core.training import weights_digest
+
+    with tempfile.TemporaryDirectory() as folder:
+        if rank == 0:
+            np.savez(os.path.join(folder, STATE_FILE), **trainer.state())
+            with open(os.path.join(folder, PROGRESS_FILE), "w") as handle:
+                json.dump({**metrics, "fingerprint": plan.fingerprint}, handle)
+        with open(os.path.join(folder, f"replica-{rank}.sha256"), "w") as handle:
+            handle.write(weights_digest(trainer.model))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def run_training(config: TrainConfig):
+    """Fit with Ray Train and return the Result."""
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    train_pairs, val_pairs = load_splits(config)
+    connect_ray(config.address)
+    plan, cpus = plan_run(config, train_pairs, val_pairs)
+    print(f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
+          f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}, {plan.steps_per_epoch} steps of "
+          f"{config.batch_size} per epoch", flush=True)
+    trainer = TensorflowTrainer(
+        train_worker,
+        train_loop_config={"config": config, "plan": plan},
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": cpus}),
+        datasets={"train": pairs_dataset(train_pairs, config),
+                  "val": pairs_dataset(val_pairs, config).materialize()},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=config.name, storage_path=config.storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
+                                               checkpoint_score_order="max")),
+    )
+    return trainer.fit(), plan
+
+
+def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
+    """Write the chosen epoch's weights as an artifact, with the training provenance."""
+    from unet_core import build_unet, save_artifact
+    from unet_core.training import weights_from_state
+
+    if config.export == "last":
+        checkpoint, metrics = result.checkpoint, result.metrics
+    else:
+        checkpoint, metrics = max(result.best_checkpoints, key=lambda item: item[1]["val_miou"])
+    with checkpoint.as_directory() as folder:
+        with np.load(os.path.join(folder, STATE_FILE)) as arrays:
+            weights = weights_from_state(dict(arrays))
+        digests = sorted({Path(p).read_text() for p in Path(folder).glob("replica-*.sha256")})
+    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters)
+    model.set_weights(weights)
+    source = {
+        "trained_by": "jobs/train.py", "run_name": config.name, "checkpoint": checkpoint.path,
+        "data_fingerprint": plan.fingerprint, "train_pairs": plan.train_pairs, "val_pairs": plan.val_pairs,
+        "exported": config.export, "exported_epoch": metrics["epoch"], "epochs": config.epochs,
+        "optimizer_step": metrics["optimizer_step"],
+        "val_miou": metrics["val_miou"], "val_pixel_accuracy": metrics["val_pixel_accuracy"],
+        "val_iou": dict(zip(config.class_names, metrics["val_iou"])), "replica_weight_digests": digests,
+        "workers": config.workers, "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "address"},
+    }
+    save_artifact(model, config.output, list(config.class_names), name=config.name, source=source)
+    return source
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    started = time.time()
+    result, plan = run_training(config)
+    source = export_artifact(result, config, plan)
+    print(f"{config.export} epoch {source['exported_epoch']}: val mIoU {source['val_miou']:.4f}; artifact written to "
+          f"{config.output} ({time.time() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,146 @@
+"""Labelled collections for training and evaluation: pairing images with masks, and loading pairs.
+
+Images and masks pair by file stem (`a/0001.jpg` with `b/0001.png`), or come from a Pascal VOC
+layout. Masks store class indices (grey or palette PNG); `--mask-map` rewrites stored values
+(ISBI's 0/255) into class indices.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from jobs.errors import UserError
+from jobs.storage import join, list_inputs, read_bytes
+from unet_core import decode_image, decode_mask_png, letterbox
+from unet_core.augment import PAD_LABEL
+
+PAIRS_SCHEMA = pa.schema([
+    ("index", pa.int64()), ("stem", pa.string()), ("image_uri", pa.string()), ("mask_uri", pa.string()),
+    ("source_size", pa.int64()), ("source_version", pa.string()),
+])
+
+
+def stem(uri: str) -> str:
+    return posixpath.splitext(posixpath.basename(uri.replace(os.sep, "/")))[0]
+
+
+def pair_by_stem(images: str, masks: str) -> pa.Table:
+    """Every image with the mask of the same stem; a partner missing on either side is an error."""
+    image_listing, mask_listing = list_inputs([images]), list_inputs([masks])
+    by_stem = {}
+    for side, listing, spec in (("image", image_listing, images), ("mask", mask_listing, masks)):
+        found: dict[str, dict] = {}
+        for row in listing.to_pylist():
+            key = stem(row["image_uri"])
+            if key in found:
+                raise UserError(f"{spec}: two {side}s share the stem {key!r} "
+                                f"({found[key]['image_uri']} and {row['image_uri']})")
+            found[key] = row
+        by_stem[side] = found
+    if not by_stem["image"]:
+        raise UserError(f"{images}: no images found")
+    _check_partners(by_stem["image"], by_stem["mask"], images, masks)
+    return _pairs_table([(key, row, by_stem["mask"][key]["image_uri"]) for key, row in sorted(by_stem["image"].items())])
+
+
+def _check_partners(images: dict, masks: dict, image_spec: str, mask_spec: str) -> None:
+    lonely_images = sorted(set(images) - set(masks))
+    lonely_masks = sorted(set(masks) - set(images))
+    problems = []
+    if lonely_images:
+        problems.append(f"{len(lonely_images)} images have no mask in {mask_spec} (e.g. {', '.join(lonely_images[:3])})")
+    if lonely_masks:
+        problems.append(f"{len(lonely_masks)} masks have no image in {image_spec} (e.g. {', '.join(lonely_masks[:3])})")
+    if problems:
+        raise UserError("images and masks pair by file stem: " + "; ".join(problems))
+
+
+def voc_pairs(root: str, split: str) -> pa.Table:
+    """Pairs of a Pascal VOC tree: ImageSets/Segmentation/<split>.txt, JPEGImages/, SegmentationClass/."""
+    list_file = join(root, "ImageSets", "Segmentation", f"{split}.txt")
+    try:
+        names = [line.strip() for line in read_bytes(list_file).decode().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise UserError(f"--voc {root}: no {list_file} (expected a Pascal VOC layout)") from None
+    rows = [(name, {"image_uri": join(root, "JPEGImages", f"{name}.jpg"), "source_size": -1, "source_version": ""},
+             join(root, "SegmentationClass", f"{name}.png")) for name in names]
+    return _pairs_table(rows)
+
+
+def _pairs_table(rows: list[tuple[str, dict, str]]) -> pa.Table:
+    return pa.table({
+        "index": pa.array(range(len(rows)), pa.int64()),
+        "stem": [key for key, _, _ in rows],
+        "image_uri": [row["image_uri"] for _, row, _ in rows],
+        "mask_uri": [mask for _, _, mask in rows],
+        "source_size": pa.array([row["source_size"] for _, row, _ in rows], pa.int64()),
+        "source_version": [row["source_version"] for _, row, _ in rows],
+    }, schema=PAIRS_SCHEMA)
+
+
+def split_validation(pairs: pa.Table, fraction: float, seed: int = 0) -> tuple[pa.Table, pa.Table]:
+    """Hold out a random `fraction` of pairs (at least one), the same ones for the same seed."""
+    count = len(pairs)
+    held = max(1, round(count * fraction))
+    if held >= count:
+        raise UserError(f"--val-fraction {fraction}: would leave no training data out of {count} pairs")
+    order = np.random.default_rng(seed).permutation(count)
+    return reindex(pairs.take(np.sort(order[held:]))), reindex(pairs.take(np.sort(order[:held])))
+
+
+def reindex(pairs: pa.Table) -> pa.Table:
+    return pairs.set_column(0, "index", pa.array(range(len(pairs)), pa.int64()))
+
+
+def fingerprint(pairs: pa.Table) -> str:
+    """sha256 over the pairs' URIs, sizes and versions: the same data gives the same fingerprint."""
+    digest = hashlib.sha256()
+    for row in pairs.select(["image_uri", "mask_uri", "source_size", "source_version"]).to_pylist():
+        digest.update(repr(sorted(row.items())).encode())
+    return digest.hexdigest()
+
+
+def parse_mask_map(text: str | None) -> np.ndarray:
+    """'255:1,128:2' -> a 256-entry lookup table from stored mask value to class index."""
+    table = np.arange(256, dtype=np.uint8)
+    for item in filter(None, (text or "").replace(" ", "").split(",")):
+        try:
+            stored, _, label = item.partition(":")
+            stored, label = int(stored), int(label)
+        except ValueError:
+            raise UserError(f"--mask-map {text!r}: expected STORED:CLASS pairs such as 255:1,0:0") from None
+        if not (0 <= stored <= 255 and 0 <= label <= 255):
+            raise UserError(f"--mask-map {text!r}: values must be 0..255")
+        table[stored] = label
+    return table
+
+
+def read_mask(uri: str, lookup: np.ndarray) -> np.ndarray:
+    """A stored mask as class indices (H, W) uint8."""
+    try:
+        return lookup[decode_mask_png(read_bytes(uri))]
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{uri}: cannot read mask ({exc})") from exc
+
+
+def load_pairs(batch: dict, input_size: int, lookup: np.ndarray) -> dict:
+    """Decode each pair and letterbox it to the model input; padding is labelled PAD_LABEL (ignored)."""
+    count = len(batch["image_uri"])
+    images = np.zeros((count, input_size, input_size, 3), np.uint8)
+    masks = np.zeros((count, input_size, input_size), np.uint8)
+    for row, (image_uri, mask_uri) in enumerate(zip(batch["image_uri"], batch["mask_uri"])):
+        image = decode_image(read_bytes(image_uri))
+        mask = read_mask(mask_uri, lookup)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                             f"its image {image_uri} is {image.shape[1]}x{image.shape[0]}")
+        images[row], box = letterbox(image, input_size)
+        masks[row] = PAD_LABEL
+        inner = np.asarray(Image.fromarray(mask).resize((box.inner_width, box.inner_height), Image.NEAREST))
+        masks[row, box.top:box.top + box.inner_height, box.left:box.left + box.inner_width] = inner
+    return {"index": batch["index"], "image": images, "mask": masks}

@@ -1,0 +1,52 @@
+"""Pairing and loading labelled data for training: in-process, no Ray."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs.errors import UserError
+from jobs.training_data import load_pairs, pair_by_stem, parse_mask_map, split_validation, voc_pairs
+from unet_core.augment import PAD_LABEL
+
+
+def test_voc_layout_pairs_and_palette_masks(tmp_path):
+    root = tmp_path / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    (root / "ImageSets/Segmentation/train.txt").write_text("2007_000032\n2007_000039\n")
+    mask = np.zeros((20, 40), np.uint8)
+    mask[5:10, 10:30] = 15
+    mask[0, :] = 255  # VOC's border label
+    for name in ("2007_000032", "2007_000039"):
+        Image.fromarray(np.full((20, 40, 3), 120, np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+        palette = Image.fromarray(mask, mode="P")
+        palette.putpalette([0, 0, 0, 128, 0, 0] * 128)
+        palette.save(root / "SegmentationClass" / f"{name}.png")
+    pairs = voc_pairs(str(root), "train")
+    assert pairs.column("stem").to_pylist() == ["2007_000032", "2007_000039"]
+    loaded = load_pairs(pairs.to_pydict(), 16, parse_mask_map(None))
+    assert loaded["image"].shape == (2, 16, 16, 3) and loaded["mask"].shape == (2, 16, 16)
+    # 40x20 letterboxed into 16x16: rows 0-3 and 12-15 are padding, the class-15 box sits inside
+    assert np.all(loaded["mask"][:, :4] == PAD_LABEL) and np.all(loaded["mask"][:, 12:] == PAD_LABEL)
+    assert set(np.unique(loaded["mask"])) == {0, 15, 255}
+    with pytest.raises(UserError, match="Pascal VOC layout"):
+        voc_pairs(str(root), "val")
+
+
+def test_mask_map_and_pairing_by_stem(tmp_path):
+    for folder in ("img", "lbl"):
+        (tmp_path / folder).mkdir()
+    for index in range(5):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / f"{index}.jpg")
+        Image.fromarray(np.array([[0, 255] * 4] * 8, np.uint8)).save(tmp_path / "lbl" / f"{index}.png")
+    pairs = pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl"))
+    loaded = load_pairs(pairs.to_pydict(), 16, parse_mask_map("255:1"))
+    assert set(np.unique(loaded["mask"])) == {0, 1}
+    train, val = split_validation(pairs, 0.4, seed=3)
+    assert len(train) == 3 and len(val) == 2
+    assert not set(train.column("stem").to_pylist()) & set(val.column("stem").to_pylist())
+    assert val.column("index").to_pylist() == [0, 1]
+    with pytest.raises(UserError, match="STORED:CLASS"):
+        parse_mask_map("255=1")
+    (tmp_path / "lbl" / "extra.png").write_bytes((tmp_path / "lbl" / "0.png").read_bytes())
+    with pytest.raises(UserError, match=r"1 masks have no image .*extra"):
+        pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl"))
