@@ -35,7 +35,7 @@ from jobs.segment import (  # noqa: E402
 from jobs.storage import filesystem, join  # noqa: E402
 from unet_core import unletterbox  # noqa: E402
 from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy  # noqa: E402
-from unet_core.predict import PRECISIONS  # noqa: E402
+from unet_core.image import PRECISIONS  # noqa: E402
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.parquet"

@@ -23,8 +23,8 @@ from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, build_dataset  # noqa: E402
 from jobs.results import select_new  # noqa: E402
 from jobs.storage import list_inputs  # noqa: E402
-from unet_core import DEFAULT_MAX_PIXELS, load_artifact  # noqa: E402
-from unet_core.predict import PRECISIONS  # noqa: E402
+from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
+from unet_core.image import PRECISIONS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,8 @@ def _parse_actors(text: str) -> tuple[int, int]:
 def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:
     """Load the artifact once here, so a refused, tampered or corrupt model is one clear error
     before any replica starts."""
+    from unet_core import load_artifact
+
     meta = load_artifact(uri, allow_unsafe=allow_unsafe).metadata
     height, width = meta.input_size
     if height != width:

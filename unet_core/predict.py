@@ -14,7 +14,6 @@ import tensorflow as tf
 from unet_core.artifact import Artifact
 from unet_core.model import build_unet, unet_config
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def configure_tensorflow(threads: int | None = None) -> None:
