@@ -16,6 +16,7 @@ Views:
 from __future__ import annotations
 
 import json
+import posixpath
 
 import duckdb
 import pyarrow as pa
@@ -48,7 +49,10 @@ def committed_manifests(output: str) -> list[dict]:
     manifests = []
     for path in sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".json")):
         with fs.open(path, "r", encoding="utf-8") as handle:
-            manifest = json.load(handle)
+            try:
+                manifest = json.load(handle)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: not a readable run manifest ({exc})") from exc
         if manifest.get("status") == "committed":
             manifests.append(manifest)
     return sorted(manifests, key=lambda m: (m.get("committed_at", ""), m["run_id"]))
@@ -68,12 +72,13 @@ def runs_table(manifests: list[dict]) -> pa.Table:
 
 def committed_dataset(output: str, dataset: str, manifests: list[dict]) -> pads.Dataset:
     """One dataset over exactly the part files the manifests list, with `run_id` from the partition path."""
-    files = [join(output, name) for m in manifests for name in m.get("files", {}).get(dataset, [])]
     schema = SCHEMAS[dataset].append(pa.field("run_id", pa.string()))
-    if not files:
+    names = [name for m in manifests for name in m.get("files", {}).get(dataset, [])]
+    if not names:
         return pads.dataset(schema.empty_table())
-    fs, base = filesystem(join(output, dataset))
-    paths = [filesystem(uri)[1] for uri in files]
+    fs, root = filesystem(output)
+    base = posixpath.join(root, dataset)
+    paths = [posixpath.join(root, name) for name in names]
     return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet",
                         partitioning=PARTITIONING, partition_base_dir=base)
 
@@ -114,6 +119,10 @@ def connect(output: str) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
     for dataset in DATASETS:
         con.register(f"{dataset}_parts", committed_dataset(output, dataset, manifests))
         con.execute(f"CREATE VIEW {dataset} AS SELECT * FROM {dataset}_parts")
+    if len(manifests) < 2:  # nothing can be superseded: skip the window over every image
+        con.execute("CREATE VIEW current_images AS SELECT * FROM images")
+        con.execute("CREATE VIEW current_class_stats AS SELECT * FROM class_stats")
+        return con, manifests
     con.execute("""
         CREATE VIEW current_images AS
         SELECT i.* FROM images i JOIN runs r ON i.run_id = r.run_id

@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -125,3 +126,26 @@ def test_the_cli_prints_a_table_and_one_line_errors(output):
         failed = run_job("query.py", "--output", output, *args, timeout=120)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr[-2000:]
         assert "Traceback" not in failed.stderr and failed.stderr.count("error:") == 1
+
+
+def copy_output(output: str, target) -> str:
+    shutil.copytree(output, target)
+    return str(target)
+
+
+def test_with_one_committed_run_current_rows_are_that_run(output, tmp_path):
+    single = copy_output(output, tmp_path / "single")
+    os.remove(os.path.join(single, "runs", "second.json"))  # now "second" is as good as never committed
+    assert query_json(single, "summary") == query_json(output, "summary", "--run", "first")
+    rows = query_json(single, "sql", "SELECT run_id, count(*)::INT AS n FROM current_images GROUP BY ALL")
+    assert rows == [{"run_id": "first", "n": 8}]
+
+
+def test_find_by_name_where_runs_number_the_class_differently(output, tmp_path):
+    renumbered = copy_output(output, tmp_path / "renumbered")
+    path = os.path.join(renumbered, "runs", "second.json")
+    manifest = json.load(open(path))
+    manifest["model"]["class_names"] = list(reversed(manifest["model"]["class_names"]))
+    json.dump(manifest, open(path, "w"))
+    args = ("find", "--class", "stuff", "--min-fraction", "0.05")
+    assert query_json(renumbered, *args) == query_json(output, *args) != []
