@@ -21,7 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from jobs import runs  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import ModelInfo, Resources, build_dataset  # noqa: E402
-from jobs.storage import list_inputs  # noqa: E402
+from jobs.storage import (  # noqa: E402
+    StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs, storage_errors,
+)
 from unet_core import DEFAULT_MAX_PIXELS, read_metadata  # noqa: E402
 from unet_core.predict import PRECISIONS  # noqa: E402
 
@@ -41,6 +43,8 @@ class SegmentConfig:
     run_id: str | None = None
     address: str | None = None
     unsafe_allow_code: bool = False
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
@@ -75,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "Ray started in-process)")
     parser.add_argument("--unsafe-allow-code", action="store_true",
                         help="UNSAFE: load models whose file carries code (Lambda layers); only for models you trust")
+    add_storage_flags(parser)
     parser.add_argument("--demo", action="store_true",
                         help="make synthetic scenes and a small model trained on them, segment them into "
                              "./demo-output/ and report the mIoU against the true masks")
@@ -114,11 +119,15 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here."""
+def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> None:
+    """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here.
+
+    `env_vars` (the storage settings) go to every worker of the job through its runtime env.
+    """
     import ray
 
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True, runtime_env=runtime_env)
     ray.data.DataContext.get_current().enable_progress_bars = True
 
 
@@ -164,17 +173,20 @@ def model_info(uri: str) -> ModelInfo:
 
 def segment(config: SegmentConfig) -> dict:
     """Run the job and commit it; returns the manifest."""
-    model = model_info(config.model)
+    storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
+    with storage_errors(config.model):
+        model = model_info(config.model)
     listing = list_inputs(config.inputs)
     if len(listing) == 0:
         raise UserError(f"no images found in {' '.join(config.inputs)}")
     run_id = config.run_id or runs.new_run_id()
+    check_writable(config.output)
     if runs.is_committed(config.output, run_id):
         raise UserError(f"run {run_id} is already committed in {config.output}; pick another --run-id")
     stale = runs.discard_parts(config.output, run_id)
     if stale:
         print(f"discarded {stale} files of an unfinished earlier attempt of run {run_id}")
-    connect_ray(config.address)
+    connect_ray(config.address, storage_env)
     resources = plan_resources(config)
     print(f"run {run_id}: {len(listing)} images, model {model.name} ({model.sha256[:12]}), "
           f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"

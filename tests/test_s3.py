@@ -1,0 +1,93 @@
+"""The segment job against a real S3 server (SeaweedFS, credentials enforced): s3 -> s3 and its failures."""
+import json
+import os
+
+import pyarrow.dataset as pads
+import pytest
+
+from s3_server import ADMIN, PUBLIC_BUCKET, READER
+from test_segment_job import run_job
+
+
+def upload_inputs(fs, bucket: str, mixed_folder: dict[str, str], tiny_artifact: str) -> None:
+    for name, path in mixed_folder.items():
+        fs.put_file(path, f"{bucket}/photos/{name}")
+    fs.put(tiny_artifact + "/", f"{bucket}/models/tiny/", recursive=True)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_segment_s3_to_s3_with_endpoint_flag_and_list_file(s3_server, s3_bucket, tiny_artifact, mixed_folder):
+    fs = s3_server.filesystem()
+    upload_inputs(fs, s3_bucket, mixed_folder, tiny_artifact)
+    fs.put_file(mixed_folder["grey.png"], f"{s3_bucket}/elsewhere/listed.png")
+    fs.pipe_file(f"{s3_bucket}/lists/extra.txt", f"s3://{s3_bucket}/elsewhere/listed.png\n".encode())
+    env = s3_server.env()
+    env.pop("AWS_ENDPOINT_URL")  # the flag must carry the endpoint to the driver and every worker
+    done = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/", f"s3://{s3_bucket}/lists/extra.txt",
+                   "--output", f"s3://{s3_bucket}/seg", "--model", f"s3://{s3_bucket}/models/tiny",
+                   "--s3-endpoint-url", s3_server.endpoint, "--batch-size", "4", "--run-id", "s3run", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run s3run: 8 images, 7 ok, 1 errors" in done.stdout
+
+    images = pads.dataset(f"{s3_bucket}/seg/images", filesystem=fs, format="parquet",
+                          partitioning="hive").to_table().to_pylist()
+    by_uri = {row["image_uri"]: row for row in images}
+    expected = {f"s3://{s3_bucket}/photos/{name}" for name in mixed_folder} | {f"s3://{s3_bucket}/elsewhere/listed.png"}
+    assert set(by_uri) == expected
+    assert by_uri[f"s3://{s3_bucket}/photos/corrupt.png"]["status"] == "error"
+    listed = by_uri[f"s3://{s3_bucket}/photos/grey.png"]
+    assert listed["source_version"] == fs.info(f"{s3_bucket}/photos/grey.png")["ETag"].strip('"')
+    assert by_uri[f"s3://{s3_bucket}/elsewhere/listed.png"]["mask_png"] == listed["mask_png"]
+
+    manifest = json.loads(fs.cat_file(f"{s3_bucket}/seg/runs/s3run.json"))
+    assert manifest["counts"] == {"inputs": 8, "ok": 7, "errors": 1}
+    stored = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{s3_bucket}/seg/images") if p.endswith(".parquet"))
+    assert sorted(p.rsplit("/", 1)[-1] for p in manifest["files"]["images"]) == stored
+    assert not [p for p in fs.find(f"{s3_bucket}/seg") if ".write-check-" in p]
+
+
+def test_anonymous_read_of_a_public_bucket(s3_server, tmp_path, tiny_artifact, mixed_folder):
+    fs = s3_server.filesystem()
+    fs.put_file(mixed_folder["rgba.png"], f"{PUBLIC_BUCKET}/anon-test/rgba.png")
+    env = s3_server.env()
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(key)
+    output = str(tmp_path / "out")
+    args = ("--input", f"s3://{PUBLIC_BUCKET}/anon-test/", "--output", output, "--model", tiny_artifact,
+            "--run-id", "anon")
+    done = run_job("segment.py", *args, "--anonymous", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 images, 1 ok, 0 errors" in done.stdout
+
+
+@pytest.mark.parametrize("case", ["wrong-secret", "missing-input-bucket", "missing-output-bucket",
+                                  "read-only-output", "missing-prefix"])
+def test_storage_errors_are_one_line_naming_the_uri(case, s3_server, s3_bucket, tiny_artifact, mixed_folder):
+    fs = s3_server.filesystem()
+    upload_inputs(fs, s3_bucket, mixed_folder, tiny_artifact)
+    photos, output, model = f"s3://{s3_bucket}/photos/", f"s3://{s3_bucket}/seg", f"s3://{s3_bucket}/models/tiny"
+    env = s3_server.env()
+    if case == "wrong-secret":
+        env = s3_server.env(ADMIN[0], "not-the-secret")
+        expected = f"{model}: access denied"
+    elif case == "missing-input-bucket":
+        photos = "s3://no-such-bucket-here/photos/"
+        expected = f"{photos}: bucket 'no-such-bucket-here' does not exist"
+    elif case == "missing-output-bucket":
+        output = "s3://no-such-output-bucket/seg"
+        expected = f"{output}: bucket 'no-such-output-bucket' does not exist"
+    elif case == "read-only-output":
+        env = s3_server.env(*READER)
+        expected = f"{output}: access denied"
+    else:
+        photos = f"s3://{s3_bucket}/no/such/prefix/"
+        expected = f"{photos}: no such object or prefix"
+    done = run_job("segment.py", "--input", photos, "--output", output, "--model", model, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not fs.exists(f"{s3_bucket}/seg/runs")
