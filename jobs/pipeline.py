@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import os
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -91,6 +93,8 @@ class Segmenter:
 
         configure_tensorflow(threads)
         self.predictor = Predictor(load_artifact(model_uri, allow_unsafe=allow_unsafe), batch_size, precision)
+        self.placement = json.dumps(replica_placement(), sort_keys=True)
+        print(f"model replica placed: {self.placement}")
 
     def __call__(self, batch: dict) -> dict:
         ok = batch["error"] == ""
@@ -101,7 +105,23 @@ class Segmenter:
             predicted, probability = self.predictor.predict(batch["pixels"][ok])
             masks[ok], confidence[ok] = predicted, probability.astype(np.float16)
         out = {key: value for key, value in batch.items() if key != "pixels"}
-        return {**out, "mask": masks, "confidence": confidence}
+        return {**out, "mask": masks, "confidence": confidence, "replica": np.full(len(ok), self.placement, object)}
+
+
+def replica_placement() -> dict:
+    """Where this replica runs: its node, the GPUs Ray assigned to it, and the device TensorFlow
+    actually uses (CPU when the assigned GPU is not physically there). Recorded in the manifest."""
+    import ray
+    import tensorflow as tf
+
+    context = ray.get_runtime_context()
+    return {
+        "node_id": context.get_node_id(),
+        "pid": os.getpid(),
+        "gpu_ids": [str(gpu) for gpu in context.get_accelerator_ids().get("GPU", [])],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "tensorflow_device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+    }
 
 
 def finalize(batch: dict, model: ModelInfo) -> dict:
@@ -142,6 +162,7 @@ def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict
         "part": np.array([part], dtype=object),
         "rows": np.array([len(ok)]), "ok": np.array([int(ok.sum())]),
         "class_pixels": batch["stats_pixels"][ok].sum(axis=0, keepdims=True),
+        "replicas": np.array([json.dumps(sorted(set(batch["replica"])))], dtype=object),
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -144,11 +145,13 @@ def plan_resources(config: SegmentConfig) -> Resources:
     cpus = config.cpus_per_actor or (1.0 if gpus else max(0.5, max_node_cpus - 0.5))
     if cpus > max_node_cpus:
         raise UserError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max_node_cpus:g})")
+    fit = sum(int(n.get("GPU", 0) // gpus) for n in nodes) if gpus else sum(int(n.get("CPU", 0) // cpus) for n in nodes)
     if config.actors == "auto":
-        fit = int(total_gpus // gpus) if gpus else sum(int(n.get("CPU", 0) // cpus) for n in nodes)
         low, high = 1, max(1, fit)
     else:
         low, high = _parse_actors(config.actors)
+    if gpus and high > fit:
+        raise UserError(f"--actors {config.actors}: only {fit} replicas of {gpus:g} GPU fit on the cluster's GPUs")
     return Resources(low, high, cpus, gpus, config.batch_size, rows_per_file=config.rows_per_file)
 
 
@@ -209,9 +212,16 @@ def segment(config: SegmentConfig) -> dict:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_seconds": round(wall, 3),
         "images_per_second": round(rows / wall, 3) if wall > 0 else None,
+        "replicas": replicas_used(parts),
     }
     manifest_path = runs.commit(config.output, run_id, manifest, {str(p["part"]) for p in parts})
     return {**manifest, "run_id": run_id, "manifest_uri": manifest_path}
+
+
+def replicas_used(parts: list[dict]) -> list[dict]:
+    """Every model replica that segmented images in this run: node, assigned GPUs, TF device."""
+    placements = {placement for part in parts for placement in json.loads(part["replicas"])}
+    return [json.loads(placement) for placement in sorted(placements)]
 
 
 def print_summary(manifest: dict) -> None:
