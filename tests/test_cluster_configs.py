@@ -65,7 +65,7 @@ def test_kuberay_cluster_spec_converts_to_a_valid_autoscaler_config(name, metada
     assert head["resources"].get("GPU", 0) == 0 and head["resources"]["CPU"] == 8
     assert gpu["resources"]["GPU"] == 1 and gpu["resources"]["CPU"] == 4
     assert gpu["min_workers"] <= gpu["max_workers"]
-    assert spec["authOptions"]["mode"] == "token"
+    assert spec["authOptions"]["mode"] == "token"  # Ray token auth, the secret KubeRay makes or ours
     assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
     images = {c["image"] for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
               for c in group["template"]["spec"]["containers"]}
