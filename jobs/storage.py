@@ -14,6 +14,7 @@ import io
 import json
 import os
 import posixpath
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,6 +22,7 @@ from typing import Iterator
 import fsspec
 import fsspec.asyn
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs.errors import UserError
@@ -33,8 +35,9 @@ LISTING_SCHEMA = pa.schema([
 
 
 S3_ENV_VAR = "FSSPEC_S3"
-S3_RETRIES = {"max_attempts": 8, "mode": "standard"}
-"""botocore's standard mode retries throttling, 5xx and timeouts with jittered exponential backoff."""
+S3_MAX_ATTEMPTS = 8
+"""botocore's and pyarrow's standard retry modes retry throttling, 5xx and timeouts with jittered
+exponential backoff, up to this many attempts per request."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def configure_storage(options: StorageOptions) -> dict[str, str]:
     which the workers share) is used as it is.
     """
     given = os.environ.get(S3_ENV_VAR)
-    settings = json.loads(given) if given else {"config_kwargs": {"retries": S3_RETRIES}}
+    settings = json.loads(given) if given else {"config_kwargs": {"retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}}}
     if options.endpoint_url:
         settings["endpoint_url"] = options.endpoint_url
     if options.anonymous:
@@ -113,6 +116,23 @@ def check_writable(output: str) -> None:
             raise UserError(f"{output}: bucket {fs.split_path(path)[0]!r} does not exist")
         fs.pipe_file(path, b"")
         fs.rm_file(path)
+
+
+def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem and path for a URI, with the same S3 settings as fsspec's (endpoint,
+    anonymous access, retries): for pyarrow readers and writers, and Ray Train's `storage_filesystem`,
+    which otherwise would not know an S3-compatible endpoint."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    settings = fsspec.config.conf.get("s3", {})
+    options = {"anonymous": bool(settings.get("anon")),
+               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
+    endpoint = settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urllib.parse.urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https",
+                       region=os.environ.get("AWS_REGION", "us-east-1"))
+    return pafs.S3FileSystem(**options), uri.split("://", 1)[1]
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

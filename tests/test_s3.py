@@ -91,3 +91,33 @@ def test_storage_errors_are_one_line_naming_the_uri(case, s3_server, s3_bucket, 
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not fs.exists(f"{s3_bucket}/seg/runs")
+
+
+def test_pyarrow_filesystem_uses_the_same_settings(s3_server, s3_bucket, monkeypatch):
+    """Ray Train checkpoints and pyarrow writers go through pyarrow's S3 client: same endpoint, same errors."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.storage import StorageOptions, arrow_filesystem, configure_storage, storage_errors
+    from jobs.errors import UserError
+
+    for key, value in s3_server.env().items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("FSSPEC_S3", "")  # restored (removed) after the test, as is fsspec's config below
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    configure_storage(StorageOptions(endpoint_url=s3_server.endpoint))
+
+    uri = f"s3://{s3_bucket}/arrow/table.parquet"
+    fs, path = arrow_filesystem(uri)
+    pq.write_table(pa.table({"x": [1, 2, 3]}), path, filesystem=fs)
+    assert s3_server.filesystem().exists(f"{s3_bucket}/arrow/table.parquet")
+    assert pq.read_table(path, filesystem=fs).column("x").to_pylist() == [1, 2, 3]
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    fs, path = arrow_filesystem(uri)
+    with pytest.raises(UserError, match=f"^{uri}: "):
+        with storage_errors(uri):
+            pq.read_table(path, filesystem=fs)
