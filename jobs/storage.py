@@ -32,8 +32,6 @@ LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
 LISTING_SCHEMA = pa.schema([
     ("image_uri", pa.string()), ("source_size", pa.int64()), ("source_version", pa.string()),
 ])
-
-
 S3_ENV_VAR = "FSSPEC_S3"
 S3_MAX_ATTEMPTS = 8
 """botocore's and pyarrow's standard retry modes retry throttling, 5xx and timeouts with jittered
@@ -55,10 +53,6 @@ def add_storage_flags(parser: argparse.ArgumentParser) -> None:
                         help="read S3 without credentials (public buckets)")
 
 
-def storage_options(args: argparse.Namespace) -> StorageOptions:
-    return StorageOptions(endpoint_url=args.s3_endpoint_url, anonymous=args.anonymous)
-
-
 def configure_storage(options: StorageOptions) -> dict[str, str]:
     """Apply the options to this process; returns the environment variables that carry them
     to other processes (Ray workers), which read them when they import fsspec.
@@ -67,7 +61,8 @@ def configure_storage(options: StorageOptions) -> dict[str, str]:
     which the workers share) is used as it is.
     """
     given = os.environ.get(S3_ENV_VAR)
-    settings = json.loads(given) if given else {"config_kwargs": {"retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}}}
+    retries = {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}
+    settings = json.loads(given) if given else {"config_kwargs": {"retries": retries}}
     if options.endpoint_url:
         settings["endpoint_url"] = options.endpoint_url
     if options.anonymous:

@@ -6,7 +6,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from s3_server import ADMIN, PUBLIC_BUCKET, READER
-from test_segment_job import run_job
+from test_segment_job import ROOT, run_job
 
 
 def upload_inputs(fs, bucket: str, mixed_folder: dict[str, str], tiny_artifact: str) -> None:
@@ -121,3 +121,46 @@ def test_pyarrow_filesystem_uses_the_same_settings(s3_server, s3_bucket, monkeyp
     with pytest.raises(UserError, match=f"^{uri}: "):
         with storage_errors(uri):
             pq.read_table(path, filesystem=fs)
+
+
+def write_scene_pairs(fs, prefix: str, count: int, seed: int) -> None:
+    """Synthetic scenes and their masks as PNG objects paired by stem."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from unet_core.synthetic import make_scene
+
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        for kind, array in zip(("images", "masks"), make_scene(rng, 32, 32, shapes=2)):
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="PNG")
+            fs.pipe_file(f"{prefix}/{kind}/scene{index:03d}.png", buffer.getvalue())
+
+
+@pytest.mark.skipif(not (ROOT / "jobs" / "train.py").exists() or not (ROOT / "jobs" / "evaluate.py").exists(),
+                    reason="jobs/train.py and jobs/evaluate.py are not in this tree")
+def test_train_from_s3_checkpoints_to_s3_resumes_then_evaluates_from_s3(s3_server, s3_bucket):
+    fs = s3_server.filesystem()
+    write_scene_pairs(fs, f"{s3_bucket}/train", 32, seed=1)
+    write_scene_pairs(fs, f"{s3_bucket}/val", 8, seed=2)
+    root = f"s3://{s3_bucket}"
+    train = ["--images", f"{root}/train/images", "--masks", f"{root}/train/masks",
+             "--val-images", f"{root}/val/images", "--val-masks", f"{root}/val/masks",
+             "--num-classes", "4", "--input-size", "32", "--base-filters", "4", "--batch-size", "8",
+             "--workers", "1", "--name", "s3train", "--storage", f"{root}/checkpoints", "--output", f"{root}/model"]
+    first = run_job("train.py", *train, "--epochs", "1", env=s3_server.env(), timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_job("train.py", *train, "--epochs", "2", env=s3_server.env(), timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming after epoch 1" in second.stdout and "epoch 2/2:" in second.stdout
+    assert [p for p in fs.ls(f"{s3_bucket}/checkpoints/s3train") if "/checkpoint_" in p]
+    assert fs.exists(f"{s3_bucket}/model/model.keras") and fs.exists(f"{s3_bucket}/model/metadata.json")
+
+    done = run_job("evaluate.py", "--model", f"{root}/model", "--images", f"{root}/val/images",
+                   "--masks", f"{root}/val/masks", "--output", f"{root}/eval", env=s3_server.env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(fs.cat_file(f"{s3_bucket}/eval/metrics.json"))
+    assert sum(map(sum, metrics["confusion"])) == 8 * 32 * 32
