@@ -1,6 +1,5 @@
 """The segment job against a real S3 server (SeaweedFS, credentials enforced): s3 -> s3 and its failures."""
 import json
-import os
 
 import pyarrow.dataset as pads
 import pytest
