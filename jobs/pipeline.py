@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import os
 import posixpath
 import uuid
 import warnings
@@ -110,6 +112,8 @@ class Segmenter:
         configure_tensorflow(threads)
         self.predictor = Predictor(load_artifact(model_uri, allow_unsafe=allow_unsafe), batch_size, precision, tta)
         self.tile_overlap = tile_overlap
+        self.placement = json.dumps(replica_placement(), sort_keys=True)
+        print(f"model replica placed: {self.placement}")
 
     def __call__(self, batch: dict) -> dict:
         ok = batch["error"] == ""
@@ -118,7 +122,7 @@ class Segmenter:
             masks, confidence = self._letterboxed(batch["pixels"], ok)
         else:
             masks, confidence = self._tiled(batch["pixels"], ok)
-        return {**out, "mask": masks, "confidence": confidence}
+        return {**out, "mask": masks, "confidence": confidence, "replica": np.full(len(ok), self.placement, object)}
 
     def _letterboxed(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         masks = np.zeros(pixels.shape[:3], np.uint8)
@@ -142,6 +146,22 @@ class Segmenter:
             masks.append(mask)
             confidence.append(probability.astype(np.float16))
         return _ragged(masks), _ragged(confidence)
+
+
+def replica_placement() -> dict:
+    """Where this replica runs: its node, the GPUs Ray assigned to it, and the device TensorFlow
+    actually uses (CPU when the assigned GPU is not physically there). Recorded in the manifest."""
+    import ray
+    import tensorflow as tf
+
+    context = ray.get_runtime_context()
+    return {
+        "node_id": context.get_node_id(),
+        "pid": os.getpid(),
+        "gpu_ids": [str(gpu) for gpu in context.get_accelerator_ids().get("GPU", [])],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "tensorflow_device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+    }
 
 
 def letterbox_of(batch: dict, row: int, input_size: int) -> Letterbox:
@@ -187,6 +207,7 @@ def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict
         "part": np.array([part], dtype=object),
         "rows": np.array([len(ok)]), "ok": np.array([int(ok.sum())]),
         "class_pixels": batch["stats_pixels"][ok].sum(axis=0, keepdims=True),
+        "replicas": np.array([json.dumps(sorted(set(batch["replica"])))], dtype=object),
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -22,7 +23,9 @@ from jobs import runs  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, build_dataset  # noqa: E402
 from jobs.results import select_new  # noqa: E402
-from jobs.storage import list_inputs  # noqa: E402
+from jobs.storage import (  # noqa: E402
+    StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs, storage_errors,
+)
 from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
 from unet_core.image import PRECISIONS  # noqa: E402
 
@@ -49,6 +52,8 @@ class SegmentConfig:
     stale_after_hours: float = 24.0
     address: str | None = None
     unsafe_allow_code: bool = False
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
@@ -101,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "Ray started in-process)")
     parser.add_argument("--unsafe-allow-code", action="store_true",
                         help="UNSAFE: load models whose file carries code (Lambda layers); only for models you trust")
+    add_storage_flags(parser)
     parser.add_argument("--demo", action="store_true",
                         help="make synthetic scenes and a small model trained on them, segment them into "
                              "./demo-output/ and report the mIoU against the true masks")
@@ -154,11 +160,15 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here."""
+def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> None:
+    """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here.
+
+    `env_vars` (the storage settings) go to every worker of the job through its runtime env.
+    """
     import ray
 
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True, runtime_env=runtime_env)
     ray.data.DataContext.get_current().enable_progress_bars = True
 
 
@@ -175,11 +185,13 @@ def plan_resources(config: SegmentConfig) -> Resources:
     cpus = config.cpus_per_actor or (1.0 if gpus else max(0.5, max_node_cpus - 0.5))
     if cpus > max_node_cpus:
         raise UserError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max_node_cpus:g})")
+    fit = sum(int(n.get("GPU", 0) // gpus) for n in nodes) if gpus else sum(int(n.get("CPU", 0) // cpus) for n in nodes)
     if config.actors == "auto":
-        fit = int(total_gpus // gpus) if gpus else sum(int(n.get("CPU", 0) // cpus) for n in nodes)
         low, high = 1, max(1, fit)
     else:
         low, high = _parse_actors(config.actors)
+    if gpus and high > fit:
+        raise UserError(f"--actors {config.actors}: only {fit} replicas of {gpus:g} GPU fit on the cluster's GPUs")
     return Resources(low, high, cpus, gpus, config.batch_size, rows_per_file=config.rows_per_file)
 
 
@@ -208,18 +220,21 @@ def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:
 
 def segment(config: SegmentConfig) -> dict:
     """Run the job and commit it; returns the manifest."""
-    model = model_info(config.model, config.unsafe_allow_code)
+    storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
+    with storage_errors(config.model):
+        model = model_info(config.model, config.unsafe_allow_code)
     listing = list_inputs(config.inputs)
     if len(listing) == 0:
         raise UserError(f"no images found in {' '.join(config.inputs)}")
     run_id = config.run_id or runs.new_run_id()
+    check_writable(config.output)
     if runs.is_committed(config.output, run_id):
         raise UserError(f"run {run_id} is already committed in {config.output}; pick another --run-id")
     _discard_unfinished(config, run_id)
     todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \
         if config.incremental else (listing, 0)
     started = time.time()
-    parts = _process(todo, model, config, run_id) if todo.num_rows else []
+    parts = _process(todo, model, config, run_id, storage_env) if todo.num_rows else []
     wall = time.time() - started
     rows = sum(int(p["rows"]) for p in parts)
     ok = sum(int(p["ok"]) for p in parts)
@@ -234,6 +249,7 @@ def segment(config: SegmentConfig) -> dict:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_seconds": round(wall, 3),
         "images_per_second": round(rows / wall, 3) if wall > 0 else None,
+        "replicas": replicas_used(parts),
     }
     manifest_path = runs.commit(config.output, run_id, manifest, {str(p["part"]) for p in parts})
     return {**manifest, "run_id": run_id, "manifest_uri": manifest_path}
@@ -248,8 +264,8 @@ def _discard_unfinished(config: SegmentConfig, run_id: str) -> None:
         print(f"deleted the files of run {old}, which never committed")
 
 
-def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str) -> list[dict]:
-    connect_ray(config.address)
+def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict) -> list[dict]:
+    connect_ray(config.address, storage_env)
     resources = plan_resources(config)
     print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
           f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
@@ -259,6 +275,12 @@ def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str) -> list
         tta=config.tta == "flip", max_pixels=config.max_pixels, allow_unsafe=config.unsafe_allow_code)
     dataset = build_dataset(todo, model, resources, config.output, run_id, inference)
     return dataset.take_all()
+
+
+def replicas_used(parts: list[dict]) -> list[dict]:
+    """Every model replica that segmented images in this run: node, assigned GPUs, TF device."""
+    placements = {placement for part in parts for placement in json.loads(part["replicas"])}
+    return [json.loads(placement) for placement in sorted(placements)]
 
 
 def print_summary(manifest: dict) -> None:

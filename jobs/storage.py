@@ -1,13 +1,27 @@
-"""Finding input images and writing outputs on local disk or any fsspec store (s3://...)."""
+"""Finding input images and writing outputs on local disk or any fsspec store (s3://...).
+
+S3 goes through s3fs with the standard AWS credential chain (environment, config files,
+instance or pod roles). Its settings live in fsspec's per-protocol config, so every fsspec
+user in the process (unet_core's artifact loader included) sees them, and in the
+`FSSPEC_S3` environment variable, which is how they reach the Ray workers.
+"""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
+import json
 import os
 import posixpath
+import urllib.parse
+import uuid
+from dataclasses import dataclass
 from typing import Iterator
 
 import fsspec
+import fsspec.asyn
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs.errors import UserError
@@ -17,6 +31,102 @@ LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
 LISTING_SCHEMA = pa.schema([
     ("image_uri", pa.string()), ("source_size", pa.int64()), ("source_version", pa.string()),
 ])
+S3_ENV_VAR = "FSSPEC_S3"
+S3_MAX_ATTEMPTS = 8
+"""botocore's and pyarrow's standard retry modes retry throttling, 5xx and timeouts with jittered
+exponential backoff, up to this many attempts per request."""
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach S3; credentials are never flags (the AWS chain provides them)."""
+
+    endpoint_url: str | None = None
+    anonymous: bool = False
+
+
+def add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--s3-endpoint-url", metavar="URL", default=None,
+                        help="S3-compatible store to use instead of AWS (default: $AWS_ENDPOINT_URL if set)")
+    parser.add_argument("--anonymous", action="store_true",
+                        help="read S3 without credentials (public buckets)")
+
+
+def configure_storage(options: StorageOptions) -> dict[str, str]:
+    """Apply the options to this process; returns the environment variables that carry them
+    to other processes (Ray workers), which read them when they import fsspec.
+
+    A `FSSPEC_S3` already in the environment (set by the user, or by the job's runtime env,
+    which the workers share) is used as it is.
+    """
+    given = os.environ.get(S3_ENV_VAR)
+    retries = {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}
+    settings = json.loads(given) if given else {"config_kwargs": {"retries": retries}}
+    if options.endpoint_url:
+        settings["endpoint_url"] = options.endpoint_url
+    if options.anonymous:
+        settings["anon"] = True
+    encoded = json.dumps(settings, sort_keys=True)
+    if given and json.loads(given) != settings:
+        raise UserError(f"--s3-endpoint-url/--anonymous: set them in {S3_ENV_VAR} ({given}) or as flags, not both")
+    fsspec.config.conf["s3"] = {**fsspec.config.conf.get("s3", {}), **settings}
+    os.environ[S3_ENV_VAR] = encoded
+    return {} if given else {S3_ENV_VAR: encoded}
+
+
+@contextlib.contextmanager
+def storage_errors(uri: str) -> Iterator[None]:
+    """Turn a storage failure into one line naming the URI (retries have already happened)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except PermissionError as exc:
+        raise UserError(f"{uri}: access denied ({_reason(exc)}); check the AWS credentials, the endpoint "
+                        "and the bucket policy") from exc
+    except FileNotFoundError as exc:
+        raise UserError(f"{uri}: not found ({_reason(exc)})") from exc
+    except OSError as exc:
+        raise UserError(f"{uri}: storage error ({_reason(exc)})") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith(("botocore", "aiobotocore")):  # no credentials, endpoint unreachable
+            raise UserError(f"{uri}: storage error ({_reason(exc)})") from exc
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip() or type(exc).__name__
+
+
+def check_writable(output: str) -> None:
+    """Fail now, not after the whole run, when the output cannot be written: write and delete a
+    small object (on S3 this also refuses a missing bucket instead of creating it)."""
+    probe = join(output, f".write-check-{uuid.uuid4().hex}")
+    with storage_errors(output):
+        fs, path = filesystem(probe)
+        if _protocol(fs) == "file":
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+        elif _protocol(fs) in ("s3", "s3a") and not fs.exists(fs.split_path(path)[0]):
+            raise UserError(f"{output}: bucket {fs.split_path(path)[0]!r} does not exist")
+        fs.pipe_file(path, b"")
+        fs.rm_file(path)
+
+
+def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem and path for a URI, with the same S3 settings as fsspec's (endpoint,
+    anonymous access, retries): for pyarrow readers and writers, and Ray Train's `storage_filesystem`,
+    which otherwise would not know an S3-compatible endpoint."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    settings = fsspec.config.conf.get("s3", {})
+    options = {"anonymous": bool(settings.get("anon")),
+               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
+    endpoint = settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urllib.parse.urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https",
+                       region=os.environ.get("AWS_REGION", "us-east-1"))
+    return pafs.S3FileSystem(**options), uri.split("://", 1)[1]
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -44,8 +154,9 @@ def list_inputs(inputs: list[str]) -> pa.Table:
     """
     rows: dict[str, tuple[int, str]] = {}
     for spec in inputs:
-        for uri, size, version in _expand(spec):
-            rows[uri] = (size, version)
+        with storage_errors(spec):
+            for uri, size, version in _expand(spec):
+                rows[uri] = (size, version)
     uris = sorted(rows)
     return pa.table(
         [uris, [rows[u][0] for u in uris], [rows[u][1] for u in uris]], schema=LISTING_SCHEMA
@@ -62,13 +173,22 @@ def _expand(spec: str) -> Iterator[tuple[str, int, str]]:
         yield from ((_uri(protocol, p), *_version(info)) for p, info in sorted(matches.items()) if info["type"] == "file")
         return
     if not fs.exists(path):
-        raise UserError(f"{spec}: no such file or folder")
+        raise UserError(f"{spec}: {_what_is_missing(fs, path)}")
     if fs.isdir(path):
         yield from _walk(fs, protocol, path)
     elif path.lower().endswith(LIST_EXTENSIONS):
         yield from _read_list_file(fs, spec, path)
     else:
         yield (_uri(protocol, path), *_version(fs.info(path)))
+
+
+def _what_is_missing(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    if _protocol(fs) in ("s3", "s3a"):
+        bucket = fs.split_path(path)[0]
+        if not fs.exists(bucket):
+            return f"bucket {bucket!r} does not exist"
+        return "no such object or prefix"
+    return "no such file or folder"
 
 
 def _walk(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[tuple[str, int, str]]:
@@ -81,9 +201,31 @@ def _walk(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[t
                     full = os.path.join(folder, name)
                     yield (full, *_local_version(full))
         return
+    if protocol in ("s3", "s3a"):
+        yield from _walk_s3(fs, protocol, root)
+        return
     for path, info in sorted(fs.find(root, detail=True).items()):
         if info.get("type") == "file" and is_image_name(path):
             yield (_uri(protocol, path), *_version(info))
+
+
+def _walk_s3(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[tuple[str, int, str]]:
+    """Image objects under a prefix, one listing page (1,000 keys) at a time, in key order.
+
+    `fs.find` would hold every key's full info dict (and a listings cache) at once; this keeps
+    only URI, size and ETag per image.
+    """
+    bucket, key, _ = fs.split_path(root)
+    request = {"Bucket": bucket, "Prefix": f"{key.rstrip('/')}/" if key else ""}
+    pages = fs._list_pages("list_objects_v2", **request, **fs.req_kw).__aiter__()
+    while True:
+        try:
+            page = fsspec.asyn.sync(fs.loop, pages.__anext__)
+        except StopAsyncIteration:
+            return
+        for item in page.get("Contents", []):
+            if is_image_name(item["Key"]):
+                yield f"{protocol}://{bucket}/{item['Key']}", int(item["Size"]), item["ETag"].strip('"')
 
 
 def _local_version(path: str) -> tuple[int, str]:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest_plugins = ["s3_server"]
+
 TINY_CLASSES = ["background", "thing", "stuff"]
 
 

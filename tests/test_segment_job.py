@@ -16,8 +16,8 @@ from unet_core import decode_mask_png
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_job(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def run_job(script: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = env or {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,0 +1,120 @@
+"""Placement on a real multi-node Ray cluster (ray.cluster_utils.Cluster: one head, worker nodes as
+separate raylets on this machine), with fake GPUs declared by worker nodes.
+
+Every replica logs where it was placed (node, assigned GPUs, CUDA_VISIBLE_DEVICES, the device
+TensorFlow uses) and the manifest lists the replicas that did the work; the tests assert on both.
+"""
+import json
+import os
+import shutil
+import socket
+import tempfile
+
+import pytest
+from ray.cluster_utils import Cluster
+
+from test_segment_job import ROOT, run_job
+
+PLACED = "model replica placed: "
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def make_cluster(monkeypatch):
+    """Start a head (1 CPU, no GPU) and the given worker nodes; returns (cluster, worker node ids)."""
+    root = tempfile.mkdtemp(prefix="ray-mn-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    monkeypatch.setenv("RAY_TMPDIR", root)  # keeps this cluster's address file away from other Rays
+    temp_dir = os.path.join(root, "ray")
+    os.makedirs(temp_dir)
+    clusters = []
+
+    def start(*workers: dict, dashboard: bool = False) -> tuple[Cluster, list[str]]:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": dashboard,
+            "dashboard_port": free_port(), "temp_dir": temp_dir})
+        clusters.append(cluster)
+        nodes = [cluster.add_node(**spec) for spec in workers]
+        cluster.wait_for_nodes()
+        return cluster, [node.node_id for node in nodes]
+
+    yield start
+    for cluster in clusters:
+        cluster.shutdown()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def segment_on(cluster: Cluster, folder: str, output: str, model: str, *flags: str):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_DEDUP_LOGS="0",  # every replica's placement line, even when two read alike
+               RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S="300")  # the whole pool starts before any batch runs
+    done = run_job("segment.py", "--input", folder, "--output", output, "--model", model, "--address",
+                   cluster.address, "--batch-size", "1", "--run-id", "placed", *flags, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    placed = [json.loads(line.split(PLACED, 1)[1]) for line in (done.stdout + done.stderr).splitlines()
+              if PLACED in line]
+    manifest = json.load(open(os.path.join(output, "runs", "placed.json")))
+    assert manifest["counts"]["errors"] == 1  # corrupt.png
+    for replica in manifest["replicas"]:
+        assert replica in placed
+    return placed, manifest
+
+
+def test_cpu_replicas_spread_over_two_worker_nodes(make_cluster, tmp_path, tiny_artifact, mixed_folder):
+    cluster, workers = make_cluster({"num_cpus": 2}, {"num_cpus": 2})
+    placed, _ = segment_on(cluster, os.path.dirname(mixed_folder["grey.png"]), str(tmp_path / "out"),
+                           tiny_artifact, "--actors", "2", "--cpus-per-actor", "1.5")
+    assert sorted(r["node_id"] for r in placed) == sorted(workers)  # 1.5 CPUs fit once per worker, never on the head
+    assert all(r["gpu_ids"] == [] and r["tensorflow_device"] == "CPU" for r in placed)
+
+
+def test_one_replica_per_fake_gpu_and_only_on_gpu_nodes(make_cluster, tmp_path, tiny_artifact, mixed_folder):
+    cluster, (two_gpus, one_gpu, no_gpu) = make_cluster(
+        {"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 1}, {"num_cpus": 2})
+    folder = os.path.dirname(mixed_folder["grey.png"])
+    placed, manifest = segment_on(cluster, folder, str(tmp_path / "out"), tiny_artifact,
+                                  "--gpus-per-actor", "1", "--actors", "3", "--cpus-per-actor", "0.5")
+    assert sorted((r["node_id"], r["gpu_ids"][0]) for r in placed) == sorted(
+        [(two_gpus, "0"), (two_gpus, "1"), (one_gpu, "0")])
+    for replica in placed:
+        assert replica["gpu_ids"] and len(replica["gpu_ids"]) == 1
+        assert replica["cuda_visible_devices"] == replica["gpu_ids"][0]  # what Ray assigned is what TF is shown
+        assert replica["tensorflow_device"] == "CPU"  # the GPUs are fake: TensorFlow falls back to the CPU
+    assert manifest["config"]["gpus_per_actor"] == 1
+
+    too_many = run_job("segment.py", "--input", folder, "--output", str(tmp_path / "out2"), "--model", tiny_artifact,
+                       "--address", cluster.address, "--gpus-per-actor", "1", "--actors", "4")
+    assert too_many.returncode == 2 and "error: --actors 4: only 3 replicas of 1 GPU fit" in too_many.stderr
+
+
+def test_half_gpu_replicas_share_one_gpu(make_cluster, tmp_path, tiny_artifact, mixed_folder):
+    cluster, (gpu_node,) = make_cluster({"num_cpus": 2, "num_gpus": 1})
+    placed, _ = segment_on(cluster, os.path.dirname(mixed_folder["grey.png"]), str(tmp_path / "out"),
+                           tiny_artifact, "--gpus-per-actor", "0.5", "--actors", "2", "--cpus-per-actor", "0.5")
+    assert len(placed) == 2 and len({r["pid"] for r in placed}) == 2
+    assert all(r["node_id"] == gpu_node and r["gpu_ids"] == ["0"] for r in placed)
+    assert all(r["cuda_visible_devices"] == "0" for r in placed)
+
+
+@pytest.mark.skipif(not (ROOT / "jobs" / "train.py").exists(), reason="jobs/train.py is not in this tree")
+def test_training_with_two_workers_on_two_nodes(make_cluster, tmp_path):
+    import fsspec
+    from ray.util.state import list_actors
+
+    from test_s3 import write_scene_pairs
+
+    cluster, workers = make_cluster({"num_cpus": 2}, {"num_cpus": 2}, dashboard=True)
+    write_scene_pairs(fsspec.filesystem("file", auto_mkdir=True), str(tmp_path / "data"), 16, seed=1)
+    done = run_job("train.py", "--images", str(tmp_path / "data" / "images"), "--masks", str(tmp_path / "data" / "masks"),
+                   "--num-classes", "4", "--input-size", "32", "--base-filters", "4", "--batch-size", "8",
+                   "--epochs", "1", "--workers", "2", "--cpus-per-worker", "1.5", "--name", "two-nodes",
+                   "--storage", str(tmp_path / "checkpoints"), "--output", str(tmp_path / "model"),
+                   "--address", cluster.address, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train_workers = [actor for actor in list_actors(address=cluster.address, detail=True, limit=1000)
+                     if actor.class_name == "RayTrainWorker"]
+    assert sorted(actor.node_id for actor in train_workers) == sorted(workers)  # one worker on each node
