@@ -94,9 +94,9 @@ def test_ray_job_submit_runs_segment_on_our_head(ray_head, tmp_path, tiny_artifa
     assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr  # status SUCCEEDED
     logs = subprocess.run([ray_cli(), "job", "logs", "--address", address, job_id], env=env,
                           capture_output=True, text=True).stdout
-    assert "run submitted: 7 images, 6 ok, 1 errors" in logs
+    assert "run submitted: 7 images, 0 skipped, 7 processed: 6 ok, 1 errors" in logs
     manifest = json.load(open(os.path.join(output, "runs", "submitted.json")))
-    assert manifest["counts"] == {"inputs": 7, "ok": 6, "errors": 1}
+    assert manifest["counts"] == {"inputs": 7, "skipped": 0, "processed": 7, "ok": 6, "errors": 1}
     assert read_dataset(output, "images").num_rows == 7
 
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}

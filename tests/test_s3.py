@@ -29,7 +29,7 @@ def test_segment_s3_to_s3_with_endpoint_flag_and_list_file(s3_server, s3_bucket,
                    "--output", f"s3://{s3_bucket}/seg", "--model", f"s3://{s3_bucket}/models/tiny",
                    "--s3-endpoint-url", s3_server.endpoint, "--batch-size", "4", "--run-id", "s3run", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "run s3run: 8 images, 7 ok, 1 errors" in done.stdout
+    assert "run s3run: 8 images, 0 skipped, 8 processed: 7 ok, 1 errors" in done.stdout
 
     images = pads.dataset(f"{s3_bucket}/seg/images", filesystem=fs, format="parquet",
                           partitioning="hive").to_table().to_pylist()
@@ -42,7 +42,7 @@ def test_segment_s3_to_s3_with_endpoint_flag_and_list_file(s3_server, s3_bucket,
     assert by_uri[f"s3://{s3_bucket}/elsewhere/listed.png"]["mask_png"] == listed["mask_png"]
 
     manifest = json.loads(fs.cat_file(f"{s3_bucket}/seg/runs/s3run.json"))
-    assert manifest["counts"] == {"inputs": 8, "ok": 7, "errors": 1}
+    assert manifest["counts"] == {"inputs": 8, "skipped": 0, "processed": 8, "ok": 7, "errors": 1}
     stored = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{s3_bucket}/seg/images") if p.endswith(".parquet"))
     assert sorted(p.rsplit("/", 1)[-1] for p in manifest["files"]["images"]) == stored
     assert not [p for p in fs.find(f"{s3_bucket}/seg") if ".write-check-" in p]
@@ -59,7 +59,7 @@ def test_anonymous_read_of_a_public_bucket(s3_server, tmp_path, tiny_artifact, m
             "--run-id", "anon")
     done = run_job("segment.py", *args, "--anonymous", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "1 images, 1 ok, 0 errors" in done.stdout
+    assert "1 images, 0 skipped, 1 processed: 1 ok, 0 errors" in done.stdout
 
 
 @pytest.mark.parametrize("case", ["wrong-secret", "missing-input-bucket", "missing-output-bucket",

@@ -80,7 +80,7 @@ def test_exported_artifact_segments_and_evaluates(trained, tmp_path):
     done = run_job("segment.py", "--input", str(val / "images"), "--output", str(tmp_path / "seg"),
                    "--model", trained["model"], "--run-id", "trained", "--precision", "float32")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "16 images, 16 ok, 0 errors" in done.stdout
+    assert "16 images, 0 skipped, 16 processed: 16 ok, 0 errors" in done.stdout
     assert read_dataset(str(tmp_path / "seg"), "images").num_rows == 16
 
     done = run_job("evaluate.py", "--model", trained["model"], "--images", str(val / "images"),
