@@ -13,7 +13,7 @@ from unet_core import build_unet, read_metadata, save_artifact
 from unet_core.synthetic import SCENE_CLASSES, make_scene
 
 TRAIN_ARGS = ["--num-classes", "4", "--class-names", ",".join(SCENE_CLASSES), "--input-size", "32",
-              "--base-filters", "8", "--batch-size", "8", "--workers", "2", "--learning-rate", "3e-3",
+              "--base-filters", "8", "--batch-size", "8", "--workers", "2", "--learning-rate", "1e-2",
               "--no-augment", "--name", "scenes"]
 
 
