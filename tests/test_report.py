@@ -1,7 +1,6 @@
 """report.py: the HTML report of a real run, rendered in headless Chromium."""
 import base64
 import io
-import os
 import re
 import shutil
 import subprocess
