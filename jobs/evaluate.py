@@ -27,11 +27,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from jobs import training_data  # noqa: E402
+from jobs.arguments import non_negative_float, positive_float, positive_int  # noqa: E402
 from jobs.errors import run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, letterbox_of, segmented_dataset  # noqa: E402
-from jobs.segment import (  # noqa: E402
-    _non_negative_float, _positive_float, _positive_int, connect_ray, model_info, plan_resources,
-)
+from jobs.segment import connect_ray, model_info, plan_resources  # noqa: E402
 from jobs.storage import filesystem, join  # noqa: E402
 from unet_core import unletterbox  # noqa: E402
 from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy  # noqa: E402
@@ -67,10 +66,10 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser.add_argument("--output", required=True, metavar="URI", help=f"folder for {METRICS_FILE} and {PER_IMAGE_FILE}")
     parser.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1")
     parser.add_argument("--ignore-index", type=int, default=None, help="label left out of every metric")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per model call (default 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per model call (default 8)")
     parser.add_argument("--actors", default="auto", metavar="MIN[:MAX]", help="model replicas, as in segment.py")
-    parser.add_argument("--cpus-per-actor", type=_positive_float, default=None)
-    parser.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0)
+    parser.add_argument("--cpus-per-actor", type=positive_float, default=None)
+    parser.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="default float32: scores should not depend on the machine")
     parser.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)")

@@ -32,6 +32,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from jobs.arguments import fraction, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.results import check_run, connect, select_scope  # noqa: E402
 
@@ -75,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="per class: pixel total, share of all pixels, images containing it")
     find = commands.add_parser("find", parents=[common, run], help="images where a class covers at least a fraction")
     find.add_argument("--class", dest="class_name", required=True, metavar="NAME")
-    find.add_argument("--min-fraction", type=_fraction, required=True, metavar="F", help="0..1")
-    find.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N images (default 100)")
+    find.add_argument("--min-fraction", type=fraction, required=True, metavar="F", help="0..1")
+    find.add_argument("--limit", type=positive_int, default=100, metavar="N", help="at most N images (default 100)")
     commands.add_parser("errors", parents=[common, run], help="images that failed, and why")
     sql = commands.add_parser("sql", parents=[common],
                               help="any query over the views images, class_stats, runs, current_images, "
@@ -89,18 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def run_query(args: argparse.Namespace) -> pa.Table:

@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jobs import runs  # noqa: E402
+from jobs.arguments import fraction, non_negative_float, overlap, positive_float, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, build_dataset  # noqa: E402
 from jobs.results import select_new  # noqa: E402
@@ -64,28 +65,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "(.txt/.csv/.parquet of URIs: the way to pass millions of images)")
     parser.add_argument("--output", metavar="URI", help="output root: images/, class_stats/ and runs/ go under it")
     parser.add_argument("--model", metavar="URI", help="model artifact folder (see unet_core.save_artifact)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8,
+    parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="images per model call; fixed, the last batch is padded (default: 8)")
     parser.add_argument("--actors", default="auto", metavar="MIN[:MAX]",
                         help="size of the autoscaling pool of model replicas (default: auto = 1 up to what "
                              "the cluster's GPUs or nodes hold)")
-    parser.add_argument("--cpus-per-actor", type=_positive_float, default=None,
+    parser.add_argument("--cpus-per-actor", type=positive_float, default=None,
                         help="CPUs reserved per replica; TensorFlow's thread pool is sized to it (default: 1 "
                              "with GPUs, else the largest node's CPUs minus 0.5 left for decoding)")
-    parser.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0,
+    parser.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0,
                         help="GPUs per replica: 1 pins one GPU each, 0.5 puts two replicas on a GPU (default: 0)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
     parser.add_argument("--mode", choices=("letterbox", "tile"), default="letterbox",
                         help="letterbox: scale each image into one model input (ordinary photos); tile: "
                              "sliding-window inference at full resolution (large images, bounded memory)")
-    parser.add_argument("--tile-overlap", type=_overlap, default=0.25,
+    parser.add_argument("--tile-overlap", type=overlap, default=0.25,
                         help="with --mode tile, the fraction by which tiles overlap (default: 0.25)")
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: average each prediction with that of the mirrored image (2x compute)")
-    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--rows-per-file", type=_positive_int, default=256,
+    parser.add_argument("--rows-per-file", type=positive_int, default=256,
                         help="images per Parquet file (default: 256)")
     parser.add_argument("--run-id", default=None,
                         help="name of this run (default: UTC time + random suffix); rerunning an unfinished "
@@ -95,10 +96,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "model already processed")
     parser.add_argument("--retry-errors", action="store_true",
                         help="with --incremental, process again images whose earlier result was an error")
-    parser.add_argument("--max-error-rate", type=_fraction, default=1.0, metavar="R",
+    parser.add_argument("--max-error-rate", type=fraction, default=1.0, metavar="R",
                         help="exit with status 3 when more than this fraction of the processed images failed; "
                              "all rows are still written and committed (default: 1.0, never)")
-    parser.add_argument("--stale-after-hours", type=_non_negative_float, default=24.0,
+    parser.add_argument("--stale-after-hours", type=non_negative_float, default=24.0,
                         help="delete files of runs that never committed and were last written this long ago "
                              "(default: 24)")
     parser.add_argument("--address", default=None,
@@ -125,39 +126,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     return SegmentConfig(**{k: v for k, v in vars(args).items() if k in fields}), args.demo
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
 
 
-def _overlap(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> None:

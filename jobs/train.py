@@ -27,9 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from jobs import training_data  # noqa: E402
+from jobs.arguments import non_negative_float, open_fraction, positive_float, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import slices  # noqa: E402
-from jobs.segment import _non_negative_float, _positive_float, _positive_int, connect_ray  # noqa: E402
+from jobs.segment import connect_ray  # noqa: E402
 from unet_core.losses import LOSSES  # noqa: E402
 from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
 from unet_core.training import OPTIMIZERS, SCHEDULES, LossConfig, ModelConfig, OptimizerConfig  # noqa: E402
@@ -97,28 +98,28 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                                                     "ImageSets/Segmentation/train.txt and val.txt)")
     data.add_argument("--val-images", metavar="URI", help="validation images (default: hold out --val-fraction)")
     data.add_argument("--val-masks", metavar="URI", help="validation masks")
-    data.add_argument("--val-fraction", type=_fraction, default=0.2,
+    data.add_argument("--val-fraction", type=open_fraction, default=0.2,
                       help="share of pairs held out for validation when no validation set is given (default 0.2)")
     data.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1 for 0/255 masks")
     data.add_argument("--ignore-index", type=int, default=None,
                       help="label excluded from loss and metrics (e.g. 11 for CamVid void, 255 for VOC borders)")
     data.add_argument("--class-names", metavar="A,B,...", help="comma-separated class names (default: class_0, ...)")
     model = parser.add_argument_group("model")
-    model.add_argument("--num-classes", type=_positive_int, required=True)
-    model.add_argument("--input-size", type=_positive_int, default=256, help="square model input side, multiple of 16 (default 256)")
-    model.add_argument("--base-filters", type=_positive_int, default=64, help="width; 64 is the seed model (default 64)")
+    model.add_argument("--num-classes", type=positive_int, required=True)
+    model.add_argument("--input-size", type=positive_int, default=256, help="square model input side, multiple of 16 (default 256)")
+    model.add_argument("--base-filters", type=positive_int, default=64, help="width; 64 is the seed model (default 64)")
     model.add_argument("--backbone-weights", metavar="FILE",
                        help="VGG16 ImageNet weights (.h5, e.g. Keras' ..._notop.h5) loaded into the encoder by "
                             "layer name; needs --base-filters 64. Nothing is downloaded.")
     fit = parser.add_argument_group("optimisation")
-    fit.add_argument("--epochs", type=_positive_int, default=20)
-    fit.add_argument("--batch-size", type=_positive_int, default=8, help="global batch, split over the workers (default 8)")
+    fit.add_argument("--epochs", type=positive_int, default=20)
+    fit.add_argument("--batch-size", type=positive_int, default=8, help="global batch, split over the workers (default 8)")
     fit.add_argument("--loss", choices=LOSSES, default="ce")
     fit.add_argument("--class-weights", metavar="W,W,...", help="one loss weight per class")
     fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    fit.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    fit.add_argument("--learning-rate", type=positive_float, default=1e-3)
     fit.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="decay to 0 over the run (default cosine)")
-    fit.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0, help="linear warm-up (cosine only)")
+    fit.add_argument("--warmup-epochs", type=non_negative_float, default=0.0, help="linear warm-up (cosine only)")
     fit.add_argument("--no-augment", dest="augment", action="store_false",
                      help="turn off random scale/crop, flip and brightness/contrast jitter")
     fit.add_argument("--seed", type=int, default=0)
@@ -126,9 +127,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="which epoch becomes the artifact: best validation mIoU (default) or the last one "
                           "(when the validation set is also your test set, so it must not pick the model)")
     run = parser.add_argument_group("cluster and checkpoints")
-    run.add_argument("--workers", type=_positive_int, default=1, help="data-parallel training workers (default 1)")
+    run.add_argument("--workers", type=positive_int, default=1, help="data-parallel training workers (default 1)")
     run.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    run.add_argument("--cpus-per-worker", type=_positive_float, default=None,
+    run.add_argument("--cpus-per-worker", type=positive_float, default=None,
                      help="default: 1 with GPUs, else the cluster's CPUs shared by the workers with 0.5 left for reading")
     run.add_argument("--name", help="run name; the same --name and --storage resume (default: the output's name)")
     run.add_argument("--storage", metavar="URI", help="where checkpoints go, local or s3:// (default: ~/ray_results)")
@@ -140,11 +141,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return check_config(TrainConfig(**args))
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def _weights(text: str | None) -> tuple[float, ...] | None:

@@ -1,0 +1,27 @@
+"""Argument types shared by the job command lines: a bad number is a one-line argparse error."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def _checked(convert: Callable[[str], float], accept: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _checked(int, lambda v: v >= 1, "at least 1")
+positive_float = _checked(float, lambda v: v > 0, "above 0")
+non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
+fraction = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")
+open_fraction = _checked(float, lambda v: 0 < v < 1, "strictly between 0 and 1")
+overlap = _checked(float, lambda v: 0 <= v < 1, "at least 0 and below 1")
