@@ -163,3 +163,24 @@ def test_train_from_s3_checkpoints_to_s3_resumes_then_evaluates_from_s3(s3_serve
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(fs.cat_file(f"{s3_bucket}/eval/metrics.json"))
     assert sum(map(sum, metrics["confusion"])) == 8 * 32 * 32
+
+
+def test_credentials_never_reach_s3_outputs_or_logs(s3_server, s3_bucket, tiny_artifact, mixed_folder):
+    """The real credentials of a run against S3 appear in no object it wrote, no log line and no Ray log."""
+    import pathlib
+    import tempfile
+
+    fs = s3_server.filesystem()
+    upload_inputs(fs, s3_bucket, mixed_folder, tiny_artifact)
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    done = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/", "--output", f"s3://{s3_bucket}/seg",
+                   "--model", f"s3://{s3_bucket}/models/tiny", "--s3-endpoint-url", s3_server.endpoint,
+                   env={**s3_server.env(), "RAY_TMPDIR": ray_tmp})
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = [p for p in fs.find(f"{s3_bucket}/seg") if not p.endswith("/")]
+    assert any(p.endswith(".json") for p in written) and any(p.endswith(".parquet") for p in written)
+    blobs = [fs.cat_file(p) for p in written] + [done.stdout.encode(), done.stderr.encode()]
+    blobs += [p.read_bytes() for p in pathlib.Path(ray_tmp).rglob("*") if p.is_file() and not p.is_socket()]
+    for secret in ADMIN:
+        assert not [b for b in blobs if secret.encode() in b], f"{secret} leaked"
+    assert len(blobs) > 20
