@@ -31,7 +31,9 @@ from jobs.arguments import non_negative_float, positive_float, positive_int  # n
 from jobs.errors import run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, letterbox_of, segmented_dataset  # noqa: E402
 from jobs.segment import connect_ray, model_info, plan_resources  # noqa: E402
-from jobs.storage import filesystem, join  # noqa: E402
+from jobs.storage import (  # noqa: E402
+    StorageOptions, add_storage_flags, configure_storage, filesystem, join, storage_errors,
+)
 from unet_core import unletterbox  # noqa: E402
 from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy  # noqa: E402
 from unet_core.image import PRECISIONS  # noqa: E402
@@ -55,6 +57,8 @@ class EvaluateConfig:
     precision: str = "float32"
     rows_per_file: int = 256
     address: str | None = None
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
@@ -73,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="default float32: scores should not depend on the machine")
     parser.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)")
+    add_storage_flags(parser)
     args = vars(parser.parse_args(argv))
     return EvaluateConfig(**args)
 
@@ -137,9 +142,11 @@ def per_image_table(rows: dict, classes: int) -> pa.Table:
 
 
 def evaluate(config: EvaluateConfig) -> dict:
-    model = model_info(config.model)
+    storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
+    with storage_errors(config.model):
+        model = model_info(config.model)
     pairs = training_data.pair_by_stem(config.images, config.masks)
-    connect_ray(config.address)
+    connect_ray(config.address, storage_env)
     resources = plan_resources(config)
     started = time.time()
     rows = build_dataset(pairs, model, resources, config).to_pandas()

@@ -31,6 +31,7 @@ from jobs.arguments import non_negative_float, open_fraction, positive_float, po
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import slices  # noqa: E402
 from jobs.segment import connect_ray  # noqa: E402
+from jobs.storage import StorageOptions, add_storage_flags, arrow_filesystem, configure_storage  # noqa: E402
 from unet_core.losses import LOSSES  # noqa: E402
 from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
 from unet_core.training import OPTIMIZERS, SCHEDULES, LossConfig, ModelConfig, OptimizerConfig  # noqa: E402
@@ -74,6 +75,8 @@ class TrainConfig:
     name: str | None = None
     storage: str | None = None
     address: str | None = None
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     run.add_argument("--name", help="run name; the same --name and --storage resume (default: the output's name)")
     run.add_argument("--storage", metavar="URI", help="where checkpoints go, local or s3:// (default: ~/ray_results)")
     run.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray in-process)")
+    add_storage_flags(run)
     parser.add_argument("--output", metavar="URI", required=True, help="where the model artifact is written")
     args = vars(parser.parse_args(argv))
     args["class_names"] = tuple(args["class_names"].split(",")) if args["class_names"] else None
@@ -350,8 +354,9 @@ def run_training(config: TrainConfig):
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
+    storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     train_pairs, val_pairs = load_splits(config)
-    connect_ray(config.address)
+    connect_ray(config.address, storage_env)
     plan, cpus = plan_run(config, train_pairs, val_pairs)
     print(f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
           f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}, {plan.steps_per_epoch} steps of "
@@ -365,11 +370,19 @@ def run_training(config: TrainConfig):
                   "val": pairs_dataset(val_pairs, config).materialize()},
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
-            name=config.name, storage_path=config.storage,
+            name=config.name, **checkpoint_storage(config.storage),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
                                                checkpoint_score_order="max")),
     )
     return trainer.fit(), plan
+
+
+def checkpoint_storage(uri: str | None) -> dict:
+    """Ray Train's storage arguments, with pyarrow told the same S3 endpoint and options as fsspec."""
+    if uri is None:
+        return {}
+    filesystem, path = arrow_filesystem(uri)
+    return {"storage_path": path, "storage_filesystem": filesystem}
 
 
 def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:

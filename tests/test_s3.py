@@ -152,14 +152,16 @@ def test_train_from_s3_checkpoints_to_s3_resumes_then_evaluates_from_s3(s3_serve
              "--workers", "1", "--name", "s3train", "--storage", f"{root}/checkpoints", "--output", f"{root}/model"]
     first = run_job("train.py", *train, "--epochs", "1", env=s3_server.env(), timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_job("train.py", *train, "--epochs", "2", env=s3_server.env(), timeout=600)
+    flag_only = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}
+    endpoint = ("--s3-endpoint-url", s3_server.endpoint)  # the resume and the evaluation name it by flag
+    second = run_job("train.py", *train, "--epochs", "2", *endpoint, env=flag_only, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming after epoch 1" in second.stdout and "epoch 2/2:" in second.stdout
     assert [p for p in fs.ls(f"{s3_bucket}/checkpoints/s3train") if "/checkpoint_" in p]
     assert fs.exists(f"{s3_bucket}/model/model.keras") and fs.exists(f"{s3_bucket}/model/metadata.json")
 
     done = run_job("evaluate.py", "--model", f"{root}/model", "--images", f"{root}/val/images",
-                   "--masks", f"{root}/val/masks", "--output", f"{root}/eval", env=s3_server.env(), timeout=600)
+                   "--masks", f"{root}/val/masks", "--output", f"{root}/eval", *endpoint, env=flag_only, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(fs.cat_file(f"{s3_bucket}/eval/metrics.json"))
     assert sum(map(sum, metrics["confusion"])) == 8 * 32 * 32
