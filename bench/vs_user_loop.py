@@ -61,7 +61,7 @@ def main() -> None:
     loop = user_loop(artifact, images, work / "loop")
     ours, manifest = run_segment("--input", str(images), "--output", str(work / "ours"), "--model", artifact)
     print(f"seed U-Net {args.size}x{args.size} base {args.base_filters}, {args.count} JPEG images 640x480; "
-          "both timed end to end (process start, model load, Ray start for ours)")
+          "the loop timed from its model load (TensorFlow already imported), ours as a whole process (Python, Ray and replica start)")
     print_table(["what", "seconds", "images/s", "speedup"], [
         ["user's loop (model.predict per image, float32)", loop, args.count / loop, 1.0],
         [f"segment.py, default flags ({manifest['config']['precision']})", ours, args.count / ours, loop / ours],
