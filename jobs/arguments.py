@@ -25,3 +25,7 @@ non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
 fraction = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")
 open_fraction = _checked(float, lambda v: 0 < v < 1, "strictly between 0 and 1")
 overlap = _checked(float, lambda v: 0 <= v < 1, "at least 0 and below 1")
+
+
+def int_between(low: int, high: int) -> Callable[[str], float]:
+    return _checked(int, lambda v: low <= v <= high, f"between {low} and {high}")

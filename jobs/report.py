@@ -26,6 +26,7 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from jobs.arguments import int_between  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.query import ERRORS_SQL, SUMMARY_SQL  # noqa: E402
 from jobs.results import check_run, connect, select_scope  # noqa: E402
@@ -63,21 +64,12 @@ def parse_args(argv: list[str] | None = None) -> ReportConfig:
     parser.add_argument("--output", required=True, metavar="URI", help="output root of the segment job")
     parser.add_argument("--html", required=True, metavar="FILE", help="where to write the report (local or s3://)")
     parser.add_argument("--run", default=None, metavar="ID", help="committed run to report (default: the latest)")
-    parser.add_argument("--samples", type=_bounded(1, 200), default=24,
+    parser.add_argument("--samples", type=int_between(1, 200), default=24,
                         help="images in the gallery, 1..200 (default 24)")
-    parser.add_argument("--thumb-size", type=_bounded(32, 1024), default=240,
+    parser.add_argument("--thumb-size", type=int_between(32, 1024), default=240,
                         help="longest side of a gallery thumbnail in pixels (default 240)")
     args = parser.parse_args(argv)
     return ReportConfig(args.output, args.html, args.run, args.samples, args.thumb_size)
-
-
-def _bounded(low: int, high: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
-        return value
-    return parse
 
 
 def build_report(config: ReportConfig) -> str:
