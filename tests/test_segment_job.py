@@ -106,7 +106,8 @@ def test_user_errors_are_one_line_without_traceback(args, message, tiny_artifact
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
-    assert len([line for line in done.stderr.splitlines() if line.startswith("error") or "error:" in line]) == 1
+    ours = [line for line in done.stderr.splitlines() if line.startswith(("error: ", "segment.py: error: "))]
+    assert len(ours) == 1 and message in ours[0]
 
 
 def test_tile_mode_segments_at_full_resolution(tmp_path, tiny_artifact):
