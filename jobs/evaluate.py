@@ -30,7 +30,7 @@ from jobs import training_data  # noqa: E402
 from jobs.arguments import non_negative_float, positive_float, positive_int  # noqa: E402
 from jobs.errors import run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, letterbox_of, segmented_dataset  # noqa: E402
-from jobs.segment import connect_ray, model_info, plan_resources  # noqa: E402
+from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
 from jobs.storage import (  # noqa: E402
     StorageOptions, add_storage_flags, configure_storage, filesystem, join, storage_errors,
 )

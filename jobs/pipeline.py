@@ -3,7 +3,7 @@
     listing -> prepare (CPU tasks: read, decode, letterbox)
             -> Segmenter (actor pool: one U-Net replica per actor, GPU if asked)
             -> finalize (CPU tasks: mask back to full size, palette PNG, statistics)
-            -> write_parts (CPU tasks: one images + one class_stats Parquet file per batch)
+            -> write_parts (CPU tasks: one images + one class_stats Parquet part per batch, uncommitted)
 
 Every input row comes out as exactly one output row: a file that cannot be read or decoded
 carries its reason in `error` through every stage instead of failing its block.
@@ -24,24 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.storage import filesystem, join, read_bytes
+from jobs.tables import CLASS_FIELDS, CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA
 from unet_core import (
     DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, unletterbox,
 )
-
-IMAGES_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("image_uri", pa.string()),
-    ("source_size", pa.int64()), ("source_version", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()),
-    ("status", pa.string()), ("error", pa.string()), ("mask_png", pa.binary()),
-    ("model_name", pa.string()), ("model_sha256", pa.string()),
-    ("processed_at", pa.timestamp("us", tz="UTC")),
-])
-CLASS_STATS_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("image_uri", pa.string()),
-    ("class_id", pa.int16()), ("class_name", pa.string()),
-    ("pixels", pa.int64()), ("fraction", pa.float64()), ("mean_confidence", pa.float64()),
-])
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -190,28 +176,34 @@ def finalize(batch: dict, model: ModelInfo) -> dict:
 
 
 def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict:
-    """Write one images file and one class_stats file for this batch; report what was written.
+    """Write one `images` and one `class_stats` part for this batch, under one fresh name, into the
+    run's partition folders; report name, sizes and counts for the commit.
 
-    File names are fresh UUIDs under the run's partition, never derived from input names.
+    The files stay invisible until the driver's Delta commit lists them. Names are fresh UUIDs,
+    never derived from input names.
     """
-    images = _images_table(batch, model)
     class_stats = _class_stats_table(batch, model)
+    tables = {"images": _images_table(batch, model, class_stats), "class_stats": class_stats}
     part = f"part-{uuid.uuid4().hex}.parquet"
-    for dataset, table in (("images", images), ("class_stats", class_stats)):
-        fs, path = filesystem(join(output, dataset, f"run_id={run_id}", part))
+    sizes = {}
+    for table, rows in tables.items():
+        fs, path = filesystem(join(output, table, f"run_id={run_id}", part))
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
+            pq.write_table(rows, handle, compression="zstd")
+        sizes[table] = fs.size(path)
     ok = batch["error"] == ""
     return {
         "part": np.array([part], dtype=object),
-        "rows": np.array([len(ok)]), "ok": np.array([int(ok.sum())]),
+        "images_bytes": np.array([sizes["images"]]), "class_stats_bytes": np.array([sizes["class_stats"]]),
+        "rows": np.array([len(ok)]), "class_rows": np.array([tables["class_stats"].num_rows]),
+        "ok": np.array([int(ok.sum())]),
         "class_pixels": batch["stats_pixels"][ok].sum(axis=0, keepdims=True),
         "replicas": np.array([json.dumps(sorted(set(batch["replica"])))], dtype=object),
     }
 
 
-def _images_table(batch: dict, model: ModelInfo) -> pa.Table:
+def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Table:
     count = len(batch["image_uri"])
     errors = batch["error"]
     now = dt.datetime.now(dt.timezone.utc)
@@ -220,16 +212,26 @@ def _images_table(batch: dict, model: ModelInfo) -> pa.Table:
         "image_uri": pa.array(batch["image_uri"], pa.string()),
         "source_size": pa.array(batch["source_size"], pa.int64()),
         "source_version": pa.array(batch["source_version"], pa.string()),
+        "source_modified": pa.array(batch["source_modified"], pa.timestamp("us", tz="UTC")),
         "width": pa.array(batch["width"], pa.int32()),
         "height": pa.array(batch["height"], pa.int32()),
         "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
         "error": pa.array([e or None for e in errors], pa.string()),
         # a batch of only failures reaches here with the all-null column read back as floats
         "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
+        "classes": _nested_classes(class_stats, batch["error"] == "", len(model.class_names)),
         "model_name": pa.array([model.name] * count, pa.string()),
         "model_sha256": pa.array([model.sha256] * count, pa.string()),
         "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
-    }, schema=IMAGES_SCHEMA)
+    }, schema=IMAGES_FILE_SCHEMA)
+
+
+def _nested_classes(flat: pa.Table, ok: np.ndarray, classes: int) -> pa.Array:
+    """Each image's per-class statistics as a list (null for an error row): the flat table, nested."""
+    offsets = np.concatenate([[0], np.cumsum(np.where(ok, classes, 0))]).astype(np.int32)
+    values = pa.StructArray.from_arrays([flat.column(n).combine_chunks() for n, _ in CLASS_FIELDS],
+                                        fields=[pa.field(n, t) for n, t in CLASS_FIELDS])
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~ok))
 
 
 def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
@@ -244,7 +246,7 @@ def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
         "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
         "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
         "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
-    }, schema=CLASS_STATS_SCHEMA)
+    }, schema=CLASS_STATS_FILE_SCHEMA)
 
 
 ACTOR_RESTARTS = 4

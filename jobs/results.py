@@ -1,104 +1,90 @@
-"""Reading what segmentation runs committed, as DuckDB views over Arrow datasets.
+"""Reading what segmentation runs committed: DuckDB views over the Delta tables.
 
-Only committed runs are visible: a run's rows count once `runs/<id>.json` exists, and only
-the part files its manifest lists are read (a crashed attempt's leftovers never show).
-The Parquet files are opened with pyarrow datasets on fsspec filesystems, so local folders
-and s3:// roots both work offline (DuckDB's own S3 reader needs an extension download), and
-DuckDB scans them lazily with column and filter pushdown.
+Each view scans a table's committed files through delta-rs' Arrow dataset (local or s3://, no
+DuckDB extension needed), so files of unfinished runs or retried tasks never show, and DuckDB
+pushes column and filter choices down into the scan.
 
 Views:
     runs                 one row per committed run (counts, model, wall time)
     images, class_stats  every row of every committed run, with its `run_id`
-    current_images, current_class_stats
-                         the latest committed row of each image: a later run that processed
-                         an image again supersedes the earlier one (by commit time)
+    current_images       the `current` table: per image URI, the row of its newest image version
+                         (ties: the later commit); everything but the mask bytes
+    current_class_stats  the class_stats rows of those current rows
 """
 from __future__ import annotations
-
-import json
-import posixpath
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from jobs.errors import UserError
-from jobs.pipeline import CLASS_STATS_SCHEMA, IMAGES_SCHEMA
-from jobs.runs import DATASETS
-from jobs.storage import filesystem, join
-
-RUNS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("committed_at", pa.string()), ("started_at", pa.string()),
-    ("inputs", pa.int64()), ("ok", pa.int64()), ("errors", pa.int64()),
-    ("model_name", pa.string()), ("model_sha256", pa.string()), ("model_uri", pa.string()),
-    ("wall_seconds", pa.float64()), ("images_per_second", pa.float64()),
-])
-PARTITIONING = pads.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
-SCHEMAS = {"images": IMAGES_SCHEMA, "class_stats": CLASS_STATS_SCHEMA}
+from jobs.tables import committed_dataset, require_tables
 
 
-def committed_manifests(output: str) -> list[dict]:
-    """Every committed run's manifest, oldest commit first."""
-    fs, folder = filesystem(join(output, "runs"))
-    root_fs, root = filesystem(output)
-    if not root_fs.exists(root):
-        raise UserError(f"{output}: no such output folder")
-    if not fs.exists(folder):
-        return []
-    manifests = []
-    for path in sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".json")):
-        with fs.open(path, "r", encoding="utf-8") as handle:
-            try:
-                manifest = json.load(handle)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: not a readable run manifest ({exc})") from exc
-        if manifest.get("status") == "committed":
-            manifests.append(manifest)
-    return sorted(manifests, key=lambda m: (m.get("committed_at", ""), m["run_id"]))
+def connect(output: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the views above over `output`."""
+    require_tables(output)
+    con = duckdb.connect()
+    for table in ("images", "class_stats", "runs", "current"):
+        con.register(f"{table}_table", committed_dataset(output, table))
+    con.execute("CREATE VIEW images AS SELECT * FROM images_table")
+    con.execute("CREATE VIEW class_stats AS SELECT * FROM class_stats_table")
+    con.execute("CREATE VIEW runs AS SELECT * FROM runs_table")
+    con.execute("CREATE VIEW current_images AS SELECT * FROM current_table")
+    con.execute("""
+        CREATE VIEW current_class_stats AS
+        SELECT c.* FROM class_stats c SEMI JOIN current_images k ON c.image_id = k.image_id AND c.run_id = k.run_id""")
+    return con
 
 
-def runs_table(manifests: list[dict]) -> pa.Table:
-    """The manifests' figures as one Arrow table (the `runs` view)."""
-    rows = [{
-        "run_id": m["run_id"], "committed_at": m.get("committed_at"), "started_at": m.get("started_at"),
-        **{key: m.get("counts", {}).get(key) for key in ("inputs", "ok", "errors")},
-        "model_name": m.get("model", {}).get("name"), "model_sha256": m.get("model", {}).get("sha256"),
-        "model_uri": m.get("model", {}).get("uri"),
-        "wall_seconds": m.get("wall_seconds"), "images_per_second": m.get("images_per_second"),
-    } for m in manifests]
-    return pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
+def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -> None:
+    """A --run that names no committed run is a user error, with the ones that exist."""
+    if run_id is None or con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+        return
+    latest = [row[0] for row in con.sql("SELECT run_id FROM runs ORDER BY committed_at DESC LIMIT 5").fetchall()]
+    raise UserError(f"--run {run_id}: no committed run of that name in {output} "
+                    f"(latest committed: {', '.join(latest) or 'none'})")
 
 
-def committed_dataset(output: str, dataset: str, manifests: list[dict]) -> pads.Dataset:
-    """One dataset over exactly the part files the manifests list, with `run_id` from the partition path."""
-    schema = SCHEMAS[dataset].append(pa.field("run_id", pa.string()))
-    names = [name for m in manifests for name in m.get("files", {}).get(dataset, [])]
-    if not names:
-        return pads.dataset(schema.empty_table())
-    fs, root = filesystem(output)
-    base = posixpath.join(root, dataset)
-    paths = [posixpath.join(root, name) for name in names]
-    return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet",
-                        partitioning=PARTITIONING, partition_base_dir=base)
+def run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> dict | None:
+    """A committed run's row of `runs` (the latest run when none is named), or None."""
+    where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+    rows = con.execute(f"SELECT * FROM runs {where} ORDER BY committed_at DESC LIMIT 1", params).to_arrow_table()
+    return rows.to_pylist()[0] if rows.num_rows else None
 
 
-def committed_images(output: str, columns: list[str], model_sha256: str | None = None) -> pa.Table:
-    """Chosen columns of every committed `images` row (of one model's runs, if given), with `run_id`."""
-    manifests = [m for m in committed_manifests(output) if model_sha256 in (None, m["model"]["sha256"])]
-    return committed_dataset(output, "images", manifests).to_table(columns=columns)
+def select_scope(con: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
+    """Views `scope_images` and `scope_class_stats`: one run's rows, or the current rows when no run is named."""
+    if run_id is None:
+        con.execute("CREATE OR REPLACE TEMP VIEW scope_images AS SELECT * FROM current_images")
+        con.execute("CREATE OR REPLACE TEMP VIEW scope_class_stats AS SELECT * FROM current_class_stats")
+        return
+    literal = "'" + run_id.replace("'", "''") + "'"
+    for dataset in ("images", "class_stats"):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW scope_{dataset} AS SELECT * FROM {dataset} WHERE run_id = {literal}")
+
+
+def masks(output: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+    """The mask PNGs of chosen (run_id, image_id) rows, reading only those runs' partitions."""
+    if not keys:
+        return {}
+    run_ids = sorted({run for run, _ in keys})
+    image_ids = sorted({image for _, image in keys})
+    wanted = set(keys)
+    scanned = committed_dataset(output, "images").to_table(
+        columns=["run_id", "image_id", "mask_png"],
+        filter=pc.field("run_id").isin(run_ids) & pc.field("image_id").isin(image_ids))
+    return {(r, i): m for r, i, m in zip(*(scanned.column(c).to_pylist() for c in ("run_id", "image_id", "mask_png")))
+            if (r, i) in wanted}
 
 
 def select_new(listing: pa.Table, output: str, model_sha256: str, retry_errors: bool) -> tuple[pa.Table, int]:
-    """Split a listing into (to process, number skipped) against what committed runs of this model did.
-
-    An image version (URI, size, version) is done once a committed run of the same model has an
-    `ok` row for it; a version whose result was `error` counts as done unless `retry_errors`.
-    """
-    fs, root = filesystem(output)
-    if not fs.exists(root):
-        return listing, 0
-    prior = committed_images(output, ["image_uri", "source_size", "source_version", "status"], model_sha256)
+    """Split a listing into (to process, number skipped): an image is done when its current row is
+    for this very version (URI, size, version) and came from this model; an error counts as done
+    unless `retry_errors`."""
+    prior = committed_dataset(output, "current").to_table(
+        columns=["image_uri", "source_size", "source_version", "status"],
+        filter=pc.field("model_sha256") == model_sha256)
     done = prior.filter(pc.equal(prior.column("status"), "ok")) if retry_errors else prior
     keep = pc.invert(pc.is_in(_version_keys(listing), value_set=_version_keys(done)))
     selected = listing.filter(keep)
@@ -109,45 +95,3 @@ def _version_keys(table: pa.Table) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(
         table.column("image_uri"), pc.cast(table.column("source_size"), pa.string()),
         table.column("source_version"), "\x00")
-
-
-def connect(output: str) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
-    """An in-memory DuckDB with the views above over `output`; also returns the manifests."""
-    manifests = committed_manifests(output)
-    con = duckdb.connect()
-    con.register("runs", runs_table(manifests))
-    for dataset in DATASETS:
-        con.register(f"{dataset}_parts", committed_dataset(output, dataset, manifests))
-        con.execute(f"CREATE VIEW {dataset} AS SELECT * FROM {dataset}_parts")
-    if len(manifests) < 2:  # nothing can be superseded: skip the window over every image
-        con.execute("CREATE VIEW current_images AS SELECT * FROM images")
-        con.execute("CREATE VIEW current_class_stats AS SELECT * FROM class_stats")
-        return con, manifests
-    con.execute("""
-        CREATE VIEW current_images AS
-        SELECT i.* FROM images i JOIN runs r ON i.run_id = r.run_id
-        QUALIFY row_number() OVER (PARTITION BY i.image_id ORDER BY r.committed_at DESC, r.run_id DESC) = 1""")
-    con.execute("""
-        CREATE VIEW current_class_stats AS
-        SELECT c.* FROM class_stats c SEMI JOIN (SELECT image_id, run_id FROM current_images) k
-        ON c.image_id = k.image_id AND c.run_id = k.run_id""")
-    return con, manifests
-
-
-def check_run(manifests: list[dict], run_id: str | None, output: str) -> None:
-    """A --run that names no committed run is a user error, with the ones that exist."""
-    if run_id is None or any(m["run_id"] == run_id for m in manifests):
-        return
-    known = ", ".join(m["run_id"] for m in manifests[-5:]) or "none"
-    raise UserError(f"--run {run_id}: no committed run of that name in {output} (latest committed: {known})")
-
-
-def select_scope(con: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
-    """Views `scope_images` and `scope_class_stats`: one run's rows, or the current rows when no run is named."""
-    if run_id is None:
-        con.execute("CREATE OR REPLACE TEMP VIEW scope_images AS SELECT * FROM current_images")
-        con.execute("CREATE OR REPLACE TEMP VIEW scope_class_stats AS SELECT * FROM current_class_stats")
-        return
-    literal = "'" + run_id.replace("'", "''") + "'"
-    for dataset in DATASETS:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW scope_{dataset} AS SELECT * FROM {dataset} WHERE run_id = {literal}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import os
 import sys
@@ -19,10 +20,11 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from jobs import runs  # noqa: E402
+from jobs import leases, tables  # noqa: E402
 from jobs.arguments import fraction, non_negative_float, overlap, positive_float, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.pipeline import Inference, ModelInfo, Resources, build_dataset  # noqa: E402
+from jobs.pipeline import Inference, ModelInfo, build_dataset  # noqa: E402
+from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
 from jobs.results import select_new  # noqa: E402
 from jobs.storage import (  # noqa: E402
     StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs, storage_errors,
@@ -50,7 +52,6 @@ class SegmentConfig:
     incremental: bool = False
     retry_errors: bool = False
     max_error_rate: float = 1.0
-    stale_after_hours: float = 24.0
     address: str | None = None
     unsafe_allow_code: bool = False
     s3_endpoint_url: str | None = None
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     parser.add_argument("--input", nargs="+", metavar="URI", dest="inputs",
                         help="folders or prefixes (recursive), globs, single images, or list files "
                              "(.txt/.csv/.parquet of URIs: the way to pass millions of images)")
-    parser.add_argument("--output", metavar="URI", help="output root: images/, class_stats/ and runs/ go under it")
+    parser.add_argument("--output", metavar="URI", help="output root: the Delta tables images/, class_stats/, current/ and runs/ go under it")
     parser.add_argument("--model", metavar="URI", help="model artifact folder (see unet_core.save_artifact)")
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="images per model call; fixed, the last batch is padded (default: 8)")
@@ -89,19 +90,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     parser.add_argument("--rows-per-file", type=positive_int, default=256,
                         help="images per Parquet file (default: 256)")
     parser.add_argument("--run-id", default=None,
-                        help="name of this run (default: UTC time + random suffix); rerunning an unfinished "
-                             "run id discards its partial output and completes it")
+                        help="name of this run (default: UTC time + random suffix); an id whose attempt died can be "
+                             "run again, a live or committed one is refused")
     parser.add_argument("--incremental", action="store_true",
-                        help="skip images (same URI, size and mtime/ETag) that a committed run of the same "
-                             "model already processed")
+                        help="skip images whose current result (same URI, size and mtime/ETag) came from this model")
     parser.add_argument("--retry-errors", action="store_true",
                         help="with --incremental, process again images whose earlier result was an error")
     parser.add_argument("--max-error-rate", type=fraction, default=1.0, metavar="R",
                         help="exit with status 3 when more than this fraction of the processed images failed; "
                              "all rows are still written and committed (default: 1.0, never)")
-    parser.add_argument("--stale-after-hours", type=non_negative_float, default=24.0,
-                        help="delete files of runs that never committed and were last written this long ago "
-                             "(default: 24)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to use (default: the one this job was submitted to, else a local "
                              "Ray started in-process)")
@@ -121,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or use --demo)")
     if args.run_id:
-        runs.check_run_id(args.run_id)
+        leases.check_run_id(args.run_id)
     fields = {f.name for f in dataclasses.fields(SegmentConfig)}
     return SegmentConfig(**{k: v for k, v in vars(args).items() if k in fields}), args.demo
 
@@ -136,108 +133,64 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
 
 
 
-def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> None:
-    """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here.
-
-    `env_vars` (the storage settings) go to every worker of the job through its runtime env.
-    """
-    import ray
-
-    runtime_env = {"env_vars": env_vars} if env_vars else None
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True, runtime_env=runtime_env)
-    ray.data.DataContext.get_current().enable_progress_bars = True
-
-
-def plan_resources(config: SegmentConfig) -> Resources:
-    """Turn the flags and what the cluster has into an actor-pool layout."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    max_node_cpus = max((n.get("CPU", 0) for n in nodes), default=1)
-    total_gpus = sum(n.get("GPU", 0) for n in nodes)
-    gpus = config.gpus_per_actor
-    if gpus > 0 and total_gpus < gpus:
-        raise UserError(f"--gpus-per-actor {gpus}: the cluster has {total_gpus:g} GPUs")
-    cpus = config.cpus_per_actor or (1.0 if gpus else max(0.5, max_node_cpus - 0.5))
-    if cpus > max_node_cpus:
-        raise UserError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max_node_cpus:g})")
-    fit = sum(int(n.get("GPU", 0) // gpus) for n in nodes) if gpus else sum(int(n.get("CPU", 0) // cpus) for n in nodes)
-    if config.actors == "auto":
-        low, high = 1, max(1, fit)
-    else:
-        low, high = _parse_actors(config.actors)
-    if gpus and high > fit:
-        raise UserError(f"--actors {config.actors}: only {fit} replicas of {gpus:g} GPU fit on the cluster's GPUs")
-    return Resources(low, high, cpus, gpus, config.batch_size, rows_per_file=config.rows_per_file)
-
-
-def _parse_actors(text: str) -> tuple[int, int]:
-    try:
-        low, _, high = text.partition(":")
-        low, high = int(low), int(high or low)
-    except ValueError:
-        raise UserError(f"--actors {text!r}: expected MIN or MIN:MAX, e.g. 2 or 1:8") from None
-    if not 1 <= low <= high:
-        raise UserError(f"--actors {text!r}: need 1 <= MIN <= MAX")
-    return low, high
-
-
-def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:
-    """Load the artifact once here, so a refused, tampered or corrupt model is one clear error
-    before any replica starts."""
-    from unet_core import load_artifact
-
-    meta = load_artifact(uri, allow_unsafe=allow_unsafe).metadata
-    height, width = meta.input_size
-    if height != width:
-        raise UserError(f"{uri}: letterboxing needs a square model input, this one is {height}x{width}")
-    return ModelInfo(uri, meta.name, meta.sha256, tuple(meta.class_names), tuple(meta.colors), height)
-
-
 def segment(config: SegmentConfig) -> dict:
-    """Run the job and commit it; returns the manifest."""
+    """Run the job and commit it; returns the run's record."""
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     with storage_errors(config.model):
         model = model_info(config.model, config.unsafe_allow_code)
     listing = list_inputs(config.inputs)
     if len(listing) == 0:
         raise UserError(f"no images found in {' '.join(config.inputs)}")
-    run_id = config.run_id or runs.new_run_id()
-    check_writable(config.output)
-    if runs.is_committed(config.output, run_id):
-        raise UserError(f"run {run_id} is already committed in {config.output}; pick another --run-id")
-    _discard_unfinished(config, run_id)
-    todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \
-        if config.incremental else (listing, 0)
-    started = time.time()
-    parts = _process(todo, model, config, run_id, storage_env) if todo.num_rows else []
+    run_id = config.run_id or leases.new_run_id()
+    with storage_errors(config.output):
+        check_writable(config.output)
+        leases.check_conditional_writes(config.output)
+        tables.ensure_tables(config.output)
+    with leases.acquire(config.output, run_id) as lease:
+        if tables.open_table(config.output, "images").transaction_version(run_id) is not None:
+            raise UserError(f"run {run_id} is already committed in {config.output}; pick another --run-id")
+        for finished in tables.complete_pending(config.output):
+            print(f"completed the commit of run {finished}, whose driver had stopped mid-commit")
+        todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \
+            if config.incremental else (listing, 0)
+        started = time.time()
+        parts = _process(todo, model, config, run_id, storage_env) if todo.num_rows else []
+        record = run_record(config, model, run_id, listing.num_rows, skipped, parts, started)
+        if record["processed"] != todo.num_rows:
+            raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {todo.num_rows} inputs; "
+                               "not committing")
+        lease.check()
+        if parts:
+            record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts])
+        else:
+            tables.append_empty_run(config.output, record)
+    return {**record, "output": config.output}
+
+
+def run_record(config: SegmentConfig, model: ModelInfo, run_id: str, inputs: int, skipped: int,
+               parts: list[dict], started: float) -> dict:
+    """The run's row in the `runs` table (also carried in its `images` commit)."""
     wall = time.time() - started
     rows = sum(int(p["rows"]) for p in parts)
     ok = sum(int(p["ok"]) for p in parts)
-    if rows != todo.num_rows:
-        raise RuntimeError(f"run {run_id}: {rows} result rows for {todo.num_rows} inputs; not committing")
-    class_pixels = [int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))]
-    manifest = {
-        "config": dataclasses.asdict(config),
-        "model": {"uri": model.uri, "name": model.name, "sha256": model.sha256, "class_names": list(model.class_names)},
-        "counts": {"inputs": listing.num_rows, "skipped": skipped, "processed": rows, "ok": ok, "errors": rows - ok},
-        "class_pixels": dict(zip(model.class_names, class_pixels)),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_seconds": round(wall, 3),
-        "images_per_second": round(rows / wall, 3) if wall > 0 else None,
-        "replicas": replicas_used(parts),
+    return {
+        "run_id": run_id, "started_at": _iso(started), "committed_at": _iso(time.time()),
+        "inputs": inputs, "skipped": skipped, "processed": rows, "ok": ok, "errors": rows - ok,
+        "model_name": model.name, "model_sha256": model.sha256, "model_uri": model.uri,
+        "class_names": list(model.class_names),
+        "class_pixels": [int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))],
+        "wall_seconds": round(wall, 3), "images_per_second": round(rows / wall, 3) if rows and wall > 0 else None,
+        "replicas": json.dumps(replicas_used(parts)), "config": json.dumps(dataclasses.asdict(config)),
     }
-    manifest_path = runs.commit(config.output, run_id, manifest, {str(p["part"]) for p in parts})
-    return {**manifest, "run_id": run_id, "manifest_uri": manifest_path}
 
 
-def _discard_unfinished(config: SegmentConfig, run_id: str) -> None:
-    """Same run id: redo it from scratch. Other runs: clean those abandoned long ago."""
-    stale = runs.discard_parts(config.output, run_id)
-    if stale:
-        print(f"discarded {stale} files of an unfinished earlier attempt of run {run_id}")
-    for old in runs.clean_stale(config.output, config.stale_after_hours):
-        print(f"deleted the files of run {old}, which never committed")
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _part(row: dict) -> tables.Part:
+    return tables.Part(str(row["part"]), int(row["images_bytes"]), int(row["class_stats_bytes"]),
+                       int(row["rows"]), int(row["class_rows"]))
 
 
 def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict) -> list[dict]:
@@ -259,20 +212,18 @@ def replicas_used(parts: list[dict]) -> list[dict]:
     return [json.loads(placement) for placement in sorted(placements)]
 
 
-def print_summary(manifest: dict) -> None:
-    counts = manifest["counts"]
-    total = sum(manifest["class_pixels"].values()) or 1
-    shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in manifest["class_pixels"].items())
-    print(f"run {manifest['run_id']}: {counts['inputs']} images, {counts['skipped']} skipped, "
-          f"{counts['processed']} processed: {counts['ok']} ok, {counts['errors']} errors "
-          f"in {manifest['wall_seconds']:.1f} s ({manifest['images_per_second']} images/s)")
+def print_summary(record: dict) -> None:
+    total = sum(record["class_pixels"]) or 1
+    shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in zip(record["class_names"], record["class_pixels"]))
+    print(f"run {record['run_id']}: {record['inputs']} images, {record['skipped']} skipped, "
+          f"{record['processed']} processed: {record['ok']} ok, {record['errors']} errors "
+          f"in {record['wall_seconds']:.1f} s ({record['images_per_second']} images/s)")
     print(f"class shares: {shares}")
-    print(f"committed: {manifest['manifest_uri']}")
+    print(f"committed to the Delta tables under {record['output']}")
 
 
-def error_rate_exceeded(manifest: dict, limit: float) -> bool:
-    counts = manifest["counts"]
-    return counts["processed"] > 0 and counts["errors"] / counts["processed"] > limit
+def error_rate_exceeded(record: dict, limit: float) -> bool:
+    return record["processed"] > 0 and record["errors"] / record["processed"] > limit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.demo import run_demo
 
         return run_demo(config, segment, print_summary)
-    manifest = segment(config)
-    print_summary(manifest)
-    if error_rate_exceeded(manifest, config.max_error_rate):
-        print(f"error: {manifest['counts']['errors']} of {manifest['counts']['processed']} images failed, "
+    record = segment(config)
+    print_summary(record)
+    if error_rate_exceeded(record, config.max_error_rate):
+        print(f"error: {record['errors']} of {record['processed']} images failed, "
               f"above --max-error-rate {config.max_error_rate:g}", file=sys.stderr)
         return 3
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import datetime as dt
 import json
 import os
 import posixpath
@@ -30,7 +31,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
 LISTING_SCHEMA = pa.schema([
     ("image_uri", pa.string()), ("source_size", pa.int64()), ("source_version", pa.string()),
+    ("source_modified", pa.timestamp("us", tz="UTC")),
 ])
+Entry = tuple[str, int, str, "dt.datetime | None"]
+"""A listed image: URI, size, version (mtime or ETag), modification time (orders versions)."""
 S3_ENV_VAR = "FSSPEC_S3"
 S3_MAX_ATTEMPTS = 8
 """botocore's and pyarrow's standard retry modes retry throttling, 5xx and timeouts with jittered
@@ -147,23 +151,21 @@ def is_image_name(name: str) -> bool:
 
 
 def list_inputs(inputs: list[str]) -> pa.Table:
-    """Every input image as a URI with its size and version (mtime or ETag), in a stable order.
+    """Every input image as a URI with its size, version (mtime or ETag) and modification time, in a stable order.
 
     Each input is a folder or prefix (recursive), a glob, a single image, or a list file
     (.txt one URI a line, .csv or .parquet with an `image_uri` or `uri` column).
     """
-    rows: dict[str, tuple[int, str]] = {}
+    rows: dict[str, tuple[int, str, dt.datetime | None]] = {}
     for spec in inputs:
         with storage_errors(spec):
-            for uri, size, version in _expand(spec):
-                rows[uri] = (size, version)
+            for uri, *about in _expand(spec):
+                rows[uri] = tuple(about)
     uris = sorted(rows)
-    return pa.table(
-        [uris, [rows[u][0] for u in uris], [rows[u][1] for u in uris]], schema=LISTING_SCHEMA
-    )
+    return pa.table([uris, *([rows[u][i] for u in uris] for i in range(3))], schema=LISTING_SCHEMA)
 
 
-def _expand(spec: str) -> Iterator[tuple[str, int, str]]:
+def _expand(spec: str) -> Iterator[Entry]:
     fs, path = filesystem(spec)
     protocol = _protocol(fs)
     if any(ch in spec for ch in "*?[") and not fs.exists(path):
@@ -191,7 +193,7 @@ def _what_is_missing(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return "no such file or folder"
 
 
-def _walk(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[tuple[str, int, str]]:
+def _walk(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[Entry]:
     """Image files under a folder or prefix; never follows directory symlinks (no loops)."""
     if protocol == "file":
         for folder, dirs, files in os.walk(root, followlinks=False):
@@ -209,7 +211,7 @@ def _walk(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[t
             yield (_uri(protocol, path), *_version(info))
 
 
-def _walk_s3(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[tuple[str, int, str]]:
+def _walk_s3(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterator[Entry]:
     """Image objects under a prefix, one listing page (1,000 keys) at a time, in key order.
 
     `fs.find` would hold every key's full info dict (and a listings cache) at once; this keeps
@@ -225,45 +227,72 @@ def _walk_s3(fs: fsspec.AbstractFileSystem, protocol: str, root: str) -> Iterato
             return
         for item in page.get("Contents", []):
             if is_image_name(item["Key"]):
-                yield f"{protocol}://{bucket}/{item['Key']}", int(item["Size"]), item["ETag"].strip('"')
+                yield (f"{protocol}://{bucket}/{item['Key']}", int(item["Size"]), item["ETag"].strip('"'),
+                       item["LastModified"])
 
 
-def _local_version(path: str) -> tuple[int, str]:
+def _local_version(path: str) -> tuple[int, str, dt.datetime | None]:
     try:
         stat = os.stat(path)
     except OSError:
-        return -1, ""  # unreadable (dangling link, loop): becomes an error row when read
-    return stat.st_size, str(stat.st_mtime_ns)
+        return -1, "", None  # unreadable (dangling link, loop): becomes an error row when read
+    return stat.st_size, str(stat.st_mtime_ns), _timestamp(stat.st_mtime_ns / 1e9)
 
 
-def _version(info: dict) -> tuple[int, str]:
+def _version(info: dict) -> tuple[int, str, dt.datetime | None]:
     version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-    return int(info.get("size") or 0), str(version).strip('"')
+    modified = info.get("LastModified") or info.get("mtime")
+    return int(info.get("size") or 0), str(version).strip('"'), _timestamp(modified)
 
 
-def _read_list_file(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> Iterator[tuple[str, int, str]]:
+def _timestamp(value) -> dt.datetime | None:
+    """A modification time of any spelling (epoch seconds, datetime, ISO text) as UTC, or None."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _read_list_file(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> Iterator[Entry]:
     """URIs named in a list file, never looked up (that is the point of a list file for collections
     too large to list). Size and version come from `size` and `etag`/`version` columns where the
-    file has them (as an S3 Inventory report does), else they read as unknown (-1, '')."""
+    file has them (as an S3 Inventory report does), and the modification time from a `last_modified`
+    or `mtime` column; else they read as unknown (-1, '', null)."""
     base = spec.rsplit("/", 1)[0] if "/" in spec else "."
-    for entry, size, version in _list_file_entries(fs, spec, path):
+    for entry, *about in _list_file_entries(fs, spec, path):
         uri = entry if "://" in entry or os.path.isabs(entry) else join(base, entry)
-        yield uri, size, version
+        yield uri, *about
 
 
-def _list_file_entries(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> list[tuple[str, int, str]]:
+def _list_file_entries(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> list[Entry]:
     if path.lower().endswith((".parquet", ".csv")):
         rows = _table_rows(fs, spec, path)
         column = next((c for c in ("image_uri", "uri", "path") if rows and c in rows[0]), None)
         if column is None:
             raise UserError(f"{spec}: a {path.rsplit('.', 1)[-1]} list file needs an image_uri, uri or path column")
         version = next((c for c in ("etag", "version", "mtime") if c in rows[0]), None)
+        modified = next((c for c in ("last_modified", "mtime") if c in rows[0]), None)
         return [(str(row[column]).strip(), int(row["size"]) if row.get("size") not in (None, "") else -1,
-                 str(row[version]).strip('"') if version and row[version] is not None else "")
+                 str(row[version]).strip('"') if version and row[version] is not None else "",
+                 _timestamp(_number_or_text(row[modified])) if modified else None)
                 for row in rows if row[column] and str(row[column]).strip()]
     with fs.open(path, "r", encoding="utf-8") as handle:
         lines = handle.read().splitlines()
-    return [(line.strip(), -1, "") for line in lines if line.strip() and not line.startswith("#")]
+    return [(line.strip(), -1, "", None) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _number_or_text(value):
+    """CSV cells are text: an epoch-seconds mtime there is a number all the same."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def _table_rows(fs: fsspec.AbstractFileSystem, spec: str, path: str) -> list[dict]:

@@ -30,7 +30,7 @@ from jobs import training_data  # noqa: E402
 from jobs.arguments import non_negative_float, open_fraction, positive_float, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import slices  # noqa: E402
-from jobs.segment import connect_ray  # noqa: E402
+from jobs.ray_cluster import connect_ray  # noqa: E402
 from jobs.storage import StorageOptions, add_storage_flags, arrow_filesystem, configure_storage  # noqa: E402
 from unet_core.losses import LOSSES  # noqa: E402
 from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402

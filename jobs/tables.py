@@ -1,0 +1,362 @@
+"""The output layout: four Delta Lake tables under one root, and the protocol that commits a run.
+
+    OUTPUT/images       one row per image per run, partitioned by run_id; per-class statistics
+                        nested in `classes`. A run's commit to this table is THE commit.
+    OUTPUT/class_stats  the same statistics flat, one row per image and class, partitioned by run_id
+    OUTPUT/current      per image URI, the row of its newest image version (ties: the later commit)
+    OUTPUT/runs         one row per committed run: counts, model, timings
+
+Workers write Parquet parts straight into the partition folders of `images` and `class_stats`;
+no reader sees them until the driver lists them in a Delta commit. A run is committed to
+`images` first, in one transaction that also records the run (commit metadata) and claims the
+run id (a Delta app transaction, so a run id can commit once, whatever races). The other three
+tables follow from that commit and can be completed by anyone who finds them behind: each step
+is idempotent and marked by the same app transaction. So `images` holds exactly the committed
+runs; `class_stats`, `current` and `runs` never hold a run that `images` does not.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from jobs.errors import UserError
+from jobs.storage import arrow_filesystem, filesystem, join
+
+TABLES = ("images", "class_stats", "current", "runs")
+PARTITIONED = ("images", "class_stats")
+RUN_KEY = "unet_segment.run"
+"""Commit-metadata key under which a run's record rides in its `images` commit."""
+CURRENT_CHUNK_ROWS = 65_536
+"""Rows merged into `current` per Delta transaction: bounds the driver's memory on huge runs."""
+COMMIT_ATTEMPTS = 12
+
+CLASS_FIELDS = [("class_id", pa.int16()), ("class_name", pa.string()), ("pixels", pa.int64()),
+                ("fraction", pa.float64()), ("mean_confidence", pa.float64())]
+IMAGE_FIELDS = [
+    ("image_id", pa.string()), ("image_uri", pa.string()),
+    ("source_size", pa.int64()), ("source_version", pa.string()), ("source_modified", pa.timestamp("us", tz="UTC")),
+    ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+    ("mask_png", pa.binary()), ("classes", pa.list_(pa.struct(CLASS_FIELDS))),
+    ("model_name", pa.string()), ("model_sha256", pa.string()), ("processed_at", pa.timestamp("us", tz="UTC")),
+]
+IMAGES_FILE_SCHEMA = pa.schema(IMAGE_FIELDS)
+"""What a worker writes into an `images` part; `run_id` lives in the partition path."""
+CLASS_STATS_FILE_SCHEMA = pa.schema([("image_id", pa.string()), ("image_uri", pa.string()), *CLASS_FIELDS])
+RUN_ID = pa.field("run_id", pa.string())
+SCHEMAS = {
+    "images": IMAGES_FILE_SCHEMA.append(RUN_ID),
+    "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID),
+    "current": pa.schema([f for f in IMAGE_FIELDS if f[0] != "mask_png"]).append(RUN_ID)
+    .append(pa.field("commit_version", pa.int64())),
+    "runs": pa.schema([
+        ("run_id", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
+        ("committed_at", pa.timestamp("us", tz="UTC")), ("commit_version", pa.int64()),
+        ("inputs", pa.int64()), ("skipped", pa.int64()), ("processed", pa.int64()),
+        ("ok", pa.int64()), ("errors", pa.int64()),
+        ("model_name", pa.string()), ("model_sha256", pa.string()), ("model_uri", pa.string()),
+        ("class_names", pa.list_(pa.string())), ("class_pixels", pa.list_(pa.int64())),
+        ("wall_seconds", pa.float64()), ("images_per_second", pa.float64()),
+        ("replicas", pa.string()), ("config", pa.string()),
+    ]),
+}
+EPOCH = "TIMESTAMP '1970-01-01T00:00:00Z'"
+NEWER = (f"coalesce(s.source_modified, {EPOCH}) > coalesce(t.source_modified, {EPOCH}) OR "
+         f"(coalesce(s.source_modified, {EPOCH}) = coalesce(t.source_modified, {EPOCH}) "
+         "AND s.commit_version > t.commit_version)")
+"""When a run's row replaces the current one: a newer image version, or the same version committed later."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part file a worker wrote: the same name in `images` and in `class_stats`."""
+
+    name: str
+    images_bytes: int
+    class_stats_bytes: int
+    rows: int
+    class_rows: int
+
+
+def table_uri(output: str, table: str) -> str:
+    return join(output, table)
+
+
+def storage_options(output: str) -> dict[str, str] | None:
+    """delta-rs settings for an s3:// root, from the same endpoint and anonymous settings as fsspec's.
+
+    Credentials come from the AWS chain, as for every other reader. Commits use conditional puts
+    (If-None-Match), which AWS S3 and the S3-compatible stores that support them honour:
+    `check_conditional_writes` refuses a store that ignores them."""
+    if not output.startswith(("s3://", "s3a://")):
+        return None
+    settings = fsspec.config.conf.get("s3", {})
+    options = {"conditional_put": "etag", "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
+    endpoint = settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if urllib.parse.urlparse(endpoint).scheme == "http":
+            options["AWS_ALLOW_HTTP"] = "true"
+    if settings.get("anon"):
+        options["AWS_SKIP_SIGNATURE"] = "true"
+    return options
+
+
+def delta_uri(output: str, table: str) -> str:
+    """The URI delta-rs takes: absolute on local disk, s3:// as is (s3a:// is the same store)."""
+    uri = table_uri(output, table)
+    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else (uri if "://" in uri else os.path.abspath(uri))
+
+
+def open_table(output: str, table: str):
+    """The Delta table, or None where it was never created."""
+    from deltalake import DeltaTable
+
+    uri, options = delta_uri(output, table), storage_options(output)
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        return None
+    return DeltaTable(uri, storage_options=options)
+
+
+def check_layout(output: str) -> None:
+    """Results of the earlier layout (JSON manifests under runs/) are refused with the way out."""
+    fs, folder = filesystem(join(output, "runs"))
+    if fs.exists(folder) and any(p.endswith(".json") for p in fs.ls(folder, detail=False)):
+        raise UserError(f"{output} holds results in the earlier layout (runs/*.json manifests); convert it with "
+                        f"`python jobs/maintain.py --output {output} --convert-legacy`")
+
+
+def ensure_tables(output: str) -> None:
+    """Create whichever tables are missing; two runs racing to create one both end up with it."""
+    from deltalake import write_deltalake
+    from deltalake.exceptions import DeltaError
+
+    check_layout(output)
+    for table in TABLES:
+        if open_table(output, table) is not None:
+            continue
+        try:
+            write_deltalake(delta_uri(output, table), SCHEMAS[table].empty_table(), mode="append",
+                            partition_by=["run_id"] if table in PARTITIONED else None,
+                            storage_options=storage_options(output))
+        except DeltaError:
+            if open_table(output, table) is None:
+                raise
+
+
+def require_tables(output: str) -> None:
+    """Readers: a clear line where there is nothing to read."""
+    fs, root = filesystem(output)
+    if not fs.exists(root):
+        raise UserError(f"{output}: no such output folder")
+    check_layout(output)
+    if open_table(output, "images") is None:
+        raise UserError(f"{output}: no results here yet (no images table)")
+
+
+def commit_run(output: str, record: dict, parts: list[Part]) -> int:
+    """Commit a run: its `images` transaction, then the tables that follow from it. Returns the
+    `images` version that committed it (the run's place in commit order)."""
+    from deltalake import CommitProperties, Transaction
+    from deltalake.exceptions import CommitFailedError
+
+    run_id = record["run_id"]
+    table = open_table(output, "images")
+    if table.transaction_version(run_id) is not None:
+        raise UserError(f"run {run_id} is already committed in {output}; pick another --run-id")
+    properties = CommitProperties(custom_metadata={RUN_KEY: json.dumps(record, default=str)},
+                                  app_transactions=[Transaction(run_id, 1)], max_commit_retries=COMMIT_ATTEMPTS)
+    actions = [_add_action(run_id, p.name, p.images_bytes, p.rows) for p in parts]
+    try:
+        table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=["run_id"],
+                                       commit_properties=properties)
+    except CommitFailedError as exc:
+        if open_table(output, "images").transaction_version(run_id) is not None:
+            raise UserError(f"run {run_id} was committed by another attempt meanwhile; this one is discarded") from exc
+        raise
+    version = _commit_version(open_table(output, "images"), run_id)
+    _complete(output, record, version, [(p.name, p.class_stats_bytes, p.class_rows) for p in parts])
+    return version
+
+
+def complete_pending(output: str) -> list[str]:
+    """Finish the runs whose `images` commit went through but whose driver died before the other
+    tables caught up (rare: the seconds between two commits). Returns their ids."""
+    images = open_table(output, "images")
+    runs = open_table(output, "runs")
+    if images is None or runs is None:
+        return []
+    committed = set(_partition_run_ids(images))
+    recorded = set(committed_dataset(output, "runs").to_table(columns=["run_id"]).column("run_id").to_pylist())
+    pending = sorted(committed - recorded)
+    if not pending:
+        return []
+    records = _run_records(images)
+    for run_id in pending:
+        version, record = records[run_id]
+        names = sorted(p.rsplit("/", 1)[-1] for p in _run_files(images, run_id))
+        _complete(output, record, version, [_class_stats_file(output, run_id, name) for name in names])
+    return pending
+
+
+def _complete(output: str, record: dict, version: int, class_stats_files: list[tuple[str, int, int]]) -> None:
+    run_id = record["run_id"]
+    _commit_class_stats(output, run_id, class_stats_files)
+    _merge_current(output, run_id, version)
+    _append_run(output, record, version)
+
+
+def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, int]]) -> None:
+    from deltalake import CommitProperties, Transaction
+
+    table = open_table(output, "class_stats")
+    if table.transaction_version(run_id) is not None:
+        return
+    actions = [_add_action(run_id, name, size, rows) for name, size, rows in files]
+    table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=["run_id"],
+                                   commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)],
+                                                                      max_commit_retries=COMMIT_ATTEMPTS))
+
+
+def _merge_current(output: str, run_id: str, version: int) -> None:
+    """Merge the run's rows into `current`, chunk by chunk; the last chunk marks the run done.
+    Concurrent merges conflict in Delta: the loser reloads and merges again (the result is the
+    same in any order, since the newer-version rule does not depend on who merges first)."""
+    rows = committed_dataset(output, "images").to_batches(
+        columns=[n for n in SCHEMAS["current"].names if n != "commit_version"],
+        filter=pc.field("run_id") == run_id, batch_size=CURRENT_CHUNK_ROWS)
+    chunks = list(_chunks(rows, CURRENT_CHUNK_ROWS)) or [SCHEMAS["current"].empty_table().drop(["commit_version"])]
+    for index, chunk in enumerate(chunks):
+        source = chunk.append_column("commit_version", pa.array([version] * chunk.num_rows, pa.int64()))
+        _retry_conflicts(lambda: _merge_chunk(output, run_id, source.cast(SCHEMAS["current"]),
+                                              last=index == len(chunks) - 1))
+
+
+def _merge_chunk(output: str, run_id: str, source: pa.Table, last: bool) -> None:
+    from deltalake import CommitProperties, Transaction
+
+    table = open_table(output, "current")
+    if table.transaction_version(run_id) is not None:
+        return
+    properties = CommitProperties(app_transactions=[Transaction(run_id, 1)] if last else None)
+    (table.merge(source, "t.image_uri = s.image_uri", source_alias="s", target_alias="t",
+                 commit_properties=properties)
+     .when_matched_update_all(predicate=NEWER).when_not_matched_insert_all().execute())
+
+
+def _append_run(output: str, record: dict, version: int | None) -> None:
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    table = open_table(output, "runs")
+    run_id = record["run_id"]
+    if table.transaction_version(run_id) is not None:
+        return
+    row = {**{name: record.get(name) for name in SCHEMAS["runs"].names}, "commit_version": version}
+    for key in ("started_at", "committed_at"):
+        row[key] = dt.datetime.fromisoformat(row[key]) if isinstance(row[key], str) else row[key]
+    write_deltalake(table, pa.Table.from_pylist([row], schema=SCHEMAS["runs"]), mode="append",
+                    commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)],
+                                                       max_commit_retries=COMMIT_ATTEMPTS))
+
+
+def append_empty_run(output: str, record: dict) -> None:
+    """A run that had nothing to process (an incremental night with no new images) is only a `runs` row."""
+    _append_run(output, record, None)
+
+
+def _retry_conflicts(attempt) -> None:
+    from deltalake.exceptions import CommitFailedError
+
+    for tries in range(COMMIT_ATTEMPTS):
+        try:
+            return attempt()
+        except CommitFailedError:
+            if tries == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * 2 ** min(tries, 5))
+
+
+def _chunks(batches, rows: int):
+    pending, count = [], 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+def _class_stats_file(output: str, run_id: str, name: str) -> tuple[str, int, int]:
+    """Size and row count of a class_stats part, read from storage (the roll-forward path)."""
+    fs, path = filesystem(join(output, "class_stats", f"run_id={run_id}", name))
+    with fs.open(path, "rb") as handle:
+        rows = pq.ParquetFile(handle).metadata.num_rows
+    return name, fs.size(path), rows
+
+
+def _add_action(run_id: str, name: str, size: int, rows: int):
+    from deltalake.transaction import AddAction
+
+    stats = json.dumps({"numRecords": rows})
+    return AddAction(f"run_id={run_id}/{name}", size, {"run_id": run_id}, int(time.time() * 1000), True, stats)
+
+
+def add_actions(table) -> pa.Table:
+    """The table's live files (path, size, partition values, ...) as an Arrow table."""
+    return pa.table(table.get_add_actions(flatten=True))
+
+
+def _partition_run_ids(table) -> list[str]:
+    return pc.unique(add_actions(table).column("partition.run_id")).to_pylist()
+
+
+def _run_files(table, run_id: str) -> list[str]:
+    actions = add_actions(table)
+    return actions.filter(pc.equal(actions.column("partition.run_id"), run_id)).column("path").to_pylist()
+
+
+def _run_records(images) -> dict[str, tuple[int, dict]]:
+    """Every run record in the `images` log, by run id, with the version that committed it."""
+    records = {}
+    for entry in images.history():
+        if RUN_KEY in entry:
+            record = json.loads(entry[RUN_KEY])
+            records.setdefault(record["run_id"], (entry["version"], record))
+    return records
+
+
+def _commit_version(images, run_id: str) -> int:
+    for entry in images.history(limit=64):
+        if RUN_KEY in entry and json.loads(entry[RUN_KEY])["run_id"] == run_id:
+            return entry["version"]
+    return _run_records(images)[run_id][0]
+
+
+def committed_dataset(output: str, table: str) -> pads.Dataset:
+    """A pyarrow dataset over exactly the table's committed files (what DuckDB and Arrow readers scan).
+
+    Built from the log's file list with pyarrow's own filesystems: scanning through delta-rs'
+    `to_pyarrow_dataset` aborts the process at exit (deltalake 1.6 with pyarrow 26)."""
+    delta = open_table(output, table)
+    if delta is None:
+        return pads.dataset(SCHEMAS[table].empty_table())
+    fs, root = arrow_filesystem(table_uri(output, table))
+    paths = [uri.split("://", 1)[1] if "://" in uri else uri for uri in delta.file_uris()]
+    if not paths:
+        return pads.dataset(SCHEMAS[table].empty_table())
+    partitioned = table in PARTITIONED
+    return pads.dataset(paths, schema=SCHEMAS[table], filesystem=fs, format="parquet",
+                        partitioning=pads.partitioning(pa.schema([RUN_ID]), flavor="hive") if partitioned else None,
+                        partition_base_dir=root if partitioned else None)
