@@ -118,8 +118,9 @@ def acquire(output: str, run_id: str) -> Lease:
     if held is not None and held.alive():
         raise UserError(f"run {run_id} is already in progress in {output} ({held.describe()}); "
                         "wait for it or pick another --run-id")
-    fs, path = filesystem(uri)
-    fs.rm_file(path) if held is not None else None
+    if held is not None:
+        fs, path = filesystem(uri)
+        fs.rm_file(path)
     if not _create_exclusive(uri, record):
         raise UserError(f"run {run_id}: another attempt took over its lease just now; wait for it or pick another --run-id")
     return Lease(output, record)
@@ -136,13 +137,29 @@ def read(output: str, run_id: str) -> LeaseRecord | None:
 
 
 def live_leases(output: str) -> list[LeaseRecord]:
+    return [lease for lease in _all_leases(output) if lease.alive()]
+
+
+def remove_dead(output: str, older_than_seconds: float = 86_400.0) -> int:
+    """Delete the lease files of attempts that died over a day ago (a day, so that no takeover is
+    racing the delete); returns how many."""
+    removed = 0
+    for lease in _all_leases(output):
+        if not lease.alive() and lease.age() > older_than_seconds:
+            fs, path = filesystem(lease_uri(output, lease.run_id))
+            fs.rm_file(path)
+            removed += 1
+    return removed
+
+
+def _all_leases(output: str) -> list[LeaseRecord]:
     fs, folder = filesystem(join(output, "_leases"))
     try:
         names = [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False, refresh=True)]
     except FileNotFoundError:
         return []
     held = [read(output, name[:-len(".json")]) for name in names if name.endswith(".json")]
-    return [lease for lease in held if lease is not None and lease.alive()]
+    return [lease for lease in held if lease is not None]
 
 
 def _create_exclusive(uri: str, record: LeaseRecord) -> bool:

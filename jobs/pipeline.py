@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.storage import filesystem, join, read_bytes
-from jobs.tables import CLASS_FIELDS, CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA
+from jobs.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
 from unet_core import (
     DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, unletterbox,
 )
@@ -219,19 +219,11 @@ def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Ta
         "error": pa.array([e or None for e in errors], pa.string()),
         # a batch of only failures reaches here with the all-null column read back as floats
         "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
-        "classes": _nested_classes(class_stats, batch["error"] == "", len(model.class_names)),
+        "classes": nested_classes(class_stats, batch["error"] == "", len(model.class_names)),
         "model_name": pa.array([model.name] * count, pa.string()),
         "model_sha256": pa.array([model.sha256] * count, pa.string()),
         "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
     }, schema=IMAGES_FILE_SCHEMA)
-
-
-def _nested_classes(flat: pa.Table, ok: np.ndarray, classes: int) -> pa.Array:
-    """Each image's per-class statistics as a list (null for an error row): the flat table, nested."""
-    offsets = np.concatenate([[0], np.cumsum(np.where(ok, classes, 0))]).astype(np.int32)
-    values = pa.StructArray.from_arrays([flat.column(n).combine_chunks() for n, _ in CLASS_FIELDS],
-                                        fields=[pa.field(n, t) for n, t in CLASS_FIELDS])
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~ok))
 
 
 def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:

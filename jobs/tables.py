@@ -25,6 +25,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -88,6 +89,15 @@ class Part:
     class_rows: int
 
 
+def nested_classes(flat: pa.Table, ok: np.ndarray, classes: int) -> pa.Array:
+    """The `images.classes` column from flat class_stats rows (`classes` rows per ok image, in
+    image order); null for an error row."""
+    offsets = np.concatenate([[0], np.cumsum(np.where(ok, classes, 0))]).astype(np.int32)
+    values = pa.StructArray.from_arrays([flat.column(n).combine_chunks() for n, _ in CLASS_FIELDS],
+                                        fields=[pa.field(n, t) for n, t in CLASS_FIELDS])
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~ok))
+
+
 def table_uri(output: str, table: str) -> str:
     return join(output, table)
 
@@ -136,12 +146,13 @@ def check_layout(output: str) -> None:
                         f"`python jobs/maintain.py --output {output} --convert-legacy`")
 
 
-def ensure_tables(output: str) -> None:
+def ensure_tables(output: str, converting: bool = False) -> None:
     """Create whichever tables are missing; two runs racing to create one both end up with it."""
     from deltalake import write_deltalake
     from deltalake.exceptions import DeltaError
 
-    check_layout(output)
+    if not converting:
+        check_layout(output)
     for table in TABLES:
         if open_table(output, table) is not None:
             continue
@@ -238,7 +249,7 @@ def _merge_current(output: str, run_id: str, version: int) -> None:
     chunks = list(_chunks(rows, CURRENT_CHUNK_ROWS)) or [SCHEMAS["current"].empty_table().drop(["commit_version"])]
     for index, chunk in enumerate(chunks):
         source = chunk.append_column("commit_version", pa.array([version] * chunk.num_rows, pa.int64()))
-        _retry_conflicts(lambda: _merge_chunk(output, run_id, source.cast(SCHEMAS["current"]),
+        retry_conflicts(lambda: _merge_chunk(output, run_id, source.cast(SCHEMAS["current"]),
                                               last=index == len(chunks) - 1))
 
 
@@ -274,7 +285,9 @@ def append_empty_run(output: str, record: dict) -> None:
     _append_run(output, record, None)
 
 
-def _retry_conflicts(attempt) -> None:
+def retry_conflicts(attempt) -> None:
+    """Run a Delta operation that conflicts with concurrent writers (merge, compaction) until it
+    commits: each attempt reloads the table and redoes its work."""
     from deltalake.exceptions import CommitFailedError
 
     for tries in range(COMMIT_ATTEMPTS):
