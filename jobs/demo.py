@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.dataset as pads
 from PIL import Image
 
+from jobs.tables import TABLES, committed_dataset
 from unet_core import build_unet, decode_mask_png, letterbox, read_metadata, save_artifact
 from unet_core.metrics import confusion_matrix, mean_iou
 from unet_core.synthetic import SCENE_CLASSES, SCENE_COLORS, make_scene
@@ -32,11 +33,11 @@ def run_demo(config, segment: Callable[[object], dict], print_summary: Callable[
         print(f"demo: wrote {DEMO_IMAGES} synthetic scenes to {scenes}")
     if not _has_model(model_dir):
         train_demo_model(model_dir)
-    manifest = segment(dataclasses.replace(config, inputs=[scenes], output=root, model=model_dir))
-    print_summary(manifest)
-    print(f"demo model mIoU against the true masks: {demo_miou(root, manifest['run_id'], truth):.3f} "
+    record = segment(dataclasses.replace(config, inputs=[scenes], output=root, model=model_dir))
+    print_summary(record)
+    print(f"demo model mIoU against the true masks: {demo_miou(root, record['run_id'], truth):.3f} "
           f"(chance is about {1 / len(SCENE_CLASSES):.2f})")
-    print(f"outputs: {root}/images, {root}/class_stats, {manifest['manifest_uri']}")
+    print(f"Delta tables: {', '.join(os.path.join(root, name) for name in TABLES)}")
     return 0
 
 
@@ -77,8 +78,8 @@ def train_demo_model(model_dir: str) -> None:
 
 
 def demo_miou(root: str, run_id: str, truth: str) -> float:
-    """mIoU of the run's masks against the drawn truth, over all demo images together."""
-    table = pads.dataset(os.path.join(root, "images"), format="parquet", partitioning="hive").to_table(
+    """mIoU of the run's committed masks against the drawn truth, over all demo images together."""
+    table = committed_dataset(root, "images").to_table(
         columns=["image_uri", "mask_png", "status"], filter=(pads.field("run_id") == run_id))
     confusion = np.zeros((len(SCENE_CLASSES),) * 2, np.int64)
     for uri, png, status in zip(*(table.column(c).to_pylist() for c in ("image_uri", "mask_png", "status"))):

@@ -1,0 +1,33 @@
+"""Reading the output tables with deltalake itself (its own SQL engine), independently of the project's readers."""
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+from deltalake import DeltaTable, QueryBuilder
+
+
+def table_uri(output: str, table: str) -> str:
+    return f"{output.rstrip('/')}/{table}" if "://" in output else os.path.join(os.path.abspath(output), table)
+
+
+def delta_table(output: str, table: str, storage_options: dict | None = None) -> DeltaTable:
+    return DeltaTable(table_uri(output, table), storage_options=storage_options)
+
+
+def delta_sql(output: str, sql: str, storage_options: dict | None = None) -> pa.Table:
+    """Run SQL over the four tables (named images, class_stats, current, runs) of an output root."""
+    query = QueryBuilder()
+    for table in ("images", "class_stats", "current", "runs"):
+        query.register(table, delta_table(output, table, storage_options))
+    return pa.table(query.execute(sql).read_all())
+
+
+def snapshot(output: str, storage_options: dict | None = None) -> dict[str, tuple[int, list]]:
+    """Every table's version and sorted rows (masks as their sizes): equal snapshots, equal tables."""
+    state = {}
+    for table in ("images", "class_stats", "current", "runs"):
+        delta = delta_table(output, table, storage_options)
+        rows = delta_sql(output, f"SELECT * FROM {table}", storage_options).to_pylist()
+        state[table] = (delta.version(), sorted(repr(sorted(row.items())) for row in rows))
+    return state
