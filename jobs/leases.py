@@ -178,10 +178,16 @@ def _create_exclusive(uri: str, record: LeaseRecord) -> bool:
     try:
         fsspec.asyn.sync(fs.loop, fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         return True
-    except OSError as exc:  # s3fs maps 412 Precondition Failed to an OSError subclass
-        if "Precondition" in str(exc) or "412" in str(exc):
+    except OSError as exc:  # s3fs turns the 412 Precondition Failed into an OSError
+        if _precondition_failed(exc):
             return False
         raise
+
+
+def _precondition_failed(exc: OSError) -> bool:
+    response = getattr(exc.__cause__, "response", None) or {}
+    return (response.get("Error", {}).get("Code") == "PreconditionFailed"
+            or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
 
 
 def _overwrite(uri: str, record: LeaseRecord) -> None:

@@ -67,3 +67,16 @@ def mixed_folder(tmp_path) -> dict[str, str]:
         paths[name] = str(path)
     (folder / "notes.txt").write_text("not an image, and not named like one")
     return paths
+
+
+@pytest.fixture(scope="session")
+def slow_artifact(tmp_path_factory) -> str:
+    """Wide enough (256x256, base 16) that a run lasts seconds, so a crash lands mid-run."""
+    import keras
+
+    from unet_core import build_unet, save_artifact
+
+    keras.utils.set_random_seed(0)
+    uri = str(tmp_path_factory.mktemp("slow") / "model")
+    save_artifact(build_unet(3, (256, 256, 3), base_filters=16), uri, ["a", "b", "c"])
+    return uri

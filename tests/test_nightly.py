@@ -173,43 +173,6 @@ def _wait_for_parts(output: str, run_id: str, proc: subprocess.Popen, timeout: f
     raise AssertionError(f"no part files appeared while the job ran:\n{proc.communicate()[0][-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def slow_artifact(tmp_path_factory) -> str:
-    """Wide enough (256x256, base 16) that a run lasts seconds, so a crash lands mid-run."""
-    import keras
-
-    from unet_core import build_unet, save_artifact
-
-    keras.utils.set_random_seed(0)
-    uri = str(tmp_path_factory.mktemp("slow") / "model")
-    save_artifact(build_unet(3, (256, 256, 3), base_filters=16), uri, ["a", "b", "c"])
-    return uri
-
-
-def test_driver_killed_mid_run_leaves_nothing_visible_and_rerun_completes(tmp_path, slow_artifact):
-    folder = _images(tmp_path, 24)
-    output = str(tmp_path / "out")
-    args = ["--input", str(folder), "--output", output, "--model", slow_artifact, "--run-id", "crash",
-            "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32"]
-    proc = _start_job(*args)
-    _wait_for_parts(output, "crash", proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
-    staged = runs.partition_files(output, "images", "crash")
-    assert 0 < len(staged) < 12  # it died mid-run, with some parts written
-    assert not runs.is_committed(output, "crash")
-    assert _committed_rows(output) == []
-
-    done = run_job("segment.py", *args)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "discarded" in done.stdout
-    rows = _committed_rows(output)
-    assert sorted(r["image_uri"] for r in rows) == sorted(str(p) for p in folder.iterdir())
-    manifest = json.load(open(os.path.join(output, "runs", "crash.json")))
-    assert sorted(runs.partition_files(output, "images", "crash")) == sorted(
-        f.rsplit("/", 1)[-1] for f in manifest["files"]["images"])
-
-
 def test_replica_killed_mid_run_is_restarted_and_every_image_is_written(tmp_path, slow_artifact):
     folder = _images(tmp_path, 24)
     output = str(tmp_path / "out")

@@ -1,0 +1,233 @@
+"""The Delta tables' guarantees under crashes, strays and concurrency, read back with deltalake itself."""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import png_bytes
+from delta_read import delta_sql, delta_table, snapshot
+from PIL import Image
+from test_segment_job import ROOT, run_job
+
+RNG = np.random.default_rng(23)
+
+
+def make_images(folder, count: int, start: int = 0, size: tuple[int, int] = (24, 30)) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(start, start + count):
+        path = folder / f"img_{index:03d}.png"
+        path.write_bytes(png_bytes(Image.fromarray(RNG.integers(0, 255, (*size, 3), dtype=np.uint8))))
+        paths.append(str(path))
+    return paths
+
+
+def start_job(*args: str, env: dict | None = None) -> subprocess.Popen:
+    env = env or {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 240, poll: float = 0.05) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"{what} never happened while the job ran:\n{proc.communicate()[0][-3000:]}")
+
+
+def parts_on_disk(output: str, table: str, run_id: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(output, table, f"run_id={run_id}", "*.parquet")))
+
+
+def run_rows(output: str, run_id: str) -> list[dict]:
+    return delta_sql(output, f"SELECT image_id, image_uri FROM images WHERE run_id = '{run_id}'").to_pylist()
+
+
+def backdate(output: str, hours: float) -> None:
+    """Age every data file, as a night's worth of time would."""
+    past = time.time() - hours * 3600
+    for path in glob.glob(os.path.join(output, "*", "**", "*.parquet"), recursive=True):
+        os.utime(path, (past, past))
+
+
+def maintain(output: str, *args: str) -> subprocess.CompletedProcess:
+    done = run_job("maintain.py", "--output", output, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_killed_driver_and_stray_files_leave_the_tables_exactly_as_they_were(tmp_path, slow_artifact):
+    output = str(tmp_path / "out")
+    base = make_images(tmp_path / "base", 4)
+    done = run_job("segment.py", "--input", str(tmp_path / "base"), "--output", output, "--model", slow_artifact,
+                   "--run-id", "base", "--precision", "float32")
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = snapshot(output)
+
+    crash = make_images(tmp_path / "crash", 24)
+    args = ["--input", str(tmp_path / "crash"), "--output", output, "--model", slow_artifact, "--run-id", "crash",
+            "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32"]
+    proc = start_job(*args)
+    wait_for(lambda: parts_on_disk(output, "images", "crash"), proc, "a part file")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    assert 0 < len(parts_on_disk(output, "images", "crash")) < 12  # it died mid-run, with parts written
+    assert snapshot(output) == before
+
+    for table in ("images", "class_stats"):  # strays: a committed part copied beside itself and into a new run
+        part = parts_on_disk(output, table, "base")[0]
+        shutil.copy(part, part.replace(".parquet", "-copy.parquet"))
+        os.makedirs(os.path.join(output, table, "run_id=stray"))
+        shutil.copy(part, os.path.join(output, table, "run_id=stray", "part-stray.parquet"))
+    assert snapshot(output) == before
+
+    again = run_job("segment.py", *args)  # the dead attempt's id runs again
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rows = run_rows(output, "crash")
+    assert sorted(r["image_uri"] for r in rows) == sorted(crash) and len({r["image_id"] for r in rows}) == 24
+    assert sorted(r["image_uri"] for r in run_rows(output, "base")) == sorted(base)
+
+    content = {table: rows for table, (_, rows) in snapshot(output).items()}
+    referenced = {table: set(delta_table(output, table).file_uris()) for table in ("images", "class_stats")}
+    backdate(output, hours=3)
+    report = maintain(output, "--retention-hours", "1")
+    assert "vacuumed" in report.stdout
+    assert {table: rows for table, (_, rows) in snapshot(output).items()} == content
+    for table in ("images", "class_stats"):
+        # left: the files of the compacted version and of the one before it (readers may still be on it,
+        # for the retention); gone: the dead attempt's files and the strays
+        kept = referenced[table] | set(delta_table(output, table).file_uris())
+        assert set(glob.glob(os.path.join(output, table, "run_id=*", "*.parquet"))) == kept
+    assert not os.listdir(os.path.join(output, "images", "run_id=stray"))
+
+
+def test_a_kill_during_the_commit_leaves_readable_tables_that_the_next_run_completes(tmp_path, tiny_artifact):
+    output = str(tmp_path / "out")
+    make_images(tmp_path / "in", 6)
+    proc = start_job("--input", str(tmp_path / "in"), "--output", output, "--model", tiny_artifact,
+                     "--run-id", "cut", "--batch-size", "2", "--rows-per-file", "2")
+    images_commit = os.path.join(output, "images", "_delta_log", f"{1:020d}.json")
+    wait_for(lambda: os.path.exists(images_commit), proc, "the images commit", poll=0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    committed = {r["run_id"] for r in delta_sql(output, "SELECT DISTINCT run_id FROM images").to_pylist()}
+    assert committed == {"cut"}
+    for table in ("class_stats", "current", "runs"):  # readable, and never ahead of images
+        follower = {r["run_id"] for r in delta_sql(output, f"SELECT DISTINCT run_id FROM {table}").to_pylist()}
+        assert follower <= committed, table
+
+    report = maintain(output)
+    for table, count in (("images", 6), ("class_stats", 18), ("current", 6), ("runs", 1)):
+        assert delta_sql(output, f"SELECT count(*) AS n FROM {table} WHERE run_id = 'cut'").column("n")[0].as_py() == count
+    print("completed after the kill:", [line for line in report.stdout.splitlines() if "completed" in line])
+
+
+def test_concurrent_runs_into_one_root_commit_every_image_exactly_once(tmp_path, tiny_artifact):
+    output = str(tmp_path / "out")
+    shared = make_images(tmp_path / "shared", 6)
+    own = {name: make_images(tmp_path / name, 3, start=100) for name in ("left", "right")}
+    procs = {name: start_job("--input", str(tmp_path / "shared"), str(tmp_path / name), "--output", output,
+                             "--model", tiny_artifact, "--run-id", name, "--batch-size", "2", "--rows-per-file", "2",
+                             "--actors", "1", "--cpus-per-actor", "0.5")
+             for name in own}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-3000:]
+    for name in own:
+        rows = run_rows(output, name)
+        assert sorted(r["image_uri"] for r in rows) == sorted(shared + own[name])
+        assert len({r["image_id"] for r in rows}) == len(rows) == 9
+        stats = delta_sql(output, f"SELECT count(*) AS n FROM class_stats WHERE run_id = '{name}'")
+        assert stats.column("n")[0].as_py() == 9 * 3
+    current = delta_sql(output, "SELECT image_uri, run_id FROM current").to_pylist()
+    assert sorted(r["image_uri"] for r in current) == sorted(shared + own["left"] + own["right"])
+    assert sorted(r["run_id"] for r in delta_sql(output, "SELECT run_id FROM runs").to_pylist()) == ["left", "right"]
+
+
+def test_a_live_run_id_is_refused_with_one_line(tmp_path, slow_artifact):
+    output = str(tmp_path / "out")
+    make_images(tmp_path / "in", 12)
+    args = ["--input", str(tmp_path / "in"), "--output", output, "--model", slow_artifact, "--run-id", "busy",
+            "--batch-size", "2", "--precision", "float32"]
+    first = start_job(*args)
+    wait_for(lambda: os.path.exists(os.path.join(output, "_leases", "busy.json")), first, "the lease")
+    second = run_job("segment.py", *args)
+    assert second.returncode == 2
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "run busy is already in progress" in errors[0] and f"pid {first.pid}" in errors[0]
+    out, _ = first.communicate(timeout=400)
+    assert first.returncode == 0, out[-3000:]
+    assert len(run_rows(output, "busy")) == 12
+    assert not os.path.exists(os.path.join(output, "_leases", "busy.json"))  # released after commit
+
+
+def write_version(path, content_seed: int, modified: float) -> None:
+    rng = np.random.default_rng(content_seed)
+    path.write_bytes(png_bytes(Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))))
+    os.utime(path, (modified, modified))
+
+
+def test_current_follows_the_newest_image_version_not_the_commit_order(tmp_path, tiny_artifact):
+    output = str(tmp_path / "out")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    now = time.time()
+    write_version(folder / "a.png", 1, now)  # the new version of a.png, segmented first
+    write_version(folder / "b.png", 2, now)
+    args = ["--input", str(folder), "--output", output, "--model", tiny_artifact, "--incremental"]
+    assert run_job("segment.py", *args, "--run-id", "nightly").returncode == 0
+    write_version(folder / "a.png", 3, now - 86_400)  # a late run that listed yesterday's a.png commits last
+    assert run_job("segment.py", *args, "--run-id", "late").returncode == 0
+
+    current = {os.path.basename(r["image_uri"]): r for r in
+               delta_sql(output, "SELECT image_uri, run_id, source_size FROM current").to_pylist()}
+    assert (current["a.png"]["run_id"], current["b.png"]["run_id"]) == ("nightly", "nightly")
+    late = delta_sql(output, "SELECT image_uri FROM images WHERE run_id = 'late'").to_pylist()
+    assert [os.path.basename(r["image_uri"]) for r in late] == ["a.png"]  # it did process its version
+
+    write_version(folder / "a.png", 4, now + 60)  # a newer version still: incremental redoes it, current follows
+    again = run_job("segment.py", *args, "--run-id", "next")
+    assert again.returncode == 0 and "2 images, 1 skipped, 1 processed" in again.stdout
+    current = delta_sql(output, "SELECT run_id FROM current WHERE image_uri LIKE '%a.png'").to_pylist()
+    assert current == [{"run_id": "next"}]
+
+
+def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_bucket, tiny_artifact, tmp_path):
+    fs = s3_server.filesystem()
+    for name, count, start in (("first", 3, 0), ("left", 3, 10), ("right", 3, 20)):
+        for path in make_images(tmp_path / name, count, start=start):
+            fs.put_file(path, f"{s3_bucket}/photos/{name}/{os.path.basename(path)}")
+    output = f"s3://{s3_bucket}/seg"
+    env = s3_server.env()
+    common = ["--output", output, "--model", tiny_artifact, "--batch-size", "2", "--rows-per-file", "2"]
+    first = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/first/", *common, "--run-id", "first", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    procs = [start_job("--input", f"s3://{s3_bucket}/photos/{name}/", f"s3://{s3_bucket}/photos/first/", *common,
+                       "--run-id", name, "--actors", "1", "--cpus-per-actor", "0.5", env=env)
+             for name in ("left", "right")]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-3000:]
+
+    options = {"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+               "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
+    before = snapshot(output, options)
+    part = next(p for p in fs.find(f"{s3_bucket}/seg/images/run_id=first") if p.endswith(".parquet"))
+    fs.copy(part, f"{s3_bucket}/seg/images/run_id=first/part-stray.parquet")
+    fs.copy(part, f"{s3_bucket}/seg/images/run_id=ghost/part-stray.parquet")
+    assert snapshot(output, options) == before
+
+    counts = delta_sql(output, "SELECT run_id, count(*) AS n, count(DISTINCT image_id) AS d FROM images "
+                               "GROUP BY run_id ORDER BY run_id", options).to_pylist()
+    assert counts == [{"run_id": "first", "n": 3, "d": 3}, {"run_id": "left", "n": 6, "d": 6},
+                      {"run_id": "right", "n": 6, "d": 6}]
+    assert delta_sql(output, "SELECT count(*) AS n FROM current", options).column("n")[0].as_py() == 9
+    assert delta_sql(output, "SELECT count(*) AS n FROM runs", options).column("n")[0].as_py() == 3
