@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from conftest import png_bytes
 from delta_read import delta_sql, delta_table, snapshot
 from PIL import Image
