@@ -11,6 +11,12 @@ def table_uri(output: str, table: str) -> str:
     return f"{output.rstrip('/')}/{table}" if "://" in output else os.path.join(os.path.abspath(output), table)
 
 
+def s3_options(env: dict[str, str]) -> dict[str, str]:
+    """deltalake's settings for the test S3 server, from the environment a job there runs with."""
+    return {"AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
+
+
 def delta_table(output: str, table: str, storage_options: dict | None = None) -> DeltaTable:
     return DeltaTable(table_uri(output, table), storage_options=storage_options)
 

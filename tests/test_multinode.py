@@ -2,7 +2,8 @@
 separate raylets on this machine), with fake GPUs declared by worker nodes.
 
 Every replica logs where it was placed (node, assigned GPUs, CUDA_VISIBLE_DEVICES, the device
-TensorFlow uses) and the manifest lists the replicas that did the work; the tests assert on both.
+TensorFlow uses) and the run's row in the `runs` table lists the replicas that did the work; the tests
+assert on both.
 """
 import json
 import os
@@ -13,7 +14,7 @@ import tempfile
 import pytest
 from ray.cluster_utils import Cluster
 
-from test_segment_job import ROOT, run_job
+from test_segment_job import ROOT, read_dataset, run_job
 
 PLACED = "model replica placed: "
 
@@ -57,11 +58,11 @@ def segment_on(cluster: Cluster, folder: str, output: str, model: str, *flags: s
     assert done.returncode == 0, done.stderr[-3000:]
     placed = [json.loads(line.split(PLACED, 1)[1]) for line in (done.stdout + done.stderr).splitlines()
               if PLACED in line]
-    manifest = json.load(open(os.path.join(output, "runs", "placed.json")))
-    assert manifest["counts"]["errors"] == 1  # corrupt.png
-    for replica in manifest["replicas"]:
+    (run,) = read_dataset(output, "runs").to_pylist()
+    assert run["errors"] == 1  # corrupt.png
+    for replica in json.loads(run["replicas"]):
         assert replica in placed
-    return placed, manifest
+    return placed, run
 
 
 def test_cpu_replicas_spread_over_two_worker_nodes(make_cluster, tmp_path, tiny_artifact, mixed_folder):
@@ -76,7 +77,7 @@ def test_one_replica_per_fake_gpu_and_only_on_gpu_nodes(make_cluster, tmp_path, 
     cluster, (two_gpus, one_gpu, no_gpu) = make_cluster(
         {"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 1}, {"num_cpus": 2})
     folder = os.path.dirname(mixed_folder["grey.png"])
-    placed, manifest = segment_on(cluster, folder, str(tmp_path / "out"), tiny_artifact,
+    placed, run = segment_on(cluster, folder, str(tmp_path / "out"), tiny_artifact,
                                   "--gpus-per-actor", "1", "--actors", "3", "--cpus-per-actor", "0.5")
     assert sorted((r["node_id"], r["gpu_ids"][0]) for r in placed) == sorted(
         [(two_gpus, "0"), (two_gpus, "1"), (one_gpu, "0")])
@@ -84,7 +85,7 @@ def test_one_replica_per_fake_gpu_and_only_on_gpu_nodes(make_cluster, tmp_path, 
         assert replica["gpu_ids"] and len(replica["gpu_ids"]) == 1
         assert replica["cuda_visible_devices"] == replica["gpu_ids"][0]  # what Ray assigned is what TF is shown
         assert replica["tensorflow_device"] == "CPU"  # the GPUs are fake: TensorFlow falls back to the CPU
-    assert manifest["config"]["gpus_per_actor"] == 1
+    assert json.loads(run["config"])["gpus_per_actor"] == 1
 
     too_many = run_job("segment.py", "--input", folder, "--output", str(tmp_path / "out2"), "--model", tiny_artifact,
                        "--address", cluster.address, "--gpus-per-actor", "1", "--actors", "4")

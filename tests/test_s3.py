@@ -1,9 +1,9 @@
 """The segment job against a real S3 server (SeaweedFS, credentials enforced): s3 -> s3 and its failures."""
 import json
 
-import pyarrow.dataset as pads
 import pytest
 
+from delta_read import delta_sql, delta_table, s3_options
 from s3_server import ADMIN, PUBLIC_BUCKET, READER
 from test_segment_job import ROOT, run_job
 
@@ -31,8 +31,8 @@ def test_segment_s3_to_s3_with_endpoint_flag_and_list_file(s3_server, s3_bucket,
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run s3run: 8 images, 0 skipped, 8 processed: 7 ok, 1 errors" in done.stdout
 
-    images = pads.dataset(f"{s3_bucket}/seg/images", filesystem=fs, format="parquet",
-                          partitioning="hive").to_table().to_pylist()
+    output, options = f"s3://{s3_bucket}/seg", s3_options(s3_server.env())
+    images = delta_sql(output, "SELECT * FROM images", options).to_pylist()
     by_uri = {row["image_uri"]: row for row in images}
     expected = {f"s3://{s3_bucket}/photos/{name}" for name in mixed_folder} | {f"s3://{s3_bucket}/elsewhere/listed.png"}
     assert set(by_uri) == expected
@@ -41,10 +41,11 @@ def test_segment_s3_to_s3_with_endpoint_flag_and_list_file(s3_server, s3_bucket,
     assert listed["source_version"] == fs.info(f"{s3_bucket}/photos/grey.png")["ETag"].strip('"')
     assert by_uri[f"s3://{s3_bucket}/elsewhere/listed.png"]["mask_png"] == listed["mask_png"]
 
-    manifest = json.loads(fs.cat_file(f"{s3_bucket}/seg/runs/s3run.json"))
-    assert manifest["counts"] == {"inputs": 8, "skipped": 0, "processed": 8, "ok": 7, "errors": 1}
+    run = delta_sql(output, "SELECT run_id, inputs, skipped, processed, ok, errors FROM runs", options).to_pylist()
+    assert run == [{"run_id": "s3run", "inputs": 8, "skipped": 0, "processed": 8, "ok": 7, "errors": 1}]
     stored = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{s3_bucket}/seg/images") if p.endswith(".parquet"))
-    assert sorted(p.rsplit("/", 1)[-1] for p in manifest["files"]["images"]) == stored
+    committed = delta_table(output, "images", options).file_uris()
+    assert sorted(p.rsplit("/", 1)[-1] for p in committed) == stored
     assert not [p for p in fs.find(f"{s3_bucket}/seg") if ".write-check-" in p]
 
 

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 from conftest import png_bytes
-from delta_read import delta_sql, delta_table, snapshot
+from delta_read import delta_sql, delta_table, s3_options, snapshot
 from PIL import Image
 from test_segment_job import ROOT, run_job
 
@@ -216,8 +216,7 @@ def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_
         out, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, out[-3000:]
 
-    options = {"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-               "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
+    options = s3_options(env)
     before = snapshot(output, options)
     part = next(p for p in fs.find(f"{s3_bucket}/seg/images/run_id=first") if p.endswith(".parquet"))
     fs.copy(part, f"{s3_bucket}/seg/images/run_id=first/part-stray.parquet")

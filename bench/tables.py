@@ -1,0 +1,152 @@
+"""Benchmark: the cost of committing to and reading the Delta tables, against the earlier layout.
+
+    python bench/tables.py [--parts 1000] [--runs 100] [--images-per-run 50]
+
+1. Commit time of one run of N parts: the Delta commit (images, then class_stats, current and
+   runs) against the earlier layout's commit (list the run's folders, write a JSON manifest).
+2. `query.py summary` (current rows, per-class totals) over R committed runs, against the earlier
+   reader (read every manifest, scan the listed files, pick current rows with a window).
+The earlier layout is restated here in a few lines (it is gone from jobs/) so both run side by side.
+Parts are synthetic: small rows of the real schemas, as a run of tiny images would write.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from common import print_table  # noqa: F401  (puts the project on the path)
+from jobs import tables
+from jobs.query import parse_args, run_query
+from jobs.results import SUMMARY_SQL
+
+CLASSES = ("background", "thing", "stuff")
+
+
+def write_part(output: str, run_id: str, first: int, rows: int) -> tables.Part:
+    """One images part and one class_stats part of `rows` images, as a worker writes them."""
+    ids = [f"img{index:08d}" for index in range(first, first + rows)]
+    pixels = np.random.default_rng(first).integers(0, 100, (rows, len(CLASSES)))
+    flat = pa.table({
+        "image_id": np.repeat(ids, len(CLASSES)), "image_uri": np.repeat([f"/data/{i}.png" for i in ids], len(CLASSES)),
+        "class_id": pa.array(np.tile(np.arange(len(CLASSES)), rows), pa.int16()),
+        "class_name": np.tile(CLASSES, rows), "pixels": pixels.ravel(),
+        "fraction": (pixels / pixels.sum(axis=1, keepdims=True).clip(1)).ravel(), "mean_confidence": np.full(pixels.size, 0.9),
+    }, schema=tables.CLASS_STATS_FILE_SCHEMA)
+    now = dt.datetime.now(dt.timezone.utc)
+    images = pa.table({
+        "image_id": ids, "image_uri": [f"/data/{i}.png" for i in ids], "source_size": [1000] * rows,
+        "source_version": ["1"] * rows, "source_modified": [now] * rows, "width": [10] * rows, "height": [10] * rows,
+        "status": ["ok"] * rows, "error": [None] * rows, "mask_png": [b"\x89PNG" * 8] * rows,
+        "classes": tables.nested_classes(flat, np.ones(rows, bool), len(CLASSES)),
+        "model_name": ["bench"] * rows, "model_sha256": ["0" * 64] * rows, "processed_at": [now] * rows,
+    }, schema=tables.IMAGES_FILE_SCHEMA)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    sizes = {}
+    for table, data in (("images", images), ("class_stats", flat)):
+        folder = os.path.join(output, table, f"run_id={run_id}")
+        os.makedirs(folder, exist_ok=True)
+        pq.write_table(data, os.path.join(folder, name))
+        sizes[table] = os.path.getsize(os.path.join(folder, name))
+    return tables.Part(name, sizes["images"], sizes["class_stats"], rows, flat.num_rows)
+
+
+def record(run_id: str, rows: int) -> dict:
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    return {"run_id": run_id, "started_at": now, "committed_at": now, "inputs": rows, "skipped": 0,
+            "processed": rows, "ok": rows, "errors": 0, "model_name": "bench", "model_sha256": "0" * 64,
+            "model_uri": "/m", "class_names": list(CLASSES), "class_pixels": [0] * len(CLASSES),
+            "wall_seconds": 1.0, "images_per_second": 1.0, "replicas": "[]", "config": "{}"}
+
+
+def delta_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
+    tables.commit_run(output, record(run_id, sum(p.rows for p in parts)), parts)
+
+
+def earlier_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
+    """The earlier layout's commit: list the run's folders (to drop strays), then write the manifest."""
+    listed = {t: sorted(os.listdir(os.path.join(output, t, f"run_id={run_id}"))) for t in ("images", "class_stats")}
+    manifest = {**record(run_id, sum(p.rows for p in parts)), "status": "committed",
+                "files": {t: [f"{t}/run_id={run_id}/{n}" for n in names] for t, names in listed.items()}}
+    os.makedirs(os.path.join(output, "runs"), exist_ok=True)
+    with open(os.path.join(output, "runs", f"{run_id}.json"), "w") as handle:
+        json.dump(manifest, handle)
+
+
+def earlier_summary(output: str) -> pa.Table:
+    """The earlier reader: every manifest, a dataset over the listed files, current rows by a window."""
+    import duckdb
+
+    folder = os.path.join(output, "runs")
+    manifests = [json.load(open(os.path.join(folder, n))) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
+    con = duckdb.connect()
+    con.register("runs", pa.Table.from_pylist([{"run_id": m["run_id"], "committed_at": m["committed_at"]}
+                                               for m in manifests]))
+    partitioning = pads.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
+    for table in ("images", "class_stats"):
+        paths = [os.path.join(output, name) for m in manifests for name in m["files"][table]]
+        con.register(table, pads.dataset(paths, format="parquet", partitioning=partitioning,
+                                         partition_base_dir=os.path.join(output, table)))
+    con.execute("""CREATE VIEW current_images AS SELECT i.image_id, i.run_id FROM images i JOIN runs r USING (run_id)
+                   QUALIFY row_number() OVER (PARTITION BY i.image_id ORDER BY r.committed_at DESC) = 1""")
+    con.execute("""CREATE VIEW scope_class_stats AS SELECT c.* FROM class_stats c
+                   SEMI JOIN current_images k ON c.image_id = k.image_id AND c.run_id = k.run_id""")
+    return con.sql(SUMMARY_SQL).to_arrow_table()
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def bench_commit(parts: int) -> list[list]:
+    rows = []
+    with tempfile.TemporaryDirectory() as delta_root, tempfile.TemporaryDirectory() as earlier_root:
+        tables.ensure_tables(delta_root)
+        for name, root, commit in (("Delta tables", delta_root, delta_commit), ("earlier manifest", earlier_root,
+                                                                                earlier_commit)):
+            written = [write_part(root, "big", index * 4, 4) for index in range(parts)]
+            rows.append([f"commit, {parts} parts", name, timed(lambda: commit(root, "big", written))])
+    return rows
+
+
+def bench_summary(runs: int, per_run: int) -> list[list]:
+    rows = []
+    with tempfile.TemporaryDirectory() as delta_root, tempfile.TemporaryDirectory() as earlier_root:
+        tables.ensure_tables(delta_root)
+        for index in range(runs):  # each run redoes a fifth of the last run's images and adds new ones
+            first = index * per_run * 4 // 5
+            for root, commit in ((delta_root, delta_commit), (earlier_root, earlier_commit)):
+                commit(root, f"run{index:03d}", [write_part(root, f"run{index:03d}", first, per_run)])
+        args = parse_args(["--output", delta_root, "summary"])
+        delta = timed(lambda: run_query(args))
+        earlier = timed(lambda: earlier_summary(earlier_root))
+        same = run_query(args).to_pylist() == earlier_summary(earlier_root).to_pylist()
+        rows.append([f"summary, {runs} runs", "Delta tables", delta])
+        rows.append([f"summary, {runs} runs", "earlier manifest", earlier])
+        print(f"summary results identical: {same}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--images-per-run", type=int, default=50)
+    args = parser.parse_args()
+    rows = bench_commit(args.parts) + bench_summary(args.runs, args.images_per_run)
+    print_table(["what", "layout", "seconds"], rows)
+
+
+if __name__ == "__main__":
+    main()
