@@ -15,6 +15,7 @@ import io
 import os
 import posixpath
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,16 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.dataset as pads  # noqa: E402
+
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.results import check_run, connect, select_scope  # noqa: E402
 from jobs.storage import filesystem, join  # noqa: E402
+from jobs.tables import committed_dataset, scan_field  # noqa: E402
 
 INDEX_NAME = "masks.csv"
+MASK_BATCH_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -95,22 +101,50 @@ def checked_target(dest: str, name: str) -> str:
 
 def export(config: ExportConfig) -> int:
     """Write the masks and the index; returns how many masks were written."""
-    con, manifests = connect(config.output)
-    check_run(manifests, config.run, config.output)
+    con = connect(config.output)
+    check_run(con, config.run, config.output)
     select_scope(con, config.run)
-    rows = con.sql("SELECT image_id, image_uri FROM scope_images WHERE status = 'ok' ORDER BY image_uri").fetchall()
-    root = strip_scheme(config.relative_to) if config.relative_to else common_folder([u for _, u in rows])
-    names = mask_names(rows, root)
-    reader = con.sql("SELECT image_id, mask_png FROM scope_images WHERE status = 'ok'").to_arrow_reader(256)
-    for batch in reader:
-        for image_id, mask_png in zip(batch.column("image_id").to_pylist(), batch.column("mask_png").to_pylist()):
-            write_bytes(checked_target(config.dest, names[image_id]), mask_png)
+    rows = con.sql("SELECT run_id, image_id, image_uri FROM scope_images WHERE status = 'ok' "
+                   "ORDER BY image_uri").fetchall()
+    root = strip_scheme(config.relative_to) if config.relative_to else common_folder([u for _, _, u in rows])
+    names = mask_names([(image_id, uri) for _, image_id, uri in rows], root)
+    written = write_masks(config, rows, names)
+    if written != len(rows):
+        raise RuntimeError(f"wrote {written} masks for {len(rows)} ok images; the index is not written")
     index = io.StringIO()
     writer = csv.writer(index)
     writer.writerow(["image_uri", "mask_path"])
-    writer.writerows((uri, names[image_id]) for image_id, uri in rows)
+    writer.writerows((uri, names[image_id]) for _, image_id, uri in rows)
     write_bytes(join(config.dest, INDEX_NAME), index.getvalue().encode("utf-8"))
     return len(rows)
+
+
+def write_masks(config: ExportConfig, rows: list[tuple[str, str, str]], names: dict[str, str]) -> int:
+    """Write the masks of the (run_id, image_id, image_uri) rows; returns how many were written.
+
+    The scope's rows hold no mask bytes: each run involved streams its own ok masks, a few hundred
+    at a time, and only those in scope are kept, so memory stays bounded whatever the run's size."""
+    wanted: dict[str, set[str]] = {}
+    for run_id, image_id, _ in rows:
+        wanted.setdefault(run_id, set()).add(image_id)
+    images = committed_dataset(config.output, "images")
+    written = 0
+    for run_id, image_ids in sorted(wanted.items()):
+        for image_id, mask_png in _ok_masks(images, run_id):
+            if image_id in image_ids:
+                write_bytes(checked_target(config.dest, names[image_id]), mask_png)
+                written += 1
+    return written
+
+
+def _ok_masks(images: pads.Dataset, run_id: str) -> Iterator[tuple[str, bytes]]:
+    """(image_id, mask PNG) of a run's ok rows, read only from its partition, with little read-ahead
+    (pyarrow's default keeps dozens of batches in flight, which for large masks can be gigabytes)."""
+    batches = images.to_batches(
+        columns=["image_id", "mask_png"], filter=(pc.field("run_id") == run_id) & (scan_field("status") == "ok"),
+        batch_size=MASK_BATCH_ROWS, batch_readahead=2, fragment_readahead=2)
+    for batch in batches:
+        yield from zip(batch.column("image_id").to_pylist(), batch.column("mask_png").to_pylist())
 
 
 def write_bytes(uri: str, data: bytes) -> None:

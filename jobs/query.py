@@ -6,8 +6,9 @@
     python jobs/query.py --output s3://bucket/seg/ errors [--run ID]
     python jobs/query.py --output s3://bucket/seg/ sql "SELECT status, count(*) FROM images GROUP BY status"
 
-Without --run, summary/find/errors read the current rows: for each image, its row from the latest
-committed run that processed it. Output is an aligned table, or --format csv|json|parquet.
+Without --run, summary/find/errors read the current rows: for each image, its row from the run
+that processed its newest version (the `current` table). Output is an aligned table, or
+--format csv|json|parquet.
 """
 from __future__ import annotations
 
@@ -34,28 +35,20 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from jobs.arguments import fraction, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.results import check_run, connect, select_scope  # noqa: E402
+from jobs.results import ERRORS_SQL, SUMMARY_SQL, check_run, connect, select_scope  # noqa: E402
 
 FORMATS = ("table", "csv", "json", "parquet")
 
 RUNS_SQL = """
-SELECT run_id, committed_at, inputs, ok, errors, model_name, left(model_sha256, 12) AS model_sha256,
+SELECT run_id, committed_at, inputs, skipped, ok, errors, model_name, left(model_sha256, 12) AS model_sha256,
        wall_seconds, images_per_second
 FROM runs ORDER BY committed_at, run_id"""
 
-SUMMARY_SQL = """
-SELECT class_id, class_name, sum(pixels)::BIGINT AS pixels,
-       sum(pixels) / nullif(sum(sum(pixels)) OVER (), 0) AS share,
-       count(*) FILTER (WHERE pixels > 0) AS images,
-       count(*) FILTER (WHERE pixels > 0) / count(*) AS image_share
-FROM scope_class_stats GROUP BY class_id, class_name ORDER BY class_id"""
-
 FIND_SQL = """
 SELECT image_uri, fraction, pixels, mean_confidence, run_id, image_id
-FROM scope_class_stats WHERE {class_filter} AND fraction >= $min_fraction
+FROM scope_class_stats WHERE class_name = $class AND fraction >= $min_fraction
 ORDER BY fraction DESC, image_uri LIMIT $limit"""
-
-ERRORS_SQL = "SELECT image_uri, error, run_id, image_id FROM scope_images WHERE status = 'error' ORDER BY image_uri"
+"""By name: each run's class_stats rows carry its own model's class names, whatever ids it gave them."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,13 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-
-
-
-
 def run_query(args: argparse.Namespace) -> pa.Table:
     """The subcommand's result as an Arrow table."""
-    con, manifests = connect(args.output)
+    con = connect(args.output)
     if args.command == "runs":
         return con.sql(RUNS_SQL).to_arrow_table()
     if args.command == "sql":
@@ -104,28 +93,25 @@ def run_query(args: argparse.Namespace) -> pa.Table:
             return con.sql(args.query).to_arrow_table()
         except duckdb.Error as exc:
             raise UserError(f"query failed: {str(exc).splitlines()[0]}") from exc
-    check_run(manifests, args.run, args.output)
+    check_run(con, args.run, args.output)
     select_scope(con, args.run)
     if args.command == "summary":
         return con.sql(SUMMARY_SQL).to_arrow_table()
     if args.command == "errors":
         return con.sql(ERRORS_SQL).to_arrow_table()
-    class_filter, value = class_filter_for(manifests if args.run is None else
-                                           [m for m in manifests if m["run_id"] == args.run], args.class_name)
-    params = {"class": value, "min_fraction": args.min_fraction, "limit": args.limit}
-    return con.sql(FIND_SQL.format(class_filter=class_filter), params=params).to_arrow_table()
+    check_class(con, args.run, args.class_name)
+    params = {"class": args.class_name, "min_fraction": args.min_fraction, "limit": args.limit}
+    return con.sql(FIND_SQL, params=params).to_arrow_table()
 
 
-def class_filter_for(manifests: list[dict], name: str) -> tuple[str, object]:
-    """The find filter for a class: by id where every run in scope numbers it the same (an integer
-    test is several times cheaper than a string one over millions of rows), else by name.
-
-    An unknown name is a typo far more often than an empty answer: say which names exist."""
-    ids = {m["model"]["class_names"].index(name) for m in manifests if name in m["model"]["class_names"]}
-    if not ids:
-        known = sorted({n for m in manifests for n in m["model"]["class_names"]})
+def check_class(con: duckdb.DuckDBPyConnection, run_id: str | None, name: str) -> None:
+    """An unknown class name is a typo far more often than an empty answer: say which names the
+    models of the runs in scope (one run, or all) know."""
+    where, params = ("WHERE run_id = $run", {"run": run_id}) if run_id else ("", {})
+    known = [row[0] for row in con.execute(
+        f"SELECT DISTINCT unnest(class_names) FROM runs {where} ORDER BY 1", params).fetchall()]
+    if name not in known:
         raise UserError(f"--class {name!r}: no such class; classes are {', '.join(known)}")
-    return ("class_id = $class", ids.pop()) if len(ids) == 1 else ("class_name = $class", name)
 
 
 def write_result(table: pa.Table, fmt: str, out: BinaryIO) -> None:

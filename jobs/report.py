@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import html
 import io
 import os
@@ -28,8 +29,7 @@ from PIL import Image  # noqa: E402
 
 from jobs.arguments import int_between  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.query import ERRORS_SQL, SUMMARY_SQL  # noqa: E402
-from jobs.results import check_run, connect, select_scope  # noqa: E402
+from jobs.results import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, run_record, select_scope  # noqa: E402
 from jobs.storage import filesystem, read_bytes  # noqa: E402
 from unet_core import DecodeError, decode_image, decode_mask_png, default_colors  # noqa: E402
 
@@ -74,36 +74,36 @@ def parse_args(argv: list[str] | None = None) -> ReportConfig:
 
 def build_report(config: ReportConfig) -> str:
     """The report's HTML text."""
-    con, manifests = connect(config.output)
-    if not manifests:
+    con = connect(config.output)
+    check_run(con, config.run, config.output)
+    record = run_record(con, config.run)
+    if record is None:
         raise UserError(f"{config.output}: no committed runs to report")
-    check_run(manifests, config.run, config.output)
-    manifest = next(m for m in manifests if m["run_id"] == config.run) if config.run else manifests[-1]
-    select_scope(con, manifest["run_id"])
+    select_scope(con, record["run_id"])
     classes = con.sql(SUMMARY_SQL).to_arrow_table().to_pylist()
     errors = con.sql(f"{ERRORS_SQL} LIMIT {MAX_ERRORS_SHOWN}").to_arrow_table().to_pylist()
-    samples, palette = gallery(con, config.samples, config.thumb_size, len(manifest["model"]["class_names"]))
-    return render(manifest, classes, palette, errors, samples)
+    samples, palette = gallery(con, config.output, config.samples, config.thumb_size, len(record["class_names"]))
+    return render(record, classes, palette, errors, samples)
 
 
-def gallery(con: duckdb.DuckDBPyConnection, count: int, thumb_size: int,
+def gallery(con: duckdb.DuckDBPyConnection, output: str, count: int, thumb_size: int,
             num_classes: int) -> tuple[list[Sample], list[tuple[int, int, int]]]:
     """A stable sample of ok images (lowest image ids: ids are hashes, so the sample is spread
-    over the collection) with their overlays, and the class colours the masks carry."""
-    ids = [row[0] for row in con.sql(
-        f"SELECT image_id FROM scope_images WHERE status = 'ok' ORDER BY image_id LIMIT {int(count)}").fetchall()]
-    if not ids:
+    over the collection) with their overlays, and the class colours the masks carry. Only the
+    sampled masks are read: a run's masks are most of its bytes."""
+    rows = con.sql("SELECT run_id, image_id, image_uri, width, height FROM scope_images WHERE status = 'ok' "
+                   f"ORDER BY image_id LIMIT {int(count)}").fetchall()
+    if not rows:
         return [], default_colors(num_classes)
-    rows = con.execute("SELECT image_id, image_uri, width, height, mask_png FROM scope_images "
-                       "WHERE image_id IN (SELECT unnest($ids)) ORDER BY image_id", {"ids": ids}).fetchall()
+    pngs = masks(output, [(run_id, image_id) for run_id, image_id, *_ in rows])
     fractions = con.execute("SELECT image_id, class_name, fraction FROM scope_class_stats "
                             "WHERE image_id IN (SELECT unnest($ids)) AND pixels > 0 ORDER BY fraction DESC",
-                            {"ids": ids}).fetchall()
-    palette = mask_palette(rows[0][4], num_classes)
+                            {"ids": [row[1] for row in rows]}).fetchall()
+    palette = mask_palette(pngs[rows[0][:2]], num_classes)
     samples = []
-    for image_id, uri, width, height, mask_png in rows:
+    for run_id, image_id, uri, width, height in rows:
         top = [(name, fraction) for iid, name, fraction in fractions if iid == image_id][:3]
-        samples.append(make_sample(uri, width, height, mask_png, palette, thumb_size, top))
+        samples.append(make_sample(uri, width, height, pngs[(run_id, image_id)], palette, thumb_size, top))
     return samples, palette
 
 
@@ -157,31 +157,35 @@ table.errors td, table.errors th { border: 1px solid #ddd; padding: 3px 8px; tex
 """
 
 
-def render(manifest: dict, classes: list[dict], palette: list[tuple[int, int, int]], errors: list[dict],
+def render(record: dict, classes: list[dict], palette: list[tuple[int, int, int]], errors: list[dict],
            samples: list[Sample]) -> str:
-    counts = manifest.get("counts", {})
-    model = manifest.get("model", {})
+    """The page, from the run's row of `runs` and what was read for its scope."""
     figures = [
-        ("images", counts.get("inputs")), ("ok", counts.get("ok")), ("errors", counts.get("errors")),
-        ("model", f"{model.get('name')} ({str(model.get('sha256', ''))[:12]})"), ("model URI", model.get("uri")),
-        ("started", manifest.get("started_at")), ("committed", manifest.get("committed_at")),
-        ("wall time", f"{manifest.get('wall_seconds', 0):.1f} s"),
-        ("throughput", f"{manifest.get('images_per_second')} images/s"),
+        ("images", record["inputs"]), ("skipped", record["skipped"]), ("ok", record["ok"]),
+        ("errors", record["errors"]), ("model", f"{record['model_name']} ({str(record['model_sha256'])[:12]})"),
+        ("model URI", record["model_uri"]), ("started", _when(record["started_at"])),
+        ("committed", _when(record["committed_at"])), ("wall time", f"{record['wall_seconds'] or 0:.1f} s"),
+        ("throughput", "" if record["images_per_second"] is None else f"{record['images_per_second']} images/s"),
     ]
     e = html.escape
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
         "style-src 'unsafe-inline'\">",
-        f"<title>Segmentation run {e(manifest['run_id'])}</title><style>{CSS}</style></head><body>",
-        f"<h1>Segmentation run {e(manifest['run_id'])}</h1>",
+        f"<title>Segmentation run {e(record['run_id'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>Segmentation run {e(record['run_id'])}</h1>",
         '<dl class="figures">' + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in figures) + "</dl>",
         "<h2>Pixels per class</h2>", class_chart(classes, palette), legend(classes, palette),
-        f"<h2>Sample images ({len(samples)} of {counts.get('ok')} ok)</h2>",
+        f"<h2>Sample images ({len(samples)} of {record['ok']} ok)</h2>",
         '<section id="gallery">' + "".join(sample_figure(s) for s in samples) + "</section>",
-        error_section(errors, counts.get("errors") or 0), "</body></html>",
+        error_section(errors, record["errors"] or 0), "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _when(moment: dt.datetime | None) -> str:
+    """A timestamp as people read it: UTC to the second."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
 
 
 def class_chart(classes: list[dict], palette: list[tuple[int, int, int]]) -> str:

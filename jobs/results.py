@@ -1,8 +1,8 @@
 """Reading what segmentation runs committed: DuckDB views over the Delta tables.
 
-Each view scans a table's committed files through delta-rs' Arrow dataset (local or s3://, no
-DuckDB extension needed), so files of unfinished runs or retried tasks never show, and DuckDB
-pushes column and filter choices down into the scan.
+Each view is DuckDB's own Parquet reader over exactly the files the table's Delta log lists
+(local or s3://, through fsspec, so no DuckDB extension is needed): files of unfinished runs or
+retried tasks never show, and DuckDB reads only the columns and row groups a query needs.
 
 Views:
     runs                 one row per committed run (counts, model, wall time)
@@ -18,28 +18,53 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import UserError
-from jobs.tables import committed_dataset, require_tables
+from jobs.storage import filesystem
+from jobs.tables import PARTITIONED, SCHEMAS, TABLES, committed_dataset, committed_files, require_tables, scan_field
+
+SUMMARY_SQL = """
+SELECT class_id, class_name, sum(pixels)::BIGINT AS pixels,
+       sum(pixels) / nullif(sum(sum(pixels)) OVER (), 0) AS share,
+       count(*) FILTER (WHERE pixels > 0) AS images,
+       count(*) FILTER (WHERE pixels > 0) / count(*) AS image_share
+FROM scope_class_stats GROUP BY class_id, class_name ORDER BY class_id"""
+"""Per class of the scope (see `select_scope`): pixel total, share of all pixels, images containing it."""
+
+ERRORS_SQL = "SELECT image_uri, error, run_id, image_id FROM scope_images WHERE status = 'error' ORDER BY image_uri"
+"""The scope's failed images and why."""
 
 
 def connect(output: str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the views above over `output`."""
     require_tables(output)
     con = duckdb.connect()
-    for table in ("images", "class_stats", "runs", "current"):
-        con.register(f"{table}_table", committed_dataset(output, table))
-    con.execute("CREATE VIEW images AS SELECT * FROM images_table")
-    con.execute("CREATE VIEW class_stats AS SELECT * FROM class_stats_table")
-    con.execute("CREATE VIEW runs AS SELECT * FROM runs_table")
-    con.execute("CREATE VIEW current_images AS SELECT * FROM current_table")
+    if "://" in output:
+        con.register_filesystem(filesystem(output)[0])
+    for table in TABLES:
+        con.execute(f"CREATE VIEW {_view(table)} AS {_scan(con, table, committed_files(output, table))}")
     con.execute("""
         CREATE VIEW current_class_stats AS
         SELECT c.* FROM class_stats c SEMI JOIN current_images k ON c.image_id = k.image_id AND c.run_id = k.run_id""")
     return con
 
 
+def _view(table: str) -> str:
+    return "current_images" if table == "current" else table
+
+
+def _scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
+    """SQL reading a table's committed files, columns in the table's order (an empty table has none)."""
+    if not files:
+        con.register(f"{table}_empty", SCHEMAS[table].empty_table())
+        return f"SELECT * FROM {table}_empty"
+    listed = ", ".join("'" + uri.replace("'", "''") + "'" for uri in files)
+    hive = ", hive_partitioning = true, hive_types = {'run_id': 'VARCHAR'}" if table in PARTITIONED else ""
+    columns = ", ".join(f'"{name}"' for name in SCHEMAS[table].names)
+    return f"SELECT {columns} FROM read_parquet([{listed}]{hive})"
+
+
 def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -> None:
     """A --run that names no committed run is a user error, with the ones that exist."""
-    if run_id is None or con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+    if run_id is None or con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
         return
     latest = [row[0] for row in con.sql("SELECT run_id FROM runs ORDER BY committed_at DESC LIMIT 5").fetchall()]
     raise UserError(f"--run {run_id}: no committed run of that name in {output} "
@@ -48,8 +73,8 @@ def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -
 
 def run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> dict | None:
     """A committed run's row of `runs` (the latest run when none is named), or None."""
-    where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
-    rows = con.execute(f"SELECT * FROM runs {where} ORDER BY committed_at DESC LIMIT 1", params).to_arrow_table()
+    where, params = ("WHERE run_id = $run", {"run": run_id}) if run_id else ("", {})
+    rows = con.sql(f"SELECT * FROM runs {where} ORDER BY committed_at DESC LIMIT 1", params=params).to_arrow_table()
     return rows.to_pylist()[0] if rows.num_rows else None
 
 
@@ -73,7 +98,7 @@ def masks(output: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], byt
     wanted = set(keys)
     scanned = committed_dataset(output, "images").to_table(
         columns=["run_id", "image_id", "mask_png"],
-        filter=pc.field("run_id").isin(run_ids) & pc.field("image_id").isin(image_ids))
+        filter=pc.field("run_id").isin(run_ids) & scan_field("image_id").isin(image_ids))
     return {(r, i): m for r, i, m in zip(*(scanned.column(c).to_pylist() for c in ("run_id", "image_id", "mask_png")))
             if (r, i) in wanted}
 
@@ -84,7 +109,7 @@ def select_new(listing: pa.Table, output: str, model_sha256: str, retry_errors: 
     unless `retry_errors`."""
     prior = committed_dataset(output, "current").to_table(
         columns=["image_uri", "source_size", "source_version", "status"],
-        filter=pc.field("model_sha256") == model_sha256)
+        filter=scan_field("model_sha256") == model_sha256)
     done = prior.filter(pc.equal(prior.column("status"), "ok")) if retry_errors else prior
     keep = pc.invert(pc.is_in(_version_keys(listing), value_set=_version_keys(done)))
     selected = listing.filter(keep)

@@ -246,11 +246,13 @@ def _merge_current(output: str, run_id: str, version: int) -> None:
     rows = committed_dataset(output, "images").to_batches(
         columns=[n for n in SCHEMAS["current"].names if n != "commit_version"],
         filter=pc.field("run_id") == run_id, batch_size=CURRENT_CHUNK_ROWS)
-    chunks = list(_chunks(rows, CURRENT_CHUNK_ROWS)) or [SCHEMAS["current"].empty_table().drop(["commit_version"])]
-    for index, chunk in enumerate(chunks):
+    chunks = _chunks(rows, CURRENT_CHUNK_ROWS)
+    chunk = next(chunks, SCHEMAS["current"].empty_table().drop(["commit_version"]))
+    while chunk is not None:
+        following = next(chunks, None)
         source = chunk.append_column("commit_version", pa.array([version] * chunk.num_rows, pa.int64()))
-        retry_conflicts(lambda: _merge_chunk(output, run_id, source.cast(SCHEMAS["current"]),
-                                              last=index == len(chunks) - 1))
+        retry_conflicts(lambda: _merge_chunk(output, run_id, source.cast(SCHEMAS["current"]), last=following is None))
+        chunk = following
 
 
 def _merge_chunk(output: str, run_id: str, source: pa.Table, last: bool) -> None:
@@ -357,19 +359,35 @@ def _commit_version(images, run_id: str) -> int:
     return _run_records(images)[run_id][0]
 
 
+def committed_files(output: str, table: str) -> list[str]:
+    """The table's committed Parquet files as URIs (local paths for local tables), straight from
+    the Delta log: the list any reader must scan, and nothing else."""
+    delta = open_table(output, table)
+    if delta is None:
+        return []
+    return [uri.removeprefix("file://") for uri in delta.file_uris()]
+
+
 def committed_dataset(output: str, table: str) -> pads.Dataset:
-    """A pyarrow dataset over exactly the table's committed files (what DuckDB and Arrow readers scan).
+    """A pyarrow dataset over exactly the table's committed files (filter with `scan_field`).
 
     Built from the log's file list with pyarrow's own filesystems: scanning through delta-rs'
     `to_pyarrow_dataset` aborts the process at exit (deltalake 1.6 with pyarrow 26)."""
-    delta = open_table(output, table)
-    if delta is None:
+    files = committed_files(output, table)
+    if not files:
         return pads.dataset(SCHEMAS[table].empty_table())
     fs, root = arrow_filesystem(table_uri(output, table))
-    paths = [uri.split("://", 1)[1] if "://" in uri else uri for uri in delta.file_uris()]
-    if not paths:
-        return pads.dataset(SCHEMAS[table].empty_table())
+    paths = [uri.split("://", 1)[1] if "://" in uri else uri for uri in files]
     partitioned = table in PARTITIONED
     return pads.dataset(paths, schema=SCHEMAS[table], filesystem=fs, format="parquet",
                         partitioning=pads.partitioning(pa.schema([RUN_ID]), flavor="hive") if partitioned else None,
                         partition_base_dir=root if partitioned else None)
+
+
+def scan_field(name: str) -> pc.Expression:
+    """A column of a `committed_dataset` for a scan filter. Files that delta-rs writes (merge,
+    compaction) record text as string_view, and pyarrow's statistics pruning has no kernels for
+    it; comparing the column cast to its declared type reads those files correctly. Partition
+    columns (`run_id` of images and class_stats) need no cast and keep partition pruning."""
+    kind = next(s.field(name).type for s in SCHEMAS.values() if name in s.names)
+    return pc.field(name).cast(kind)

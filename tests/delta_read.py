@@ -26,7 +26,21 @@ def delta_sql(output: str, sql: str, storage_options: dict | None = None) -> pa.
     query = QueryBuilder()
     for table in ("images", "class_stats", "current", "runs"):
         query.register(table, delta_table(output, table, storage_options))
-    return pa.table(query.execute(sql).read_all())
+    result = pa.table(query.execute(sql).read_all())
+    return result.cast(pa.schema([field.with_type(_plain(field.type)) for field in result.schema]))
+
+
+def _plain(kind: pa.DataType) -> pa.DataType:
+    """deltalake's engine answers with string_view/binary_view; pyarrow compute kernels want plain strings."""
+    if kind == pa.string_view():
+        return pa.string()
+    if kind == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.list_(kind.value_field.with_type(_plain(kind.value_type)))
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_plain(field.type)) for field in kind])
+    return kind
 
 
 def snapshot(output: str, storage_options: dict | None = None) -> dict[str, tuple[int, list]]:

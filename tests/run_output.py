@@ -2,7 +2,7 @@
 
     run "first":  every image under scenes/ (two are broken: an empty file and `b/fixme.png`)
     run "second": b/ again, after `b/fixme.png` was repaired, so its current row is an ok one
-    run "ghost":  part files with no manifest (an unfinished run), which no reader may show
+    run "ghost":  part files with no Delta commit (an unfinished run), which no reader may show
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from conftest import png_bytes
+from delta_read import delta_sql
 from test_segment_job import run_job
 from unet_core.synthetic import make_scene
 
@@ -26,12 +26,14 @@ SCENES = {  # name -> (height, width)
 }
 REPAIRED_SIZE = (44, 44)
 BROKEN = {"empty.png": b"", "b/fixme.png": b"\x89PNG\r\n\x1a\n-broken"}
+COMPLETE = "complete"
+"""Marker written once all three runs are in place: a root without it was cut short and is rebuilt."""
 
 
 def make_output(base: str, artifact: str) -> dict[str, str]:
     """Build (or reuse, within one session) the folder of scenes and the output root with its three runs."""
     paths = {"scenes": os.path.join(base, "scenes"), "output": os.path.join(base, "output")}
-    if os.path.exists(os.path.join(paths["output"], "runs", "second.json")):
+    if os.path.exists(os.path.join(base, COMPLETE)):
         return paths
     shutil.rmtree(base, ignore_errors=True)
     rng = np.random.default_rng(7)
@@ -45,6 +47,9 @@ def make_output(base: str, artifact: str) -> dict[str, str]:
     _write(paths["scenes"], "b/fixme.png", png_bytes(Image.fromarray(image)))
     _segment(os.path.join(paths["scenes"], "b"), paths["output"], artifact, "second")
     _leave_unfinished_run(paths["output"])
+    assert delta_sql(paths["output"], "SELECT run_id FROM runs ORDER BY run_id").column("run_id").to_pylist() == [
+        "first", "second"]
+    _write(base, COMPLETE, b"")
     return paths
 
 
@@ -70,23 +75,23 @@ def _segment(inputs: str, output: str, artifact: str, run_id: str) -> None:
 
 
 def _leave_unfinished_run(output: str) -> None:
-    """Copy run "first"'s parts under run_id=ghost with no manifest, as a crashed run would leave them."""
-    for dataset in ("images", "class_stats"):
-        for index, part in enumerate(sorted(glob.glob(os.path.join(output, dataset, "run_id=first", "*.parquet")))):
-            target = os.path.join(output, dataset, "run_id=ghost", f"part-ghost{index}.parquet")
+    """Copy run "first"'s part files under run_id=ghost with no Delta commit, as a crashed run would leave them."""
+    for table in ("images", "class_stats"):
+        for index, part in enumerate(sorted(glob.glob(os.path.join(output, table, "run_id=first", "*.parquet")))):
+            target = os.path.join(output, table, "run_id=ghost", f"part-ghost{index}.parquet")
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy(part, target)
 
 
-def read_run(output: str, dataset: str, run_id: str) -> pa.Table:
-    """A run's rows read straight from its Parquet files, independently of the code under test."""
-    files = sorted(glob.glob(os.path.join(output, dataset, f"run_id={run_id}", "*.parquet")))
-    return pa.concat_tables([pq.read_table(f) for f in files])
+def read_run(output: str, table: str, run_id: str) -> pa.Table:
+    """A committed run's rows (with `run_id`), read by deltalake itself, independently of the code under
+    test; not by globbing the partition, which would take in part files no commit lists."""
+    return delta_sql(output, f"SELECT * FROM {table} WHERE run_id = '{run_id}'")
 
 
-def current_rows(output: str, dataset: str) -> list[dict]:
-    """Each image's rows from the latest run that processed it ("second" supersedes "first")."""
-    second = read_run(output, dataset, "second").to_pylist()
+def current_rows(output: str, table: str) -> list[dict]:
+    """Each image's rows from the latest run that processed it ("second" supersedes "first"), derived
+    from the two runs' rows rather than read from the `current` table under test."""
+    second = read_run(output, table, "second").to_pylist()
     redone = {row["image_id"] for row in second}
-    first = [row for row in read_run(output, dataset, "first").to_pylist() if row["image_id"] not in redone]
-    return [{**row, "run_id": "first"} for row in first] + [{**row, "run_id": "second"} for row in second]
+    return [row for row in read_run(output, table, "first").to_pylist() if row["image_id"] not in redone] + second

@@ -51,6 +51,11 @@ def test_current_masks_and_an_explicit_root(paths, tmp_path):
     assert {"field.png", "fixme.png", "nested/deep.png"} <= set(written)  # fixme.png only exists in run "second"
     outside_root = [name for name in written if "/a/" in f"/{name}"]
     assert len(outside_root) == 4 and all(name.endswith(".png") and not name.startswith("/") for name in outside_root)
+    index = {row["image_uri"]: row["mask_path"] for row in csv.DictReader(open(tmp_path / "m" / "masks.csv"))}
+    assert sorted(index) == sorted(row["image_uri"] for row in ok)
+    for row in ok:  # each image's mask from the run that made its current row ("second" for b/)
+        with Image.open(tmp_path / "m" / index[row["image_uri"]]) as mask:
+            assert np.array_equal(np.asarray(mask), decode_mask_png(row["mask_png"])), row["image_uri"]
 
 
 @pytest.mark.parametrize("uri, root, expected", [

@@ -1,4 +1,4 @@
-"""query.py against real runs of the segment job, checked against figures computed from the Parquet files."""
+"""query.py against real runs of the segment job, checked against figures read from the tables by deltalake."""
 import csv
 import io
 import json
@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY_CLASSES
+from delta_read import delta_sql
 from run_output import current_rows, make_output, read_run
 from test_segment_job import run_job
 
@@ -16,8 +17,13 @@ from jobs.query import FORMATS, main, parse_args, run_query, write_result
 
 
 @pytest.fixture(scope="module")
-def output(tmp_path_factory, tiny_artifact) -> str:
-    return make_output(str(tmp_path_factory.getbasetemp() / "segmented"), tiny_artifact)["output"]
+def paths(tmp_path_factory, tiny_artifact) -> dict[str, str]:
+    return make_output(str(tmp_path_factory.getbasetemp() / "segmented"), tiny_artifact)
+
+
+@pytest.fixture(scope="module")
+def output(paths) -> str:
+    return paths["output"]
 
 
 def query_json(output: str, *args: str) -> list[dict]:
@@ -26,14 +32,17 @@ def query_json(output: str, *args: str) -> list[dict]:
     return json.loads(out.getvalue())
 
 
-def test_runs_lists_committed_runs_with_their_manifest_figures(output):
+def test_runs_lists_committed_runs_with_their_recorded_figures(output):
     rows = query_json(output, "runs")
-    assert [row["run_id"] for row in rows] == ["first", "second"]  # "ghost" has parts but no manifest
+    assert [row["run_id"] for row in rows] == ["first", "second"]  # "ghost" has parts but no commit
+    recorded = {row["run_id"]: row for row in delta_sql(output, "SELECT * FROM runs").to_pylist()}
     for row in rows:
-        manifest = json.load(open(os.path.join(output, "runs", f"{row['run_id']}.json")))
-        assert (row["inputs"], row["ok"], row["errors"]) == tuple(manifest["counts"][k] for k in ("inputs", "ok", "errors"))
-        assert row["model_name"] == "tiny" and manifest["model"]["sha256"].startswith(row["model_sha256"])
-        assert row["wall_seconds"] == manifest["wall_seconds"] > 0
+        run = recorded[row["run_id"]]
+        counts = ("inputs", "skipped", "ok", "errors")
+        assert [row[k] for k in counts] == [run[k] for k in counts]
+        assert row["model_name"] == "tiny" and run["model_sha256"].startswith(row["model_sha256"])
+        assert len(row["model_sha256"]) == 12
+        assert row["wall_seconds"] == run["wall_seconds"] > 0
     assert (rows[0]["inputs"], rows[0]["errors"]) == (8, 2)
     assert (rows[1]["inputs"], rows[1]["errors"]) == (3, 0)
 
@@ -133,19 +142,54 @@ def copy_output(output: str, target) -> str:
     return str(target)
 
 
-def test_with_one_committed_run_current_rows_are_that_run(output, tmp_path):
-    single = copy_output(output, tmp_path / "single")
-    os.remove(os.path.join(single, "runs", "second.json"))  # now "second" is as good as never committed
-    assert query_json(single, "summary") == query_json(output, "summary", "--run", "first")
+def segment(inputs: str, output: str, artifact: str, run_id: str) -> None:
+    done = run_job("segment.py", "--input", inputs, "--output", output, "--model", artifact, "--run-id", run_id,
+                   "--batch-size", "4", "--actors", "1", "--cpus-per-actor", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_with_one_committed_run_current_rows_are_that_run(paths, tmp_path, tiny_artifact):
+    single = str(tmp_path / "single")
+    segment(paths["scenes"], single, tiny_artifact, "only")
+    assert query_json(single, "summary") == query_json(single, "summary", "--run", "only")
+    assert sum(row["pixels"] for row in query_json(single, "summary")) == sum(
+        row["pixels"] for row in read_run(single, "class_stats", "only").to_pylist())
     rows = query_json(single, "sql", "SELECT run_id, count(*)::INT AS n FROM current_images GROUP BY ALL")
-    assert rows == [{"run_id": "first", "n": 8}]
+    assert rows == [{"run_id": "only", "n": 8}]
 
 
-def test_find_by_name_where_runs_number_the_class_differently(output, tmp_path):
-    renumbered = copy_output(output, tmp_path / "renumbered")
-    path = os.path.join(renumbered, "runs", "second.json")
-    manifest = json.load(open(path))
-    manifest["model"]["class_names"] = list(reversed(manifest["model"]["class_names"]))
-    json.dump(manifest, open(path, "w"))
-    args = ("find", "--class", "stuff", "--min-fraction", "0.05")
-    assert query_json(renumbered, *args) == query_json(output, *args) != []
+@pytest.fixture(scope="module")
+def reversed_artifact(tmp_path_factory) -> str:
+    """The tiny model's twin (same seed, same weights) whose class names run the other way: class 0 is "stuff"."""
+    import keras
+
+    from unet_core import build_unet, save_artifact
+
+    keras.utils.set_random_seed(0)
+    uri = str(tmp_path_factory.mktemp("reversed") / "tiny-reversed")
+    save_artifact(build_unet(len(TINY_CLASSES), (32, 32, 3), base_filters=4), uri, TINY_CLASSES[::-1],
+                  name="tiny-reversed")
+    return uri
+
+
+def test_find_by_name_where_runs_number_the_class_differently(paths, tmp_path, reversed_artifact):
+    renumbered = copy_output(paths["output"], tmp_path / "renumbered")
+    segment(os.path.join(paths["scenes"], "a"), renumbered, reversed_artifact, "third")
+    ids = delta_sql(renumbered, "SELECT DISTINCT run_id, class_id FROM class_stats WHERE class_name = 'stuff'")
+    assert sorted(zip(*ids.to_pydict().values())) == [("first", 2), ("second", 2), ("third", 0)]
+
+    def expected(stats, threshold):
+        return sorted(((s["fraction"], s["image_uri"], s["run_id"]) for s in stats
+                       if s["class_name"] == "stuff" and s["fraction"] >= threshold), key=lambda p: (-p[0], p[1]))
+
+    for run in ("second", "third"):
+        rows = query_json(renumbered, "find", "--run", run, "--class", "stuff", "--min-fraction", "0.05")
+        stats = read_run(renumbered, "class_stats", run).to_pylist()
+        assert [(r["fraction"], r["image_uri"], r["run_id"]) for r in rows] == expected(stats, 0.05)
+    current = (read_run(renumbered, "class_stats", "second").to_pylist()  # b/ from "second", a/ redone by "third"
+               + read_run(renumbered, "class_stats", "third").to_pylist())
+    rows = query_json(renumbered, "find", "--class", "stuff", "--min-fraction", "0")
+    assert [(r["fraction"], r["image_uri"], r["run_id"]) for r in rows] == expected(current, 0)
+    assert {r["run_id"] for r in rows} == {"second", "third"} and len(rows) == 7
+    rows = query_json(renumbered, "find", "--class", "stuff", "--min-fraction", "0.05")
+    assert [(r["fraction"], r["image_uri"], r["run_id"]) for r in rows] == expected(current, 0.05) != []

@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("s3_server", reason="needs the SeaweedFS test server plugin (tests/s3_server.py)")
 
+from delta_read import delta_sql, s3_options  # noqa: E402
 from run_output import make_output  # noqa: E402
 from test_segment_job import ROOT  # noqa: E402
 
@@ -34,6 +35,10 @@ def test_an_s3_output_root_answers_like_the_local_one(s3_server, s3_bucket, loca
             assert done.returncode == 0, done.stderr[-2000:]
             answers.append(json.loads(done.stdout))
         assert answers[0] == answers[1] and answers[0], args
+        if args == ["runs"]:  # the ghost run's parts were copied up too, and stay invisible there
+            recorded = delta_sql(remote, "SELECT run_id, ok FROM runs ORDER BY run_id", s3_options(env)).to_pylist()
+            assert [{k: row[k] for k in ("run_id", "ok")} for row in answers[1]] == recorded
+            assert [row["run_id"] for row in recorded] == ["first", "second"]
 
     done = run_with(env, "report.py", "--output", remote, "--run", "first", "--html", f"{remote}/report.html")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -10,8 +10,11 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_CLASSES
+from delta_read import delta_sql
 from run_output import make_output, read_run
 
+from jobs import tables
+from jobs.errors import UserError
 from jobs.report import ReportConfig, blend, build_report, main, make_sample
 from unet_core import default_colors, encode_mask_png
 
@@ -51,6 +54,23 @@ def test_report_is_self_contained_bounded_and_escaped(output, tmp_path):
     assert len(thumbs) == 3 and all(max(t.size) == 64 for t in thumbs)
     latest = build_report(ReportConfig(output, str(tmp_path / "r.html")))
     assert "Segmentation run second</h1>" in latest and "No image failed." in latest
+
+
+def test_report_figures_are_the_runs_recorded_ones(output, tmp_path):
+    run = delta_sql(output, "SELECT * FROM runs WHERE run_id = 'first'").to_pylist()[0]
+    page = build_report(ReportConfig(output, str(tmp_path / "r.html"), run="first"))
+    figures = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]*)</dd>", page))
+    assert [figures[k] for k in ("images", "skipped", "ok", "errors")] == [
+        str(run[k]) for k in ("inputs", "skipped", "ok", "errors")] == ["8", "0", "6", "2"]
+    assert figures["model"] == f"tiny ({run['model_sha256'][:12]})"
+    assert figures["committed"] == run["committed_at"].strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert f"Sample images (6 of {run['ok']} ok)" in page
+
+
+def test_a_root_with_no_committed_run_is_refused(tmp_path):
+    tables.ensure_tables(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="no committed runs to report"):
+        build_report(ReportConfig(str(tmp_path / "empty"), str(tmp_path / "r.html")))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed here (.ci/run installs Debian's chromium "
