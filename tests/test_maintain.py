@@ -50,6 +50,27 @@ def test_twenty_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_
     assert report["retention_hours"] == 1 and sum(removed for removed, _ in report["compacted"].values()) > 60
     current = delta_sql(output, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM current").to_pylist()
     assert current == [{"n": 40, "d": 40}]
+    readers_agree_after_compaction(output, folder, record["model_sha256"])
+
+
+def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> None:
+    """The files delta-rs rewrote (merge, compaction) read the same through the project's readers,
+    text filters included."""
+    from jobs.results import connect, masks, select_new
+    from jobs.storage import list_inputs
+
+    con = connect(output)
+    ours = con.sql("SELECT class_name, count(*) FROM current_class_stats WHERE class_name = 'background' "
+                   "AND run_id = 'night-19' GROUP BY class_name").fetchall()
+    theirs = delta_sql(output, "SELECT count(*) AS n FROM class_stats c JOIN current k ON c.image_id = k.image_id "
+                               "AND c.run_id = k.run_id WHERE c.class_name = 'background' AND c.run_id = 'night-19'")
+    assert ours == [("background", theirs.column("n")[0].as_py())] and ours[0][1] > 0
+    assert con.sql("SELECT count(*) FROM current_images WHERE status = 'ok'").fetchall() == [(40,)]
+    todo, skipped = select_new(list_inputs([str(folder)]), output, model_sha256, retry_errors=False)
+    assert (todo.num_rows, skipped) == (0, 40)
+    expected = delta_sql(output, "SELECT run_id, image_id, mask_png FROM images WHERE run_id = 'night-07'").to_pylist()
+    found = masks(output, [(row["run_id"], row["image_id"]) for row in expected])
+    assert found == {(row["run_id"], row["image_id"]): row["mask_png"] for row in expected} and len(found) == 2
 
 
 OLD_IMAGES = pa.schema([

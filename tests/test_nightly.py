@@ -217,7 +217,7 @@ def test_input_names_never_become_output_paths(tmp_path, tiny_artifact):
     assert created and all(p == output or output in p.parents for p in created)
     names = {p.name for p in created if p.is_file()}
     ours = r"part-[0-9a-f]{32}\.parquet"  # a worker's part
-    deltas = r"part-\d{5}-[0-9a-f-]{36}-c000\.zstd\.parquet|\d{20}\.json|\d{20}\.checkpoint\.parquet|_last_checkpoint"
+    deltas = r"part-\d{5}-[0-9a-f-]{36}-c000\.(zstd|snappy)\.parquet|\d{20}\.json|\d{20}\.checkpoint\.parquet|_last_checkpoint"
     assert all(re.fullmatch(f"{ours}|{deltas}", n) for n in names), names
     assert read_dataset(str(output), "images").column("status").to_pylist() == ["ok"]
 
