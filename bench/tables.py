@@ -5,7 +5,8 @@
 1. Commit time of one run of N parts: the Delta commit (images, then class_stats, current and
    runs) against the earlier layout's commit (list the run's folders, write a JSON manifest).
 2. `query.py summary` (current rows, per-class totals) over R committed runs, against the earlier
-   reader (read every manifest, scan the listed files, pick current rows with a window).
+   reader (read every manifest, scan the listed files, pick current rows with a window), and the
+   same summary once `maintain.py` has compacted the tables.
 The earlier layout is restated here in a few lines (it is gone from jobs/) so both run side by side.
 Parts are synthetic: small rows of the real schemas, as a run of tiny images would write.
 """
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 
 from common import print_table  # noqa: F401  (puts the project on the path)
 from jobs import tables
+from jobs.maintain import MaintainConfig, maintain
 from jobs.query import parse_args, run_query
 from jobs.results import SUMMARY_SQL
 
@@ -132,9 +134,13 @@ def bench_summary(runs: int, per_run: int) -> list[list]:
         delta = timed(lambda: run_query(args))
         earlier = timed(lambda: earlier_summary(earlier_root))
         same = run_query(args).to_pylist() == earlier_summary(earlier_root).to_pylist()
+        maintain(MaintainConfig(delta_root, retention_hours=1))
+        compacted = timed(lambda: run_query(args))
+        same = same and run_query(args).to_pylist() == earlier_summary(earlier_root).to_pylist()
         rows.append([f"summary, {runs} runs", "Delta tables", delta])
+        rows.append([f"summary, {runs} runs", "Delta tables, after maintain.py", compacted])
         rows.append([f"summary, {runs} runs", "earlier manifest", earlier])
-        print(f"summary results identical: {same}")
+        print(f"summary results identical (before and after maintenance): {same}")
     return rows
 
 
