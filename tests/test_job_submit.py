@@ -1,6 +1,7 @@
 """`ray job submit` for real: a head of our own (loopback, own temp dir and ports, token auth), the
 segment job shipped with `--working-dir .` (the project is not installed on the cluster: the
 job's scripts put the working directory on sys.path and Ray puts it on every worker's path)."""
+import contextlib
 import os
 import secrets
 import shutil
@@ -56,8 +57,10 @@ def ray_head():
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # what a graceful stop left behind (it takes half a minute)
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(root, ignore_errors=True)

@@ -12,7 +12,10 @@ from test_tables import backdate, make_images
 TABLES = ("images", "class_stats", "current", "runs")
 
 
-def test_twenty_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_path, tiny_artifact):
+NIGHTS = 10
+
+
+def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_path, tiny_artifact):
     import ray
 
     from jobs.maintain import MaintainConfig, maintain
@@ -21,7 +24,7 @@ def test_twenty_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_
     output, folder = str(tmp_path / "out"), tmp_path / "in"
     environment = dict(os.environ)
     try:  # one Ray for the whole season, as a long-lived scheduler process would keep
-        for night in range(20):
+        for night in range(NIGHTS):
             make_images(folder, 2, start=2 * night)
             changed = night % 5 == 4
             if changed:  # an earlier image is replaced: a new version to redo
@@ -43,13 +46,14 @@ def test_twenty_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_
     after = snapshot(output)
     assert {t: rows for t, (_, rows) in after.items()} == {t: rows for t, (_, rows) in before.items()}
     compacted = {table: len(delta_table(output, table).file_uris()) for table in TABLES}
-    assert compacted["images"] == compacted["class_stats"] == 20 < files["images"] == 44  # one file per run
-    assert compacted["runs"] == 1 < files["runs"] == 20
+    parts = 2 * NIGHTS + NIGHTS // 5  # a file per image (rows_per_file=1), a changed image every fifth night
+    assert compacted["images"] == compacted["class_stats"] == NIGHTS < files["images"] == parts  # one file per run
+    assert compacted["runs"] == 1 < files["runs"] == NIGHTS
     assert compacted["current"] <= files["current"]
     # the replaced small files stay on disk for readers of older versions until the retention passes
-    assert report["retention_hours"] == 1 and sum(removed for removed, _ in report["compacted"].values()) > 60
+    assert report["retention_hours"] == 1 and sum(removed for removed, _ in report["compacted"].values()) > 3 * NIGHTS
     current = delta_sql(output, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM current").to_pylist()
-    assert current == [{"n": 40, "d": 40}]
+    assert current == [{"n": 2 * NIGHTS, "d": 2 * NIGHTS}]
     readers_agree_after_compaction(output, folder, record["model_sha256"])
 
 
@@ -61,13 +65,13 @@ def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> No
 
     con = connect(output)
     ours = con.sql("SELECT class_name, count(*) FROM current_class_stats WHERE class_name = 'background' "
-                   "AND run_id = 'night-19' GROUP BY class_name").fetchall()
+                   "AND run_id = 'night-09' GROUP BY class_name").fetchall()
     theirs = delta_sql(output, "SELECT count(*) AS n FROM class_stats c JOIN current k ON c.image_id = k.image_id "
-                               "AND c.run_id = k.run_id WHERE c.class_name = 'background' AND c.run_id = 'night-19'")
+                               "AND c.run_id = k.run_id WHERE c.class_name = 'background' AND c.run_id = 'night-09'")
     assert ours == [("background", theirs.column("n")[0].as_py())] and ours[0][1] > 0
-    assert con.sql("SELECT count(*) FROM current_images WHERE status = 'ok'").fetchall() == [(40,)]
+    assert con.sql("SELECT count(*) FROM current_images WHERE status = 'ok'").fetchall() == [(2 * NIGHTS,)]
     todo, skipped = select_new(list_inputs([str(folder)]), output, model_sha256, retry_errors=False)
-    assert (todo.num_rows, skipped) == (0, 40)
+    assert (todo.num_rows, skipped) == (0, 2 * NIGHTS)
     expected = delta_sql(output, "SELECT run_id, image_id, mask_png FROM images WHERE run_id = 'night-07'").to_pylist()
     found = masks(output, [(row["run_id"], row["image_id"]) for row in expected])
     assert found == {(row["run_id"], row["image_id"]): row["mask_png"] for row in expected} and len(found) == 2

@@ -175,28 +175,41 @@ def write_version(path, content_seed: int, modified: float) -> None:
 
 
 def test_current_follows_the_newest_image_version_not_the_commit_order(tmp_path, tiny_artifact):
+    import ray
+
+    from jobs.segment import SegmentConfig, segment
+
     output = str(tmp_path / "out")
     folder = tmp_path / "in"
     folder.mkdir()
     now = time.time()
-    write_version(folder / "a.png", 1, now)  # the new version of a.png, segmented first
-    write_version(folder / "b.png", 2, now)
-    args = ["--input", str(folder), "--output", output, "--model", tiny_artifact, "--incremental"]
-    assert run_job("segment.py", *args, "--run-id", "nightly").returncode == 0
-    write_version(folder / "a.png", 3, now - 86_400)  # a late run that listed yesterday's a.png commits last
-    assert run_job("segment.py", *args, "--run-id", "late").returncode == 0
+    environment = dict(os.environ)
 
-    current = {os.path.basename(r["image_uri"]): r for r in
-               delta_sql(output, "SELECT image_uri, run_id, source_size FROM current").to_pylist()}
-    assert (current["a.png"]["run_id"], current["b.png"]["run_id"]) == ("nightly", "nightly")
-    late = delta_sql(output, "SELECT image_uri FROM images WHERE run_id = 'late'").to_pylist()
-    assert [os.path.basename(r["image_uri"]) for r in late] == ["a.png"]  # it did process its version
+    def run(run_id: str) -> dict:
+        return segment(SegmentConfig(inputs=[str(folder)], output=output, model=tiny_artifact, actors="1",
+                                     cpus_per_actor=1.0, incremental=True, run_id=run_id))
 
-    write_version(folder / "a.png", 4, now + 60)  # a newer version still: incremental redoes it, current follows
-    again = run_job("segment.py", *args, "--run-id", "next")
-    assert again.returncode == 0 and "2 images, 1 skipped, 1 processed" in again.stdout
-    current = delta_sql(output, "SELECT run_id FROM current WHERE image_uri LIKE '%a.png'").to_pylist()
-    assert current == [{"run_id": "next"}]
+    try:  # three runs on one in-process Ray
+        write_version(folder / "a.png", 1, now)  # the new version of a.png, segmented first
+        write_version(folder / "b.png", 2, now)
+        run("nightly")
+        write_version(folder / "a.png", 3, now - 86_400)  # a late run that listed yesterday's a.png commits last
+        run("late")
+        current = {os.path.basename(r["image_uri"]): r for r in
+                   delta_sql(output, "SELECT image_uri, run_id, source_size FROM current").to_pylist()}
+        assert (current["a.png"]["run_id"], current["b.png"]["run_id"]) == ("nightly", "nightly")
+        late = delta_sql(output, "SELECT image_uri FROM images WHERE run_id = 'late'").to_pylist()
+        assert [os.path.basename(r["image_uri"]) for r in late] == ["a.png"]  # it did process its version
+
+        write_version(folder / "a.png", 4, now + 60)  # a newer version still: incremental redoes it, current follows
+        again = run("next")
+        assert (again["inputs"], again["skipped"], again["processed"]) == (2, 1, 1)
+        current = delta_sql(output, "SELECT run_id FROM current WHERE image_uri LIKE '%a.png'").to_pylist()
+        assert current == [{"run_id": "next"}]
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_bucket, tiny_artifact, tmp_path):
