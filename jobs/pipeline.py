@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.storage import filesystem, join, read_bytes
+from jobs.storage import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_input
 from jobs.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
 from unet_core import (
     DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, unletterbox,
@@ -46,7 +46,7 @@ def image_id(uri: str) -> str:
     return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:20]
 
 
-def prepare(batch: dict, input_size: int, max_pixels: int, tile: bool = False) -> dict:
+def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile: bool = False) -> dict:
     """Read and decode each image, letterboxed to the model input (or whole, for tiling);
     failures become error rows."""
     count = len(batch["image_uri"])
@@ -54,13 +54,15 @@ def prepare(batch: dict, input_size: int, max_pixels: int, tile: bool = False) -
     boxes = np.zeros((count, 4), np.int32)
     width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
     errors = np.full(count, "", dtype=object)
-    for row, uri in enumerate(batch["image_uri"]):
+    for row, (uri, size) in enumerate(zip(batch["image_uri"], batch["source_size"])):
         try:
-            image = decode_image(read_bytes(uri), max_pixels=max_pixels)
-        except DecodeError as exc:
+            image = decode_image(read_input(uri, int(size), max_bytes), max_pixels=max_pixels)
+        except (DecodeError, InputRefused) as exc:
             errors[row] = str(exc)
         except OSError as exc:
             errors[row] = f"cannot read file ({exc.__class__.__name__}: {exc})"
+        except Exception as exc:  # whatever else one file provokes stays that file's error
+            errors[row] = f"unexpected {exc.__class__.__name__} while reading or decoding: {exc}"
         if errors[row]:
             images.append(np.zeros((1, 1, 3) if tile else (input_size, input_size, 3), np.uint8))
             continue
@@ -268,6 +270,7 @@ class Inference:
     """None: letterbox the whole image into one model input; else sliding-window tiles at full size."""
     tta: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     allow_unsafe: bool = False
 
 
@@ -277,7 +280,7 @@ def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources,
 
     prepared = ray.data.from_arrow(slices(listing, resources.batch_size)).map_batches(
         prepare, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task,
-        fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels,
+        fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels, "max_bytes": inference.max_bytes,
                    "tile": inference.tile_overlap is not None})
     with warnings.catch_warnings():
         # Ray Data restarts dead replicas and retries their batches without limit by default, and

@@ -27,7 +27,7 @@ from jobs.pipeline import Inference, ModelInfo, build_dataset  # noqa: E402
 from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
 from jobs.results import select_new  # noqa: E402
 from jobs.storage import (  # noqa: E402
-    StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs, storage_errors,
+    DEFAULT_MAX_BYTES, StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs, storage_errors,
 )
 from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
 from unet_core.image import PRECISIONS  # noqa: E402
@@ -47,6 +47,7 @@ class SegmentConfig:
     tile_overlap: float = 0.25
     tta: str = "none"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     rows_per_file: int = 256
     run_id: str | None = None
     incremental: bool = False
@@ -87,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                         help="flip: average each prediction with that of the mirrored image (2x compute)")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES,
+                        help=f"refuse larger files before reading them (default: {DEFAULT_MAX_BYTES:,}, 1 GiB)")
     parser.add_argument("--rows-per-file", type=positive_int, default=256,
                         help="images per Parquet file (default: 256)")
     parser.add_argument("--run-id", default=None,
@@ -201,7 +204,8 @@ def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage
           + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
     inference = Inference(
         precision=config.precision, tile_overlap=config.tile_overlap if config.mode == "tile" else None,
-        tta=config.tta == "flip", max_pixels=config.max_pixels, allow_unsafe=config.unsafe_allow_code)
+        tta=config.tta == "flip", max_pixels=config.max_pixels,
+        max_bytes=config.max_bytes, allow_unsafe=config.unsafe_allow_code)
     dataset = build_dataset(todo, model, resources, config.output, run_id, inference)
     return dataset.take_all()
 

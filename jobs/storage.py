@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import posixpath
+import stat
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -313,6 +314,30 @@ def _protocol(fs: fsspec.AbstractFileSystem) -> str:
 
 def _uri(protocol: str, path: str) -> str:
     return path if protocol == "file" else f"{protocol}://{path}"
+
+
+DEFAULT_MAX_BYTES = 1 << 30
+"""Input images larger than this (1 GiB) are refused before reading: a decode task holds the whole file."""
+
+
+class InputRefused(Exception):
+    """An input image the job will not read; the message says why."""
+
+
+def read_input(uri: str, listed_size: int, max_bytes: int) -> bytes:
+    """An input image's bytes, refused unread when it is not a regular file (a symlink to a device
+    or FIFO would hang or flood the task) or when it is larger than `max_bytes`."""
+    fs, path = filesystem(uri)
+    if _protocol(fs) == "file" and not stat.S_ISREG(os.stat(path).st_mode):
+        raise InputRefused("not a regular file (a device, FIFO or socket): refused without reading it")
+    if listed_size > max_bytes:
+        raise InputRefused(f"file has {listed_size:,} bytes, above the limit of {max_bytes:,} "
+                           "(raise --max-bytes to allow it)")
+    with fs.open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputRefused(f"file grew past the limit of {max_bytes:,} bytes since it was listed")
+    return data
 
 
 def read_bytes(uri: str) -> bytes:

@@ -1,7 +1,9 @@
 """Image bytes in, model-ready pixels out, and the geometry to map a mask back.
 
 Every failure to decode raises `DecodeError` with a reason a person can act on, so the
-pipeline can turn it into an error row instead of a dead job.
+pipeline can turn it into an error row instead of a dead job. Pillow's parsers raise nearly any
+exception type on crafted files (OverflowError and TypeError from TIFF directories with absurd
+counts or types, struct.error, IndexError, ...), so any exception from Pillow is a DecodeError.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         image.seek(0)
         image = ImageOps.exif_transpose(image)
         return np.asarray(_to_rgb(image), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DecodeError(f"corrupt or truncated image data ({exc})") from exc
+    except Exception as exc:  # see the module docstring
+        raise DecodeError(f"corrupt or truncated image data ({_reason(exc)})") from exc
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -43,8 +45,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise DecodeError("not a recognised image format") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DecodeError(f"corrupt or truncated image data ({exc})") from exc
+    except Exception as exc:  # see the module docstring
+        raise DecodeError(f"corrupt or truncated image data ({_reason(exc)})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise DecodeError(
@@ -54,6 +56,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise DecodeError(f"image has no pixels ({width}x{height})")
     return image
+
+
+def _reason(exc: Exception) -> str:
+    """The exception's own words, with its type where those words alone would be cryptic."""
+    return str(exc) if isinstance(exc, (OSError, ValueError, SyntaxError)) else f"{type(exc).__name__}: {exc}"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
