@@ -29,3 +29,20 @@ overlap = _checked(float, lambda v: 0 <= v < 1, "at least 0 and below 1")
 
 def int_between(low: int, high: int) -> Callable[[str], float]:
     return _checked(int, lambda v: low <= v <= high, f"between {low} and {high}")
+
+
+def pool_size(text: str) -> str:
+    """--actors: auto, MIN or MIN:MAX, checked before anything runs or is created."""
+    if text != "auto":
+        try:
+            low, high = actor_bounds(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected auto, MIN or MIN:MAX, e.g. 2 or 1:8") from None
+        if not 1 <= low <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= MAX")
+    return text
+
+
+def actor_bounds(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    return int(low), int(high or low)

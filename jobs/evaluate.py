@@ -27,7 +27,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from jobs import training_data  # noqa: E402
-from jobs.arguments import non_negative_float, positive_float, positive_int  # noqa: E402
+from jobs.arguments import non_negative_float, pool_size, positive_float, positive_int  # noqa: E402
 from jobs.errors import run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, letterbox_of, segmented_dataset  # noqa: E402
 from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1")
     parser.add_argument("--ignore-index", type=int, default=None, help="label left out of every metric")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per model call (default 8)")
-    parser.add_argument("--actors", default="auto", metavar="MIN[:MAX]", help="model replicas, as in segment.py")
+    parser.add_argument("--actors", type=pool_size, default="auto", metavar="MIN[:MAX]", help="model replicas, as in segment.py")
     parser.add_argument("--cpus-per-actor", type=positive_float, default=None)
     parser.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",

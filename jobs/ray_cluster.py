@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from jobs.arguments import actor_bounds
 from jobs.errors import UserError
 from jobs.pipeline import ModelInfo, Resources
 
@@ -49,21 +50,10 @@ def plan_resources(config: PoolFlags) -> Resources:
     if config.actors == "auto":
         low, high = 1, max(1, fit)
     else:
-        low, high = _parse_actors(config.actors)
+        low, high = actor_bounds(config.actors)
     if gpus and high > fit:
         raise UserError(f"--actors {config.actors}: only {fit} replicas of {gpus:g} GPU fit on the cluster's GPUs")
     return Resources(low, high, cpus, gpus, config.batch_size, rows_per_file=config.rows_per_file)
-
-
-def _parse_actors(text: str) -> tuple[int, int]:
-    try:
-        low, _, high = text.partition(":")
-        low, high = int(low), int(high or low)
-    except ValueError:
-        raise UserError(f"--actors {text!r}: expected MIN or MIN:MAX, e.g. 2 or 1:8") from None
-    if not 1 <= low <= high:
-        raise UserError(f"--actors {text!r}: need 1 <= MIN <= MAX")
-    return low, high
 
 
 def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:

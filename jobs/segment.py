@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jobs import leases, tables  # noqa: E402
-from jobs.arguments import fraction, non_negative_float, overlap, positive_float, positive_int  # noqa: E402
+from jobs.arguments import fraction, non_negative_float, overlap, pool_size, positive_float, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, build_dataset  # noqa: E402
 from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     parser.add_argument("--model", metavar="URI", help="model artifact folder (see unet_core.save_artifact)")
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="images per model call; fixed, the last batch is padded (default: 8)")
-    parser.add_argument("--actors", default="auto", metavar="MIN[:MAX]",
+    parser.add_argument("--actors", type=pool_size, default="auto", metavar="MIN[:MAX]",
                         help="size of the autoscaling pool of model replicas (default: auto = 1 up to what "
                              "the cluster's GPUs or nodes hold)")
     parser.add_argument("--cpus-per-actor", type=positive_float, default=None,
