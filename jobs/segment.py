@@ -126,16 +126,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     return SegmentConfig(**{k: v for k, v in vars(args).items() if k in fields}), args.demo
 
 
-
-
-
-
-
-
-
-
-
-
 def segment(config: SegmentConfig) -> dict:
     """Run the job and commit it; returns the run's record."""
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))

@@ -145,8 +145,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return check_config(TrainConfig(**args))
 
 
-
-
 def _weights(text: str | None) -> tuple[float, ...] | None:
     if not text:
         return None

@@ -15,7 +15,6 @@ from unet_core.artifact import Artifact
 from unet_core.model import build_unet, unet_config
 
 
-
 def configure_tensorflow(threads: int | None = None) -> None:
     """Size TF's thread pools to this process's CPU share and let GPUs grow memory on demand.
 
