@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1")
     parser.add_argument("--ignore-index", type=int, default=None, help="label left out of every metric")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per model call (default 8)")
-    parser.add_argument("--actors", type=pool_size, default="auto", metavar="MIN[:MAX]", help="model replicas, as in segment.py")
+    parser.add_argument("--actors", type=pool_size, default="auto", metavar="MIN[:MAX]",
+                        help="model replicas, as in segment.py")
     parser.add_argument("--cpus-per-actor", type=positive_float, default=None)
     parser.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",

@@ -280,8 +280,8 @@ def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources,
 
     prepared = ray.data.from_arrow(slices(listing, resources.batch_size)).map_batches(
         prepare, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task,
-        fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels, "max_bytes": inference.max_bytes,
-                   "tile": inference.tile_overlap is not None})
+        fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels,
+                   "max_bytes": inference.max_bytes, "tile": inference.tile_overlap is not None})
     with warnings.catch_warnings():
         # Ray Data restarts dead replicas and retries their batches without limit by default, and
         # names no parameter to bound it yet: the (deprecated) remote args are the only way.

@@ -27,7 +27,8 @@ from jobs.pipeline import Inference, ModelInfo, build_dataset  # noqa: E402
 from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
 from jobs.results import select_new  # noqa: E402
 from jobs.storage import (  # noqa: E402
-    DEFAULT_MAX_BYTES, StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs, storage_errors,
+    DEFAULT_MAX_BYTES, StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs,
+    storage_errors,
 )
 from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
 from unet_core.image import PRECISIONS  # noqa: E402
