@@ -51,6 +51,6 @@ def test_predictor_pads_the_last_batch_and_bfloat16_agrees(tiny_artifact):
     np.testing.assert_array_equal(masks, reference.argmax(-1))
     np.testing.assert_allclose(confidence, reference.max(-1), rtol=1e-5)
     bf16 = model_in_precision(artifact.model, "bfloat16")
-    assert bf16.dtype_policy.name == "mixed_bfloat16"
+    assert bf16.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
     bf16_masks, _ = Predictor(artifact, batch_size=4, precision="bfloat16").predict(images)
     assert (bf16_masks == masks).mean() > 0.9

@@ -13,14 +13,13 @@ from unet_core.masks import ClassStats, class_statistics, decode_mask_png, defau
 _NEEDS_TENSORFLOW = {
     "Artifact": "unet_core.artifact", "ArtifactMetadata": "unet_core.artifact",
     "load_artifact": "unet_core.artifact", "read_metadata": "unet_core.artifact", "save_artifact": "unet_core.artifact",
-    "build_unet": "unet_core.model", "unet_config": "unet_core.model",
+    "build_unet": "unet_core.model",
 }
 
 __all__ = [
     "Artifact", "ArtifactError", "ArtifactMetadata", "ClassStats", "DEFAULT_MAX_PIXELS", "DecodeError",
     "Letterbox", "build_unet", "class_statistics", "decode_image", "decode_mask_png", "default_colors",
-    "encode_mask_png", "letterbox", "load_artifact", "read_metadata", "save_artifact", "unet_config",
-    "unletterbox",
+    "encode_mask_png", "letterbox", "load_artifact", "read_metadata", "save_artifact", "unletterbox",
 ]
 
 

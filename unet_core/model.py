@@ -68,19 +68,6 @@ def _decoder(features: list, base_filters: int, activation: str, num_classes: in
     )(x)
 
 
-def unet_config(model: keras.Model) -> dict:
-    """Read back the `build_unet` arguments of a model, so it can be rebuilt (e.g. in bfloat16)."""
-    try:
-        base_filters = model.get_layer("block1_conv1").filters
-    except ValueError as exc:
-        raise ValueError("model is not a seed U-Net (no layer block1_conv1)") from exc
-    return {
-        "num_classes": int(model.output_shape[-1]),
-        "input_shape": tuple(int(d) for d in model.input_shape[1:]),
-        "base_filters": int(base_filters),
-    }
-
-
 def load_vgg16_weights(model: keras.Model, path: str) -> int:
     """Copy VGG16 convolution weights from a Keras ImageNet .h5 file into the encoder, by layer name.
 

@@ -5,14 +5,11 @@ is padded), so TensorFlow traces once per process and never again.
 """
 from __future__ import annotations
 
-import contextlib
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from unet_core.artifact import Artifact
-from unet_core.model import build_unet, unet_config
 
 
 def configure_tensorflow(threads: int | None = None) -> None:
@@ -46,24 +43,30 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@contextlib.contextmanager
-def _dtype_policy(name: str):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def model_in_precision(model: keras.Model, precision: str) -> keras.Model:
-    """The same weights under a mixed-precision policy (a .keras file pins its own dtypes)."""
+    """The same graph and weights under a mixed-precision policy.
+
+    A .keras file pins every layer's dtype, so the replica is cloned layer by layer from the loaded
+    model's own configs: rebuilding it from a few build arguments would silently drop any other one
+    (an activation, say) the artifact was trained with.
+    """
     if precision == "float32":
         return model
-    with _dtype_policy(f"mixed_{precision}"):
-        rebuilt = build_unet(**unet_config(model))
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    outputs = {id(tensor) for tensor in model.outputs}
+    # Keras' mixed-precision guidance: the layers that make the outputs (the softmax) stay in float32.
+    float32 = {id(layer) for layer in model.layers if id(layer.output) in outputs}
+    replica = keras.models.clone_model(model, clone_function=lambda layer: _layer_in_dtype(
+        layer, "float32" if id(layer) in float32 else f"mixed_{precision}"))
+    replica.set_weights(model.get_weights())
+    return replica
+
+
+def _layer_in_dtype(layer: keras.layers.Layer, dtype: str) -> keras.layers.Layer:
+    if isinstance(layer, keras.layers.Lambda):
+        return layer  # stateless, and rebuilding its code would need unsafe deserialisation a second time
+    config = layer.get_config()
+    config["dtype"] = dtype
+    return layer.__class__.from_config(config)
 
 
 class Predictor:
