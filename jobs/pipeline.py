@@ -296,7 +296,17 @@ def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources,
                 "tile_overlap": inference.tile_overlap, "tta": inference.tta,
             },
             max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
+            runtime_env={"env_vars": replica_env(resources.gpus_per_actor)},
         )
+
+
+def replica_env(gpus: float) -> dict[str, str]:
+    """Environment of each model replica. TensorFlow's log level goes from the driver (a worker on
+    another node does not inherit it). A replica given no GPU sees none, so it neither initialises
+    CUDA nor takes memory on GPUs Ray gave to others; Ray sets CUDA_VISIBLE_DEVICES itself in those
+    it gives GPUs."""
+    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    return env if gpus else {**env, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, output: str, run_id: str,

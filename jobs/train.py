@@ -223,6 +223,7 @@ def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
 
 def train_worker(loop_config: dict) -> None:
     """One data-parallel worker: MultiWorkerMirroredStrategy over Ray Train's TF_CONFIG."""
+    import unet_core.quiet_tensorflow  # noqa: F401  (before keras loads TensorFlow: see its docstring)
     import keras
     import ray.train
     import tensorflow as tf

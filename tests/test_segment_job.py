@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -14,12 +15,24 @@ from delta_read import delta_sql, delta_table
 from unet_core import decode_mask_png
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+LOOKS_LIKE_FAILURE = re.compile(
+    r"Traceback|\w+(Error|Warning)\b|\b(ERROR|WARNING|CRITICAL)\b|\b[EWF]\d{4} |\s[EWF] \d+ \d+\]|\bfailed\b")
+"""Python exceptions and warnings, Python, Ray and Abseil log lines of warning level or above."""
+RAY_DATA_OWN_ERROR = "has constructor arguments in the object store and max_restarts > 0"
+"""Ray Data passes object refs to every actor of a pool, and Ray core logs this at error level for any
+actor that may restart (ray-project/ray#57733, open in Ray 2.60); the refs are the driver's own for the
+whole run, so restarts work (the restart tests show it). Not ours to fix; kept visible."""
 
 
 def run_job(script: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     env = env or {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def failure_lines(done: subprocess.CompletedProcess) -> list[str]:
+    lines = (done.stdout + done.stderr).splitlines()
+    return [line for line in lines if LOOKS_LIKE_FAILURE.search(line) and RAY_DATA_OWN_ERROR not in line]
 
 
 def read_dataset(output, name: str):
@@ -30,10 +43,12 @@ def read_dataset(output, name: str):
 def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_folder):
     folder = os.path.dirname(mixed_folder["grey.png"])
     output = str(tmp_path / "out")
+    as_users_run_it = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL")}
     done = run_job("segment.py", "--input", folder, "--output", output, "--model", tiny_artifact,
-                   "--batch-size", "4", "--run-id", "mixed-1")
+                   "--batch-size", "4", "--run-id", "mixed-1", env=as_users_run_it)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run mixed-1: 7 images, 0 skipped, 7 processed: 6 ok, 1 errors" in done.stdout
+    assert failure_lines(done) == []  # a corrupt input is a row, not a log line; CPU-only is no failure
 
     images = read_dataset(output, "images").to_pylist()
     by_name = {os.path.relpath(row["image_uri"], folder): row for row in images}
@@ -68,6 +83,7 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
     run = read_dataset(output, "runs").to_pylist()
     assert [(r["run_id"], r["inputs"], r["skipped"], r["processed"], r["ok"], r["errors"]) for r in run] == [
         ("mixed-1", 7, 0, 7, 6, 1)]
+    assert [r["cuda_visible_devices"] for r in json.loads(run[0]["replicas"])] == [""]  # a CPU replica sees no GPU
     committed = delta_table(output, "images").file_uris()
     assert len(committed) == len(list((tmp_path / "out" / "images" / "run_id=mixed-1").glob("*.parquet")))
 

@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
+import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
 import fsspec
 import keras
 import numpy as np

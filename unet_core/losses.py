@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
 import tensorflow as tf
 
 LOSSES = ("ce", "dice", "ce+dice", "focal")

@@ -4,6 +4,7 @@ Layer names follow Keras' VGG16 (`block{i}_conv{j}`) so ImageNet VGG16 weights l
 """
 from __future__ import annotations
 
+import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
 import keras
 from keras import layers
 

@@ -5,6 +5,7 @@ is padded), so TensorFlow traces once per process and never again.
 """
 from __future__ import annotations
 
+import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
 import keras
 import numpy as np
 import tensorflow as tf

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
 import keras
 import numpy as np
 import tensorflow as tf
