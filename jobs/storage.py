@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import posixpath
+import re
 import stat
 import urllib.parse
 import uuid
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs.errors import UserError
+from jobs.errors import MASK, UserError, never_print, redact
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
@@ -37,6 +38,9 @@ LISTING_SCHEMA = pa.schema([
 Entry = tuple[str, int, str, "dt.datetime | None"]
 """A listed image: URI, size, version (mtime or ETag), modification time (orders versions)."""
 S3_ENV_VAR = "FSSPEC_S3"
+CREDENTIAL_NAME = re.compile(r"key|secret|token|passw|credential", re.IGNORECASE)
+"""S3 settings whose values are credentials (s3fs' key, secret, token; botocore's aws_*_key_id, ...)."""
+AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 S3_MAX_ATTEMPTS = 8
 """botocore's and pyarrow's standard retry modes retry throttling, 5xx and timeouts with jittered
 exponential backoff, up to this many attempts per request."""
@@ -64,16 +68,19 @@ def configure_storage(options: StorageOptions) -> dict[str, str]:
     A `FSSPEC_S3` already in the environment (set by the user, or by the job's runtime env,
     which the workers share) is used as it is.
     """
+    never_print(os.environ.get(name, "") for name in AWS_CREDENTIAL_VARS)
     given = os.environ.get(S3_ENV_VAR)
     retries = {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}
-    settings = json.loads(given) if given else {"config_kwargs": {"retries": retries}}
+    settings = given_settings(given) if given else {"config_kwargs": {"retries": retries}}
     if options.endpoint_url:
         settings["endpoint_url"] = options.endpoint_url
     if options.anonymous:
         settings["anon"] = True
     encoded = json.dumps(settings, sort_keys=True)
     if given and json.loads(given) != settings:
-        raise UserError(f"--s3-endpoint-url/--anonymous: set them in {S3_ENV_VAR} ({given}) or as flags, not both")
+        shown = json.dumps(redacted(json.loads(given)), sort_keys=True)
+        raise UserError(f"--s3-endpoint-url/--anonymous: {S3_ENV_VAR} already holds the S3 settings ({shown}); "
+                        "give them there or as flags, not both")
     fsspec.config.conf["s3"] = {**fsspec.config.conf.get("s3", {}), **settings}
     os.environ[S3_ENV_VAR] = encoded
     return {} if given else {S3_ENV_VAR: encoded}
@@ -99,8 +106,43 @@ def storage_errors(uri: str) -> Iterator[None]:
         raise
 
 
+def given_settings(text: str) -> dict:
+    """The S3 settings of `FSSPEC_S3`, their credentials registered so that no message shows them;
+    a value that is no JSON object is refused without being shown (it may hold credentials)."""
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{S3_ENV_VAR} is not valid JSON ({exc.msg} at character {exc.pos}); "
+                        "its value is not shown, as it may hold credentials") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{S3_ENV_VAR} must be a JSON object of s3fs settings, not a JSON {type(settings).__name__}")
+    never_print(credentials(settings))
+    return settings
+
+
+def credentials(settings: object, secret: bool = False) -> Iterator[str]:
+    """Every text value held under a credential's name, at any depth."""
+    if isinstance(settings, dict):
+        for name, value in settings.items():
+            yield from credentials(value, secret or bool(CREDENTIAL_NAME.search(str(name))))
+    elif isinstance(settings, list):
+        for value in settings:
+            yield from credentials(value, secret)
+    elif secret and isinstance(settings, str):
+        yield settings
+
+
+def redacted(settings: object) -> object:
+    """The settings with each credential's value masked, to be shown."""
+    if isinstance(settings, dict):
+        return {name: MASK if CREDENTIAL_NAME.search(str(name)) else redacted(value)
+                for name, value in settings.items()}
+    return [redacted(value) for value in settings] if isinstance(settings, list) else settings
+
+
 def _reason(exc: BaseException) -> str:
-    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip() or type(exc).__name__
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return redact(reason.strip()) or type(exc).__name__
 
 
 def check_writable(output: str) -> None:

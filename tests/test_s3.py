@@ -1,5 +1,6 @@
 """The segment job against a real S3 server (SeaweedFS, credentials enforced): s3 -> s3 and its failures."""
 import json
+import os
 
 import pytest
 
@@ -91,6 +92,35 @@ def test_storage_errors_are_one_line_naming_the_uri(case, s3_server, s3_bucket, 
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not fs.exists(f"{s3_bucket}/seg/runs")
+
+
+RECOGNISABLE = "recognisable-secret-0123456789"
+
+
+@pytest.mark.parametrize("case", ["flag-conflict", "wrong-secret", "not-json", "not-an-object"])
+def test_credentials_in_fsspec_s3_never_appear_in_errors(case, s3_server, s3_bucket, tmp_path):
+    """FSSPEC_S3 may carry s3fs' key, secret and token: whatever is wrong with it or with them, the job
+    ends with one clear line that shows none of them."""
+    settings = {"key": ADMIN[0], "secret": RECOGNISABLE, "endpoint_url": s3_server.endpoint,
+                "client_kwargs": {"aws_session_token": f"token-{RECOGNISABLE}"}}
+    flags, encoded = [], json.dumps(settings)
+    model = f"s3://{s3_bucket}/models/tiny"
+    if case == "flag-conflict":
+        flags, expected = ["--s3-endpoint-url", "http://127.0.0.1:9"], "--s3-endpoint-url/--anonymous: FSSPEC_S3"
+    elif case == "wrong-secret":
+        expected = f"{model}: access denied"
+    elif case == "not-json":
+        encoded, expected = encoded[:-1], "FSSPEC_S3 is not valid JSON"
+    else:
+        encoded, expected = json.dumps([RECOGNISABLE]), "FSSPEC_S3 must be a JSON object"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
+    done = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/", "--output", str(tmp_path / "out"),
+                   "--model", model, *flags, env={**env, "FSSPEC_S3": encoded}, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert RECOGNISABLE not in done.stdout + done.stderr
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
 
 def test_pyarrow_filesystem_uses_the_same_settings(s3_server, s3_bucket, monkeypatch):
