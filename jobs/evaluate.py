@@ -27,10 +27,11 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from jobs import training_data  # noqa: E402
-from jobs.arguments import non_negative_float, pool_size, positive_float, positive_int  # noqa: E402
+from jobs.arguments import add_wait_flag, non_negative_float, pool_size, positive_float, positive_int  # noqa: E402
 from jobs.errors import run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, Resources, letterbox_of, segmented_dataset  # noqa: E402
-from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
+from jobs.ray_cluster import (  # noqa: E402
+    await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
 from jobs.storage import (  # noqa: E402
     StorageOptions, add_storage_flags, configure_storage, filesystem, join, storage_errors,
 )
@@ -57,6 +58,7 @@ class EvaluateConfig:
     precision: str = "float32"
     rows_per_file: int = 256
     address: str | None = None
+    wait_for_nodes: float = 300.0
     s3_endpoint_url: str | None = None
     anonymous: bool = False
 
@@ -77,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="default float32: scores should not depend on the machine")
+    add_wait_flag(parser)
     parser.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)")
     add_storage_flags(parser)
     args = vars(parser.parse_args(argv))
@@ -149,6 +152,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     pairs = training_data.pair_by_stem(config.images, config.masks)
     connect_ray(config.address, storage_env)
     resources = plan_resources(config)
+    await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
+                config.wait_for_nodes, "model replicas")
     started = time.time()
     rows = build_dataset(pairs, model, resources, config).to_pandas()
     classes = len(model.class_names)

@@ -288,7 +288,10 @@ def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources,
         warnings.simplefilter("ignore", DeprecationWarning)
         return prepared.map_batches(
             Segmenter, batch_size=resources.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
+            # all of MAX asked for at once: a pending replica is the demand that makes the autoscaler add
+            # its node (a pool that grows only by measured load stays at one GPU replica, ray#59144)
+            compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors,
+                                               initial_size=resources.max_actors),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor,
             fn_constructor_kwargs={
                 "model_uri": model.uri, "batch_size": resources.batch_size, "precision": inference.precision,

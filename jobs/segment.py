@@ -21,10 +21,12 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jobs import leases, tables  # noqa: E402
-from jobs.arguments import fraction, non_negative_float, overlap, pool_size, positive_float, positive_int  # noqa: E402
+from jobs.arguments import (  # noqa: E402
+    add_wait_flag, fraction, non_negative_float, overlap, pool_size, positive_float, positive_int)
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import Inference, ModelInfo, build_dataset  # noqa: E402
-from jobs.ray_cluster import connect_ray, model_info, plan_resources  # noqa: E402
+from jobs.ray_cluster import (  # noqa: E402
+    await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
 from jobs.results import select_new  # noqa: E402
 from jobs.storage import (  # noqa: E402
     DEFAULT_MAX_BYTES, StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs,
@@ -55,6 +57,7 @@ class SegmentConfig:
     retry_errors: bool = False
     max_error_rate: float = 1.0
     address: str | None = None
+    wait_for_nodes: float = 300.0
     unsafe_allow_code: bool = False
     s3_endpoint_url: str | None = None
     anonymous: bool = False
@@ -103,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     parser.add_argument("--max-error-rate", type=fraction, default=1.0, metavar="R",
                         help="exit with status 3 when more than this fraction of the processed images failed; "
                              "all rows are still written and committed (default: 1.0, never)")
+    add_wait_flag(parser)
     parser.add_argument("--address", default=None,
                         help="Ray cluster to use (default: the one this job was submitted to, else a local "
                              "Ray started in-process)")
@@ -190,6 +194,8 @@ def _part(row: dict) -> tables.Part:
 def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict) -> list[dict]:
     connect_ray(config.address, storage_env)
     resources = plan_resources(config)
+    await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
+                config.wait_for_nodes, "model replicas")
     print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
           f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
           + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))

@@ -27,10 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from jobs import training_data  # noqa: E402
-from jobs.arguments import non_negative_float, open_fraction, positive_float, positive_int  # noqa: E402
+from jobs.arguments import add_wait_flag, non_negative_float, open_fraction, positive_float, positive_int  # noqa: E402
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import slices  # noqa: E402
-from jobs.ray_cluster import connect_ray  # noqa: E402
+from jobs.ray_cluster import await_nodes, check_holds, connect_ray, largest_node_cpus  # noqa: E402
 from jobs.storage import StorageOptions, add_storage_flags, arrow_filesystem, configure_storage  # noqa: E402
 from unet_core.losses import LOSSES  # noqa: E402
 from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
@@ -75,6 +75,7 @@ class TrainConfig:
     name: str | None = None
     storage: str | None = None
     address: str | None = None
+    wait_for_nodes: float = 300.0
     s3_endpoint_url: str | None = None
     anonymous: bool = False
 
@@ -136,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="default: 1 with GPUs, else the cluster's CPUs shared by the workers with 0.5 left for reading")
     run.add_argument("--name", help="run name; the same --name and --storage resume (default: the output's name)")
     run.add_argument("--storage", metavar="URI", help="where checkpoints go, local or s3:// (default: ~/ray_results)")
+    add_wait_flag(run)
     run.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray in-process)")
     add_storage_flags(run)
     parser.add_argument("--output", metavar="URI", required=True, help="where the model artifact is written")
@@ -209,13 +211,9 @@ def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
     steps = (len(train_pairs) // config.workers) // worker_batch
     if steps < 1:
         raise UserError(f"{len(train_pairs)} training pairs cannot fill one global batch of {config.batch_size}")
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    total_cpus = sum(n.get("CPU", 0) for n in nodes)
-    max_node_cpus = max((n.get("CPU", 0) for n in nodes), default=1)
+    total_cpus = sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
     cpus = config.cpus_per_worker or (1.0 if config.use_gpu else
-                                      max(0.25, min(max_node_cpus, (total_cpus - DATA_CPUS) / config.workers)))
-    if cpus > max_node_cpus:
-        raise UserError(f"--cpus-per-worker {cpus:g}: no node has that many CPUs (largest: {max_node_cpus:g})")
+                                      max(0.25, min(largest_node_cpus(), (total_cpus - DATA_CPUS) / config.workers)))
     plan = Plan(steps, worker_batch, max(1, round(cpus)), training_data.fingerprint(train_pairs),
                 len(train_pairs), len(val_pairs))
     return plan, cpus
@@ -357,6 +355,9 @@ def run_training(config: TrainConfig):
     train_pairs, val_pairs = load_splits(config)
     connect_ray(config.address, storage_env)
     plan, cpus = plan_run(config, train_pairs, val_pairs)
+    worker = {"CPU": cpus, "GPU": 1.0} if config.use_gpu else {"CPU": cpus}
+    check_holds(worker, config.workers, f"--workers {config.workers}", "training workers")
+    await_nodes(worker, config.workers, config.wait_for_nodes, "training workers")
     print(f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
           f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}, {plan.steps_per_epoch} steps of "
           f"{config.batch_size} per epoch", flush=True)

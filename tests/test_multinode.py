@@ -88,8 +88,11 @@ def test_one_replica_per_fake_gpu_and_only_on_gpu_nodes(make_cluster, tmp_path, 
     assert json.loads(run["config"])["gpus_per_actor"] == 1
 
     too_many = run_job("segment.py", "--input", folder, "--output", str(tmp_path / "out2"), "--model", tiny_artifact,
-                       "--address", cluster.address, "--gpus-per-actor", "1", "--actors", "4")
-    assert too_many.returncode == 2 and "error: --actors 4: only 3 replicas of 1 GPU fit" in too_many.stderr
+                       "--address", cluster.address, "--gpus-per-actor", "1", "--actors", "4", "--wait-for-nodes", "0")
+    # a cluster this job did not start may autoscale: the request stands until the wait ends
+    assert too_many.returncode == 2, too_many.stderr[-2000:]
+    assert "error: waited 0 s for 4 model replicas of 1 CPU + 1 GPU and the cluster never held them " \
+           "(now 4 nodes with 7 CPUs and 3 GPUs)" in too_many.stderr
 
 
 def test_half_gpu_replicas_share_one_gpu(make_cluster, tmp_path, tiny_artifact, mixed_folder):
