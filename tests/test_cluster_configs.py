@@ -1,4 +1,5 @@
 """The configs in cluster/, checked offline with Ray's own validation and the jobs' own argparse."""
+import dataclasses
 import importlib
 import shlex
 from pathlib import Path
@@ -29,14 +30,23 @@ def ray_cluster_specs() -> list[tuple[str, dict, dict]]:
     return specs
 
 
-def job_entrypoints() -> list[tuple[str, str]]:
-    entrypoints = []
+def job_commands() -> list[tuple[str, str]]:
+    """(file, command) for every command of every shipped entrypoint (a shell line: `a && b`)."""
+    commands = []
     for path in KUBERAY:
         manifest = load(path)
         job = manifest["spec"].get("jobTemplate", manifest["spec"])
-        if "entrypoint" in job:
-            entrypoints.append((path.name, job["entrypoint"]))
-    return entrypoints
+        commands += [(path.name, command.strip()) for command in job.get("entrypoint", "").split("&&") if command]
+    return commands
+
+
+def parsed(command: str):
+    """The command's config as the job's own argparse makes it."""
+    python, script, *args = shlex.split(command)
+    assert python == "python" and script.startswith("/home/ray/unet-segment/jobs/")
+    module = importlib.import_module(f"jobs.{Path(script).stem}")
+    config = module.parse_args(args)
+    return config[0] if isinstance(config, tuple) else config
 
 
 def test_launcher_yaml_passes_rays_config_validation():
@@ -87,18 +97,17 @@ def test_rayjobs_and_the_nightly_schedule_have_the_fields_kuberay_needs():
     minute, hour, day, month, weekday = nightly["schedule"].split()
     assert minute.isdigit() and hour.isdigit() and (day, month, weekday) == ("*", "*", "*")  # once a day
     assert nightly["suspend"] is False and nightly["timeZone"] == "Etc/UTC"
-    assert nightly["jobTemplate"]["entrypoint"] == kinds["rayjob-segment.yaml"]["spec"]["entrypoint"]
+    segment, maintain = [command for name, command in job_commands() if name == "raycronjob-nightly-segment.yaml"]
+    one_off = dataclasses.asdict(parsed(kinds["rayjob-segment.yaml"]["spec"]["entrypoint"]))
+    assert dataclasses.asdict(parsed(segment)) == {**one_off, "incremental": True}  # the one-off run, incremental
+    assert parsed(maintain).output == one_off["output"]  # then the same tables compacted and vacuumed
     assert nightly["jobTemplate"]["shutdownAfterJobFinishes"] is True
 
 
-@pytest.mark.parametrize("name, entrypoint", job_entrypoints(), ids=lambda v: v if v.endswith(".yaml") else "")
-def test_every_job_command_line_parses_with_the_jobs_own_argparse(name, entrypoint):
-    python, script, *args = shlex.split(entrypoint)
-    assert python == "python" and script.startswith("/home/ray/unet-segment/jobs/")
-    module_name = Path(script).stem
-    if not (ROOT / "jobs" / f"{module_name}.py").exists():
-        pytest.skip(f"jobs/{module_name}.py is not in this tree")
-    module = importlib.import_module(f"jobs.{module_name}")
-    parsed = module.parse_args(args)
-    config = parsed[0] if isinstance(parsed, tuple) else parsed
-    assert str(getattr(config, "output")).startswith("s3://")
+@pytest.mark.parametrize("name, command", job_commands(), ids=lambda v: v if v.endswith(".yaml") else "")
+def test_every_job_command_line_parses_with_the_jobs_own_argparse(name, command):
+    config = parsed(command)
+    assert str(config.output).startswith("s3://")
+    if hasattr(config, "actors"):  # the pool grows up to the GPU group's maxReplicas
+        (spec,) = [spec for file, _, spec in ray_cluster_specs() if file == name]
+        assert config.actors == f"1:{spec['workerGroupSpecs'][0]['maxReplicas']}"
