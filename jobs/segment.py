@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                         help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
     parser.add_argument("--mode", choices=("letterbox", "tile"), default="letterbox",
                         help="letterbox: scale each image into one model input (ordinary photos); tile: "
-                             "sliding-window inference at full resolution (large images, bounded memory)")
+                             "sliding-window inference at full resolution, for large images")
     parser.add_argument("--tile-overlap", type=overlap, default=0.25,
                         help="with --mode tile, the fraction by which tiles overlap (default: 0.25)")
     parser.add_argument("--tta", choices=("none", "flip"), default="none",

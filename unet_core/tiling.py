@@ -1,8 +1,9 @@
 """Sliding-window inference for images larger than the model input, at full resolution.
 
 Tiles overlap and their softmax outputs are blended with a Gaussian weight that favours tile
-centres (as nnU-Net does), so seams vanish. Rows are finalised band by band: memory grows with
-the image width, not its area.
+centres (as nnU-Net does), so seams vanish. Rows are finalised band by band, so the class
+probabilities are held for one band (tile x width x classes), never for the whole image; the image,
+its mask and its confidence are whole, so memory grows with the area too (measured: bench/tile_memory.py).
 """
 from __future__ import annotations
 
