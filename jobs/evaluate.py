@@ -33,9 +33,10 @@ from jobs.pipeline import Inference, ModelInfo, Resources, letterbox_of, segment
 from jobs.ray_cluster import (  # noqa: E402
     await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
 from jobs.storage import (  # noqa: E402
-    StorageOptions, add_storage_flags, configure_storage, filesystem, join, storage_errors,
+    DEFAULT_MAX_BYTES, StorageOptions, add_limit_flags, add_storage_flags, configure_storage, filesystem, join,
+    storage_errors,
 )
-from unet_core import unletterbox  # noqa: E402
+from unet_core import DEFAULT_MAX_PIXELS, unletterbox  # noqa: E402
 from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy  # noqa: E402
 from unet_core.image import PRECISIONS  # noqa: E402
 
@@ -51,6 +52,8 @@ class EvaluateConfig:
     output: str
     mask_map: str | None = None
     ignore_index: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     batch_size: int = 8
     actors: str = "auto"
     cpus_per_actor: float | None = None
@@ -72,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser.add_argument("--output", required=True, metavar="URI", help=f"folder for {METRICS_FILE} and {PER_IMAGE_FILE}")
     parser.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1")
     parser.add_argument("--ignore-index", type=int, default=None, help="label left out of every metric")
+    add_limit_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per model call (default 8)")
     parser.add_argument("--actors", type=pool_size, default="auto", metavar="MIN[:MAX]",
                         help="model replicas, as in segment.py")
@@ -86,8 +90,10 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     return EvaluateConfig(**args)
 
 
-def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int | None) -> dict:
-    """Compare each predicted mask, mapped back to its image's size, with the true mask."""
+def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int | None, max_pixels: int,
+          max_bytes: int) -> dict:
+    """Compare each predicted mask, mapped back to its image's size, with the true mask (held to the
+    images' limits: a mask refused is its pair's error row)."""
     count, classes = len(batch["image_uri"]), len(model.class_names)
     confusion = np.zeros((count, classes * classes), np.int64)
     errors = batch["error"].copy()
@@ -95,7 +101,8 @@ def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int |
         if errors[row]:
             continue
         try:
-            truth = training_data.read_mask(batch["mask_uri"][row], lookup)
+            truth = training_data.read_mask(batch["mask_uri"][row], lookup, int(batch["mask_size"][row]), max_pixels,
+                                            max_bytes)
         except ValueError as exc:
             errors[row] = str(exc)
             continue
@@ -110,10 +117,11 @@ def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int |
 
 def build_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, config: EvaluateConfig):
     """The segment job's own inference stages, then scoring against the true masks."""
-    return segmented_dataset(pairs, model, resources, Inference(precision=config.precision)).map_batches(
+    inference = Inference(precision=config.precision, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+    return segmented_dataset(pairs, model, resources, inference).map_batches(
         score, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task, fn_kwargs={
             "model": model, "lookup": training_data.parse_mask_map(config.mask_map),
-            "ignore_index": config.ignore_index})
+            "ignore_index": config.ignore_index, "max_pixels": config.max_pixels, "max_bytes": config.max_bytes})
 
 
 def summarize(confusion: np.ndarray, class_names: tuple[str, ...]) -> dict:

@@ -27,7 +27,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from jobs.arguments import positive_int
 from jobs.errors import MASK, UserError, never_print, redact
+from unet_core import DEFAULT_MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
@@ -59,6 +61,15 @@ def add_storage_flags(parser: argparse.ArgumentParser) -> None:
                         help="S3-compatible store to use instead of AWS (default: $AWS_ENDPOINT_URL if set)")
     parser.add_argument("--anonymous", action="store_true",
                         help="read S3 without credentials (public buckets)")
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """The limits segment.py holds its images to, for the images and true masks of a labelled collection."""
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images and masks declaring more pixels, before decoding them "
+                             f"(default: {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES,
+                        help=f"refuse larger image and mask files before reading them (default: {DEFAULT_MAX_BYTES:,})")
 
 
 def configure_storage(options: StorageOptions) -> dict[str, str]:
@@ -378,6 +389,8 @@ def read_input(uri: str, listed_size: int, max_bytes: int) -> bytes:
     with fs.open(path, "rb") as handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
+        if listed_size < 0:  # listed without a size (a list file, a VOC list)
+            raise InputRefused(f"file has more than {max_bytes:,} bytes, the limit (raise --max-bytes to allow it)")
         raise InputRefused(f"file grew past the limit of {max_bytes:,} bytes since it was listed")
     return data
 

@@ -31,7 +31,9 @@ from jobs.arguments import add_wait_flag, non_negative_float, open_fraction, pos
 from jobs.errors import UserError, run_main  # noqa: E402
 from jobs.pipeline import slices  # noqa: E402
 from jobs.ray_cluster import await_nodes, check_holds, connect_ray, largest_node_cpus  # noqa: E402
-from jobs.storage import StorageOptions, add_storage_flags, arrow_filesystem, configure_storage  # noqa: E402
+from jobs.storage import (  # noqa: E402
+    DEFAULT_MAX_BYTES, StorageOptions, add_limit_flags, add_storage_flags, arrow_filesystem, configure_storage)
+from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
 from unet_core.losses import LOSSES  # noqa: E402
 from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
 from unet_core.training import OPTIMIZERS, SCHEDULES, LossConfig, ModelConfig, OptimizerConfig  # noqa: E402
@@ -53,6 +55,8 @@ class TrainConfig:
     val_masks: str | None = None
     val_fraction: float = 0.2
     mask_map: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     ignore_index: int | None = None
     class_names: tuple[str, ...] | None = None
     input_size: int = 256
@@ -105,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     data.add_argument("--val-fraction", type=open_fraction, default=0.2,
                       help="share of pairs held out for validation when no validation set is given (default 0.2)")
     data.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1 for 0/255 masks")
+    add_limit_flags(data)
     data.add_argument("--ignore-index", type=int, default=None,
                       help="label excluded from loss and metrics (e.g. 11 for CamVid void, 255 for VOC borders)")
     data.add_argument("--class-names", metavar="A,B,...", help="comma-separated class names (default: class_0, ...)")
@@ -200,7 +205,8 @@ def pairs_dataset(pairs, config: TrainConfig):
     lookup = training_data.parse_mask_map(config.mask_map)
     return ray.data.from_arrow(slices(pairs, 8)).map_batches(
         training_data.load_pairs, batch_size=8, num_cpus=DATA_CPUS,
-        fn_kwargs={"input_size": config.input_size, "lookup": lookup})
+        fn_kwargs={"input_size": config.input_size, "lookup": lookup, "max_pixels": config.max_pixels,
+                   "max_bytes": config.max_bytes})
 
 
 def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
@@ -348,12 +354,13 @@ def report(trainer, metrics: dict, rank: int, plan: Plan) -> None:
 
 def run_training(config: TrainConfig):
     """Fit with Ray Train and return the Result."""
+    storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
+    train_pairs, val_pairs = load_splits(config)
+    connect_ray(config.address, storage_env)  # before Ray Train loads Ray: see connect_ray
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
-    train_pairs, val_pairs = load_splits(config)
-    connect_ray(config.address, storage_env)
+    check_limits(train_pairs, val_pairs, config)
     plan, cpus = plan_run(config, train_pairs, val_pairs)
     worker = {"CPU": cpus, "GPU": 1.0} if config.use_gpu else {"CPU": cpus}
     check_holds(worker, config.workers, f"--workers {config.workers}", "training workers")
@@ -375,6 +382,22 @@ def run_training(config: TrainConfig):
                                                checkpoint_score_order="max")),
     )
     return trainer.fit(), plan
+
+
+def check_limits(train_pairs, val_pairs, config: TrainConfig) -> None:
+    """Refuse, in one line naming it, a pair whose image or mask is over --max-bytes or --max-pixels,
+    from listed sizes and headers, before training: found by a worker mid-epoch, it would end the
+    run in the workers' tracebacks."""
+    import pyarrow as pa
+    import ray
+
+    pairs = pa.concat_tables([train_pairs, val_pairs])
+    refused = ray.data.from_arrow(slices(pairs, 64)).map_batches(
+        training_data.refusals, batch_size=64, num_cpus=DATA_CPUS,
+        fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes})
+    first = next(iter(refused.iter_rows()), None)
+    if first is not None:
+        raise UserError(first["refusal"])
 
 
 def checkpoint_storage(uri: str | None) -> dict:

@@ -15,14 +15,18 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.errors import UserError
-from jobs.storage import join, list_inputs, read_bytes
-from unet_core import decode_image, decode_mask_png, letterbox
+from jobs.storage import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, list_inputs, read_bytes, read_input
+from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
 from unet_core.augment import PAD_LABEL
+from unet_core.image import refuse_oversized
 
 PAIRS_SCHEMA = pa.schema([
     ("index", pa.int64()), ("stem", pa.string()), ("image_uri", pa.string()), ("mask_uri", pa.string()),
-    ("source_size", pa.int64()), ("source_version", pa.string()),
+    ("source_size", pa.int64()), ("source_version", pa.string()), ("mask_size", pa.int64()),
 ])
+"""`source_size` and `mask_size`: the files' listed sizes, -1 where unknown (a VOC list)."""
+HEADER_BLOCK = 1 << 16
+"""Bytes fetched per read while a header is parsed (s3fs' default block is megabytes)."""
 
 
 def stem(uri: str) -> str:
@@ -45,7 +49,7 @@ def pair_by_stem(images: str, masks: str) -> pa.Table:
     if not by_stem["image"]:
         raise UserError(f"{images}: no images found")
     _check_partners(by_stem["image"], by_stem["mask"], images, masks)
-    return _pairs_table([(key, row, by_stem["mask"][key]["image_uri"]) for key, row in sorted(by_stem["image"].items())])
+    return _pairs_table([(key, row, by_stem["mask"][key]) for key, row in sorted(by_stem["image"].items())])
 
 
 def _check_partners(images: dict, masks: dict, image_spec: str, mask_spec: str) -> None:
@@ -68,18 +72,20 @@ def voc_pairs(root: str, split: str) -> pa.Table:
     except FileNotFoundError:
         raise UserError(f"--voc {root}: no {list_file} (expected a Pascal VOC layout)") from None
     rows = [(name, {"image_uri": join(root, "JPEGImages", f"{name}.jpg"), "source_size": -1, "source_version": ""},
-             join(root, "SegmentationClass", f"{name}.png")) for name in names]
+             {"image_uri": join(root, "SegmentationClass", f"{name}.png"), "source_size": -1}) for name in names]
     return _pairs_table(rows)
 
 
-def _pairs_table(rows: list[tuple[str, dict, str]]) -> pa.Table:
+def _pairs_table(rows: list[tuple[str, dict, dict]]) -> pa.Table:
+    """Pairs from (stem, image listing row, mask listing row)."""
     return pa.table({
         "index": pa.array(range(len(rows)), pa.int64()),
         "stem": [key for key, _, _ in rows],
         "image_uri": [row["image_uri"] for _, row, _ in rows],
-        "mask_uri": [mask for _, _, mask in rows],
+        "mask_uri": [mask["image_uri"] for _, _, mask in rows],
         "source_size": pa.array([row["source_size"] for _, row, _ in rows], pa.int64()),
         "source_version": [row["source_version"] for _, row, _ in rows],
+        "mask_size": pa.array([mask["source_size"] for _, _, mask in rows], pa.int64()),
     }, schema=PAIRS_SCHEMA)
 
 
@@ -120,25 +126,68 @@ def parse_mask_map(text: str | None) -> np.ndarray:
     return table
 
 
-def read_mask(uri: str, lookup: np.ndarray) -> np.ndarray:
-    """A stored mask as class indices (H, W) uint8."""
+def read_mask(uri: str, lookup: np.ndarray, size: int = -1, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """A stored mask as class indices (H, W) uint8, held to the limits images are held to: refused
+    unread above `max_bytes` (from its listed `size`; -1, unknown, reads up to the limit) and
+    undecoded above `max_pixels`."""
     try:
-        return lookup[decode_mask_png(read_bytes(uri))]
-    except (OSError, ValueError) as exc:
+        return lookup[decode_mask_png(read_input(uri, size, max_bytes), max_pixels)]
+    except (OSError, ValueError, InputRefused) as exc:
         raise ValueError(f"{uri}: cannot read mask ({exc})") from exc
 
 
-def load_pairs(batch: dict, input_size: int, lookup: np.ndarray) -> dict:
+def read_pair(batch: dict, row: int, lookup: np.ndarray, max_pixels: int, max_bytes: int):
+    """One pair's image and mask; a file that cannot be used is a UserError naming it: training
+    cannot go on without it, and a traceback would not say more."""
+    image_uri, mask_uri = batch["image_uri"][row], batch["mask_uri"][row]
+    try:
+        image = decode_image(read_input(image_uri, int(batch["source_size"][row]), max_bytes), max_pixels)
+    except (DecodeError, InputRefused, OSError) as exc:
+        raise UserError(f"{image_uri}: cannot read image ({exc})") from None
+    try:
+        mask = read_mask(mask_uri, lookup, int(batch["mask_size"][row]), max_pixels, max_bytes)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if mask.shape != image.shape[:2]:
+        raise UserError(f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                        f"its image {image_uri} is {image.shape[1]}x{image.shape[0]}")
+    return image, mask
+
+
+def refusals(batch: dict, max_pixels: int, max_bytes: int) -> dict:
+    """Why the pairs' images or masks would be refused, one reason per refused pair, from the listed
+    sizes and the headers alone: checked before training, so that a file over a limit ends the job in
+    one line naming it, instead of a worker mid-epoch."""
+    reasons = [_refusal(batch["image_uri"][row], int(batch["source_size"][row]), "image", max_pixels, max_bytes)
+               or _refusal(batch["mask_uri"][row], int(batch["mask_size"][row]), "mask", max_pixels, max_bytes)
+               for row in range(len(batch["image_uri"]))]
+    return {"refusal": np.array([reason for reason in reasons if reason], dtype=object)}
+
+
+def _refusal(uri: str, size: int, what: str, max_pixels: int, max_bytes: int) -> str:
+    if size > max_bytes:
+        return (f"{uri}: cannot read {what} (file has {size:,} bytes, above the limit of {max_bytes:,} "
+                "(raise --max-bytes to allow it))")
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb", block_size=HEADER_BLOCK) as handle, Image.open(handle) as image:
+            refuse_oversized(*image.size, max_pixels, what)
+    except DecodeError as exc:
+        return f"{uri}: cannot read {what} ({exc})"
+    except Exception:  # unreadable, or no image at all: loading the pair says why
+        return ""
+    return ""
+
+
+def load_pairs(batch: dict, input_size: int, lookup: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Decode each pair and letterbox it to the model input; padding is labelled PAD_LABEL (ignored)."""
     count = len(batch["image_uri"])
     images = np.zeros((count, input_size, input_size, 3), np.uint8)
     masks = np.zeros((count, input_size, input_size), np.uint8)
-    for row, (image_uri, mask_uri) in enumerate(zip(batch["image_uri"], batch["mask_uri"])):
-        image = decode_image(read_bytes(image_uri))
-        mask = read_mask(mask_uri, lookup)
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                             f"its image {image_uri} is {image.shape[1]}x{image.shape[0]}")
+    for row in range(count):
+        image, mask = read_pair(batch, row, lookup, max_pixels, max_bytes)
         images[row], box = letterbox(image, input_size)
         masks[row] = PAD_LABEL
         inner = np.asarray(Image.fromarray(mask).resize((box.inner_width, box.inner_height), Image.NEAREST))

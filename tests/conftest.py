@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,6 +35,15 @@ def png_bytes(image: Image.Image, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", **params)
     return buffer.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A grey PNG whose valid header declares a huge size: decoding it would need gigabytes."""
+    data = bytearray(png_bytes(Image.new("L", (1, 1))))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
 
 
 def jpeg_with_orientation(array: np.ndarray, orientation: int) -> bytes:

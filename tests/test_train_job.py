@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import bomb_png
 from test_segment_job import read_dataset, run_job
 from unet_core import build_unet, read_metadata, save_artifact
 from unet_core.synthetic import SCENE_CLASSES, make_scene
@@ -114,6 +115,8 @@ def test_evaluate_matches_a_hand_computed_confusion_matrix(tmp_path):
     for name, mask in stored.items():
         Image.fromarray(np.full(mask.shape + (3,), 90, np.uint8)).save(images / f"{name}.jpg")
         Image.fromarray(mask).save(masks / f"{name}.png")
+    Image.fromarray(np.full((5, 5, 3), 90, np.uint8)).save(images / "c.jpg")
+    (masks / "c.png").write_bytes(bomb_png(200_000, 200_000))  # refused before decoding: an error row, no score
     model = constant_artifact(str(tmp_path / "constant"), predicted_class=2)
     done = run_job("evaluate.py", "--model", model, "--images", str(images), "--masks", str(masks),
                    "--mask-map", "255:1,128:2", "--ignore-index", "1", "--output", str(tmp_path / "eval"))
@@ -128,6 +131,10 @@ def test_evaluate_matches_a_hand_computed_confusion_matrix(tmp_path):
     per_image = {os.path.basename(r["image_uri"]): r for r in pq.read_table(tmp_path / "eval" / "per_image.parquet").to_pylist()}
     assert per_image["a.jpg"]["confusion"] == [0, 0, 7, 0, 0, 0, 0, 0, 3]
     assert per_image["b.jpg"]["status"] == "ok" and per_image["b.jpg"]["pixel_accuracy"] == pytest.approx(140 / 240)
+    assert per_image["c.jpg"]["status"] == "error" and per_image["c.jpg"]["error"].startswith(
+        f"{masks / 'c.png'}: cannot read mask (mask has 200000x200000 = 40,000,000,000 pixels, above the limit of "
+        "100,000,000")
+    assert (metrics["images"], metrics["errors"]) == (3, 1)
     assert "mIoU" in done.stdout and "edge" in done.stdout
 
 

@@ -1,10 +1,14 @@
 """Pairing and loading labelled data for training: in-process, no Ray."""
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import bomb_png
 from jobs.errors import UserError
-from jobs.training_data import load_pairs, pair_by_stem, parse_mask_map, split_validation, voc_pairs
+from jobs.training_data import (
+    load_pairs, pair_by_stem, parse_mask_map, read_mask, refusals, split_validation, voc_pairs)
 from unet_core.augment import PAD_LABEL
 
 
@@ -50,3 +54,32 @@ def test_mask_map_and_pairing_by_stem(tmp_path):
     (tmp_path / "lbl" / "extra.png").write_bytes((tmp_path / "lbl" / "0.png").read_bytes())
     with pytest.raises(UserError, match=r"1 masks have no image .*extra"):
         pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl"))
+
+
+def test_masks_are_held_to_the_limits_of_images(tmp_path):
+    """A true mask is a user's file like its image: one declaring more pixels than the limit is refused
+    before it is decoded, one larger than the byte limit before it is read; each is one clear error
+    naming the file and the limit."""
+    for folder in ("img", "lbl"):
+        (tmp_path / folder).mkdir()
+    for name in ("big", "bomb"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / f"{name}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "lbl" / "big.png")
+    with open(tmp_path / "lbl" / "big.png", "ab") as handle:
+        handle.write(bytes(2000))  # after IEND: a valid mask of 2,000 bytes more
+    (tmp_path / "lbl" / "bomb.png").write_bytes(bomb_png(200_000, 200_000))
+    pairs = pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl")).to_pydict()
+    bomb, big = (str(tmp_path / "lbl" / name) for name in ("bomb.png", "big.png"))
+    with pytest.raises(UserError) as over_pixels:
+        load_pairs(pairs, 16, parse_mask_map(None))
+    assert str(over_pixels.value) == (f"{bomb}: cannot read mask (mask has 200000x200000 = 40,000,000,000 pixels, "
+                                      "above the limit of 100,000,000 (raise --max-pixels to allow it))")
+    with pytest.raises(UserError) as over_bytes:
+        load_pairs(pairs, 16, parse_mask_map(None), max_bytes=1000)
+    assert re.fullmatch(rf"{big}: cannot read mask \(file has 2,\d+ bytes, above the limit of 1,000 "
+                        r"\(raise --max-bytes to allow it\)\)", str(over_bytes.value))
+    with pytest.raises(ValueError, match=r"cannot read mask \(file has more than 1,000 bytes, the limit "):
+        read_mask(big, parse_mask_map(None), -1, max_bytes=1000)  # unlisted (a VOC tree): read up to the limit
+    # the check train.py runs over every pair before training, from listed sizes and headers alone
+    assert refusals(pairs, 100_000_000, 1 << 30)["refusal"].tolist() == [str(over_pixels.value)]
+    assert refusals(pairs, 100_000_000, 1000)["refusal"].tolist() == [str(over_bytes.value), str(over_pixels.value)]

@@ -48,14 +48,18 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as exc:  # see the module docstring
         raise DecodeError(f"corrupt or truncated image data ({_reason(exc)})") from exc
     width, height = image.size
-    if width * height > max_pixels:
-        raise DecodeError(
-            f"image has {width}x{height} = {width * height:,} pixels, above the limit of "
-            f"{max_pixels:,} (raise --max-pixels to allow it)"
-        )
+    refuse_oversized(width, height, max_pixels)
     if width < 1 or height < 1:
         raise DecodeError(f"image has no pixels ({width}x{height})")
     return image
+
+
+def refuse_oversized(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """Refuse from its header's size what would take more than `max_pixels` to decode: a few bytes
+    of PNG can declare gigapixels."""
+    if width * height > max_pixels:
+        raise DecodeError(f"{what} has {width}x{height} = {width * height:,} pixels, above the limit of "
+                          f"{max_pixels:,} (raise --max-pixels to allow it)")
 
 
 def _reason(exc: Exception) -> str:

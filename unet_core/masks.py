@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from unet_core.image import refuse_oversized
+
 VOC_CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -47,9 +49,13 @@ def encode_mask_png(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> byt
     return buffer.getvalue()
 
 
-def decode_mask_png(data: bytes) -> np.ndarray:
-    """Read back the class indices of a palette PNG (the palette itself is ignored)."""
+def decode_mask_png(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Read back the class indices of a palette PNG (the palette itself is ignored). Given
+    `max_pixels`, a mask declaring more is refused before it is decoded, as an image would be: a
+    true mask from a user's collection is as untrusted as its image."""
     with Image.open(io.BytesIO(data)) as image:
+        if max_pixels is not None:
+            refuse_oversized(*image.size, max_pixels, what="mask")
         if image.mode not in ("P", "L"):
             raise ValueError(f"expected a palette or grey mask PNG; got mode {image.mode}")
         return np.asarray(image, dtype=np.uint8)
