@@ -6,7 +6,8 @@
             -> write_parts (CPU tasks: one images + one class_stats Parquet part per batch, uncommitted)
 
 Every input row comes out as exactly one output row: a file that cannot be read or decoded
-carries its reason in `error` through every stage instead of failing its block.
+carries its reason in `error` and its kind in `error_kind` through every stage instead of failing
+its block.
 """
 from __future__ import annotations
 
@@ -46,6 +47,39 @@ def image_id(uri: str) -> str:
     return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:20]
 
 
+TRANSIENT = "transient"
+"""The store failed after its own retries (throttling, a dropped connection): the next
+`--incremental` run tries the image again."""
+INVALID = "invalid"
+"""The file itself is refused or undecodable: trying again gives the same answer until it changes."""
+
+
+class ImageError(Exception):
+    """Why one image has no result, and whether a later run may get one."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+def load_image(uri: str, size: int, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Read and decode one image; every failure, whatever raised it, is an ImageError."""
+    try:
+        data = read_input(uri, size, max_bytes)
+    except InputRefused as exc:
+        raise ImageError(str(exc), INVALID) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})", INVALID) from None
+    except Exception as exc:  # the storage client gave up after its retries
+        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})", TRANSIENT) from None
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except DecodeError as exc:
+        raise ImageError(str(exc), INVALID) from None
+    except Exception as exc:  # whatever else one file provokes stays that file's error
+        raise ImageError(f"unexpected {exc.__class__.__name__} while decoding: {exc}", INVALID) from None
+
+
 def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile: bool = False) -> dict:
     """Read and decode each image, letterboxed to the model input (or whole, for tiling);
     failures become error rows."""
@@ -53,17 +87,12 @@ def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile:
     images = []
     boxes = np.zeros((count, 4), np.int32)
     width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
-    errors = np.full(count, "", dtype=object)
+    errors, kinds = np.full(count, "", dtype=object), np.full(count, "", dtype=object)
     for row, (uri, size) in enumerate(zip(batch["image_uri"], batch["source_size"])):
         try:
-            image = decode_image(read_input(uri, int(size), max_bytes), max_pixels=max_pixels)
-        except (DecodeError, InputRefused) as exc:
-            errors[row] = str(exc)
-        except OSError as exc:
-            errors[row] = f"cannot read file ({exc.__class__.__name__}: {exc})"
-        except Exception as exc:  # whatever else one file provokes stays that file's error
-            errors[row] = f"unexpected {exc.__class__.__name__} while reading or decoding: {exc}"
-        if errors[row]:
+            image = load_image(uri, int(size), max_bytes, max_pixels)
+        except ImageError as exc:
+            errors[row], kinds[row] = str(exc), exc.kind
             images.append(np.zeros((1, 1, 3) if tile else (input_size, input_size, 3), np.uint8))
             continue
         height[row], width[row] = image.shape[:2]
@@ -76,7 +105,7 @@ def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile:
             boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
     return {
         **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
-        "width": width, "height": height, "error": errors, "box": boxes,
+        "width": width, "height": height, "error": errors, "error_kind": kinds, "box": boxes,
         "pixels": _ragged(images) if tile else np.stack(images),
     }
 
@@ -219,6 +248,7 @@ def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Ta
         "height": pa.array(batch["height"], pa.int32()),
         "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
         "error": pa.array([e or None for e in errors], pa.string()),
+        "error_kind": pa.array([k or None for k in batch["error_kind"]], pa.string()),
         # a batch of only failures reaches here with the all-null column read back as floats
         "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
         "classes": nested_classes(class_stats, batch["error"] == "", len(model.class_names)),

@@ -102,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     parser.add_argument("--incremental", action="store_true",
                         help="skip images whose current result (same URI, size and mtime/ETag) came from this model")
     parser.add_argument("--retry-errors", action="store_true",
-                        help="with --incremental, process again images whose earlier result was an error")
+                        help="with --incremental, process again every image whose earlier result was an error "
+                             "(without it only transient errors, where the store failed, are tried again)")
     parser.add_argument("--max-error-rate", type=fraction, default=1.0, metavar="R",
                         help="exit with status 3 when more than this fraction of the processed images failed; "
                              "all rows are still written and committed (default: 1.0, never)")

@@ -48,6 +48,7 @@ IMAGE_FIELDS = [
     ("image_id", pa.string()), ("image_uri", pa.string()),
     ("source_size", pa.int64()), ("source_version", pa.string()), ("source_modified", pa.timestamp("us", tz="UTC")),
     ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+    ("error_kind", pa.string()),
     ("mask_png", pa.binary()), ("classes", pa.list_(pa.struct(CLASS_FIELDS))),
     ("model_name", pa.string()), ("model_sha256", pa.string()), ("processed_at", pa.timestamp("us", tz="UTC")),
 ]
@@ -154,7 +155,10 @@ def ensure_tables(output: str, converting: bool = False) -> None:
     if not converting:
         check_layout(output)
     for table in TABLES:
-        if open_table(output, table) is not None:
+        existing = open_table(output, table)
+        if existing is not None:
+            if missing_columns(existing, SCHEMAS[table]):
+                add_missing_columns(output, table)
             continue
         try:
             write_deltalake(delta_uri(output, table), SCHEMAS[table].empty_table(), mode="append",
@@ -163,6 +167,27 @@ def ensure_tables(output: str, converting: bool = False) -> None:
         except DeltaError:
             if open_table(output, table) is None:
                 raise
+
+
+def missing_columns(table, schema: pa.Schema) -> list:
+    """Today's text columns that a table written by an earlier version lacks."""
+    from deltalake.schema import Field, PrimitiveType
+
+    have = {field.name for field in table.schema().fields}
+    return [Field(field.name, PrimitiveType("string"), nullable=True) for field in schema
+            if field.name not in have and field.type == pa.string()]
+
+
+def add_missing_columns(output: str, table: str) -> None:
+    """Columns are only ever added, so older files read them as null and every reader keeps working;
+    a concurrent run adding them first is a conflict, retried against the table it left."""
+    def attempt() -> None:
+        current = open_table(output, table)
+        missing = missing_columns(current, SCHEMAS[table])
+        if missing:
+            current.alter.add_columns(missing)
+
+    retry_conflicts(attempt)
 
 
 def require_tables(output: str) -> None:
