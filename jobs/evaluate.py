@@ -37,7 +37,7 @@ from jobs.storage import (  # noqa: E402
     storage_errors,
 )
 from unet_core import DEFAULT_MAX_PIXELS, unletterbox  # noqa: E402
-from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy  # noqa: E402
+from unet_core.metrics import confusion_matrix, scores  # noqa: E402
 from unet_core.image import PRECISIONS  # noqa: E402
 
 METRICS_FILE = "metrics.json"
@@ -124,25 +124,26 @@ def build_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, confi
             "ignore_index": config.ignore_index, "max_pixels": config.max_pixels, "max_bytes": config.max_bytes})
 
 
-def summarize(confusion: np.ndarray, class_names: tuple[str, ...]) -> dict:
-    """Every metric from one confusion matrix; NaN (absent classes) becomes null."""
+def summarize(confusion: np.ndarray, class_names: tuple[str, ...], ignore_index: int | None) -> dict:
+    """Every metric from one confusion matrix; NaN (absent or ignored classes) becomes null."""
     def clean(values):
         return {name: None if np.isnan(v) else float(v) for name, v in zip(class_names, values)}
 
-    return {"mean_iou": mean_iou(confusion), "pixel_accuracy": pixel_accuracy(confusion),
-            "pixel_error": 1.0 - pixel_accuracy(confusion), "iou": clean(iou_per_class(confusion)),
-            "dice": clean(dice_per_class(confusion)), "pixels": {n: int(v) for n, v in zip(class_names, confusion.sum(1))},
+    scored = scores(confusion, ignore_index)
+    return {"mean_iou": scored.mean_iou, "pixel_accuracy": scored.pixel_accuracy,
+            "pixel_error": 1.0 - scored.pixel_accuracy, "iou": clean(scored.iou),
+            "dice": clean(scored.dice), "pixels": {n: int(v) for n, v in zip(class_names, confusion.sum(1))},
             "confusion": confusion.tolist()}
 
 
-def per_image_table(rows: dict, classes: int) -> pa.Table:
+def per_image_table(rows: dict, classes: int, ignore_index: int | None) -> pa.Table:
     errors = rows["error"]
     accuracy, miou = [], []
     for error, flat in zip(errors, rows["confusion"]):
         matrix = flat.reshape(classes, classes)
-        ok = not error and matrix.sum() > 0
-        accuracy.append(pixel_accuracy(matrix) if ok else None)
-        miou.append(mean_iou(matrix) if ok else None)
+        scored = scores(matrix, ignore_index) if not error and matrix.sum() > 0 else None
+        accuracy.append(scored.pixel_accuracy if scored else None)
+        miou.append(scored.mean_iou if scored else None)
     return pa.table({
         "image_uri": pa.array(rows["image_uri"], pa.string()), "mask_uri": pa.array(rows["mask_uri"], pa.string()),
         "width": pa.array(rows["width"], pa.int32()), "height": pa.array(rows["height"], pa.int32()),
@@ -173,8 +174,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     metrics = {"model": {"uri": model.uri, "name": model.name, "sha256": model.sha256},
                "images": len(order), "errors": errors, "ignore_index": config.ignore_index,
                "mask_map": config.mask_map, "wall_seconds": round(time.time() - started, 3),
-               **summarize(confusion, model.class_names)}
-    write_outputs(config.output, metrics, per_image_table(columns, classes))
+               **summarize(confusion, model.class_names, config.ignore_index)}
+    write_outputs(config.output, metrics, per_image_table(columns, classes, config.ignore_index))
     return metrics
 
 

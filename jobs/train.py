@@ -16,6 +16,8 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,8 @@ STATE_FILE = "state.npz"
 PROGRESS_FILE = "progress.json"
 DATA_CPUS = 0.5
 """CPUs per decode task: a fraction, so reading never starves beside the training workers."""
+PREFETCH_BATCHES = 4
+"""Batches a worker has decoding ahead of its step: enough to hide a task's latency, few to bound memory."""
 
 
 @dataclass(frozen=True)
@@ -251,14 +255,14 @@ def train_worker(loop_config: dict) -> None:
                         round(config.warmup_epochs * plan.steps_per_epoch)),
         config.batch_size, total_steps)
     progress = restore_or_start(trainer, config, plan, rank)
-    train_shard, val_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_pairs, val_data = loop_config["train_pairs"], ray.train.get_dataset_shard("val")
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
-        loss = train_epoch(trainer, train_shard, plan, config, epoch, rank)
+        loss = train_epoch(trainer, epoch_batches(train_pairs, plan, config, epoch, rank, world), config, epoch, rank)
         confusion = trainer.all_reduce_sum(validation_confusion(trainer, val_data, config, rank, world))
-        metrics = epoch_metrics(epoch, loss, confusion, trainer.step, time.time() - started)
+        metrics = epoch_metrics(epoch, loss, confusion, trainer.step, time.time() - started, config.ignore_index)
         if rank == 0:
-            print(format_epoch(metrics, config), flush=True)
+            say(format_epoch(metrics, config))
         report(trainer, metrics, rank, plan)
 
 
@@ -273,7 +277,7 @@ def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int) -> dic
 
             loaded = load_vgg16_weights(trainer.model, config.backbone_weights)
             if rank == 0:
-                print(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}", flush=True)
+                say(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}")
         return {"epoch": 0}
     with checkpoint.as_directory() as folder:
         with np.load(os.path.join(folder, STATE_FILE)) as arrays:
@@ -281,26 +285,50 @@ def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int) -> dic
         with open(os.path.join(folder, PROGRESS_FILE)) as handle:
             progress = json.load(handle)
     if rank == 0:
-        print(f"resuming after epoch {progress['epoch']} (optimizer step {trainer.step})", flush=True)
+        say(f"resuming after epoch {progress['epoch']} (optimizer step {trainer.step})")
         if progress["fingerprint"] != plan.fingerprint:
-            print("warning: the training data differ from those the checkpoint was trained on", flush=True)
+            say("warning: the training data differ from those the checkpoint was trained on")
     return progress
 
 
-def train_epoch(trainer, shard, plan: Plan, config: TrainConfig, epoch: int, rank: int) -> float:
+def say(line: str) -> None:
+    """Print a line from a training worker once. Ray Train swaps its workers' `print` for one that logs
+    the line through the root logger (to stderr) and, as Ray gives each worker its own sys.stdout,
+    prints it there too: the job's output showed every line twice."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
+def epoch_batches(pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int, world: int) -> Iterator[dict]:
+    """This worker's decoded batches of the epoch in `training_data.epoch_order`, read by Ray tasks a few
+    batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to whichever
+    worker asks first, so no seed could give each epoch its own order, the same again on a rerun."""
+    import ray
+
+    load = ray.remote(num_cpus=DATA_CPUS)(training_data.load_pairs)
+    options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
+               "max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
+    order = training_data.epoch_order(len(pairs), config.seed, epoch)
+    share = training_data.worker_share(order, rank, world, plan.steps_per_epoch * plan.worker_batch)
+    pending = deque()
+    for start in range(0, len(share), plan.worker_batch):
+        pending.append(load.remote(pairs.take(share[start:start + plan.worker_batch]).to_pydict(), **options))
+        if len(pending) > PREFETCH_BATCHES:
+            yield ray.get(pending.popleft())
+    while pending:
+        yield ray.get(pending.popleft())
+
+
+def train_epoch(trainer, batches: Iterator[dict], config: TrainConfig, epoch: int, rank: int) -> float:
     from unet_core.augment import augment_batch
 
     rng = np.random.default_rng([config.seed, epoch, rank])
     losses = []
-    for batch in shard.iter_batches(batch_size=plan.worker_batch, drop_last=True, batch_format="numpy",
-                                    local_shuffle_buffer_size=4 * plan.worker_batch,
-                                    local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank):
+    for batch in batches:
         images, masks = batch["image"], batch["mask"]
         if config.augment:
             images, masks = augment_batch(images, masks, rng)
         losses.append(trainer.train_step(images, masks))
-    if len(losses) != plan.steps_per_epoch:
-        raise RuntimeError(f"worker {rank} got {len(losses)} batches, expected {plan.steps_per_epoch}")
     return float(np.mean(losses))
 
 
@@ -317,13 +345,15 @@ def validation_confusion(trainer, val_data, config: TrainConfig, rank: int, worl
     return confusion
 
 
-def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, seconds: float) -> dict:
-    from unet_core.metrics import iou_per_class, mean_iou, pixel_accuracy
+def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, seconds: float,
+                  ignore_index: int | None) -> dict:
+    from unet_core.metrics import scores
 
+    scored = scores(confusion, ignore_index)
     return {
         "epoch": epoch, "train_loss": loss, "optimizer_step": step, "epoch_seconds": round(seconds, 2),
-        "val_miou": mean_iou(confusion), "val_pixel_accuracy": pixel_accuracy(confusion),
-        "val_iou": [None if np.isnan(v) else float(v) for v in iou_per_class(confusion)],
+        "val_miou": scored.mean_iou, "val_pixel_accuracy": scored.pixel_accuracy,
+        "val_iou": [None if np.isnan(v) else float(v) for v in scored.iou],
         "val_confusion": confusion.astype(np.int64).tolist(),
     }
 
@@ -370,12 +400,11 @@ def run_training(config: TrainConfig):
           f"{config.batch_size} per epoch", flush=True)
     trainer = TensorflowTrainer(
         train_worker,
-        train_loop_config={"config": config, "plan": plan},
+        train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
-        datasets={"train": pairs_dataset(train_pairs, config),
-                  "val": pairs_dataset(val_pairs, config).materialize()},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets={"val": pairs_dataset(val_pairs, config).materialize()},
+        dataset_config=DataConfig(datasets_to_split=[]),  # every worker reads all of it, scoring its own share
         run_config=RunConfig(
             name=config.name, **checkpoint_storage(config.storage),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",

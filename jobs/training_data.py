@@ -99,6 +99,20 @@ def split_validation(pairs: pa.Table, fraction: float, seed: int = 0) -> tuple[p
     return reindex(pairs.take(np.sort(order[held:]))), reindex(pairs.take(np.sort(order[:held])))
 
 
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of the whole training set, new each epoch: pairs are listed by stem, so on
+    video-ordered data (CamVid) a fixed order fills each batch with neighbouring frames. It depends on
+    (seed, epoch) alone, so a resumed or repeated run sees the same order at the same epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def worker_share(order: np.ndarray, rank: int, world: int, pairs_per_worker: int) -> np.ndarray:
+    """Every world-th pair of the order from `rank` on, so that the workers' s-th batches together
+    are the order's s-th global batch; the pairs past the last full global batch wait for an epoch
+    that orders them earlier."""
+    return order[rank::world][:pairs_per_worker]
+
+
 def reindex(pairs: pa.Table) -> pa.Table:
     return pairs.set_column(0, "index", pa.array(range(len(pairs)), pa.int64()))
 

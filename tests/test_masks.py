@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from unet_core import class_statistics, decode_mask_png, default_colors, encode_mask_png
-from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy
+from unet_core.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy, scores
 
 
 def test_palette_png_round_trip_is_lossless():
@@ -36,3 +36,16 @@ def test_metrics_from_a_hand_counted_confusion_matrix():
     np.testing.assert_allclose(dice_per_class(cm), [0.5, 0.8, 0.0])
     assert mean_iou(cm) == pytest.approx(1 / 3)
     assert pixel_accuracy(cm) == pytest.approx(3 / 5)
+
+
+def test_an_ignore_index_that_is_a_class_is_left_out_of_every_mean():
+    truth = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    pred = np.array([1, 0, 1, 0, 2, 2, 3, 1])  # class 0 predicted once on a pixel of class 1
+    cm = confusion_matrix(truth, pred, 4, ignore_index=0)
+    assert cm.tolist() == [[0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 2, 0], [0, 1, 0, 1]]
+    scored = scores(cm, ignore_index=0)
+    assert scored.mean_iou == pytest.approx((1 / 3 + 1 + 1 / 2) / 3)  # 11/18; with class 0's IoU of 0: 11/24
+    np.testing.assert_allclose(scored.iou, [np.nan, 1 / 3, 1.0, 1 / 2])
+    np.testing.assert_allclose(scored.dice, [np.nan, 1 / 2, 1.0, 2 / 3])
+    assert scored.pixel_accuracy == pytest.approx(4 / 6)  # the pixel of class 1 predicted as 0 stays an error
+    assert scores(cm, ignore_index=255).mean_iou == pytest.approx(mean_iou(cm)) == pytest.approx(11 / 24)

@@ -8,7 +8,8 @@ from PIL import Image
 from conftest import bomb_png
 from jobs.errors import UserError
 from jobs.training_data import (
-    load_pairs, pair_by_stem, parse_mask_map, read_mask, refusals, split_validation, voc_pairs)
+    epoch_order, load_pairs, pair_by_stem, parse_mask_map, read_mask, refusals, split_validation, voc_pairs,
+    worker_share)
 from unet_core.augment import PAD_LABEL
 
 
@@ -83,3 +84,19 @@ def test_masks_are_held_to_the_limits_of_images(tmp_path):
     # the check train.py runs over every pair before training, from listed sizes and headers alone
     assert refusals(pairs, 100_000_000, 1 << 30)["refusal"].tolist() == [str(over_pixels.value)]
     assert refusals(pairs, 100_000_000, 1000)["refusal"].tolist() == [str(over_bytes.value), str(over_pixels.value)]
+
+
+def test_each_epoch_draws_its_own_seeded_order_of_the_whole_set():
+    first, second = epoch_order(50, seed=3, epoch=1), epoch_order(50, seed=3, epoch=2)
+    assert sorted(first) == sorted(second) == list(range(50))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, epoch_order(50, seed=3, epoch=1))
+    assert not np.array_equal(first, epoch_order(50, seed=4, epoch=1))
+
+
+def test_the_workers_batches_together_are_the_orders_global_batches():
+    order = epoch_order(23, seed=0, epoch=1)  # 2 workers x 2 steps of 5: 3 pairs left for other epochs
+    shares = [worker_share(order, rank, 2, 10) for rank in range(2)]
+    for step in range(2):
+        together = np.concatenate([share[step * 5:(step + 1) * 5] for share in shares])
+        assert sorted(together) == sorted(order[step * 10:(step + 1) * 10])

@@ -1,6 +1,8 @@
 """Segmentation metrics from one confusion matrix, so they add up exactly across images and workers."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -37,3 +39,24 @@ def mean_iou(confusion: np.ndarray) -> float:
 
 def pixel_accuracy(confusion: np.ndarray) -> float:
     return float(np.trace(confusion) / max(confusion.sum(), 1))
+
+
+@dataclass(frozen=True)
+class Scores:
+    iou: np.ndarray
+    """Per class; NaN for a class absent from truth and prediction, and for the ignored class."""
+    dice: np.ndarray
+    mean_iou: float
+    pixel_accuracy: float
+
+
+def scores(confusion: np.ndarray, ignore_index: int | None = None) -> Scores:
+    """Every metric of a matrix built with `confusion_matrix(..., ignore_index)`, the one place that
+    leaves the ignored class out. Its pixels are already out of the matrix, but an ignore index that
+    is a class id keeps a column: wherever the model predicts it, that class scores IoU 0 and would
+    pull the means down for a label nobody scores. Those predictions stay errors of the pixels' true
+    classes (in their IoU and in pixel accuracy), as they are."""
+    iou, dice = iou_per_class(confusion), dice_per_class(confusion)
+    if ignore_index is not None and 0 <= ignore_index < len(confusion):
+        iou[ignore_index] = dice[ignore_index] = np.nan
+    return Scores(iou, dice, float(np.nanmean(iou)), pixel_accuracy(confusion))
