@@ -1,0 +1,240 @@
+"""Benchmark: the driver's memory for listing the inputs and for `--incremental` selection.
+
+    python bench/driver_memory.py [--rows 1000000 10000000] [--earlier 10000000] [--work DIR]
+
+Each case runs in a fresh process, which imports what the driver imports, takes its resident
+memory as the baseline, runs the driver's code of `segment.py` (`list_inputs` on a list file, then
+for the incremental case `select_new` against an output root) and reports its peak RSS (ru_maxrss)
+minus the baseline, per row:
+
+- bytes per listed image: `list_inputs` on a Parquet list file of N rows;
+- bytes per earlier result row: in the incremental case (the largest N listed, then selected
+  against E earlier rows), the peak during `select_new` (the peak count restarted when it starts)
+  minus the resident memory it started from (the listing held), over E.
+
+The inputs are synthetic and written once under --work: Parquet list files of S3 URIs (65
+characters) with `size`, `etag` and `last_modified` columns in row groups of DuckDB's size, rows in
+a scrambled order (the costlier case: a list file not sorted by URI is checked for URIs named
+twice), and a real Delta `current` table under an output root (written by deltalake with the job's
+schema), which `select_new` reads from its committed Parquet files just as it reads a real one: E
+rows for the first E listed URIs, from the same model, 1% of them for an earlier ETag, so that 1%
+of those images are selected again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from common import ROOT, print_table
+
+MODEL_SHA256 = "ab" * 32
+CHUNK = 1_000_000
+SCRAMBLE = 1_000_003
+"""Prime multiplier: row i of a list file of N rows names image (i * SCRAMBLE) mod N, a bijection."""
+ROW_GROUP_ROWS = 122_880
+"""DuckDB's row group size: what `COPY ... TO 'list.parquet'` in the README's inventory recipe writes."""
+SLOW_CASE_SECONDS = 180
+HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def uris(ids: np.ndarray) -> pa.Array:
+    """s3://acme-photo-archive/raw/2024/MM/DD/cam-CCCC/IMG_NNNNNNNNN.jpg (65 characters)."""
+    def padded(values: np.ndarray, width: int) -> pa.Array:
+        return pc.utf8_lpad(pc.cast(pa.array(values), pa.string()), width, "0")
+
+    return pc.binary_join_element_wise(
+        "s3://acme-photo-archive/raw/2024/", padded(1 + ids % 12, 2), "/", padded(1 + ids // 12 % 28, 2),
+        "/cam-", padded(ids // 336 % 10_000, 4), "/IMG_", padded(ids, 9), ".jpg", "")
+
+
+def etags(ids: np.ndarray, salt: int = 0) -> pa.Array:
+    """32 hex digits per image, a different one for each salt (a new version of the object)."""
+    keys, salts = ids.astype(np.uint64), np.asarray(salt).astype(np.uint64)
+    words = np.stack([keys * np.uint64(0x9E3779B97F4A7C15) + salts,
+                      keys * np.uint64(0xC2B2AE3D27D4EB4F) + salts * np.uint64(7) + np.uint64(1)], axis=1)
+    nibbles = words.astype(">u8").view(np.uint8).reshape(len(ids), 16)
+    text = np.stack([HEX[nibbles >> 4], HEX[nibbles & 15]], axis=2).reshape(-1)
+    offsets = np.arange(0, 32 * len(ids) + 1, 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(ids), pa.py_buffer(offsets), pa.py_buffer(text.tobytes()))
+
+
+def about(ids: np.ndarray) -> dict[str, pa.Array]:
+    return {"size": pa.array(100_000 + ids * 7_919 % 4_000_000),
+            "last_modified": pa.array(1_700_000_000_000_000 + ids * 1_000_000).cast(pa.timestamp("us", "UTC"))}
+
+
+def write_list_file(path: Path, rows: int) -> None:
+    """A list file with the columns the README's inventory recipe writes: image_uri, size, etag, last_modified."""
+    schema = pa.schema([("image_uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
+                        ("last_modified", pa.timestamp("us", "UTC"))])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, CHUNK):
+            ids = np.arange(start, min(start + CHUNK, rows), dtype=np.int64) * SCRAMBLE % rows
+            info = about(ids)
+            writer.write_table(pa.table([uris(ids), info["size"], etags(ids), info["last_modified"]], schema=schema),
+                               row_group_size=ROW_GROUP_ROWS)
+
+
+def earlier_batches(rows: int):
+    """`current` rows of images 0..rows-1 from one model; every 100th for an earlier version (ETag)."""
+    from jobs.tables import SCHEMAS
+
+    schema = SCHEMAS["current"]
+    for start in range(0, rows, CHUNK):
+        ids = np.arange(start, min(start + CHUNK, rows), dtype=np.int64)
+        count, info = len(ids), about(ids)
+        columns = {
+            "image_id": pc.utf8_slice_codeunits(etags(ids, salt=99), 0, 20), "image_uri": uris(ids),
+            "source_size": info["size"], "source_version": etags(ids, salt=(ids % 100 == 0).astype(np.int64)),
+            "source_modified": info["last_modified"], "width": pa.repeat(pa.scalar(640, pa.int32()), count),
+            "height": pa.repeat(pa.scalar(480, pa.int32()), count), "status": pa.repeat(pa.scalar("ok"), count),
+            "model_name": pa.repeat(pa.scalar("seed"), count),
+            "model_sha256": pa.repeat(pa.scalar(MODEL_SHA256), count),
+            "processed_at": info["last_modified"], "run_id": pa.repeat(pa.scalar("night-1"), count),
+            "commit_version": pa.repeat(pa.scalar(1, pa.int64()), count),
+        }
+        yield pa.RecordBatch.from_arrays(
+            [columns[f.name] if f.name in columns else pa.nulls(count, f.type) for f in schema], schema=schema)
+
+
+def write_output_root(root: Path, rows: int) -> None:
+    """An output root whose `current` Delta table holds `rows` earlier results, in one commit."""
+    from deltalake import write_deltalake
+
+    from jobs.tables import SCHEMAS, delta_uri, ensure_tables
+
+    ensure_tables(str(root))
+    reader = pa.RecordBatchReader.from_batches(SCHEMAS["current"], earlier_batches(rows))
+    write_deltalake(delta_uri(str(root), "current"), reader, mode="append")
+
+
+def measure(list_file: str, output: str | None) -> dict:
+    """In this fresh process: peak RSS growth of listing (and selection) over the post-import baseline."""
+    import deltalake  # noqa: F401  (imported by the driver before it lists)
+    import duckdb  # noqa: F401
+
+    from jobs.results import select_new
+    from jobs.storage import list_inputs
+
+    baseline = current_rss()
+    started = time.perf_counter()
+    listing = list_inputs([list_file])
+    result = {"baseline": baseline, "listed": listing.num_rows, "list_peak": peak_rss(), "list_now": current_rss(),
+              "list_seconds": time.perf_counter() - started}
+    if output:
+        reset_peak()
+        started = time.perf_counter()
+        todo, skipped = select_new(listing, output, MODEL_SHA256, retry_errors=False)
+        result.update(select_peak=peak_rss(), select_seconds=time.perf_counter() - started,
+                      selected=todo.num_rows, skipped=skipped)
+    return result
+
+
+def current_rss() -> int:
+    """Resident memory now: the baseline (the peak so far would hide what the imports freed)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def reset_peak() -> None:
+    """Restart the peak RSS count from the resident memory now (Linux: /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run_case(list_file: Path, output: Path | None, timeout: float) -> dict:
+    """One case in a fresh process (started from this small one: a forked child starts with its
+    parent's peak RSS). A case past `timeout` is reported as such, with what it printed."""
+    command = [sys.executable, __file__, "--measure", str(list_file)] + (["--output", str(output)] if output else [])
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise SystemExit(f"{list_file.name}: stopped after {timeout:.0f} s; it printed:\n{exc.stderr or ''}") from exc
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {list_file} failed:\n{done.stderr[-3000:]}")
+    wall = time.perf_counter() - started
+    if wall > SLOW_CASE_SECONDS:
+        print(f"note: {list_file.name}{' with selection' if output else ''} took {wall:.0f} s", file=sys.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def prepare(work: Path, rows: list[int], earlier: int) -> None:
+    """The list files and the output root, written once and reused by later runs."""
+    work.mkdir(parents=True, exist_ok=True)
+    for count in rows:
+        path = work / f"list-{count}.parquet"
+        if not path.exists():
+            started = time.perf_counter()
+            write_list_file(path.with_suffix(".tmp"), count)
+            path.with_suffix(".tmp").rename(path)
+            print(f"wrote {path.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    root = work / f"output-{earlier}"
+    if not (root / "current" / "_delta_log").exists():
+        started = time.perf_counter()
+        write_output_root(root, earlier)
+        print(f"wrote {root.name}/current in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def report(args: argparse.Namespace) -> None:
+    table, peaks = [], {}
+    for count in args.rows:
+        case = run_case(args.work / f"list-{count}.parquet", None, args.timeout)
+        peaks[count] = grown = case["list_peak"] - case["baseline"]
+        table.append([f"list_inputs, {count:,} rows", "listed image", round(grown / count), grown / 2 ** 20,
+                      case["list_seconds"]])
+    largest = max(args.rows)
+    case = run_case(args.work / f"list-{largest}.parquet", args.work / f"output-{args.earlier}", args.timeout)
+    grown = case["select_peak"] - case["list_now"]
+    table.append([f"select_new, {largest:,} listed against {args.earlier:,} earlier ({case['selected']:,} selected)",
+                  "earlier row", round(grown / args.earlier), grown / 2 ** 20, case["select_seconds"]])
+    print(f"peak RSS growth over the post-import baseline (baseline {case['baseline'] / 2 ** 20:.0f} MiB)")
+    print_table(["case", "per", "bytes", "MiB", "seconds"], table)
+    print(f"incremental run, all included: peak {(case['select_peak'] - case['baseline']) / 2 ** 20:.0f} MiB over the "
+          f"baseline for {largest:,} listed and {args.earlier:,} earlier rows")
+    if len(peaks) > 1:
+        low, high = sorted(peaks)[-2:]
+        print(f"per listed image beyond fixed costs, ({high:,} - {low:,} rows): "
+              f"{(peaks[high] - peaks[low]) / (high - low):.0f} bytes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--earlier", type=int, default=10_000_000)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-driver-memory")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per case (default: 600)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.output)))
+    elif args.prepare:
+        prepare(args.work, args.rows, args.earlier)
+    elif args.earlier > max(args.rows):
+        parser.error("--earlier must not exceed the largest --rows (earlier rows are for listed URIs)")
+    else:
+        command = [sys.executable, __file__, "--prepare", "--work", str(args.work), "--earlier", str(args.earlier),
+                   "--rows", *map(str, args.rows)]
+        subprocess.run(command, cwd=ROOT, check=True)  # in a child: this process stays small (see run_case)
+        report(args)
+
+
+if __name__ == "__main__":
+    main()
