@@ -1,0 +1,184 @@
+"""The worker side of jobs/train.py: what each Ray Train worker runs, and the checkpoint it reports.
+
+Kept apart from the command line so that workers import only this (Ray Train pickles `train_worker`
+by reference to its module) and so that the checkpoint format has one home: `export_artifact` in
+jobs/train.py and a resumed run read what `report` writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from jobs import training_data
+from unet_core.training import LossConfig, ModelConfig, OptimizerConfig
+
+if TYPE_CHECKING:
+    from jobs.train import Plan, TrainConfig
+
+STATE_FILE = "state.npz"
+PROGRESS_FILE = "progress.json"
+DATA_CPUS = 0.5
+"""CPUs per decode task: a fraction, so reading never starves beside the training workers."""
+PREFETCH_BATCHES = 4
+"""Batches a worker has decoding ahead of its step: enough to hide a task's latency, few to bound memory."""
+
+
+def train_worker(loop_config: dict) -> None:
+    """One data-parallel worker: MultiWorkerMirroredStrategy over Ray Train's TF_CONFIG."""
+    import unet_core.quiet_tensorflow  # noqa: F401  (before keras loads TensorFlow: see its docstring)
+    import keras
+    import ray.train
+    import tensorflow as tf
+
+    from unet_core.predict import configure_tensorflow
+    from unet_core.training import DistributedTrainer
+
+    config: TrainConfig = loop_config["config"]
+    plan: Plan = loop_config["plan"]
+    configure_tensorflow(plan.threads)
+    tf.get_logger().setLevel("ERROR")  # the strategy logs every collective it builds; keep the epoch lines readable
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    total_steps = plan.steps_per_epoch * config.epochs
+    keras.utils.set_random_seed(config.seed)
+    trainer = DistributedTrainer(
+        strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters),
+        LossConfig(config.loss, config.class_weights, config.ignore_index),
+        OptimizerConfig(config.optimizer, config.learning_rate, config.schedule,
+                        round(config.warmup_epochs * plan.steps_per_epoch)),
+        config.batch_size, total_steps)
+    progress = restore_or_start(trainer, config, plan, rank)
+    train_pairs, val_data = loop_config["train_pairs"], ray.train.get_dataset_shard("val")
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+        started = time.time()
+        loss = train_epoch(trainer, epoch_batches(train_pairs, plan, config, epoch, rank, world), config, epoch, rank)
+        confusion = trainer.all_reduce_sum(validation_confusion(trainer, val_data, config, rank, world))
+        metrics = epoch_metrics(epoch, loss, confusion, trainer.step, time.time() - started, config.ignore_index)
+        if rank == 0:
+            say(format_epoch(metrics, config))
+        report(trainer, metrics, rank, plan)
+
+
+def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int) -> dict:
+    """Load the latest checkpoint when this run name has one; otherwise start at epoch 0."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        if config.backbone_weights:
+            from unet_core.model import load_vgg16_weights
+
+            loaded = load_vgg16_weights(trainer.model, config.backbone_weights)
+            if rank == 0:
+                say(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}")
+        return {"epoch": 0}
+    with checkpoint.as_directory() as folder:
+        with np.load(os.path.join(folder, STATE_FILE)) as arrays:
+            trainer.restore(dict(arrays))
+        with open(os.path.join(folder, PROGRESS_FILE)) as handle:
+            progress = json.load(handle)
+    if rank == 0:
+        say(f"resuming after epoch {progress['epoch']} (optimizer step {trainer.step})")
+        if progress["fingerprint"] != plan.fingerprint:
+            say("warning: the training data differ from those the checkpoint was trained on")
+    return progress
+
+
+def say(line: str) -> None:
+    """Print a line from a training worker once. Ray Train swaps its workers' `print` for one that logs
+    the line through the root logger (to stderr) and, as Ray gives each worker its own sys.stdout,
+    prints it there too: the job's output showed every line twice."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
+def epoch_batches(pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int, world: int) -> Iterator[dict]:
+    """This worker's decoded batches of the epoch in `training_data.epoch_order`, read by Ray tasks a few
+    batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to whichever
+    worker asks first, so no seed could give each epoch its own order, the same again on a rerun."""
+    import ray
+
+    load = ray.remote(num_cpus=DATA_CPUS)(training_data.load_pairs)
+    options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
+               "max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
+    order = training_data.epoch_order(len(pairs), config.seed, epoch)
+    share = training_data.worker_share(order, rank, world, plan.steps_per_epoch * plan.worker_batch)
+    pending = deque()
+    for start in range(0, len(share), plan.worker_batch):
+        pending.append(load.remote(pairs.take(share[start:start + plan.worker_batch]).to_pydict(), **options))
+        if len(pending) > PREFETCH_BATCHES:
+            yield ray.get(pending.popleft())
+    while pending:
+        yield ray.get(pending.popleft())
+
+
+def train_epoch(trainer, batches: Iterator[dict], config: TrainConfig, epoch: int, rank: int) -> float:
+    from unet_core.augment import augment_batch
+
+    rng = np.random.default_rng([config.seed, epoch, rank])
+    losses = []
+    for batch in batches:
+        images, masks = batch["image"], batch["mask"]
+        if config.augment:
+            images, masks = augment_batch(images, masks, rng)
+        losses.append(trainer.train_step(images, masks))
+    return float(np.mean(losses))
+
+
+def validation_confusion(trainer, val_data, config: TrainConfig, rank: int, world: int) -> np.ndarray:
+    """This worker's share of the validation set (every world-th pair), as a confusion matrix."""
+    from unet_core.metrics import confusion_matrix
+
+    confusion = np.zeros((config.num_classes, config.num_classes), np.int64)
+    for batch in val_data.iter_batches(batch_size=8, batch_format="numpy"):
+        mine = batch["index"] % world == rank
+        if mine.any():
+            predicted = trainer.predict(batch["image"][mine])
+            confusion += confusion_matrix(batch["mask"][mine], predicted, config.num_classes, config.ignore_index)
+    return confusion
+
+
+def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, seconds: float,
+                  ignore_index: int | None) -> dict:
+    from unet_core.metrics import scores
+
+    scored = scores(confusion, ignore_index)
+    return {
+        "epoch": epoch, "train_loss": loss, "optimizer_step": step, "epoch_seconds": round(seconds, 2),
+        "val_miou": scored.mean_iou, "val_pixel_accuracy": scored.pixel_accuracy,
+        "val_iou": [None if np.isnan(v) else float(v) for v in scored.iou],
+        "val_confusion": confusion.astype(np.int64).tolist(),
+    }
+
+
+def format_epoch(metrics: dict, config: TrainConfig) -> str:
+    ious = ", ".join(f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in zip(config.class_names, metrics["val_iou"]))
+    return (f"epoch {metrics['epoch']}/{config.epochs}: loss {metrics['train_loss']:.4f}, val mIoU "
+            f"{metrics['val_miou']:.4f}, pixel accuracy {metrics['val_pixel_accuracy']:.4f} [{ious}] "
+            f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.1f} s")
+
+
+def report(trainer, metrics: dict, rank: int, plan: Plan) -> None:
+    """Every rank reports; rank 0's checkpoint holds the state, every rank adds its weights' digest
+    (Ray merges the ranks' files into one checkpoint folder), which proves the replicas agree."""
+    import ray.train
+
+    from unet_core.training import weights_digest
+
+    with tempfile.TemporaryDirectory() as folder:
+        if rank == 0:
+            np.savez(os.path.join(folder, STATE_FILE), **trainer.state())
+            with open(os.path.join(folder, PROGRESS_FILE), "w") as handle:
+                json.dump({**metrics, "fingerprint": plan.fingerprint}, handle)
+        with open(os.path.join(folder, f"replica-{rank}.sha256"), "w") as handle:
+            handle.write(weights_digest(trainer.model))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
