@@ -3,9 +3,10 @@
     python jobs/evaluate.py --model models/v1 --images data/val/img --masks data/val/mask --output eval/v1
     python jobs/evaluate.py --model models/isbi --images isbi/image --masks isbi/label --mask-map 255:1 --output eval/isbi
 
-Images go through the same Ray Data path as jobs/segment.py (decode, letterbox, actor pool,
-mask back to full size); each prediction is compared with its true mask at the image's own size,
-and one confusion matrix summed over the collection gives every metric exactly.
+Images go through the same Ray Data path as jobs/segment.py (decode, letterbox or tiles, actor pool,
+mask back to full size), under the same --precision, --mode, --tile-overlap and --tta with the same
+defaults; each prediction is compared with its true mask at the image's own size, and one confusion
+matrix summed over the collection gives every metric exactly.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from jobs import training_data  # noqa: E402
 from jobs.arguments import add_wait_flag, non_negative_float, pool_size, positive_float, positive_int  # noqa: E402
 from jobs.errors import run_main  # noqa: E402
-from jobs.pipeline import Inference, ModelInfo, Resources, letterbox_of, segmented_dataset  # noqa: E402
+from jobs.pipeline import (  # noqa: E402
+    ModelInfo, Resources, add_inference_flags, inference_from_flags, letterbox_of, segmented_dataset)
 from jobs.ray_cluster import (  # noqa: E402
     await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
 from jobs.storage import (  # noqa: E402
@@ -38,7 +40,6 @@ from jobs.storage import (  # noqa: E402
 )
 from unet_core import DEFAULT_MAX_PIXELS, unletterbox  # noqa: E402
 from unet_core.metrics import confusion_matrix, scores  # noqa: E402
-from unet_core.image import PRECISIONS  # noqa: E402
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.parquet"
@@ -58,7 +59,10 @@ class EvaluateConfig:
     actors: str = "auto"
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
-    precision: str = "float32"
+    precision: str = "auto"
+    mode: str = "letterbox"
+    tile_overlap: float = 0.25
+    tta: str = "none"
     rows_per_file: int = 256
     address: str | None = None
     wait_for_nodes: float = 300.0
@@ -81,8 +85,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
                         help="model replicas, as in segment.py")
     parser.add_argument("--cpus-per-actor", type=positive_float, default=None)
     parser.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0)
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="default float32: scores should not depend on the machine")
+    add_inference_flags(parser)
     add_wait_flag(parser)
     parser.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)")
     add_storage_flags(parser)
@@ -92,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
 
 def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int | None, max_pixels: int,
           max_bytes: int) -> dict:
-    """Compare each predicted mask, mapped back to its image's size, with the true mask (held to the
+    """Compare each predicted mask, mapped back to its image's size as segment.py's `finalize` maps it
+    (a tiled mask is already full size: its box is the whole image), with the true mask (held to the
     images' limits: a mask refused is its pair's error row)."""
     count, classes = len(batch["image_uri"]), len(model.class_names)
     confusion = np.zeros((count, classes * classes), np.int64)
@@ -117,8 +121,7 @@ def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int |
 
 def build_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, config: EvaluateConfig):
     """The segment job's own inference stages, then scoring against the true masks."""
-    inference = Inference(precision=config.precision, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
-    return segmented_dataset(pairs, model, resources, inference).map_batches(
+    return segmented_dataset(pairs, model, resources, inference_from_flags(config)).map_batches(
         score, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task, fn_kwargs={
             "model": model, "lookup": training_data.parse_mask_map(config.mask_map),
             "ignore_index": config.ignore_index, "max_pixels": config.max_pixels, "max_bytes": config.max_bytes})

@@ -11,6 +11,7 @@ its block.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
@@ -19,16 +20,19 @@ import posixpath
 import uuid
 import warnings
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.arguments import overlap
 from jobs.storage import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_input
 from jobs.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
 from unet_core import (
     DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, unletterbox,
 )
+from unet_core.image import PRECISIONS
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -302,6 +306,38 @@ class Inference:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     allow_unsafe: bool = False
+
+
+class InferenceFlags(Protocol):
+    """The command-line flags that say how images meet the model (segment and evaluate share them)."""
+
+    precision: str
+    mode: str
+    tile_overlap: float
+    tta: str
+    max_pixels: int
+    max_bytes: int
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """Defined once for segment.py and evaluate.py, defaults included: a score is only worth what the
+    masks it scores are, so evaluate must run exactly what segment runs."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
+    parser.add_argument("--mode", choices=("letterbox", "tile"), default="letterbox",
+                        help="letterbox: scale each image into one model input (ordinary photos); tile: "
+                             "sliding-window inference at full resolution, for large images")
+    parser.add_argument("--tile-overlap", type=overlap, default=0.25,
+                        help="with --mode tile, the fraction by which tiles overlap (default: 0.25)")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="flip: average each prediction with that of the mirrored image (2x compute)")
+
+
+def inference_from_flags(flags: InferenceFlags, allow_unsafe: bool = False) -> Inference:
+    """The one reading of `add_inference_flags`' flags, so both jobs hand the replicas the same options."""
+    return Inference(precision=flags.precision, tile_overlap=flags.tile_overlap if flags.mode == "tile" else None,
+                     tta=flags.tta == "flip", max_pixels=flags.max_pixels, max_bytes=flags.max_bytes,
+                     allow_unsafe=allow_unsafe)
 
 
 def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, inference: Inference):

@@ -22,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jobs import leases, tables  # noqa: E402
 from jobs.arguments import (  # noqa: E402
-    add_wait_flag, fraction, non_negative_float, overlap, pool_size, positive_float, positive_int)
+    add_wait_flag, fraction, non_negative_float, pool_size, positive_float, positive_int)
 from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.pipeline import Inference, ModelInfo, build_dataset  # noqa: E402
+from jobs.pipeline import ModelInfo, add_inference_flags, build_dataset, inference_from_flags  # noqa: E402
 from jobs.ray_cluster import (  # noqa: E402
     await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
 from jobs.results import select_new  # noqa: E402
@@ -33,7 +33,6 @@ from jobs.storage import (  # noqa: E402
     storage_errors,
 )
 from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
-from unet_core.image import PRECISIONS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -81,15 +80,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "with GPUs, else the largest node's CPUs minus 0.5 left for decoding)")
     parser.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0,
                         help="GPUs per replica: 1 pins one GPU each, 0.5 puts two replicas on a GPU (default: 0)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
-    parser.add_argument("--mode", choices=("letterbox", "tile"), default="letterbox",
-                        help="letterbox: scale each image into one model input (ordinary photos); tile: "
-                             "sliding-window inference at full resolution, for large images")
-    parser.add_argument("--tile-overlap", type=overlap, default=0.25,
-                        help="with --mode tile, the fraction by which tiles overlap (default: 0.25)")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
-                        help="flip: average each prediction with that of the mirrored image (2x compute)")
+    add_inference_flags(parser)
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES,
@@ -200,10 +191,7 @@ def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage
     print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
           f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
           + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
-    inference = Inference(
-        precision=config.precision, tile_overlap=config.tile_overlap if config.mode == "tile" else None,
-        tta=config.tta == "flip", max_pixels=config.max_pixels,
-        max_bytes=config.max_bytes, allow_unsafe=config.unsafe_allow_code)
+    inference = inference_from_flags(config, allow_unsafe=config.unsafe_allow_code)
     dataset = build_dataset(todo, model, resources, config.output, run_id, inference)
     return dataset.take_all()
 

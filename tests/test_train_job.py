@@ -10,7 +10,8 @@ from PIL import Image
 
 from conftest import bomb_png
 from test_segment_job import read_dataset, run_job
-from unet_core import build_unet, read_metadata, save_artifact
+from unet_core import build_unet, decode_mask_png, read_metadata, save_artifact
+from unet_core.metrics import confusion_matrix
 from unet_core.synthetic import SCENE_CLASSES, make_scene
 
 TRAIN_ARGS = ["--num-classes", "4", "--class-names", ",".join(SCENE_CLASSES), "--input-size", "32",
@@ -18,14 +19,14 @@ TRAIN_ARGS = ["--num-classes", "4", "--class-names", ",".join(SCENE_CLASSES), "-
               "--no-augment", "--name", "scenes"]
 
 
-def write_scenes(folder: pathlib.Path, count: int, seed: int) -> np.ndarray:
+def write_scenes(folder: pathlib.Path, count: int, seed: int, height: int = 32, width: int = 32) -> np.ndarray:
     """Scenes and masks as PNG files paired by stem; returns the masks."""
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
     rng = np.random.default_rng(seed)
     masks = []
     for index in range(count):
-        image, mask = make_scene(rng, 32, 32, shapes=2)
+        image, mask = make_scene(rng, height, width, shapes=2)
         Image.fromarray(image).save(folder / "images" / f"scene{index:03d}.png")
         Image.fromarray(mask).save(folder / "masks" / f"scene{index:03d}.png")
         masks.append(mask)
@@ -85,11 +86,32 @@ def test_exported_artifact_segments_and_evaluates(trained, tmp_path):
     assert read_dataset(str(tmp_path / "seg"), "images").num_rows == 16
 
     done = run_job("evaluate.py", "--model", trained["model"], "--images", str(val / "images"),
-                   "--masks", str(val / "masks"), "--output", str(tmp_path / "eval"))
+                   "--masks", str(val / "masks"), "--output", str(tmp_path / "eval"), "--precision", "float32")
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
     # the same images at the model's own size: evaluate.py scores what training's validation scored
     assert metrics["mean_iou"] == pytest.approx(read_metadata(trained["model"]).source["val_miou"], abs=0.01)
+
+
+def test_evaluate_in_tile_mode_scores_the_masks_segment_writes(trained, tmp_path):
+    # larger than the 32-pixel model input and not square: tiles overlap, and a letterbox would not map back as is
+    truth = write_scenes(tmp_path / "big", 3, seed=3, height=40, width=56)
+    images, flags = str(tmp_path / "big" / "images"), ("--mode", "tile", "--precision", "float32")
+    done = run_job("segment.py", "--input", images, "--output", str(tmp_path / "seg"), "--model", trained["model"],
+                   *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_job("evaluate.py", "--model", trained["model"], "--images", images, "--masks",
+                   str(tmp_path / "big" / "masks"), "--output", str(tmp_path / "eval"), *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    segmented = {os.path.basename(row["image_uri"]): decode_mask_png(row["mask_png"])
+                 for row in read_dataset(str(tmp_path / "seg"), "images").to_pylist()}
+    scored = {os.path.basename(row["image_uri"]): row
+              for row in pq.read_table(tmp_path / "eval" / "per_image.parquet").to_pylist()}
+    names = [f"scene{index:03d}.png" for index in range(len(truth))]
+    assert sorted(segmented) == sorted(scored) == names
+    for name, mask in zip(names, truth):
+        assert segmented[name].shape == mask.shape == (40, 56) and scored[name]["status"] == "ok"
+        assert scored[name]["confusion"] == confusion_matrix(mask, segmented[name], 4).ravel().tolist(), name
 
 
 def constant_artifact(path: str, predicted_class: int) -> str:
