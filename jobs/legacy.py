@@ -62,6 +62,7 @@ def _convert_part(output: str, run_id: str, name: str, classes: int) -> tables.P
     ok = pc.equal(images.column("status"), "ok").to_numpy(zero_copy_only=False)
     images = images.append_column("classes", tables.nested_classes(flat, ok, classes))
     images = images.append_column("source_modified", pa.nulls(images.num_rows, pa.timestamp("us", tz="UTC")))
+    images = images.append_column("error_kind", pa.nulls(images.num_rows, pa.string()))  # not recorded then
     converted = {"images": images.select(tables.IMAGES_FILE_SCHEMA.names).cast(tables.IMAGES_FILE_SCHEMA),
                  "class_stats": flat.select(tables.CLASS_STATS_FILE_SCHEMA.names).cast(tables.CLASS_STATS_FILE_SCHEMA)}
     new_name = f"part-{uuid.uuid4().hex}.parquet"
