@@ -58,7 +58,7 @@ class TrainConfig:
     backbone_weights: str | None = None
     epochs: int = 20
     batch_size: int = 8
-    loss: str = "ce"
+    loss: str = "ce+dice"
     class_weights: tuple[float, ...] | None = None
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -117,7 +117,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=positive_int, default=20)
     fit.add_argument("--batch-size", type=positive_int, default=8, help="global batch, split over the workers (default 8)")
-    fit.add_argument("--loss", choices=LOSSES, default="ce")
+    fit.add_argument("--loss", choices=LOSSES, default="ce+dice",
+                     help="ce+dice (default) keeps rare classes from collapsing into background")
     fit.add_argument("--class-weights", metavar="W,W,...", help="one loss weight per class")
     fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     fit.add_argument("--learning-rate", type=positive_float, default=1e-3)

@@ -1,7 +1,9 @@
 """Segmentation losses that ignore padding and void labels and honour class weights.
 
 Each loss returns one value per image, so a distributed step can sum them and divide by the
-global batch size: every replica then contributes its exact share of the global mean.
+global batch size: every replica then contributes its exact share of the global mean. Dice is the
+exception: it is one value for the replica's batch, repeated per image, so a replica weighs in by
+its share of the global batch (nnU-Net's unsynchronised batch Dice under DDP does the same).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import tensorflow as tf
 
 LOSSES = ("ce", "dice", "ce+dice", "focal")
 EPSILON = 1e-7
+DICE_SMOOTH = 1e-5
+"""nnU-Net's: only keeps Dice finite; a large term (1.0) would discount the rare classes Dice is for."""
 
 
 def segmentation_loss(
@@ -69,9 +73,16 @@ def _cross_entropy(onehot: tf.Tensor, probabilities: tf.Tensor, weights: tf.Tens
 
 
 def _dice(onehot: tf.Tensor, probabilities: tf.Tensor, valid: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """1 - weighted mean soft Dice over classes, per image; ignored pixels and classes drop out."""
+    """1 - weighted mean soft Dice of the classes present in this batch, the batch's value for each image.
+
+    Batch Dice (nnU-Net's `batch_dice`) sums over the whole batch first: per-image Dice of a rare class
+    swings between 0 and 1 on a few pixels, and classes absent from every label would dilute the mean
+    with easy near-1 terms. A batch with every pixel ignored contributes 0, not a constant without gradient.
+    """
     probabilities = probabilities * valid[..., None]
-    intersection = tf.reduce_sum(onehot * probabilities, axis=[1, 2])
-    total = tf.reduce_sum(onehot + probabilities, axis=[1, 2])
-    dice = (2.0 * intersection + 1.0) / (total + 1.0)
-    return 1.0 - tf.reduce_sum(dice * weights, axis=-1) / tf.reduce_sum(weights)
+    intersection = tf.reduce_sum(onehot * probabilities, axis=[0, 1, 2])
+    total = tf.reduce_sum(onehot + probabilities, axis=[0, 1, 2])
+    dice = (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+    present = weights * tf.cast(tf.reduce_sum(onehot, axis=[0, 1, 2]) > 0, tf.float32)
+    loss = tf.math.divide_no_nan(tf.reduce_sum((1.0 - dice) * present), tf.reduce_sum(present))
+    return tf.fill(tf.shape(onehot)[:1], loss)

@@ -42,7 +42,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "ce"
+    name: str = "ce+dice"
     class_weights: tuple[float, ...] | None = None
     ignore_index: int | None = None
 
