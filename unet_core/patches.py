@@ -1,0 +1,54 @@
+"""Random training crops of full-resolution images that oversample the rare foreground (nnU-Net's idea).
+
+Resizing a large image to the model's input blurs small objects away, and uniform crops of an image
+that is mostly background seldom contain them; forcing a share of the crops onto foreground pixels
+gives the loss something to learn from in every batch.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def sample_patches(image: np.ndarray, mask: np.ndarray, patch_size: int, count: int, rng: np.random.Generator,
+                   foreground_share: float = 0.33,
+                   ignore_index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` crops (images (N,P,P,C), masks (N,P,P), offsets (N,2) top/left) of `image` and `mask`.
+
+    At least `foreground_share` of them (rounded up, in random positions of the batch) are centred on a
+    random pixel of a random foreground class, so a class is picked as often as a big one however small
+    it is; the rest are uniform. An image smaller than the patch is padded at the bottom and right
+    (image 0, mask `ignore_index` or 0) so offsets stay in the source's coordinates.
+    """
+    if count < 1 or patch_size < 1:
+        raise ValueError(f"need count >= 1 and patch_size >= 1; got {count} and {patch_size}")
+    image, mask = _pad_to(image, mask, patch_size, ignore_index)
+    classes = [c for c in np.unique(mask) if c != 0 and c != ignore_index]
+    forced = rng.permutation(count) < math.ceil(count * foreground_share) if classes else np.zeros(count, bool)
+    offsets = np.array([_foreground_offset(mask, classes, patch_size, rng) if centred
+                        else _uniform_offset(mask.shape, patch_size, rng) for centred in forced], np.int64)
+    images = np.stack([image[top:top + patch_size, left:left + patch_size] for top, left in offsets])
+    masks = np.stack([mask[top:top + patch_size, left:left + patch_size] for top, left in offsets])
+    return images, masks, offsets
+
+
+def _pad_to(image: np.ndarray, mask: np.ndarray, size: int, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pad bottom/right with labels the loss skips (ignore index) so padding never teaches background."""
+    extra = [(0, max(0, size - side)) for side in mask.shape]
+    if not any(after for _, after in extra):
+        return image, mask
+    image = np.pad(image, extra + [(0, 0)] * (image.ndim - 2))
+    return image, np.pad(mask, extra, constant_values=0 if ignore_index is None else ignore_index)
+
+
+def _uniform_offset(shape: tuple[int, ...], size: int, rng: np.random.Generator) -> tuple[int, int]:
+    return int(rng.integers(0, shape[0] - size + 1)), int(rng.integers(0, shape[1] - size + 1))
+
+
+def _foreground_offset(mask: np.ndarray, classes: list, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Centre on a pixel of a random class, clipped inside the image: the pixel stays in the crop."""
+    rows, cols = np.nonzero(mask == classes[int(rng.integers(len(classes)))])
+    pick = int(rng.integers(len(rows)))
+    top = int(np.clip(rows[pick] - size // 2, 0, mask.shape[0] - size))
+    return top, int(np.clip(cols[pick] - size // 2, 0, mask.shape[1] - size))
