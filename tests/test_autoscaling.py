@@ -2,6 +2,8 @@
 Ray's fake multi-node autoscaler launches GPU worker nodes (raylets on this machine with fake GPUs)
 only when demand asks for them."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -54,6 +56,16 @@ def test_train_waits_for_two_gpu_workers(gpu_cluster, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 workers x 1 CPU + 1 GPU" in done.stdout and "epoch 1/1:" in done.stdout
     assert (tmp_path / "model" / "model.keras").exists()
+    # one GPU each: the two workers ran on two GPU nodes that the autoscaler added (the head has none)
+    assert alive_gpus(address, env) == 2
+
+
+def alive_gpus(address: str, env: dict) -> float:
+    probe = (f"import ray; ray.init(address={address!r}); "
+             "print(sum(n['Resources'].get('GPU', 0) for n in ray.nodes() if n['Alive']))")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def test_more_than_the_autoscaler_can_add_is_one_line_after_the_wait(gpu_cluster, tmp_path, tiny_artifact,

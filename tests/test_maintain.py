@@ -12,7 +12,7 @@ from test_tables import backdate, make_images
 TABLES = ("images", "class_stats", "current", "runs")
 
 
-NIGHTS = 10
+NIGHTS = 5
 
 
 def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_path, tiny_artifact):
