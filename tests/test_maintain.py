@@ -13,6 +13,8 @@ TABLES = ("images", "class_stats", "current", "runs")
 
 
 NIGHTS = 5
+LAST, PLAIN = f"night-{NIGHTS - 1:02d}", f"night-{NIGHTS - 2:02d}"
+"""The last night (it also redoes a changed image) and a night of two new images only."""
 
 
 def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_path, tiny_artifact):
@@ -65,14 +67,14 @@ def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> No
 
     con = connect(output)
     ours = con.sql("SELECT class_name, count(*) FROM current_class_stats WHERE class_name = 'background' "
-                   "AND run_id = 'night-09' GROUP BY class_name").fetchall()
+                   f"AND run_id = '{LAST}' GROUP BY class_name").fetchall()
     theirs = delta_sql(output, "SELECT count(*) AS n FROM class_stats c JOIN current k ON c.image_id = k.image_id "
-                               "AND c.run_id = k.run_id WHERE c.class_name = 'background' AND c.run_id = 'night-09'")
+                               f"AND c.run_id = k.run_id WHERE c.class_name = 'background' AND c.run_id = '{LAST}'")
     assert ours == [("background", theirs.column("n")[0].as_py())] and ours[0][1] > 0
     assert con.sql("SELECT count(*) FROM current_images WHERE status = 'ok'").fetchall() == [(2 * NIGHTS,)]
     todo, skipped = select_new(list_inputs([str(folder)]), output, model_sha256, retry_errors=False)
     assert (todo.num_rows, skipped) == (0, 2 * NIGHTS)
-    expected = delta_sql(output, "SELECT run_id, image_id, mask_png FROM images WHERE run_id = 'night-07'").to_pylist()
+    expected = delta_sql(output, f"SELECT run_id, image_id, mask_png FROM images WHERE run_id = '{PLAIN}'").to_pylist()
     found = masks(output, [(row["run_id"], row["image_id"]) for row in expected])
     assert found == {(row["run_id"], row["image_id"]): row["mask_png"] for row in expected} and len(found) == 2
 
