@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 HEAD_PORTS = ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
@@ -69,9 +70,16 @@ def fake_autoscaling_cluster(worker_types: dict[str, dict], free_ports):
             head.wait(timeout=5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", root], check=False)  # raylets the autoscaler started
+        kill_processes_naming(root)  # the raylets the autoscaler started
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_processes_naming(root: str) -> None:
+    for process in psutil.process_iter(["cmdline"]):
+        if any(root in part for part in process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 def wait_for_gcs(address: str, env: dict, head: subprocess.Popen, root: str, timeout: float = 120) -> None:
