@@ -2,17 +2,15 @@
 import io
 import os
 import re
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 
 import numpy as np
 import psutil
 import pyarrow.dataset as pads
-from conftest import jpeg_with_orientation, png_bytes
+from conftest import bomb_png, jpeg_with_orientation, png_bytes
 from delta_read import delta_sql, delta_table
 from PIL import Image
 from test_segment_job import ROOT, read_dataset, run_job
@@ -31,15 +29,6 @@ RNG = np.random.default_rng(11)
 
 def _random_png(height: int, width: int) -> bytes:
     return png_bytes(Image.fromarray(RNG.integers(0, 255, (height, width, 3), dtype=np.uint8)))
-
-
-def _bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG header that declares a huge image: decoding it would need gigabytes."""
-    data = bytearray(png_bytes(Image.new("L", (1, 1))))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return bytes(data)
 
 
 def _encoded(image: Image.Image, fmt: str, **params) -> bytes:
@@ -61,7 +50,7 @@ def hostile_corpus(folder) -> dict[str, str | None]:
         "truncated.jpg": (_encoded(Image.fromarray(RNG.integers(0, 255, (40, 40, 3), dtype=np.uint8)), "JPEG")[:300],
                           "truncated"),
         "text.jpg": (b"this is a text file wearing a .jpg name\n", "not a recognised image"),
-        "bomb.png": (_bomb_png(200_000, 200_000), "above the limit of 50,000,000"),
+        "bomb.png": (bomb_png(200_000, 200_000), "above the limit of 50,000,000"),
         "one.png": (_random_png(1, 1), None),
         "wide.png": (_random_png(3, 4000), None),
         "grey16.png": (png_bytes(Image.fromarray(RNG.integers(0, 65535, (17, 23), dtype=np.uint16))), None),
