@@ -33,6 +33,7 @@ from jobs.storage import (  # noqa: E402
     DEFAULT_MAX_BYTES, StorageOptions, add_limit_flags, add_storage_flags, arrow_filesystem, configure_storage)
 from jobs.training_loop import DATA_CPUS, STATE_FILE, train_worker  # noqa: E402
 from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
+from unet_core.image import PRECISIONS  # noqa: E402
 from unet_core.losses import LOSSES  # noqa: E402
 from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
 from unet_core.training import OPTIMIZERS, SCHEDULES  # noqa: E402
@@ -65,6 +66,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     augment: bool = True
+    precision: str = "auto"
     seed: int = 0
     export: str = "best"
     workers: int = 1
@@ -126,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     fit.add_argument("--warmup-epochs", type=non_negative_float, default=0.0, help="linear warm-up (cosine only)")
     fit.add_argument("--no-augment", dest="augment", action="store_false",
                      help="turn off random scale/crop, flip and brightness/contrast jitter")
+    fit.add_argument("--precision", choices=PRECISIONS, default="auto",
+                     help="auto (default): bfloat16 on CPUs with bf16 instructions, float16 with loss scaling on "
+                          "GPUs, else float32; weights, softmax and loss stay float32")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--export", choices=("best", "last"), default="best",
                      help="which epoch becomes the artifact: best validation mIoU (default) or the last one "

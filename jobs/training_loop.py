@@ -38,6 +38,7 @@ def train_worker(loop_config: dict) -> None:
     import ray.train
     import tensorflow as tf
 
+    from unet_core.precision import resolve_precision
     from unet_core.predict import configure_tensorflow
     from unet_core.training import DistributedTrainer
 
@@ -50,8 +51,11 @@ def train_worker(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     total_steps = plan.steps_per_epoch * config.epochs
     keras.utils.set_random_seed(config.seed)
+    precision = resolve_precision(config.precision)
+    if rank == 0:
+        say(f"training in {precision} on {world} workers")
     trainer = DistributedTrainer(
-        strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters),
+        strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters, precision),
         LossConfig(config.loss, config.class_weights, config.ignore_index),
         OptimizerConfig(config.optimizer, config.learning_rate, config.schedule,
                         round(config.warmup_epochs * plan.steps_per_epoch)),

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from unet_core import ArtifactError, build_unet, load_artifact, read_metadata, save_artifact
-from unet_core.predict import Predictor, model_in_precision
+from unet_core.precision import model_in_precision
+from unet_core.predict import Predictor
 
 
 def test_artifact_round_trip_keeps_weights_and_metadata(tmp_path):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from unet_core import build_unet, load_artifact, save_artifact
-from unet_core.predict import Predictor, model_in_precision
+from unet_core.precision import model_in_precision
+from unet_core.predict import Predictor
 from unet_core.synthetic import make_scene
 
 SHAPE = (32, 32, 3)

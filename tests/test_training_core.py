@@ -67,3 +67,24 @@ def test_better_predictions_have_lower_loss():
     for name in LOSSES:
         loss = segmentation_loss(name, 3)
         assert np.all(loss(labels, probabilities_for(labels, 0.95)).numpy() < loss(labels, probabilities_for(labels, 0.5)).numpy())
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_step_keeps_float32_master_weights(precision):
+    from unet_core.training import DistributedTrainer, LossConfig, ModelConfig, OptimizerConfig
+
+    trainer = DistributedTrainer(tf.distribute.get_strategy(), ModelConfig(3, 32, 4, precision), LossConfig(),
+                                 OptimizerConfig(), global_batch=4, total_steps=3)
+    convolutions = [layer for layer in trainer.model.layers if layer.name.startswith("block")]
+    assert {layer.compute_dtype for layer in convolutions} == {precision}
+    assert trainer.model.output.dtype == "float32"  # softmax, and so the loss, in float32
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    masks = rng.integers(0, 3, (4, 32, 32), dtype=np.uint8)
+    before = trainer.model.get_weights()
+    losses = [trainer.train_step(images, masks) for _ in range(3)]
+    assert all(np.isfinite(losses))
+    assert {v.dtype for v in trainer.model.trainable_variables} == {"float32"}
+    assert trainer.step == 3
+    assert all(w.dtype == np.float32 for w in trainer.model.get_weights())
+    assert any(not np.array_equal(a, b) for a, b in zip(before, trainer.model.get_weights()))

@@ -17,7 +17,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """Refuse images above this many pixels before decoding (decompression bombs)."""
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-"""Inference precisions; here, free of TensorFlow, so command lines can offer them without loading it."""
+"""Precisions for inference and training; here, free of TensorFlow, so command lines can offer them without loading it."""
 
 Image.MAX_IMAGE_PIXELS = None  # our own, configurable limit replaces Pillow's fixed one (see _open)
 

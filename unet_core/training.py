@@ -18,6 +18,7 @@ import tensorflow as tf
 from unet_core.artifact import DEFAULT_NORMALIZATION, normalize
 from unet_core.losses import segmentation_loss
 from unet_core.model import build_unet
+from unet_core.precision import model_in_precision
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant")
@@ -38,6 +39,8 @@ class ModelConfig:
     num_classes: int
     input_size: int
     base_filters: int = 64
+    precision: str = "float32"
+    """float32, or bfloat16/float16 compute on float32 master weights (softmax and loss in float32)."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,12 @@ class DistributedTrainer:
         self.num_classes = model_config.num_classes
         size = model_config.input_size
         with strategy.scope():
-            self.model = build_unet(model_config.num_classes, (size, size, 3), model_config.base_filters)
+            self.model = model_in_precision(
+                build_unet(model_config.num_classes, (size, size, 3), model_config.base_filters),
+                model_config.precision)
             self.optimizer = make_optimizer(optimizer_config, total_steps)
+            if model_config.precision == "float16":  # float16 gradients underflow without loss scaling
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
         self._loss = segmentation_loss(loss_config.name, model_config.num_classes,
                                        list(loss_config.class_weights) if loss_config.class_weights else None,
@@ -99,7 +106,8 @@ class DistributedTrainer:
         with tf.GradientTape() as tape:
             per_image = self._loss(masks, self.model(images, training=True))
             loss = tf.reduce_sum(per_image) / self.global_batch
-        gradients = tape.gradient(loss, self.model.trainable_variables)
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
         return loss
 
