@@ -31,7 +31,8 @@ from jobs import training_data  # noqa: E402
 from jobs.arguments import add_wait_flag, non_negative_float, pool_size, positive_float, positive_int  # noqa: E402
 from jobs.errors import run_main  # noqa: E402
 from jobs.pipeline import (  # noqa: E402
-    ModelInfo, Resources, add_inference_flags, inference_from_flags, letterbox_of, segmented_dataset)
+    ModelInfo, Resources, add_inference_flags, inference_from_flags, letterbox_of, segmented_dataset,
+    with_model_mode)
 from jobs.ray_cluster import (  # noqa: E402
     await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
 from jobs.storage import (  # noqa: E402
@@ -60,7 +61,7 @@ class EvaluateConfig:
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     precision: str = "auto"
-    mode: str = "letterbox"
+    mode: str | None = None
     tile_overlap: float = 0.25
     tta: str = "none"
     rows_per_file: int = 256
@@ -161,6 +162,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     with storage_errors(config.model):
         model = model_info(config.model)
+    config = with_model_mode(config, model)
     pairs = training_data.pair_by_stem(config.images, config.masks)
     connect_ray(config.address, storage_env)
     resources = plan_resources(config)

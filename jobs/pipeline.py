@@ -19,7 +19,7 @@ import os
 import posixpath
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +34,9 @@ from unet_core import (
 )
 from unet_core.image import PRECISIONS
 
+MODES = ("letterbox", "tile")
+"""How images meet the model: scaled whole into one input, or in full-resolution tiles."""
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What every stage needs to know of the model, without loading it."""
@@ -44,6 +47,8 @@ class ModelInfo:
     class_names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
     input_size: int
+    mode: str = "letterbox"
+    """The inference mode the model was trained for (artifact metadata `mode`)."""
 
 
 def image_id(uri: str) -> str:
@@ -312,7 +317,7 @@ class InferenceFlags(Protocol):
     """The command-line flags that say how images meet the model (segment and evaluate share them)."""
 
     precision: str
-    mode: str
+    mode: str | None
     tile_overlap: float
     tta: str
     max_pixels: int
@@ -324,13 +329,20 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     masks it scores are, so evaluate must run exactly what segment runs."""
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
-    parser.add_argument("--mode", choices=("letterbox", "tile"), default="letterbox",
+    parser.add_argument("--mode", choices=MODES, default=None,
                         help="letterbox: scale each image into one model input (ordinary photos); tile: "
-                             "sliding-window inference at full resolution, for large images")
+                             "sliding-window inference at full resolution, for large images (default: the "
+                             "mode the model was trained in, recorded in its artifact)")
     parser.add_argument("--tile-overlap", type=overlap, default=0.25,
                         help="with --mode tile, the fraction by which tiles overlap (default: 0.25)")
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: average each prediction with that of the mirrored image (2x compute)")
+
+
+def with_model_mode(config, model: ModelInfo):
+    """The job's config with `--mode` defaulted to the model's training mode, so that its run record
+    says which mode ran."""
+    return replace(config, mode=config.mode or model.mode)
 
 
 def inference_from_flags(flags: InferenceFlags, allow_unsafe: bool = False) -> Inference:

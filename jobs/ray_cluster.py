@@ -173,4 +173,4 @@ def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:
     height, width = meta.input_size
     if height != width:
         raise UserError(f"{uri}: letterboxing needs a square model input, this one is {height}x{width}")
-    return ModelInfo(uri, meta.name, meta.sha256, tuple(meta.class_names), tuple(meta.colors), height)
+    return ModelInfo(uri, meta.name, meta.sha256, tuple(meta.class_names), tuple(meta.colors), height, meta.mode)

@@ -24,7 +24,8 @@ from jobs import leases, tables  # noqa: E402
 from jobs.arguments import (  # noqa: E402
     add_wait_flag, fraction, non_negative_float, pool_size, positive_float, positive_int)
 from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.pipeline import ModelInfo, add_inference_flags, build_dataset, inference_from_flags  # noqa: E402
+from jobs.pipeline import (  # noqa: E402
+    ModelInfo, add_inference_flags, build_dataset, inference_from_flags, with_model_mode)
 from jobs.ray_cluster import (  # noqa: E402
     await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
 from jobs.results import select_new  # noqa: E402
@@ -45,7 +46,7 @@ class SegmentConfig:
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     precision: str = "auto"
-    mode: str = "letterbox"
+    mode: str | None = None
     tile_overlap: float = 0.25
     tta: str = "none"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -128,6 +129,7 @@ def segment(config: SegmentConfig) -> dict:
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     with storage_errors(config.model):
         model = model_info(config.model, config.unsafe_allow_code)
+    config = with_model_mode(config, model)
     listing = list_inputs(config.inputs)
     if len(listing) == 0:
         raise UserError(f"no images found in {' '.join(config.inputs)}")
@@ -189,7 +191,7 @@ def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage
     await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
                 config.wait_for_nodes, "model replicas")
     print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
-          f"{resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
+          f"{config.mode} mode, {resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
           + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
     inference = inference_from_flags(config, allow_unsafe=config.unsafe_allow_code)
     dataset = build_dataset(todo, model, resources, config.output, run_id, inference)

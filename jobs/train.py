@@ -55,6 +55,7 @@ class TrainConfig:
     ignore_index: int | None = None
     class_names: tuple[str, ...] | None = None
     input_size: int = 256
+    patch_size: int | None = None
     base_filters: int = 64
     backbone_weights: str | None = None
     epochs: int = 20
@@ -111,7 +112,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     data.add_argument("--class-names", metavar="A,B,...", help="comma-separated class names (default: class_0, ...)")
     model = parser.add_argument_group("model")
     model.add_argument("--num-classes", type=positive_int, required=True)
-    model.add_argument("--input-size", type=positive_int, default=256, help="square model input side, multiple of 16 (default 256)")
+    model.add_argument("--input-size", type=positive_int, default=None,
+                       help="square model input side, multiple of 16; whole images are letterboxed into it (default 256)")
+    model.add_argument("--patch-size", type=positive_int, default=None,
+                       help="train on random N x N crops of the full-resolution images instead (a third centred on "
+                            "foreground classes) and validate in tiles at full resolution; the model's input is N "
+                            "and segment.py/evaluate.py run it in tile mode. For images larger than the input.")
     model.add_argument("--base-filters", type=positive_int, default=64, help="width; 64 is the seed model (default 64)")
     model.add_argument("--backbone-weights", metavar="FILE",
                        help="VGG16 ImageNet weights (.h5, e.g. Keras' ..._notop.h5) loaded into the encoder by "
@@ -170,8 +176,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise UserError("--val-images and --val-masks go together")
     if config.num_classes < 2:
         raise UserError("--num-classes must be at least 2")
-    if config.input_size % 16:
-        raise UserError(f"--input-size {config.input_size}: must be a multiple of 16")
+    if config.patch_size and config.input_size not in (None, config.patch_size):
+        raise UserError("--patch-size sets the model input: drop --input-size")
+    size = config.patch_size or config.input_size or 256
+    if size % 16:
+        raise UserError(f"--{'patch' if config.patch_size else 'input'}-size {size}: must be a multiple of 16")
     if config.batch_size % config.workers:
         raise UserError(f"--batch-size {config.batch_size} must be a multiple of --workers {config.workers}")
     names = config.class_names or (VOC_CLASS_NAMES[:config.num_classes] if config.voc and config.num_classes <= 21 else None)
@@ -185,7 +194,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.backbone_weights and not os.path.isfile(config.backbone_weights):
         raise UserError(f"--backbone-weights {config.backbone_weights}: no such file")
     name = config.name or Path(config.output.rstrip("/")).name or "unet"
-    return dataclasses.replace(config, class_names=tuple(names), name=name)
+    return dataclasses.replace(config, class_names=tuple(names), name=name, input_size=size)
 
 
 def load_splits(config: TrainConfig) -> tuple:
@@ -196,17 +205,6 @@ def load_splits(config: TrainConfig) -> tuple:
     if config.val_images:
         return pairs, training_data.pair_by_stem(config.val_images, config.val_masks)
     return training_data.split_validation(pairs, config.val_fraction, config.seed)
-
-
-def pairs_dataset(pairs, config: TrainConfig):
-    """A Ray Dataset of decoded, letterboxed (image, mask) pairs at the model's input size."""
-    import ray
-
-    lookup = training_data.parse_mask_map(config.mask_map)
-    return ray.data.from_arrow(slices(pairs, 8)).map_batches(
-        training_data.load_pairs, batch_size=8, num_cpus=DATA_CPUS,
-        fn_kwargs={"input_size": config.input_size, "lookup": lookup, "max_pixels": config.max_pixels,
-                   "max_bytes": config.max_bytes})
 
 
 def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
@@ -230,7 +228,7 @@ def run_training(config: TrainConfig):
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     train_pairs, val_pairs = load_splits(config)
     connect_ray(config.address, storage_env)  # before Ray Train loads Ray: see connect_ray
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     check_limits(train_pairs, val_pairs, config)
@@ -240,14 +238,14 @@ def run_training(config: TrainConfig):
     await_nodes(worker, config.workers, config.wait_for_nodes, "training workers")
     print(f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
           f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}, {plan.steps_per_epoch} steps of "
-          f"{config.batch_size} per epoch", flush=True)
+          f"{config.batch_size} per epoch; " + (f"{config.patch_size}x{config.patch_size} patches at full resolution, "
+                                                 "validated in tiles" if config.patch_size else
+                                                 f"whole images letterboxed to {config.input_size}"), flush=True)
     trainer = TensorflowTrainer(
         train_worker,
-        train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs},
+        train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs, "val_pairs": val_pairs},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
-        datasets={"val": pairs_dataset(val_pairs, config).materialize()},
-        dataset_config=DataConfig(datasets_to_split=[]),  # every worker reads all of it, scoring its own share
         run_config=RunConfig(
             name=config.name, **checkpoint_storage(config.storage),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
@@ -304,7 +302,8 @@ def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
         "val_iou": dict(zip(config.class_names, metrics["val_iou"])), "replica_weight_digests": digests,
         "workers": config.workers, "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "address"},
     }
-    save_artifact(model, config.output, list(config.class_names), name=config.name, source=source)
+    save_artifact(model, config.output, list(config.class_names), name=config.name, source=source,
+                  mode="tile" if config.patch_size else "letterbox")
     return source
 
 

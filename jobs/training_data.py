@@ -7,6 +7,7 @@ layout. Masks store class indices (grey or palette PNG); `--mask-map` rewrites s
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import posixpath
 
@@ -17,8 +18,9 @@ from PIL import Image
 from jobs.errors import UserError
 from jobs.storage import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, list_inputs, read_bytes, read_input
 from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
-from unet_core.augment import PAD_LABEL
+from unet_core.augment import PAD_LABEL, augment_batch
 from unet_core.image import refuse_oversized
+from unet_core.patches import sample_patches
 
 PAIRS_SCHEMA = pa.schema([
     ("index", pa.int64()), ("stem", pa.string()), ("image_uri", pa.string()), ("mask_uri", pa.string()),
@@ -27,6 +29,8 @@ PAIRS_SCHEMA = pa.schema([
 """`source_size` and `mask_size`: the files' listed sizes, -1 where unknown (a VOC list)."""
 HEADER_BLOCK = 1 << 16
 """Bytes fetched per read while a header is parsed (s3fs' default block is megabytes)."""
+FOREGROUND_SHARE = 0.33
+"""Share of each batch's patches centred on a foreground pixel (nnU-Net's oversampling)."""
 
 
 def stem(uri: str) -> str:
@@ -207,3 +211,44 @@ def load_pairs(batch: dict, input_size: int, lookup: np.ndarray, max_pixels: int
         inner = np.asarray(Image.fromarray(mask).resize((box.inner_width, box.inner_height), Image.NEAREST))
         masks[row, box.top:box.top + box.inner_height, box.left:box.left + box.inner_width] = inner
     return {"index": batch["index"], "image": images, "mask": masks}
+
+
+def load_full_pairs(batch: dict, lookup: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+    """Decode each pair at full resolution (object arrays: sizes differ), for validation in tiles."""
+    pairs = [read_pair(batch, row, lookup, max_pixels, max_bytes) for row in range(len(batch["image_uri"]))]
+    return {"image": _objects([image for image, _ in pairs]), "mask": _objects([mask for _, mask in pairs])}
+
+
+def _objects(arrays: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+def training_batch(batch: dict, input_size: int, lookup: np.ndarray, patch_size: int | None, augment: bool,
+                   seed: list[int], ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+    """One worker batch ready for the step: decoded, letterboxed (or cut to patches of the full-resolution
+    pairs), augmented. Built in a Ray task ahead of the step, so the worker's own CPUs only train;
+    `seed` (run seed, epoch, rank, batch) makes it the same batch on a rerun."""
+    rng = np.random.default_rng(seed)
+    if patch_size:
+        images, masks = patch_batch(batch, patch_size, lookup, rng, ignore_index, max_pixels, max_bytes)
+    else:
+        loaded = load_pairs(batch, input_size, lookup, max_pixels, max_bytes)
+        images, masks = loaded["image"], loaded["mask"]
+    if augment:
+        images, masks = augment_batch(images, masks, rng)
+    return {"image": images, "mask": masks}
+
+
+def patch_batch(batch: dict, patch_size: int, lookup: np.ndarray, rng: np.random.Generator,
+                ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """One random crop per pair at full resolution; FOREGROUND_SHARE of the batch (rounded up) centred
+    on a foreground pixel, so every batch shows the rare classes."""
+    count = len(batch["image_uri"])
+    centred = rng.permutation(count) < math.ceil(count * FOREGROUND_SHARE)
+    crops = [sample_patches(*read_pair(batch, row, lookup, max_pixels, max_bytes), patch_size, 1, rng,
+                            foreground_share=float(centred[row]), ignore_index=ignore_index)
+             for row in range(count)]
+    return np.concatenate([images for images, _, _ in crops]), np.concatenate([masks for _, masks, _ in crops])

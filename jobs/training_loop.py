@@ -29,6 +29,7 @@ DATA_CPUS = 0.5
 """CPUs per decode task: a fraction, so reading never starves beside the training workers."""
 PREFETCH_BATCHES = 4
 """Batches a worker has decoding ahead of its step: enough to hide a task's latency, few to bound memory."""
+VALIDATION_BATCH = 8
 
 
 def train_worker(loop_config: dict) -> None:
@@ -61,12 +62,16 @@ def train_worker(loop_config: dict) -> None:
                         round(config.warmup_epochs * plan.steps_per_epoch)),
         config.batch_size, total_steps)
     progress = restore_or_start(trainer, config, plan, rank)
-    train_pairs, val_data = loop_config["train_pairs"], ray.train.get_dataset_shard("val")
+    train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
-        loss = train_epoch(trainer, epoch_batches(train_pairs, plan, config, epoch, rank, world), config, epoch, rank)
-        confusion = trainer.all_reduce_sum(validation_confusion(trainer, val_data, config, rank, world))
-        metrics = epoch_metrics(epoch, loss, confusion, trainer.step, time.time() - started, config.ignore_index)
+        loss, waited = train_epoch(trainer, epoch_batches(train_pairs, plan, config, epoch, rank, world))
+        validating = time.time()
+        confusion = validation_confusion(trainer, validation_batches(val_pairs, config, rank, world), config)
+        confusion = trainer.all_reduce_sum(confusion)
+        timing = {"epoch_seconds": time.time() - started, "validation_seconds": time.time() - validating,
+                  "data_wait_seconds": waited}
+        metrics = epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index)
         if rank == 0:
             say(format_epoch(metrics, config))
         report(trainer, metrics, rank, plan)
@@ -106,58 +111,91 @@ def say(line: str) -> None:
 
 
 def epoch_batches(pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int, world: int) -> Iterator[dict]:
-    """This worker's decoded batches of the epoch in `training_data.epoch_order`, read by Ray tasks a few
-    batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to whichever
-    worker asks first, so no seed could give each epoch its own order, the same again on a rerun."""
+    """This worker's batches of the epoch in `training_data.epoch_order`, decoded and augmented by Ray
+    tasks a few batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to
+    whichever worker asks first, so no seed could give each epoch its own order, the same on a rerun."""
     import ray
 
-    load = ray.remote(num_cpus=DATA_CPUS)(training_data.load_pairs)
-    options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
-               "max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
+    build = ray.remote(num_cpus=DATA_CPUS)(training_data.training_batch)
     order = training_data.epoch_order(len(pairs), config.seed, epoch)
     share = training_data.worker_share(order, rank, world, plan.steps_per_epoch * plan.worker_batch)
+    options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
+               "patch_size": config.patch_size, "augment": config.augment, "ignore_index": config.ignore_index,
+               "max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
+    return read_ahead(build.remote(pairs.take(share[start:start + plan.worker_batch]).to_pydict(),
+                                   seed=[config.seed, epoch, rank, start], **options)
+                      for start in range(0, len(share), plan.worker_batch))
+
+
+def validation_batches(pairs, config: TrainConfig, rank: int, world: int) -> Iterator[dict]:
+    """This worker's share of the validation pairs (every world-th), letterboxed to the model input or,
+    for a model trained on patches, whole at full resolution."""
+    import ray
+
+    mine = np.arange(rank, len(pairs), world)
+    lookup = training_data.parse_mask_map(config.mask_map)
+    limits = {"max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
+    if config.patch_size:
+        load = ray.remote(num_cpus=DATA_CPUS)(training_data.load_full_pairs)
+        requests = (load.remote(pairs.take(mine[i:i + VALIDATION_BATCH]).to_pydict(), lookup, **limits)
+                    for i in range(0, len(mine), VALIDATION_BATCH))
+    else:
+        load = ray.remote(num_cpus=DATA_CPUS)(training_data.load_pairs)
+        requests = (load.remote(pairs.take(mine[i:i + VALIDATION_BATCH]).to_pydict(), config.input_size, lookup, **limits)
+                    for i in range(0, len(mine), VALIDATION_BATCH))
+    return read_ahead(requests)
+
+
+def read_ahead(requests: Iterator) -> Iterator:
+    """The requests' results in order, with up to PREFETCH_BATCHES more submitted ahead of the one used."""
+    import ray
+
     pending = deque()
-    for start in range(0, len(share), plan.worker_batch):
-        pending.append(load.remote(pairs.take(share[start:start + plan.worker_batch]).to_pydict(), **options))
+    for request in requests:
+        pending.append(request)
         if len(pending) > PREFETCH_BATCHES:
             yield ray.get(pending.popleft())
     while pending:
         yield ray.get(pending.popleft())
 
 
-def train_epoch(trainer, batches: Iterator[dict], config: TrainConfig, epoch: int, rank: int) -> float:
-    from unet_core.augment import augment_batch
+def train_epoch(trainer, batches: Iterator[dict]) -> tuple[float, float]:
+    """Mean loss of the epoch's steps, and the seconds the steps waited for their batches."""
+    losses, waited = [], 0.0
+    while True:
+        started = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - started
+        if batch is None:
+            return float(np.mean(losses)), waited
+        losses.append(trainer.train_step(batch["image"], batch["mask"]))
 
-    rng = np.random.default_rng([config.seed, epoch, rank])
-    losses = []
-    for batch in batches:
-        images, masks = batch["image"], batch["mask"]
-        if config.augment:
-            images, masks = augment_batch(images, masks, rng)
-        losses.append(trainer.train_step(images, masks))
-    return float(np.mean(losses))
 
-
-def validation_confusion(trainer, val_data, config: TrainConfig, rank: int, world: int) -> np.ndarray:
-    """This worker's share of the validation set (every world-th pair), as a confusion matrix."""
+def validation_confusion(trainer, batches: Iterator[dict], config: TrainConfig) -> np.ndarray:
+    """Confusion matrix of this worker's validation share, predicted the way the artifact will run:
+    whole letterboxed inputs, or sliding tiles at full resolution for a model trained on patches."""
     from unet_core.metrics import confusion_matrix
+    from unet_core.tiling import sliding_window
 
     confusion = np.zeros((config.num_classes, config.num_classes), np.int64)
-    for batch in val_data.iter_batches(batch_size=8, batch_format="numpy"):
-        mine = batch["index"] % world == rank
-        if mine.any():
-            predicted = trainer.predict(batch["image"][mine])
-            confusion += confusion_matrix(batch["mask"][mine], predicted, config.num_classes, config.ignore_index)
+    for batch in batches:
+        if not config.patch_size:
+            predicted = trainer.predict(batch["image"])
+            confusion += confusion_matrix(batch["mask"], predicted, config.num_classes, config.ignore_index)
+            continue
+        for image, mask in zip(batch["image"], batch["mask"]):
+            predicted, _ = sliding_window(image, trainer.probabilities, config.input_size, config.num_classes)
+            confusion += confusion_matrix(mask, predicted, config.num_classes, config.ignore_index)
     return confusion
 
 
-def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, seconds: float,
+def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, timing: dict[str, float],
                   ignore_index: int | None) -> dict:
     from unet_core.metrics import scores
 
     scored = scores(confusion, ignore_index)
     return {
-        "epoch": epoch, "train_loss": loss, "optimizer_step": step, "epoch_seconds": round(seconds, 2),
+        "epoch": epoch, "train_loss": loss, "optimizer_step": step, **{k: round(v, 2) for k, v in timing.items()},
         "val_miou": scored.mean_iou, "val_pixel_accuracy": scored.pixel_accuracy,
         "val_iou": [None if np.isnan(v) else float(v) for v in scored.iou],
         "val_confusion": confusion.astype(np.int64).tolist(),
@@ -168,7 +206,8 @@ def format_epoch(metrics: dict, config: TrainConfig) -> str:
     ious = ", ".join(f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in zip(config.class_names, metrics["val_iou"]))
     return (f"epoch {metrics['epoch']}/{config.epochs}: loss {metrics['train_loss']:.4f}, val mIoU "
             f"{metrics['val_miou']:.4f}, pixel accuracy {metrics['val_pixel_accuracy']:.4f} [{ious}] "
-            f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.1f} s")
+            f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.1f} s (validation "
+            f"{metrics['validation_seconds']:.1f} s, steps waiting for data {metrics['data_wait_seconds']:.1f} s)")
 
 
 def report(trainer, metrics: dict, rank: int, plan: Plan) -> None:

@@ -167,3 +167,34 @@ def test_unpaired_images_are_one_clear_error(tmp_path):
                    "--num-classes", "4", "--output", str(tmp_path / "model"), timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "1 images have no mask" in done.stderr and "scene001" in done.stderr
+
+
+def test_patch_training_validates_in_tiles_and_the_artifact_runs_in_tile_mode(tmp_path):
+    write_scenes(tmp_path / "train", 16, seed=4, height=48, width=80)
+    truth = write_scenes(tmp_path / "val", 3, seed=5, height=48, width=80)
+    args = [arg for arg in TRAIN_ARGS if arg not in ("--input-size", "32")]
+    args[args.index("--workers") + 1] = "1"
+    done = run_job("train.py", "--images", str(tmp_path / "train" / "images"), "--masks",
+                   str(tmp_path / "train" / "masks"), "--val-images", str(tmp_path / "val" / "images"),
+                   "--val-masks", str(tmp_path / "val" / "masks"), "--storage", str(tmp_path / "checkpoints"),
+                   "--output", str(tmp_path / "model"), *args, "--patch-size", "32", "--epochs", "2",
+                   "--precision", "float32", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "32x32 patches at full resolution, validated in tiles" in done.stdout
+    metadata = read_metadata(str(tmp_path / "model"))
+    assert metadata.mode == "tile" and metadata.input_size == (32, 32)
+    # no --mode: both jobs run the model as it was trained, in tiles at full resolution
+    val = tmp_path / "val"
+    done = run_job("segment.py", "--input", str(val / "images"), "--output", str(tmp_path / "seg"),
+                   "--model", str(tmp_path / "model"), "--precision", "float32")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tile mode" in done.stdout
+    masks = [decode_mask_png(row["mask_png"]) for row in read_dataset(str(tmp_path / "seg"), "images").to_pylist()]
+    assert [mask.shape for mask in masks] == [(48, 80)] * 3
+    done = run_job("evaluate.py", "--model", str(tmp_path / "model"), "--images", str(val / "images"),
+                   "--masks", str(val / "masks"), "--output", str(tmp_path / "eval"), "--precision", "float32")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
+    # training validated exactly as evaluate.py scores: the same tiles of the same full-resolution images
+    assert metrics["mean_iou"] == pytest.approx(metadata.source["val_miou"], abs=1e-6)
+    assert metrics["images"] == len(truth)

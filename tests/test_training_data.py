@@ -8,8 +8,8 @@ from PIL import Image
 from conftest import bomb_png
 from jobs.errors import UserError
 from jobs.training_data import (
-    epoch_order, load_pairs, pair_by_stem, parse_mask_map, read_mask, refusals, split_validation, voc_pairs,
-    worker_share)
+    epoch_order, load_pairs, pair_by_stem, parse_mask_map, read_mask, refusals, split_validation, training_batch,
+    voc_pairs, worker_share)
 from unet_core.augment import PAD_LABEL
 
 
@@ -100,3 +100,30 @@ def test_the_workers_batches_together_are_the_orders_global_batches():
     for step in range(2):
         together = np.concatenate([share[step * 5:(step + 1) * 5] for share in shares])
         assert sorted(together) == sorted(order[step * 10:(step + 1) * 10])
+
+
+def test_patch_batches_are_full_resolution_crops_seeded_by_batch(tmp_path):
+    from unet_core.synthetic import make_scene
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    scenes = []
+    for index in range(6):
+        image, mask = make_scene(rng, 48, 80, shapes=2)
+        Image.fromarray(image).save(tmp_path / "images" / f"s{index}.png")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"s{index}.png")
+        scenes.append((image, mask))
+    pairs = pair_by_stem(str(tmp_path / "images"), str(tmp_path / "masks")).to_pydict()
+    batch = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=False, seed=[0, 1, 0, 0])
+    assert batch["image"].shape == (6, 32, 32, 3) and batch["mask"].shape == (6, 32, 32)
+    for (image, mask), crop, label in zip(scenes, batch["image"], batch["mask"]):
+        # a crop of the image at full resolution (not resized): found in it at some offset, with its mask
+        found = [(top, left) for top in range(48 - 31) for left in range(80 - 31)
+                 if np.array_equal(image[top:top + 32, left:left + 32], crop)]
+        assert found and any(np.array_equal(mask[t:t + 32, x:x + 32], label) for t, x in found)
+    again = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=True, seed=[0, 1, 0, 0])
+    same = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=True, seed=[0, 1, 0, 0])
+    other = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=True, seed=[0, 2, 0, 0])
+    assert np.array_equal(again["image"], same["image"]) and np.array_equal(again["mask"], same["mask"])
+    assert not np.array_equal(again["image"], other["image"])

@@ -39,6 +39,10 @@ class ArtifactMetadata:
     created_at: str = ""
     source: dict = field(default_factory=dict)
     """Provenance: how the model was made (training data fingerprint, epochs, metrics...)."""
+    mode: str = "letterbox"
+    """How the model learnt to see images: 'letterbox' (whole images scaled into the input) or 'tile'
+    (full-resolution crops of the input size). Segmenting it another way shows it a scale it never
+    saw, so segment.py and evaluate.py run it this way unless told otherwise."""
     format: str = FORMAT
 
     @property
@@ -60,6 +64,7 @@ def save_artifact(
     name: str = "unet",
     normalization: dict | None = None,
     source: dict | None = None,
+    mode: str = "letterbox",
 ) -> ArtifactMetadata:
     """Write the model and its metadata under `uri` (a local path or any fsspec URI)."""
     num_classes = int(model.output_shape[-1])
@@ -80,6 +85,7 @@ def save_artifact(
             normalization=normalization or dict(DEFAULT_NORMALIZATION),
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             source=source or {},
+            mode=mode,
         )
         fs, root = fsspec.core.url_to_fs(uri)
         fs.makedirs(root, exist_ok=True)

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from unet_core.augment import PAD_LABEL
+
 
 def sample_patches(image: np.ndarray, mask: np.ndarray, patch_size: int, count: int, rng: np.random.Generator,
                    foreground_share: float = 0.33,
@@ -18,12 +20,13 @@ def sample_patches(image: np.ndarray, mask: np.ndarray, patch_size: int, count: 
 
     At least `foreground_share` of them (rounded up, in random positions of the batch) are centred on a
     random pixel of a random foreground class, so a class is picked as often as a big one however small
-    it is; the rest are uniform. An image smaller than the patch is padded at the bottom and right
-    (image 0, mask `ignore_index` or 0) so offsets stay in the source's coordinates.
+    it is; the rest are uniform. `ignore_index` is never a class to centre on. An image smaller than the
+    patch is padded at the bottom and right (image 0, mask PAD_LABEL) so offsets stay in the source's
+    coordinates.
     """
     if count < 1 or patch_size < 1:
         raise ValueError(f"need count >= 1 and patch_size >= 1; got {count} and {patch_size}")
-    image, mask = _pad_to(image, mask, patch_size, ignore_index)
+    image, mask = _pad_to(image, mask, patch_size)
     classes = [c for c in np.unique(mask) if c != 0 and c != ignore_index]
     forced = rng.permutation(count) < math.ceil(count * foreground_share) if classes else np.zeros(count, bool)
     offsets = np.array([_foreground_offset(mask, classes, patch_size, rng) if centred
@@ -33,13 +36,13 @@ def sample_patches(image: np.ndarray, mask: np.ndarray, patch_size: int, count: 
     return images, masks, offsets
 
 
-def _pad_to(image: np.ndarray, mask: np.ndarray, size: int, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pad bottom/right with labels the loss skips (ignore index) so padding never teaches background."""
+def _pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad bottom/right with the label the loss skips, so padding never teaches background."""
     extra = [(0, max(0, size - side)) for side in mask.shape]
     if not any(after for _, after in extra):
         return image, mask
     image = np.pad(image, extra + [(0, 0)] * (image.ndim - 2))
-    return image, np.pad(mask, extra, constant_values=0 if ignore_index is None else ignore_index)
+    return image, np.pad(mask, extra, constant_values=PAD_LABEL)
 
 
 def _uniform_offset(shape: tuple[int, ...], size: int, rng: np.random.Generator) -> tuple[int, int]:

@@ -99,8 +99,7 @@ class DistributedTrainer:
         images = tf.TensorSpec([None, size, size, 3], tf.float32)
         self._train = tf.function(self._distributed_step, input_signature=[images, tf.TensorSpec([None, size, size], tf.uint8)])
         self._sum = tf.function(self._distributed_sum)
-        self._predict = tf.function(lambda x: tf.argmax(self.model(x, training=False), axis=-1, output_type=tf.int32),
-                                    input_signature=[images])
+        self._probabilities = tf.function(lambda x: self.model(x, training=False), input_signature=[images])
 
     def _replica_step(self, images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
@@ -119,8 +118,12 @@ class DistributedTrainer:
         """One step on this worker's share of the global batch; returns the global mean loss."""
         return float(self._train(normalize(images, DEFAULT_NORMALIZATION), masks))
 
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Softmax outputs (N, H, W, classes) of uint8 images of the model's input size."""
+        return self._probabilities(normalize(images, DEFAULT_NORMALIZATION)).numpy()
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return self._predict(normalize(images, DEFAULT_NORMALIZATION)).numpy()
+        return self.probabilities(images).argmax(axis=-1)
 
     def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum an array over all workers (a collective: every worker must call it, in the same order)."""
