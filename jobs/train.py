@@ -194,7 +194,23 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.backbone_weights and not os.path.isfile(config.backbone_weights):
         raise UserError(f"--backbone-weights {config.backbone_weights}: no such file")
     name = config.name or Path(config.output.rstrip("/")).name or "unet"
-    return dataclasses.replace(config, class_names=tuple(names), name=name, input_size=size)
+    weights = config.backbone_weights and os.path.abspath(config.backbone_weights)  # Ray workers run in their own folder
+    return dataclasses.replace(config, class_names=tuple(names), name=name, input_size=size, backbone_weights=weights)
+
+
+def check_backbone_weights(config: TrainConfig) -> None:
+    """Load --backbone-weights into a model of the run's shape here, before training: a file the
+    workers cannot load would end the run in their tracebacks, not in one line."""
+    if not config.backbone_weights:
+        return
+    from unet_core import build_unet
+    from unet_core.model import load_vgg16_weights
+
+    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters)
+    try:
+        load_vgg16_weights(model, config.backbone_weights)
+    except (OSError, ValueError) as exc:  # OSError: not an HDF5 file
+        raise UserError(f"--backbone-weights: {exc}") from None
 
 
 def load_splits(config: TrainConfig) -> tuple:
@@ -227,6 +243,7 @@ def run_training(config: TrainConfig):
     """Fit with Ray Train and return the Result."""
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     train_pairs, val_pairs = load_splits(config)
+    check_backbone_weights(config)
     connect_ray(config.address, storage_env)  # before Ray Train loads Ray: see connect_ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer

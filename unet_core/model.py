@@ -70,22 +70,23 @@ def _decoder(features: list, base_filters: int, activation: str, num_classes: in
 
 
 def load_vgg16_weights(model: keras.Model, path: str) -> int:
-    """Copy VGG16 convolution weights from a Keras ImageNet .h5 file into the encoder, by layer name.
+    """Copy VGG16 convolution weights from a Keras .h5 file into the encoder, by layer name.
 
-    Reads the classic Keras layout (a group per layer, its `weight_names` attribute listing kernel
-    and bias); returns how many layers were loaded. Shapes must match (full width, 3 input channels).
+    Reads the classic Keras 2 layout of the ImageNet files (a group per layer, possibly under
+    `model_weights`, its `weight_names` attribute listing kernel and bias) and the `.weights.h5` that
+    Keras 3's `save_weights` writes (`layers/<path>/vars/0, 1, ...`, the layer's name in the `vars`
+    group's `name` attribute), so a VGG16 saved by either Keras loads. Returns how many layers were
+    loaded. Shapes must match (full width, 3 input channels).
     """
     import h5py
 
     loaded = 0
     with h5py.File(path, "r") as handle:
-        root = handle["model_weights"] if "model_weights" in handle else handle
+        found = _weight_datasets(handle)
         for layer in model.layers:
-            if not layer.name.startswith("block") or layer.name not in root:
-                continue
-            group = root[layer.name]
-            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
-            values = [group[name][()] for name in names]
+            if not layer.name.startswith("block") or not layer.weights or layer.name not in found:
+                continue  # pooling layers have groups too, and nothing to load
+            values = [dataset[()] for dataset in found[layer.name]]
             if [v.shape for v in values] != [tuple(w.shape) for w in layer.get_weights()]:
                 raise ValueError(f"{path}: layer {layer.name} has shapes {[v.shape for v in values]}, "
                                  f"the model expects {[tuple(w.shape) for w in layer.get_weights()]}")
@@ -94,3 +95,21 @@ def load_vgg16_weights(model: keras.Model, path: str) -> int:
     if not loaded:
         raise ValueError(f"{path}: no VGG16 layers (block1_conv1 ...) found")
     return loaded
+
+
+def _weight_datasets(handle) -> dict:
+    """Layer name -> its weight datasets in order, from either layout `load_vgg16_weights` reads."""
+    import h5py
+
+    found = {}
+    if "layers" in handle and "weight_names" not in handle["layers"].attrs:  # Keras 3
+        for group in handle["layers"].values():
+            variables = group.get("vars")
+            if isinstance(variables, h5py.Group) and "name" in variables.attrs:
+                found[variables.attrs["name"]] = [variables[str(i)] for i in range(len(variables))]
+        return found
+    root = handle["model_weights"] if "model_weights" in handle else handle
+    for name, group in root.items():
+        if isinstance(group, h5py.Group) and "weight_names" in group.attrs:
+            found[name] = [group[n.decode() if isinstance(n, bytes) else n] for n in group.attrs["weight_names"]]
+    return found
