@@ -194,23 +194,26 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.backbone_weights and not os.path.isfile(config.backbone_weights):
         raise UserError(f"--backbone-weights {config.backbone_weights}: no such file")
     name = config.name or Path(config.output.rstrip("/")).name or "unet"
-    weights = config.backbone_weights and os.path.abspath(config.backbone_weights)  # Ray workers run in their own folder
+    weights = config.backbone_weights and os.path.abspath(config.backbone_weights)  # provenance names the file in full
     return dataclasses.replace(config, class_names=tuple(names), name=name, input_size=size, backbone_weights=weights)
 
 
-def check_backbone_weights(config: TrainConfig) -> None:
-    """Load --backbone-weights into a model of the run's shape here, before training: a file the
-    workers cannot load would end the run in their tracebacks, not in one line."""
+def read_backbone(config: TrainConfig) -> dict[str, list[np.ndarray]] | None:
+    """The --backbone-weights encoder layers' weights by layer name, read here on the driver: a file
+    that cannot load ends the job in one line, not in the workers' tracebacks, and workers on other
+    nodes get the arrays without needing the file."""
     if not config.backbone_weights:
-        return
+        return None
     from unet_core import build_unet
     from unet_core.model import load_vgg16_weights
 
     model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters)
     try:
-        load_vgg16_weights(model, config.backbone_weights)
+        loaded = load_vgg16_weights(model, config.backbone_weights)
     except (OSError, ValueError) as exc:  # OSError: not an HDF5 file
         raise UserError(f"--backbone-weights: {exc}") from None
+    print(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}", flush=True)
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.name.startswith("block") and layer.weights}
 
 
 def load_splits(config: TrainConfig) -> tuple:
@@ -243,7 +246,7 @@ def run_training(config: TrainConfig):
     """Fit with Ray Train and return the Result."""
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     train_pairs, val_pairs = load_splits(config)
-    check_backbone_weights(config)
+    backbone = read_backbone(config)
     connect_ray(config.address, storage_env)  # before Ray Train loads Ray: see connect_ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -260,7 +263,8 @@ def run_training(config: TrainConfig):
                                                  f"whole images letterboxed to {config.input_size}"), flush=True)
     trainer = TensorflowTrainer(
         train_worker,
-        train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs, "val_pairs": val_pairs},
+        train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs, "val_pairs": val_pairs,
+                           "backbone": backbone},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(

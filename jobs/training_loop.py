@@ -61,7 +61,7 @@ def train_worker(loop_config: dict) -> None:
         OptimizerConfig(config.optimizer, config.learning_rate, config.schedule,
                         round(config.warmup_epochs * plan.steps_per_epoch)),
         config.batch_size, total_steps)
-    progress = restore_or_start(trainer, config, plan, rank)
+    progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
     train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
@@ -77,18 +77,15 @@ def train_worker(loop_config: dict) -> None:
         report(trainer, metrics, rank, plan)
 
 
-def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int) -> dict:
-    """Load the latest checkpoint when this run name has one; otherwise start at epoch 0."""
+def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int, backbone: dict | None) -> dict:
+    """Load the latest checkpoint when this run name has one; otherwise start at epoch 0, from the
+    backbone's encoder weights where given."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        if config.backbone_weights:
-            from unet_core.model import load_vgg16_weights
-
-            loaded = load_vgg16_weights(trainer.model, config.backbone_weights)
-            if rank == 0:
-                say(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}")
+        for name, weights in (backbone or {}).items():
+            trainer.model.get_layer(name).set_weights(weights)
         return {"epoch": 0}
     with checkpoint.as_directory() as folder:
         with np.load(os.path.join(folder, STATE_FILE)) as arrays:

@@ -73,7 +73,7 @@ def scenes(tmp_path_factory):
 def test_backbone_weights_reach_the_exported_encoder(scenes, tmp_path):
     path = str(tmp_path / "vgg16.weights.h5")
     weights = keras3_file(path, seed=7)
-    relative = os.path.relpath(path, ROOT)  # to the job's folder: workers, which run in their own, get it absolute
+    relative = os.path.relpath(path, ROOT)  # to the job's folder, where the driver reads it; workers get the arrays
     done = run_job("train.py", *scenes, *ARGS, "--backbone-weights", relative, "--storage", str(tmp_path / "runs"),
                    "--output", str(tmp_path / "model"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
