@@ -56,6 +56,7 @@ class TrainConfig:
     class_names: tuple[str, ...] | None = None
     input_size: int = 256
     patch_size: int | None = None
+    patches_per_image: int = 1
     base_filters: int = 64
     backbone_weights: str | None = None
     epochs: int = 20
@@ -118,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                        help="train on random N x N crops of the full-resolution images instead (a third centred on "
                             "foreground classes) and validate in tiles at full resolution; the model's input is N "
                             "and segment.py/evaluate.py run it in tile mode. For images larger than the input.")
+    model.add_argument("--patches-per-image", type=positive_int, default=1,
+                       help="with --patch-size, crops of each image per epoch (default 1): an image many times the "
+                            "patch's area needs several for an epoch to cover it")
     model.add_argument("--base-filters", type=positive_int, default=64, help="width; 64 is the seed model (default 64)")
     model.add_argument("--backbone-weights", metavar="FILE",
                        help="VGG16 ImageNet weights (.h5, e.g. Keras' ..._notop.h5) loaded into the encoder by "
@@ -178,6 +182,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise UserError("--num-classes must be at least 2")
     if config.patch_size and config.input_size not in (None, config.patch_size):
         raise UserError("--patch-size sets the model input: drop --input-size")
+    if config.patches_per_image > 1 and not config.patch_size:
+        raise UserError("--patches-per-image needs --patch-size")
     size = config.patch_size or config.input_size or 256
     if size % 16:
         raise UserError(f"--{'patch' if config.patch_size else 'input'}-size {size}: must be a multiple of 16")
@@ -231,9 +237,10 @@ def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
     import ray
 
     worker_batch = config.batch_size // config.workers
-    steps = (len(train_pairs) // config.workers) // worker_batch
+    steps = (len(train_pairs) * config.patches_per_image // config.workers) // worker_batch
     if steps < 1:
-        raise UserError(f"{len(train_pairs)} training pairs cannot fill one global batch of {config.batch_size}")
+        raise UserError(f"{len(train_pairs) * config.patches_per_image} training samples cannot fill one global "
+                        f"batch of {config.batch_size}")
     total_cpus = sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
     cpus = config.cpus_per_worker or (1.0 if config.use_gpu else
                                       max(0.25, min(largest_node_cpus(), (total_cpus - DATA_CPUS) / config.workers)))

@@ -114,7 +114,7 @@ def epoch_batches(pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int,
     import ray
 
     build = ray.remote(num_cpus=DATA_CPUS)(training_data.training_batch)
-    order = training_data.epoch_order(len(pairs), config.seed, epoch)
+    order = training_data.epoch_order(len(pairs) * config.patches_per_image, config.seed, epoch) % len(pairs)
     share = training_data.worker_share(order, rank, world, plan.steps_per_epoch * plan.worker_batch)
     options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
                "patch_size": config.patch_size, "augment": config.augment, "ignore_index": config.ignore_index,
