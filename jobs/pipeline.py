@@ -115,11 +115,11 @@ def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile:
     return {
         **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
         "width": width, "height": height, "error": errors, "error_kind": kinds, "box": boxes,
-        "pixels": _ragged(images) if tile else np.stack(images),
+        "pixels": ragged(images) if tile else np.stack(images),
     }
 
 
-def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+def ragged(arrays: list[np.ndarray]) -> np.ndarray:
     """An object array of differently shaped arrays (Ray Data stores it as a variable-shape tensor)."""
     out = np.empty(len(arrays), dtype=object)
     for index, array in enumerate(arrays):
@@ -171,7 +171,7 @@ class Segmenter:
                                                self.predictor.num_classes, self.tile_overlap)
             masks.append(mask)
             confidence.append(probability.astype(np.float16))
-        return _ragged(masks), _ragged(confidence)
+        return ragged(masks), ragged(confidence)
 
 
 def replica_placement() -> dict:

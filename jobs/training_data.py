@@ -16,6 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.errors import UserError
+from jobs.pipeline import ragged
 from jobs.storage import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, list_inputs, read_bytes, read_input
 from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
 from unet_core.augment import PAD_LABEL, augment_batch
@@ -217,17 +218,12 @@ def load_full_pairs(batch: dict, lookup: np.ndarray, max_pixels: int = DEFAULT_M
                     max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Decode each pair at full resolution (object arrays: sizes differ), for validation in tiles."""
     pairs = [read_pair(batch, row, lookup, max_pixels, max_bytes) for row in range(len(batch["image_uri"]))]
-    return {"image": _objects([image for image, _ in pairs]), "mask": _objects([mask for _, mask in pairs])}
-
-
-def _objects(arrays: list[np.ndarray]) -> np.ndarray:
-    out = np.empty(len(arrays), dtype=object)
-    out[:] = arrays
-    return out
+    return {"image": ragged([image for image, _ in pairs]), "mask": ragged([mask for _, mask in pairs])}
 
 
 def training_batch(batch: dict, input_size: int, lookup: np.ndarray, patch_size: int | None, augment: bool,
-                   seed: list[int], ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+                   seed: list[int], ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """One worker batch ready for the step: decoded, letterboxed (or cut to patches of the full-resolution
     pairs), augmented. Built in a Ray task ahead of the step, so the worker's own CPUs only train;
     `seed` (run seed, epoch, rank, batch) makes it the same batch on a rerun."""
@@ -243,7 +239,8 @@ def training_batch(batch: dict, input_size: int, lookup: np.ndarray, patch_size:
 
 
 def patch_batch(batch: dict, patch_size: int, lookup: np.ndarray, rng: np.random.Generator,
-                ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
+                ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """One random crop per pair at full resolution; FOREGROUND_SHARE of the batch (rounded up) centred
     on a foreground pixel, so every batch shows the rare classes."""
     count = len(batch["image_uri"])
