@@ -37,6 +37,7 @@ from unet_core.image import PRECISIONS
 MODES = ("letterbox", "tile")
 """How images meet the model: scaled whole into one input, or in full-resolution tiles."""
 
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What every stage needs to know of the model, without loading it."""
