@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 STATE_FILE = "state.npz"
 PROGRESS_FILE = "progress.json"
 DATA_CPUS = 0.5
-"""CPUs per decode task: a fraction, so reading never starves beside the training workers."""
+"""CPUs the batch readers reserve, all workers' together: a fraction, so reading never starves."""
 PREFETCH_BATCHES = 4
 """Batches a worker has decoding ahead of its step: enough to hide a task's latency, few to bound memory."""
 VALIDATION_BATCH = 8
@@ -63,11 +64,12 @@ def train_worker(loop_config: dict) -> None:
         config.batch_size, total_steps)
     progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
     train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
+    reader = start_reader(world)
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
-        loss, waited = train_epoch(trainer, epoch_batches(train_pairs, plan, config, epoch, rank, world))
+        loss, waited = train_epoch(trainer, epoch_batches(reader, train_pairs, plan, config, epoch, rank, world))
         validating = time.time()
-        confusion = validation_confusion(trainer, validation_batches(val_pairs, config, rank, world), config)
+        confusion = validation_confusion(trainer, validation_batches(reader, val_pairs, config, rank, world), config)
         confusion = trainer.all_reduce_sum(confusion)
         timing = {"epoch_seconds": time.time() - started, "validation_seconds": time.time() - validating,
                   "data_wait_seconds": waited}
@@ -107,40 +109,55 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def epoch_batches(pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int, world: int) -> Iterator[dict]:
-    """This worker's batches of the epoch in `training_data.epoch_order`, decoded and augmented by Ray
-    tasks a few batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to
-    whichever worker asks first, so no seed could give each epoch its own order, the same on a rerun."""
-    import ray
+class BatchReader:
+    """Builds this worker's batches in a process of its own, a few ahead of the step.
 
-    build = ray.remote(num_cpus=DATA_CPUS)(training_data.training_batch)
+    An actor rather than a Ray task per batch: where the step keeps the cores busy, Ray ends task
+    workers idle for a second, so nearly every batch started a new Python process (interpreter and
+    imports, about 3 s of CPU on a 2-core node) on the cores the step needed. Threaded, so a slow
+    read from object storage does not hold up the batches queued behind it.
+    """
+
+    def build(self, function, *args, **kwargs):
+        return function(*args, **kwargs)
+
+
+def start_reader(world: int):
+    """This worker's BatchReader, on its node where it fits there, so batches never cross the network."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(BatchReader).options(num_cpus=DATA_CPUS / world, max_concurrency=PREFETCH_BATCHES,
+                                           scheduling_strategy=here).remote()
+
+
+def epoch_batches(reader, pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int,
+                  world: int) -> Iterator[dict]:
+    """This worker's batches of the epoch in `training_data.epoch_order`, decoded and augmented by its
+    reader a few batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to
+    whichever worker asks first, so no seed could give each epoch its own order, the same on a rerun."""
     order = training_data.epoch_order(len(pairs) * config.patches_per_image, config.seed, epoch) % len(pairs)
     share = training_data.worker_share(order, rank, world, plan.steps_per_epoch * plan.worker_batch)
     options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
                "patch_size": config.patch_size, "augment": config.augment, "ignore_index": config.ignore_index,
                "max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
-    return read_ahead(build.remote(pairs.take(share[start:start + plan.worker_batch]).to_pydict(),
-                                   seed=[config.seed, epoch, rank, start], **options)
+    return read_ahead(reader.build.remote(training_data.training_batch,
+                                          pairs.take(share[start:start + plan.worker_batch]).to_pydict(),
+                                          seed=[config.seed, epoch, rank, start], **options)
                       for start in range(0, len(share), plan.worker_batch))
 
 
-def validation_batches(pairs, config: TrainConfig, rank: int, world: int) -> Iterator[dict]:
+def validation_batches(reader, pairs, config: TrainConfig, rank: int, world: int) -> Iterator[dict]:
     """This worker's share of the validation pairs (every world-th), letterboxed to the model input or,
     for a model trained on patches, whole at full resolution."""
-    import ray
-
     mine = np.arange(rank, len(pairs), world)
     lookup = training_data.parse_mask_map(config.mask_map)
     limits = {"max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
-    if config.patch_size:
-        load = ray.remote(num_cpus=DATA_CPUS)(training_data.load_full_pairs)
-        requests = (load.remote(pairs.take(mine[i:i + VALIDATION_BATCH]).to_pydict(), lookup, **limits)
-                    for i in range(0, len(mine), VALIDATION_BATCH))
-    else:
-        load = ray.remote(num_cpus=DATA_CPUS)(training_data.load_pairs)
-        requests = (load.remote(pairs.take(mine[i:i + VALIDATION_BATCH]).to_pydict(), config.input_size, lookup, **limits)
-                    for i in range(0, len(mine), VALIDATION_BATCH))
-    return read_ahead(requests)
+    load = (partial(training_data.load_full_pairs, lookup=lookup) if config.patch_size else
+            partial(training_data.load_pairs, input_size=config.input_size, lookup=lookup))
+    return read_ahead(reader.build.remote(load, pairs.take(mine[i:i + VALIDATION_BATCH]).to_pydict(), **limits)
+                      for i in range(0, len(mine), VALIDATION_BATCH))
 
 
 def read_ahead(requests: Iterator) -> Iterator:
