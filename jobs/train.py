@@ -117,8 +117,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                        help="square model input side, multiple of 16; whole images are letterboxed into it (default 256)")
     model.add_argument("--patch-size", type=positive_int, default=None,
                        help="train on random N x N crops of the full-resolution images instead (a third centred on "
-                            "foreground classes) and validate in tiles at full resolution; the model's input is N "
-                            "and segment.py/evaluate.py run it in tile mode. For images larger than the input.")
+                            "classes other than the image's most common) and validate in tiles at full resolution; "
+                            "the model's input is N and segment.py/evaluate.py run it in tile mode. For images "
+                            "larger than the input.")
     model.add_argument("--patches-per-image", type=positive_int, default=1,
                        help="with --patch-size, crops of each image per epoch (default 1): an image many times the "
                             "patch's area needs several for an epoch to cover it")

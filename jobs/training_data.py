@@ -31,7 +31,8 @@ PAIRS_SCHEMA = pa.schema([
 HEADER_BLOCK = 1 << 16
 """Bytes fetched per read while a header is parsed (s3fs' default block is megabytes)."""
 FOREGROUND_SHARE = 0.33
-"""Share of each batch's patches centred on a foreground pixel (nnU-Net's oversampling)."""
+"""Share of each batch's patches centred on a pixel of a class other than its image's most common one
+(nnU-Net's oversampling)."""
 
 
 def stem(uri: str) -> str:
@@ -242,7 +243,7 @@ def patch_batch(batch: dict, patch_size: int, lookup: np.ndarray, rng: np.random
                 ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """One random crop per pair at full resolution; FOREGROUND_SHARE of the batch (rounded up) centred
-    on a foreground pixel, so every batch shows the rare classes."""
+    on a pixel of a class other than the image's most common one, so every batch shows the rare classes."""
     count = len(batch["image_uri"])
     centred = rng.permutation(count) < math.ceil(count * FOREGROUND_SHARE)
     crops = [sample_patches(*read_pair(batch, row, lookup, max_pixels, max_bytes), patch_size, 1, rng,

@@ -56,3 +56,21 @@ def test_small_images_are_padded_with_the_label_training_skips(ignore_index):
     assert np.array_equal(images[0, :10, :20], image) and not images[0, 10:].any() and not images[0, :, 20:].any()
     assert np.array_equal(masks[0, :10, :20], mask)
     assert (masks[0, 10:] == PAD_LABEL).all() and (masks[0, :, 20:] == PAD_LABEL).all()
+
+
+def test_the_class_centred_on_is_rare_whatever_its_label():
+    """Label 0 is the rare class here (ISBI's membranes, CamVid's sky are 0): crops centre on it, and
+    never on the image's most common class."""
+    image, mask = blob_image()
+    mask = np.where(mask == 3, 0, 1).astype(np.uint8)
+    _, masks, _ = sample_patches(image, mask, 32, 200, np.random.default_rng(6), foreground_share=1.0)
+    assert (masks == 0).any(axis=(1, 2)).all()
+
+
+def test_padding_is_never_a_class_to_centre_on():
+    """A narrow image padded to the patch's width: every centred crop holds the one rare blob, none is
+    centred on the padding instead."""
+    image, mask = np.zeros((100, 20, 3), np.uint8), np.ones((100, 20), np.uint8)
+    mask[:4, :4] = 3
+    _, masks, offsets = sample_patches(image, mask, 32, 100, np.random.default_rng(7), foreground_share=1.0)
+    assert (masks == 3).any(axis=(1, 2)).all() and not offsets.any()

@@ -1,8 +1,10 @@
-"""Random training crops of full-resolution images that oversample the rare foreground (nnU-Net's idea).
+"""Random training crops of full-resolution images that oversample the rare classes (nnU-Net's idea).
 
 Resizing a large image to the model's input blurs small objects away, and uniform crops of an image
-that is mostly background seldom contain them; forcing a share of the crops onto foreground pixels
-gives the loss something to learn from in every batch.
+that is mostly background seldom contain them; forcing a share of the crops onto the other classes'
+pixels gives the loss something to learn from in every batch. "Background" is each image's most
+common class rather than label 0: label sets put it anywhere (ISBI's membranes are 0 and the cells
+its background; CamVid's 0 is sky).
 """
 from __future__ import annotations
 
@@ -19,21 +21,29 @@ def sample_patches(image: np.ndarray, mask: np.ndarray, patch_size: int, count: 
     """`count` crops (images (N,P,P,C), masks (N,P,P), offsets (N,2) top/left) of `image` and `mask`.
 
     At least `foreground_share` of them (rounded up, in random positions of the batch) are centred on a
-    random pixel of a random foreground class, so a class is picked as often as a big one however small
-    it is; the rest are uniform. `ignore_index` is never a class to centre on. An image smaller than the
-    patch is padded at the bottom and right (image 0, mask PAD_LABEL) so offsets stay in the source's
-    coordinates.
+    random pixel of a random class present other than the image's most common one, so a class is picked
+    as often as a big one however small it is; the rest are uniform. `ignore_index` is never a class to
+    centre on. An image smaller than the patch is padded at the bottom and right (image 0, mask
+    PAD_LABEL) so offsets stay in the source's coordinates.
     """
     if count < 1 or patch_size < 1:
         raise ValueError(f"need count >= 1 and patch_size >= 1; got {count} and {patch_size}")
+    classes = _minority_classes(mask, ignore_index)
     image, mask = _pad_to(image, mask, patch_size)
-    classes = [c for c in np.unique(mask) if c != 0 and c != ignore_index]
     forced = rng.permutation(count) < math.ceil(count * foreground_share) if classes else np.zeros(count, bool)
     offsets = np.array([_foreground_offset(mask, classes, patch_size, rng) if centred
                         else _uniform_offset(mask.shape, patch_size, rng) for centred in forced], np.int64)
     images = np.stack([image[top:top + patch_size, left:left + patch_size] for top, left in offsets])
     masks = np.stack([mask[top:top + patch_size, left:left + patch_size] for top, left in offsets])
     return images, masks, offsets
+
+
+def _minority_classes(mask: np.ndarray, ignore_index: int | None) -> list[int]:
+    """The classes present in `mask` but its most common one (and the ignore label)."""
+    values, counts = np.unique(mask, return_counts=True)
+    keep = values != ignore_index if ignore_index is not None else np.ones(len(values), bool)
+    values, counts = values[keep], counts[keep]
+    return [int(v) for v in values if v != values[np.argmax(counts)]] if len(values) else []
 
 
 def _pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
