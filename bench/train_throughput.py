@@ -4,7 +4,7 @@
 
 The bare step is what a user would write: one process, the same model, precision, loss (CE+Dice),
 optimizer and batch, a `tf.function` step on one batch already in memory, no data feed at all. The
-job reads, decodes and augments its PNG pairs through Ray tasks, synchronises gradients through
+job reads, decodes and augments its PNG pairs in a reader actor per worker, synchronises gradients through
 MultiWorkerMirroredStrategy and validates every epoch. Its training rate counts the steps of the epochs
 after the first (tracing) and their wait for data; validation is reported beside it.
 """

@@ -226,7 +226,7 @@ def training_batch(batch: dict, input_size: int, lookup: np.ndarray, patch_size:
                    seed: list[int], ignore_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                    max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """One worker batch ready for the step: decoded, letterboxed (or cut to patches of the full-resolution
-    pairs), augmented. Built in a Ray task ahead of the step, so the worker's own CPUs only train;
+    pairs), augmented. Built in the worker's reader actor ahead of the step, so the worker's own CPUs only train;
     `seed` (run seed, epoch, rank, batch) makes it the same batch on a rerun."""
     rng = np.random.default_rng(seed)
     if patch_size:

@@ -29,7 +29,7 @@ PROGRESS_FILE = "progress.json"
 DATA_CPUS = 0.5
 """CPUs the batch readers reserve, all workers' together: a fraction, so reading never starves."""
 PREFETCH_BATCHES = 4
-"""Batches a worker has decoding ahead of its step: enough to hide a task's latency, few to bound memory."""
+"""Batches a worker has decoding ahead of its step: enough to hide a read's latency, few to bound memory."""
 VALIDATION_BATCH = 8
 
 
