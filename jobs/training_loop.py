@@ -123,13 +123,12 @@ class BatchReader:
 
 
 def start_reader(world: int):
-    """This worker's BatchReader, on its node where it fits there, so batches never cross the network."""
+    """This worker's BatchReader. Ray's default scheduling places it on the worker's own node where that
+    has room, else elsewhere; node affinity would be wrong here: even "soft", it waits for a node that
+    holds the CPUs but has none free (a GPU node whose CPU the worker holds) instead of moving on."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(BatchReader).options(num_cpus=DATA_CPUS / world, max_concurrency=PREFETCH_BATCHES,
-                                           scheduling_strategy=here).remote()
+    return ray.remote(BatchReader).options(num_cpus=DATA_CPUS / world, max_concurrency=PREFETCH_BATCHES).remote()
 
 
 def epoch_batches(reader, pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int,
