@@ -88,7 +88,7 @@ def write_list_file(path: Path, rows: int) -> None:
 
 def earlier_batches(rows: int):
     """`current` rows of images 0..rows-1 from one model; every 100th for an earlier version (ETag)."""
-    from jobs.tables import SCHEMAS
+    from jobs.output.tables import SCHEMAS
 
     schema = SCHEMAS["current"]
     for start in range(0, rows, CHUNK):
@@ -112,7 +112,7 @@ def write_output_root(root: Path, rows: int) -> None:
     """An output root whose `current` Delta table holds `rows` earlier results, in one commit."""
     from deltalake import write_deltalake
 
-    from jobs.tables import SCHEMAS, delta_uri, ensure_tables
+    from jobs.output.tables import SCHEMAS, delta_uri, ensure_tables
 
     ensure_tables(str(root))
     reader = pa.RecordBatchReader.from_batches(SCHEMAS["current"], earlier_batches(rows))
@@ -124,8 +124,8 @@ def measure(list_file: str, output: str | None) -> dict:
     import deltalake  # noqa: F401  (imported by the driver before it lists)
     import duckdb  # noqa: F401
 
-    from jobs.results import select_new
-    from jobs.storage import list_inputs
+    from jobs.results.sql import select_new
+    from jobs.storage.files import list_inputs
 
     baseline = current_rss()
     started = time.perf_counter()

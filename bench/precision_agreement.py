@@ -12,8 +12,8 @@ import argparse
 import numpy as np  # noqa: E402
 from common import print_table
 
-from jobs import training_data  # noqa: E402
-from jobs.storage import read_bytes  # noqa: E402
+from jobs.training import data as training_data  # noqa: E402
+from jobs.storage.files import read_bytes  # noqa: E402
 from unet_core import decode_image, letterbox, load_artifact, unletterbox  # noqa: E402
 from unet_core.metrics import confusion_matrix, mean_iou, pixel_accuracy  # noqa: E402
 from unet_core.predict import Predictor  # noqa: E402

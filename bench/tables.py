@@ -26,10 +26,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from common import print_table  # noqa: F401  (puts the project on the path)
-from jobs import tables
+from jobs.output import tables
 from jobs.maintain import MaintainConfig, maintain
 from jobs.query import parse_args, run_query
-from jobs.results import SUMMARY_SQL
+from jobs.results.sql import SUMMARY_SQL
 
 CLASSES = ("background", "thing", "stuff")
 

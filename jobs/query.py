@@ -33,9 +33,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from jobs.arguments import fraction, positive_int  # noqa: E402
-from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.results import ERRORS_SQL, SUMMARY_SQL, check_run, connect, select_scope  # noqa: E402
+from jobs.cli.types import fraction, positive_int  # noqa: E402
+from jobs.common.errors import UserError, run_main  # noqa: E402
+from jobs.results.sql import ERRORS_SQL, SUMMARY_SQL, check_run, connect, select_scope  # noqa: E402
 
 FORMATS = ("table", "csv", "json", "parquet")
 

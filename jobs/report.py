@@ -27,10 +27,10 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from jobs.arguments import int_between  # noqa: E402
-from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.results import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, run_record, select_scope  # noqa: E402
-from jobs.storage import filesystem, read_bytes  # noqa: E402
+from jobs.cli.types import int_between  # noqa: E402
+from jobs.common.errors import UserError, run_main  # noqa: E402
+from jobs.results.sql import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, run_record, select_scope  # noqa: E402
+from jobs.storage.files import filesystem, read_bytes  # noqa: E402
 from unet_core import DecodeError, decode_image, decode_mask_png, default_colors  # noqa: E402
 
 OVERLAY_ALPHA = 0.5

@@ -20,16 +20,16 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from jobs import leases, tables  # noqa: E402
-from jobs.arguments import (  # noqa: E402
+from jobs.output import leases, tables  # noqa: E402
+from jobs.cli.types import (  # noqa: E402
     add_wait_flag, fraction, non_negative_float, pool_size, positive_float, positive_int)
-from jobs.errors import UserError, run_main  # noqa: E402
-from jobs.pipeline import (  # noqa: E402
+from jobs.common.errors import UserError, run_main  # noqa: E402
+from jobs.inference.pipeline import (  # noqa: E402
     ModelInfo, add_inference_flags, build_dataset, inference_from_flags, with_model_mode)
-from jobs.ray_cluster import (  # noqa: E402
+from jobs.cluster.nodes import (  # noqa: E402
     await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
-from jobs.results import select_new  # noqa: E402
-from jobs.storage import (  # noqa: E402
+from jobs.results.sql import select_new  # noqa: E402
+from jobs.storage.files import (  # noqa: E402
     DEFAULT_MAX_BYTES, StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs,
     storage_errors,
 )
@@ -221,7 +221,7 @@ def error_rate_exceeded(record: dict, limit: float) -> bool:
 def main(argv: list[str] | None = None) -> int:
     config, demo = parse_args(argv)
     if demo:
-        from jobs.demo import run_demo
+        from jobs.inference.demo import run_demo
 
         return run_demo(config, segment, print_summary)
     record = segment(config)

@@ -113,7 +113,8 @@ def test_transient_failure_is_retried_by_the_next_incremental_run_and_an_invalid
 def test_tables_of_an_earlier_version_gain_the_column_and_keep_their_rows(tmp_path):
     from deltalake import write_deltalake
 
-    from jobs import results, tables
+    from jobs.output import tables
+    from jobs.results import sql as results
 
     output = str(tmp_path / "out")
     earlier = {name: pa.schema([f for f in schema if f.name != "error_kind"]) for name, schema in tables.SCHEMAS.items()}

@@ -9,7 +9,7 @@ from PIL import Image
 from run_output import current_rows, make_output, read_run
 from test_segment_job import run_job
 
-from jobs.errors import UserError
+from jobs.common.errors import UserError
 from jobs.export_masks import ExportConfig, export, safe_relative
 from unet_core import decode_mask_png, default_colors
 

@@ -127,7 +127,7 @@ def test_a_thousand_mutated_files_and_non_files_each_become_one_row(tmp_path, ti
 
 @pytest.mark.parametrize("limit, refused", [(10, True), (10_000, False)])
 def test_the_byte_limit_refuses_before_reading(tmp_path, limit, refused):
-    from jobs.storage import InputRefused, read_input
+    from jobs.storage.files import InputRefused, read_input
 
     path = tmp_path / "a.png"
     path.write_bytes(bytes(100))

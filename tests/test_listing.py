@@ -15,8 +15,8 @@ from delta_read import delta_sql
 from PIL import Image
 from test_segment_job import run_job
 
-from jobs.errors import UserError
-from jobs.storage import canonical_uri, list_inputs
+from jobs.common.errors import UserError
+from jobs.storage.files import canonical_uri, list_inputs
 
 NAMES = ("a.png", "b.png", "sub/c.png")
 
@@ -75,7 +75,7 @@ def test_a_file_has_one_uri_and_version_however_it_is_named(tmp_path, monkeypatc
 def test_an_s3_object_has_one_uri_and_version_however_it_is_named(s3_server, s3_bucket, tmp_path, monkeypatch):
     import fsspec
 
-    from jobs.storage import StorageOptions, configure_storage
+    from jobs.storage.files import StorageOptions, configure_storage
 
     for key, value in s3_server.env().items():
         if key.startswith("AWS_"):

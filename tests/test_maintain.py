@@ -62,8 +62,8 @@ def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row
 def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> None:
     """The files delta-rs rewrote (merge, compaction) read the same through the project's readers,
     text filters included."""
-    from jobs.results import connect, masks, select_new
-    from jobs.storage import list_inputs
+    from jobs.results.sql import connect, masks, select_new
+    from jobs.storage.files import list_inputs
 
     con = connect(output)
     ours = con.sql("SELECT class_name, count(*) FROM current_class_stats WHERE class_name = 'background' "

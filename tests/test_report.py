@@ -13,8 +13,8 @@ from conftest import TINY_CLASSES
 from delta_read import delta_sql
 from run_output import make_output, read_run
 
-from jobs import tables
-from jobs.errors import UserError
+from jobs.output import tables
+from jobs.common.errors import UserError
 from jobs.report import ReportConfig, blend, build_report, main, make_sample
 from unet_core import default_colors, encode_mask_png
 

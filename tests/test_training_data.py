@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from conftest import bomb_png
-from jobs.errors import UserError
-from jobs.training_data import (
+from jobs.common.errors import UserError
+from jobs.training.data import (
     epoch_order, load_pairs, pair_by_stem, parse_mask_map, read_mask, refusals, split_validation, training_batch,
     voc_pairs, worker_share)
 from unet_core.augment import PAD_LABEL

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from jobs.errors import UserError
-from jobs.pipeline import ragged
-from jobs.storage import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, list_inputs, read_bytes, read_input
+from jobs.common.errors import UserError
+from jobs.inference.pipeline import ragged
+from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, list_inputs, read_bytes, read_input
 from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
 from unet_core.augment import PAD_LABEL, augment_batch
 from unet_core.image import refuse_oversized

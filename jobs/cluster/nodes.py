@@ -5,9 +5,9 @@ import os
 import sys
 from typing import Protocol
 
-from jobs.arguments import actor_bounds
-from jobs.errors import UserError
-from jobs.pipeline import ModelInfo, Resources
+from jobs.cli.types import actor_bounds
+from jobs.common.errors import UserError
+from jobs.inference.pipeline import ModelInfo, Resources
 
 
 class PoolFlags(Protocol):

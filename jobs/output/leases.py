@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import fsspec.asyn
 
-from jobs.errors import UserError
-from jobs.storage import filesystem, join
+from jobs.common.errors import UserError
+from jobs.storage.files import filesystem, join
 
 HEARTBEAT_SECONDS = 10.0
 EXPIRY_SECONDS = 90.0

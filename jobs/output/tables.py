@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.errors import UserError
-from jobs.storage import arrow_filesystem, filesystem, join
+from jobs.common.errors import UserError
+from jobs.storage.files import arrow_filesystem, filesystem, join
 
 TABLES = ("images", "class_stats", "current", "runs")
 PARTITIONED = ("images", "class_stats")

@@ -33,8 +33,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs.arguments import positive_int
-from jobs.errors import MASK, UserError, never_print, redact
+from jobs.cli.types import positive_int
+from jobs.common.errors import MASK, UserError, never_print, redact
 from unet_core import DEFAULT_MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

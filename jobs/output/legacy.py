@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs import tables
-from jobs.storage import filesystem, join
+from jobs.output import tables
+from jobs.storage.files import filesystem, join
 
 
 def convert(output: str) -> list[str]:

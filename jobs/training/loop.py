@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jobs import training_data
+from jobs.training import data as training_data
 from unet_core.training import LossConfig, ModelConfig, OptimizerConfig
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.dataset as pads
 from PIL import Image
 
-from jobs.tables import TABLES, committed_dataset
+from jobs.output.tables import TABLES, committed_dataset
 from unet_core import build_unet, decode_mask_png, letterbox, read_metadata, save_artifact
 from unet_core.metrics import confusion_matrix, mean_iou
 from unet_core.synthetic import SCENE_CLASSES, SCENE_COLORS, make_scene

@@ -1,0 +1,1 @@
+"""A segmentation run on Ray Data: model facts, the stages, the pipeline and evaluation."""

@@ -1,0 +1,1 @@
+"""The results as Delta tables: schemas, the run commit, leases, maintenance, legacy conversion."""

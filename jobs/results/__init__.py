@@ -1,0 +1,1 @@
+"""Reading committed results: SQL views, queries, the HTML report, mask export."""
