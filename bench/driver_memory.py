@@ -125,7 +125,7 @@ def measure(list_file: str, output: str | None) -> dict:
     import duckdb  # noqa: F401
 
     from jobs.results.sql import select_new
-    from jobs.storage.files import list_inputs
+    from jobs.storage.listing import list_inputs
 
     baseline = current_rss()
     started = time.perf_counter()

@@ -27,18 +27,22 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from jobs.training import data as training_data  # noqa: E402
+from jobs.cli.flags import add_limit_flags, add_storage_flags
 from jobs.cli.types import add_wait_flag, non_negative_float, pool_size, positive_float, positive_int  # noqa: E402
+from jobs.cluster.nodes import await_nodes, connect_ray, model_info, plan_resources, replica_bundle  # noqa: E402
 from jobs.common.errors import run_main  # noqa: E402
 from jobs.inference.pipeline import (  # noqa: E402
-    ModelInfo, Resources, add_inference_flags, inference_from_flags, letterbox_of, segmented_dataset,
-    with_model_mode)
-from jobs.cluster.nodes import (  # noqa: E402
-    await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
-from jobs.storage.files import (  # noqa: E402
-    DEFAULT_MAX_BYTES, StorageOptions, add_limit_flags, add_storage_flags, configure_storage, filesystem, join,
-    storage_errors,
+    ModelInfo,
+    Resources,
+    add_inference_flags,
+    inference_from_flags,
+    letterbox_of,
+    segmented_dataset,
+    with_model_mode,
 )
+from jobs.storage.files import DEFAULT_MAX_BYTES, filesystem, join, storage_errors
+from jobs.storage.settings import StorageOptions, configure_storage
+from jobs.training import data as training_data  # noqa: E402
 from unet_core import DEFAULT_MAX_PIXELS, unletterbox  # noqa: E402
 from unet_core.metrics import confusion_matrix, scores  # noqa: E402
 

@@ -28,9 +28,9 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.dataset as pads  # noqa: E402
 
 from jobs.common.errors import UserError, run_main  # noqa: E402
+from jobs.output.tables import committed_dataset, scan_field  # noqa: E402
 from jobs.results.sql import check_run, connect, select_scope  # noqa: E402
 from jobs.storage.files import filesystem, join  # noqa: E402
-from jobs.output.tables import committed_dataset, scan_field  # noqa: E402
 
 INDEX_NAME = "masks.csv"
 MASK_BATCH_ROWS = 256

@@ -22,10 +22,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.output import leases, legacy, tables  # noqa: E402
+from jobs.cli.flags import add_storage_flags  # noqa: E402
 from jobs.cli.types import positive_int  # noqa: E402
 from jobs.common.errors import UserError, run_main  # noqa: E402
-from jobs.storage.files import StorageOptions, add_storage_flags, configure_storage, filesystem, storage_errors  # noqa: E402
+from jobs.output import leases, legacy, tables  # noqa: E402
+from jobs.storage.files import filesystem, storage_errors  # noqa: E402
+from jobs.storage.settings import StorageOptions, configure_storage  # noqa: E402
 
 MIN_RETENTION_HOURS = 1
 """Vacuum never deletes a file younger than this: a run that starts while maintenance runs has

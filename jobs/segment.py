@@ -20,19 +20,16 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from jobs.output import leases, tables  # noqa: E402
-from jobs.cli.types import (  # noqa: E402
-    add_wait_flag, fraction, non_negative_float, pool_size, positive_float, positive_int)
+from jobs.cli.flags import add_storage_flags
+from jobs.cli.types import add_wait_flag, fraction, non_negative_float, pool_size, positive_float, positive_int  # noqa: E402
+from jobs.cluster.nodes import await_nodes, connect_ray, model_info, plan_resources, replica_bundle  # noqa: E402
 from jobs.common.errors import UserError, run_main  # noqa: E402
-from jobs.inference.pipeline import (  # noqa: E402
-    ModelInfo, add_inference_flags, build_dataset, inference_from_flags, with_model_mode)
-from jobs.cluster.nodes import (  # noqa: E402
-    await_nodes, connect_ray, model_info, plan_resources, replica_bundle)
+from jobs.inference.pipeline import ModelInfo, add_inference_flags, build_dataset, inference_from_flags, with_model_mode  # noqa: E402
+from jobs.output import leases, tables  # noqa: E402
 from jobs.results.sql import select_new  # noqa: E402
-from jobs.storage.files import (  # noqa: E402
-    DEFAULT_MAX_BYTES, StorageOptions, add_storage_flags, check_writable, configure_storage, list_inputs,
-    storage_errors,
-)
+from jobs.storage.files import DEFAULT_MAX_BYTES, check_writable, storage_errors
+from jobs.storage.listing import list_inputs
+from jobs.storage.settings import StorageOptions, configure_storage
 from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
 
 

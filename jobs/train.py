@@ -24,13 +24,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from jobs.training import data as training_data  # noqa: E402
+from jobs.cli.flags import add_limit_flags, add_storage_flags
 from jobs.cli.types import add_wait_flag, non_negative_float, open_fraction, positive_float, positive_int  # noqa: E402
+from jobs.cluster.nodes import await_nodes, check_holds, connect_ray, largest_node_cpus  # noqa: E402
 from jobs.common.errors import UserError, run_main  # noqa: E402
 from jobs.inference.pipeline import slices  # noqa: E402
-from jobs.cluster.nodes import await_nodes, check_holds, connect_ray, largest_node_cpus  # noqa: E402
-from jobs.storage.files import (  # noqa: E402
-    DEFAULT_MAX_BYTES, StorageOptions, add_limit_flags, add_storage_flags, arrow_filesystem, configure_storage)
+from jobs.storage.files import DEFAULT_MAX_BYTES
+from jobs.storage.settings import StorageOptions, arrow_filesystem, configure_storage
+from jobs.training import data as training_data  # noqa: E402
 from jobs.training.loop import DATA_CPUS, STATE_FILE, train_worker  # noqa: E402
 from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
 from unet_core.image import PRECISIONS  # noqa: E402

@@ -16,7 +16,7 @@ from PIL import Image
 from test_segment_job import run_job
 
 from jobs.common.errors import UserError
-from jobs.storage.files import canonical_uri, list_inputs
+from jobs.storage.listing import canonical_uri, list_inputs
 
 NAMES = ("a.png", "b.png", "sub/c.png")
 
@@ -75,7 +75,7 @@ def test_a_file_has_one_uri_and_version_however_it_is_named(tmp_path, monkeypatc
 def test_an_s3_object_has_one_uri_and_version_however_it_is_named(s3_server, s3_bucket, tmp_path, monkeypatch):
     import fsspec
 
-    from jobs.storage.files import StorageOptions, configure_storage
+    from jobs.storage.settings import configure_storage, StorageOptions
 
     for key, value in s3_server.env().items():
         if key.startswith("AWS_"):

@@ -63,7 +63,7 @@ def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> No
     """The files delta-rs rewrote (merge, compaction) read the same through the project's readers,
     text filters included."""
     from jobs.results.sql import connect, masks, select_new
-    from jobs.storage.files import list_inputs
+    from jobs.storage.listing import list_inputs
 
     con = connect(output)
     ours = con.sql("SELECT class_name, count(*) FROM current_class_stats WHERE class_name = 'background' "

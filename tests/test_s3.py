@@ -129,7 +129,8 @@ def test_pyarrow_filesystem_uses_the_same_settings(s3_server, s3_bucket, monkeyp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.storage.files import StorageOptions, arrow_filesystem, configure_storage, storage_errors
+    from jobs.storage.files import storage_errors
+    from jobs.storage.settings import arrow_filesystem, configure_storage, StorageOptions
     from jobs.common.errors import UserError
 
     for key, value in s3_server.env().items():

@@ -27,10 +27,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.cli.types import overlap
-from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_input
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
+from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_input
 from unet_core import (
-    DEFAULT_MAX_PIXELS, DecodeError, Letterbox, class_statistics, decode_image, encode_mask_png, letterbox, unletterbox,
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    Letterbox,
+    class_statistics,
+    decode_image,
+    encode_mask_png,
+    letterbox,
+    unletterbox,
 )
 from unet_core.image import PRECISIONS
 

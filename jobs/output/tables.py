@@ -21,10 +21,8 @@ import json
 import os
 import random
 import time
-import urllib.parse
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,7 +30,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
-from jobs.storage.files import arrow_filesystem, filesystem, join
+from jobs.storage.files import filesystem, join
+from jobs.storage.settings import arrow_filesystem, storage_options
 
 TABLES = ("images", "class_stats", "current", "runs")
 PARTITIONED = ("images", "class_stats")
@@ -101,26 +100,6 @@ def nested_classes(flat: pa.Table, ok: np.ndarray, classes: int) -> pa.Array:
 
 def table_uri(output: str, table: str) -> str:
     return join(output, table)
-
-
-def storage_options(output: str) -> dict[str, str] | None:
-    """delta-rs settings for an s3:// root, from the same endpoint and anonymous settings as fsspec's.
-
-    Credentials come from the AWS chain, as for every other reader. Commits use conditional puts
-    (If-None-Match), which AWS S3 and the S3-compatible stores that support them honour:
-    `check_conditional_writes` refuses a store that ignores them."""
-    if not output.startswith(("s3://", "s3a://")):
-        return None
-    settings = fsspec.config.conf.get("s3", {})
-    options = {"conditional_put": "etag", "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
-    endpoint = settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        options["AWS_ENDPOINT_URL"] = endpoint
-        if urllib.parse.urlparse(endpoint).scheme == "http":
-            options["AWS_ALLOW_HTTP"] = "true"
-    if settings.get("anon"):
-        options["AWS_SKIP_SIGNATURE"] = "true"
-    return options
 
 
 def delta_uri(output: str, table: str) -> str:

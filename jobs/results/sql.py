@@ -19,8 +19,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.common.errors import UserError
+from jobs.output.tables import (
+    PARTITIONED,
+    SCHEMAS,
+    TABLES,
+    committed_dataset,
+    committed_files,
+    require_tables,
+    scan_field,
+)
 from jobs.storage.files import filesystem
-from jobs.output.tables import PARTITIONED, SCHEMAS, TABLES, committed_dataset, committed_files, require_tables, scan_field
 
 SUMMARY_SQL = """
 SELECT class_id, class_name, sum(pixels)::BIGINT AS pixels,

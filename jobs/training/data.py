@@ -17,7 +17,8 @@ from PIL import Image
 
 from jobs.common.errors import UserError
 from jobs.inference.pipeline import ragged
-from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, list_inputs, read_bytes, read_input
+from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_bytes, read_input
+from jobs.storage.listing import list_inputs
 from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
 from unet_core.augment import PAD_LABEL, augment_batch
 from unet_core.image import refuse_oversized

@@ -35,11 +35,11 @@ VALIDATION_BATCH = 8
 
 def train_worker(loop_config: dict) -> None:
     """One data-parallel worker: MultiWorkerMirroredStrategy over Ray Train's TF_CONFIG."""
-    import unet_core.quiet_tensorflow  # noqa: F401  (before keras loads TensorFlow: see its docstring)
     import keras
     import ray.train
     import tensorflow as tf
 
+    import unet_core.quiet_tensorflow  # noqa: F401  (before keras loads TensorFlow: see its docstring)
     from unet_core.precision import resolve_precision
     from unet_core.predict import configure_tensorflow
     from unet_core.training import DistributedTrainer
