@@ -124,7 +124,7 @@ def measure(list_file: str, output: str | None) -> dict:
     import deltalake  # noqa: F401  (imported by the driver before it lists)
     import duckdb  # noqa: F401
 
-    from jobs.results.sql import select_new
+    from jobs.output.incremental import select_new
     from jobs.storage.listing import list_inputs
 
     baseline = current_rss()

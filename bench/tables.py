@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 
 from common import print_table  # noqa: F401  (puts the project on the path)
 from jobs.output import tables
-from jobs.maintain import MaintainConfig, maintain
-from jobs.query import parse_args, run_query
-from jobs.results.sql import SUMMARY_SQL
+from jobs.output.maintenance import maintain, MaintainConfig
+from jobs.query import parse_args
+from jobs.results.query import run_query
+from jobs.output.readers import SUMMARY_SQL
 
 CLASSES = ("background", "thing", "stuff")
 

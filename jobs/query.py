@@ -13,42 +13,12 @@ that processed its newest version (the `current` table). Output is an aligned ta
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime as dt
-import decimal
-import json
-import math
-import os
 import sys
-from pathlib import Path
-from typing import BinaryIO
 
-if __package__ in (None, ""):  # run as a script: make the project importable without installing it
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import duckdb  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.csv as pacsv  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from jobs.cli.types import fraction, positive_int  # noqa: E402
-from jobs.common.errors import UserError, run_main  # noqa: E402
-from jobs.results.sql import ERRORS_SQL, SUMMARY_SQL, check_run, connect, select_scope  # noqa: E402
-
-FORMATS = ("table", "csv", "json", "parquet")
-
-RUNS_SQL = """
-SELECT run_id, committed_at, inputs, skipped, ok, errors, model_name, left(model_sha256, 12) AS model_sha256,
-       wall_seconds, images_per_second
-FROM runs ORDER BY committed_at, run_id"""
-
-FIND_SQL = """
-SELECT image_uri, fraction, pixels, mean_confidence, run_id, image_id
-FROM scope_class_stats WHERE class_name = $class AND fraction >= $min_fraction
-ORDER BY fraction DESC, image_uri LIMIT $limit"""
-"""By name: each run's class_stats rows carry its own model's class names, whatever ids it gave them."""
+from jobs.cli.main import run_main
+from jobs.cli.types import fraction, positive_int
+from jobs.common.errors import UserError
+from jobs.results.query import FORMATS, run_query, write_result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--run", metavar="ID", default=None, help="one committed run (default: current rows)")
 
-    parser = argparse.ArgumentParser(prog="query.py", description=__doc__, parents=[common],
+    parser = argparse.ArgumentParser(description=__doc__, parents=[common],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("runs", parents=[common], help="committed runs: counts, model, wall time")
@@ -83,97 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_query(args: argparse.Namespace) -> pa.Table:
-    """The subcommand's result as an Arrow table."""
-    con = connect(args.output)
-    if args.command == "runs":
-        return con.sql(RUNS_SQL).to_arrow_table()
-    if args.command == "sql":
-        try:
-            return con.sql(args.query).to_arrow_table()
-        except duckdb.Error as exc:
-            raise UserError(f"query failed: {str(exc).splitlines()[0]}") from exc
-    check_run(con, args.run, args.output)
-    select_scope(con, args.run)
-    if args.command == "summary":
-        return con.sql(SUMMARY_SQL).to_arrow_table()
-    if args.command == "errors":
-        return con.sql(ERRORS_SQL).to_arrow_table()
-    check_class(con, args.run, args.class_name)
-    params = {"class": args.class_name, "min_fraction": args.min_fraction, "limit": args.limit}
-    return con.sql(FIND_SQL, params=params).to_arrow_table()
-
-
-def check_class(con: duckdb.DuckDBPyConnection, run_id: str | None, name: str) -> None:
-    """An unknown class name is a typo far more often than an empty answer: say which names the
-    models of the runs in scope (one run, or all) know."""
-    where, params = ("WHERE run_id = $run", {"run": run_id}) if run_id else ("", {})
-    known = [row[0] for row in con.execute(
-        f"SELECT DISTINCT unnest(class_names) FROM runs {where} ORDER BY 1", params).fetchall()]
-    if name not in known:
-        raise UserError(f"--class {name!r}: no such class; classes are {', '.join(known)}")
-
-
-def write_result(table: pa.Table, fmt: str, out: BinaryIO) -> None:
-    if fmt == "parquet":
-        pq.write_table(table, out)
-    elif fmt == "csv":
-        pacsv.write_csv(_printable(table, binary=_base64), out)
-    elif fmt == "json":
-        rows = _printable(table, binary=_base64).to_pylist()
-        out.write(json.dumps([{k: _json_value(v) for k, v in row.items()} for row in rows], indent=1).encode())
-        out.write(b"\n")
-    else:
-        out.write(format_table(table).encode("utf-8"))
-
-
-def format_table(table: pa.Table) -> str:
-    """Columns aligned for a terminal: numbers right, text left, binaries as their size."""
-    table = _printable(table, binary=lambda value: f"<{len(value)} bytes>")
-    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
-    cells = [[_cell(v) for v in column.to_pylist()] for column in table.columns]
-    widths = [max([len(name)] + [len(c) for c in column]) for name, column in zip(table.column_names, cells)]
-    lines = ["  ".join(name.rjust(w) if num else name.ljust(w) for name, w, num in zip(table.column_names, widths, numeric))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in zip(*cells):
-        lines.append("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)))
-    lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _printable(table: pa.Table, binary) -> pa.Table:
-    """Binary columns (mask_png in a `SELECT *`) turned to text, which CSV, JSON and people can hold."""
-    for index, field in enumerate(table.schema):
-        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            values = [None if v is None else binary(v) for v in table.column(index).to_pylist()]
-            table = table.set_column(index, field.name, pa.array(values, pa.string()))
-    return table
-
-
-def _base64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-def _json_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table = run_query(args)
@@ -187,5 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

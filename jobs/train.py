@@ -12,91 +12,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the project importable without installing it
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
-
-from jobs.cli.flags import add_limit_flags, add_storage_flags
-from jobs.cli.types import add_wait_flag, non_negative_float, open_fraction, positive_float, positive_int  # noqa: E402
-from jobs.cluster.nodes import await_nodes, check_holds, connect_ray, largest_node_cpus  # noqa: E402
-from jobs.common.errors import UserError, run_main  # noqa: E402
-from jobs.inference.pipeline import slices  # noqa: E402
-from jobs.storage.files import DEFAULT_MAX_BYTES
-from jobs.storage.settings import StorageOptions, arrow_filesystem, configure_storage
-from jobs.training import data as training_data  # noqa: E402
-from jobs.training.loop import DATA_CPUS, STATE_FILE, train_worker  # noqa: E402
-from unet_core import DEFAULT_MAX_PIXELS  # noqa: E402
-from unet_core.image import PRECISIONS  # noqa: E402
-from unet_core.losses import LOSSES  # noqa: E402
-from unet_core.masks import VOC_CLASS_NAMES  # noqa: E402
-from unet_core.training import OPTIMIZERS, SCHEDULES  # noqa: E402
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    output: str
-    num_classes: int
-    images: str | None = None
-    masks: str | None = None
-    voc: str | None = None
-    val_images: str | None = None
-    val_masks: str | None = None
-    val_fraction: float = 0.2
-    mask_map: str | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
-    ignore_index: int | None = None
-    class_names: tuple[str, ...] | None = None
-    input_size: int = 256
-    patch_size: int | None = None
-    patches_per_image: int = 1
-    base_filters: int = 64
-    backbone_weights: str | None = None
-    epochs: int = 20
-    batch_size: int = 8
-    loss: str = "ce+dice"
-    class_weights: tuple[float, ...] | None = None
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    augment: bool = True
-    precision: str = "auto"
-    seed: int = 0
-    export: str = "best"
-    workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float | None = None
-    name: str | None = None
-    storage: str | None = None
-    address: str | None = None
-    wait_for_nodes: float = 300.0
-    s3_endpoint_url: str | None = None
-    anonymous: bool = False
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What every worker must agree on before the first step."""
-
-    steps_per_epoch: int
-    worker_batch: int
-    threads: int
-    fingerprint: str
-    train_pairs: int
-    val_pairs: int
+from jobs.cli.flags import add_cluster_flags, add_limit_flags, add_storage_flags
+from jobs.cli.main import run_main
+from jobs.cli.types import non_negative_float, open_fraction, positive_float, positive_int
+from jobs.common.errors import UserError
+from jobs.training.config import TrainConfig
+from jobs.training.driver import export_artifact, run_training
+from unet_core.image import PRECISIONS
+from unet_core.losses import LOSSES
+from unet_core.masks import VOC_CLASS_NAMES
+from unet_core.training import OPTIMIZERS, SCHEDULES
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--images", metavar="URI", help="folder/prefix of training images (local or s3://)")
@@ -154,8 +86,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="default: 1 with GPUs, else the cluster's CPUs shared by the workers with 0.5 left for reading")
     run.add_argument("--name", help="run name; the same --name and --storage resume (default: the output's name)")
     run.add_argument("--storage", metavar="URI", help="where checkpoints go, local or s3:// (default: ~/ray_results)")
-    add_wait_flag(run)
-    run.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray in-process)")
+    add_cluster_flags(run)
     add_storage_flags(run)
     parser.add_argument("--output", metavar="URI", required=True, help="where the model artifact is written")
     args = vars(parser.parse_args(argv))
@@ -164,16 +95,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return check_config(TrainConfig(**args))
 
 
-def _weights(text: str | None) -> tuple[float, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(float(w) for w in text.split(","))
-    except ValueError:
-        raise UserError(f"--class-weights {text!r}: expected comma-separated numbers") from None
-
-
 def check_config(config: TrainConfig) -> TrainConfig:
+    """Flags that contradict each other, refused before anything starts; the defaults they leave filled in."""
     if (config.voc is None) == (config.images is None):
         raise UserError("give either --images and --masks, or --voc")
     if config.images and not config.masks:
@@ -205,136 +128,13 @@ def check_config(config: TrainConfig) -> TrainConfig:
     weights = config.backbone_weights and os.path.abspath(config.backbone_weights)  # provenance names the file in full
     return dataclasses.replace(config, class_names=tuple(names), name=name, input_size=size, backbone_weights=weights)
 
-
-def read_backbone(config: TrainConfig) -> dict[str, list[np.ndarray]] | None:
-    """The --backbone-weights encoder layers' weights by layer name, read here on the driver: a file
-    that cannot load ends the job in one line, not in the workers' tracebacks, and workers on other
-    nodes get the arrays without needing the file."""
-    if not config.backbone_weights:
+def _weights(text: str | None) -> tuple[float, ...] | None:
+    if not text:
         return None
-    from unet_core import build_unet
-    from unet_core.model import load_vgg16_weights
-
-    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters)
     try:
-        loaded = load_vgg16_weights(model, config.backbone_weights)
-    except (OSError, ValueError) as exc:  # OSError: not an HDF5 file
-        raise UserError(f"--backbone-weights: {exc}") from None
-    print(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}", flush=True)
-    return {layer.name: layer.get_weights() for layer in model.layers if layer.name.startswith("block") and layer.weights}
-
-
-def load_splits(config: TrainConfig) -> tuple:
-    """(train pairs, validation pairs) from the flags."""
-    if config.voc:
-        return training_data.voc_pairs(config.voc, "train"), training_data.voc_pairs(config.voc, "val")
-    pairs = training_data.pair_by_stem(config.images, config.masks)
-    if config.val_images:
-        return pairs, training_data.pair_by_stem(config.val_images, config.val_masks)
-    return training_data.split_validation(pairs, config.val_fraction, config.seed)
-
-
-def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
-    """Steps per epoch (equal on every worker: the collectives need it) and CPUs per worker."""
-    import ray
-
-    worker_batch = config.batch_size // config.workers
-    steps = (len(train_pairs) * config.patches_per_image // config.workers) // worker_batch
-    if steps < 1:
-        raise UserError(f"{len(train_pairs) * config.patches_per_image} training samples cannot fill one global "
-                        f"batch of {config.batch_size}")
-    total_cpus = sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
-    cpus = config.cpus_per_worker or (1.0 if config.use_gpu else
-                                      max(0.25, min(largest_node_cpus(), (total_cpus - DATA_CPUS) / config.workers)))
-    plan = Plan(steps, worker_batch, max(1, round(cpus)), training_data.fingerprint(train_pairs),
-                len(train_pairs), len(val_pairs))
-    return plan, cpus
-
-
-def run_training(config: TrainConfig):
-    """Fit with Ray Train and return the Result."""
-    storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
-    train_pairs, val_pairs = load_splits(config)
-    backbone = read_backbone(config)
-    connect_ray(config.address, storage_env)  # before Ray Train loads Ray: see connect_ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
-
-    check_limits(train_pairs, val_pairs, config)
-    plan, cpus = plan_run(config, train_pairs, val_pairs)
-    worker = {"CPU": cpus, "GPU": 1.0} if config.use_gpu else {"CPU": cpus}
-    check_holds(worker, config.workers, f"--workers {config.workers}", "training workers")
-    await_nodes(worker, config.workers, config.wait_for_nodes, "training workers")
-    print(f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
-          f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}, {plan.steps_per_epoch} steps of "
-          f"{config.batch_size} per epoch; " + (f"{config.patch_size}x{config.patch_size} patches at full resolution, "
-                                                 "validated in tiles" if config.patch_size else
-                                                 f"whole images letterboxed to {config.input_size}"), flush=True)
-    trainer = TensorflowTrainer(
-        train_worker,
-        train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs, "val_pairs": val_pairs,
-                           "backbone": backbone},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(
-            name=config.name, **checkpoint_storage(config.storage),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
-                                               checkpoint_score_order="max")),
-    )
-    return trainer.fit(), plan
-
-
-def check_limits(train_pairs, val_pairs, config: TrainConfig) -> None:
-    """Refuse, in one line naming it, a pair whose image or mask is over --max-bytes or --max-pixels,
-    from listed sizes and headers, before training: found by a worker mid-epoch, it would end the
-    run in the workers' tracebacks."""
-    import pyarrow as pa
-    import ray
-
-    pairs = pa.concat_tables([train_pairs, val_pairs])
-    refused = ray.data.from_arrow(slices(pairs, 64)).map_batches(
-        training_data.refusals, batch_size=64, num_cpus=DATA_CPUS,
-        fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes})
-    first = next(iter(refused.iter_rows()), None)
-    if first is not None:
-        raise UserError(first["refusal"])
-
-
-def checkpoint_storage(uri: str | None) -> dict:
-    """Ray Train's storage arguments, with pyarrow told the same S3 endpoint and options as fsspec."""
-    if uri is None:
-        return {}
-    filesystem, path = arrow_filesystem(uri)
-    return {"storage_path": path, "storage_filesystem": filesystem}
-
-
-def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
-    """Write the chosen epoch's weights as an artifact, with the training provenance."""
-    from unet_core import build_unet, save_artifact
-    from unet_core.training import weights_from_state
-
-    if config.export == "last":
-        checkpoint, metrics = result.checkpoint, result.metrics
-    else:
-        checkpoint, metrics = max(result.best_checkpoints, key=lambda item: item[1]["val_miou"])
-    with checkpoint.as_directory() as folder:
-        with np.load(os.path.join(folder, STATE_FILE)) as arrays:
-            weights = weights_from_state(dict(arrays))
-        digests = sorted({Path(p).read_text() for p in Path(folder).glob("replica-*.sha256")})
-    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters)
-    model.set_weights(weights)
-    source = {
-        "trained_by": "jobs/train.py", "run_name": config.name, "checkpoint": checkpoint.path,
-        "data_fingerprint": plan.fingerprint, "train_pairs": plan.train_pairs, "val_pairs": plan.val_pairs,
-        "exported": config.export, "exported_epoch": metrics["epoch"], "epochs": config.epochs,
-        "optimizer_step": metrics["optimizer_step"],
-        "val_miou": metrics["val_miou"], "val_pixel_accuracy": metrics["val_pixel_accuracy"],
-        "val_iou": dict(zip(config.class_names, metrics["val_iou"])), "replica_weight_digests": digests,
-        "workers": config.workers, "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "address"},
-    }
-    save_artifact(model, config.output, list(config.class_names), name=config.name, source=source,
-                  mode="tile" if config.patch_size else "letterbox")
-    return source
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise UserError(f"--class-weights {text!r}: expected comma-separated numbers") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,5 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()
+

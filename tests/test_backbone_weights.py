@@ -121,4 +121,4 @@ def test_weights_that_cannot_load_are_one_line_before_training(write, scenes, tm
                    timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "training on" not in done.stdout
-    assert done.stderr.strip().splitlines()[-1] == f"error: --backbone-weights: {path}: {expected}"
+    assert done.stderr.strip().splitlines()[-1] == f"error: {path}: {expected} (--backbone-weights)"

@@ -114,7 +114,7 @@ def test_tables_of_an_earlier_version_gain_the_column_and_keep_their_rows(tmp_pa
     from deltalake import write_deltalake
 
     from jobs.output import tables
-    from jobs.results import sql as results
+    from jobs.output import readers as results
 
     output = str(tmp_path / "out")
     earlier = {name: pa.schema([f for f in schema if f.name != "error_kind"]) for name, schema in tables.SCHEMAS.items()}

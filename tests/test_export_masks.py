@@ -10,7 +10,7 @@ from run_output import current_rows, make_output, read_run
 from test_segment_job import run_job
 
 from jobs.common.errors import UserError
-from jobs.export_masks import ExportConfig, export, safe_relative
+from jobs.results.export import export, ExportConfig, safe_relative
 from unet_core import decode_mask_png, default_colors
 
 

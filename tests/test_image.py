@@ -68,7 +68,7 @@ def test_undecodable_bytes_raise_decode_error(data, reason):
 
 def test_pixel_limit_is_checked_before_decoding():
     data = png_bytes(Image.new("L", (300, 200)))
-    with pytest.raises(DecodeError, match="60,000 pixels, above the limit of 59,999"):
+    with pytest.raises(DecodeError, match="60,000 pixels, above the max_pixels limit of 59,999"):
         decode_image(data, max_pixels=59_999)
     assert decode_image(data, max_pixels=60_000).shape == (200, 300, 3)
 

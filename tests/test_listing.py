@@ -183,7 +183,8 @@ def incremental_run():
     the arguments go through the job's own parser, relative inputs are relative to the folder it runs in."""
     import ray
 
-    from jobs.segment import parse_args, segment
+    from jobs.inference.run import segment
+    from jobs.segment import parse_args
 
     environment, cwd = dict(os.environ), os.getcwd()
 

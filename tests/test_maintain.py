@@ -20,8 +20,9 @@ LAST, PLAIN = f"night-{NIGHTS - 1:02d}", f"night-{NIGHTS - 2:02d}"
 def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_path, tiny_artifact):
     import ray
 
-    from jobs.maintain import MaintainConfig, maintain
-    from jobs.segment import SegmentConfig, segment
+    from jobs.output.maintenance import maintain, MaintainConfig
+    from jobs.inference.config import SegmentConfig
+    from jobs.inference.run import segment
 
     output, folder = str(tmp_path / "out"), tmp_path / "in"
     environment = dict(os.environ)
@@ -62,7 +63,8 @@ def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row
 def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> None:
     """The files delta-rs rewrote (merge, compaction) read the same through the project's readers,
     text filters included."""
-    from jobs.results.sql import connect, masks, select_new
+    from jobs.output.incremental import select_new
+    from jobs.output.readers import connect, masks
     from jobs.storage.listing import list_inputs
 
     con = connect(output)

@@ -50,7 +50,7 @@ def hostile_corpus(folder) -> dict[str, str | None]:
         "truncated.jpg": (_encoded(Image.fromarray(RNG.integers(0, 255, (40, 40, 3), dtype=np.uint8)), "JPEG")[:300],
                           "truncated"),
         "text.jpg": (b"this is a text file wearing a .jpg name\n", "not a recognised image"),
-        "bomb.png": (bomb_png(200_000, 200_000), "above the limit of 50,000,000"),
+        "bomb.png": (bomb_png(200_000, 200_000), "above the max_pixels limit of 50,000,000"),
         "one.png": (_random_png(1, 1), None),
         "wide.png": (_random_png(3, 4000), None),
         "grey16.png": (png_bytes(Image.fromarray(RNG.integers(0, 65535, (17, 23), dtype=np.uint16))), None),

@@ -13,7 +13,8 @@ from delta_read import delta_sql
 from run_output import current_rows, make_output, read_run
 from test_segment_job import run_job
 
-from jobs.query import FORMATS, main, parse_args, run_query, write_result
+from jobs.query import main, parse_args
+from jobs.results.query import FORMATS, run_query, write_result
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +128,15 @@ def test_the_cli_prints_a_table_and_one_line_errors(output):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[0].split() == ["class_id", "class_name", "pixels", "share", "images", "image_share"]
     assert [line.split()[1] for line in done.stdout.splitlines()[2:5]] == TINY_CLASSES
-    for args, message in [
-        (["find", "--class", "tree", "--min-fraction", "0.1"], "--class 'tree': no such class; classes are background"),
-        (["errors", "--run", "ghost"], "--run ghost: no committed run of that name"),
-        (["sql", "SELECT nope FROM images"], "query failed: Binder Error"),
+    for args, message, flag in [
+        (["find", "--class", "tree", "--min-fraction", "0.1"], "class 'tree': no such class; classes are background",
+         " (--class)"),
+        (["errors", "--run", "ghost"], "run ghost: no committed run of that name", " (--run)"),
+        (["sql", "SELECT nope FROM images"], "query failed: Binder Error", ""),
     ]:
         failed = run_job("query.py", "--output", output, *args, timeout=120)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr[-2000:]
+        assert failed.stderr.strip().endswith(flag)  # the library's facts, and the flag they are about
         assert "Traceback" not in failed.stderr and failed.stderr.count("error:") == 1
 
 

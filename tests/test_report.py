@@ -15,7 +15,8 @@ from run_output import make_output, read_run
 
 from jobs.output import tables
 from jobs.common.errors import UserError
-from jobs.report import ReportConfig, blend, build_report, main, make_sample
+from jobs.report import main
+from jobs.results.report import blend, build_report, make_sample, ReportConfig
 from unet_core import default_colors, encode_mask_png
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

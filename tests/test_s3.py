@@ -106,7 +106,7 @@ def test_credentials_in_fsspec_s3_never_appear_in_errors(case, s3_server, s3_buc
     flags, encoded = [], json.dumps(settings)
     model = f"s3://{s3_bucket}/models/tiny"
     if case == "flag-conflict":
-        flags, expected = ["--s3-endpoint-url", "http://127.0.0.1:9"], "--s3-endpoint-url/--anonymous: FSSPEC_S3"
+        flags, expected = ["--s3-endpoint-url", "http://127.0.0.1:9"], "FSSPEC_S3 already holds the S3 settings"
     elif case == "wrong-secret":
         expected = f"{model}: access denied"
     elif case == "not-json":

@@ -117,7 +117,7 @@ def test_list_file_input_and_second_run_beside_the_first(tmp_path, tiny_artifact
     (["--input", "/no/such/folder", "--output", "x", "--model", "MODEL"], "/no/such/folder: no such file or folder"),
     (["--input", "INPUT", "--output", "x", "--model", "/no/model"], "no model artifact at /no/model"),
     (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--actors", "3:1"], "--actors: '3:1': need 1 <= MIN"),
-    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--run-id", "../up"], "--run-id '../up'"),
+    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--run-id", "../up"], "run id '../up': use letters, digits, '.', '_' or '-' (not only digits), at most 128 (--run-id)"),
     (["--input", "INPUT", "--output", "x"], "required: --model"),
     (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--batch-size", "0"], "must be at least 1"),
 ])

@@ -177,7 +177,8 @@ def write_version(path, content_seed: int, modified: float) -> None:
 def test_current_follows_the_newest_image_version_not_the_commit_order(tmp_path, tiny_artifact):
     import ray
 
-    from jobs.segment import SegmentConfig, segment
+    from jobs.inference.config import SegmentConfig
+    from jobs.inference.run import segment
 
     output = str(tmp_path / "out")
     folder = tmp_path / "in"

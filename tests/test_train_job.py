@@ -154,7 +154,7 @@ def test_evaluate_matches_a_hand_computed_confusion_matrix(tmp_path):
     assert per_image["a.jpg"]["confusion"] == [0, 0, 7, 0, 0, 0, 0, 0, 3]
     assert per_image["b.jpg"]["status"] == "ok" and per_image["b.jpg"]["pixel_accuracy"] == pytest.approx(140 / 240)
     assert per_image["c.jpg"]["status"] == "error" and per_image["c.jpg"]["error"].startswith(
-        f"{masks / 'c.png'}: cannot read mask (mask has 200000x200000 = 40,000,000,000 pixels, above the limit of "
+        f"{masks / 'c.png'}: cannot read mask (mask has 200000x200000 = 40,000,000,000 pixels, above the max_pixels limit of "
         "100,000,000")
     assert (metrics["images"], metrics["errors"]) == (3, 1)
     assert "mIoU" in done.stdout and "edge" in done.stdout

@@ -58,8 +58,8 @@ def refuse_oversized(width: int, height: int, max_pixels: int, what: str = "imag
     """Refuse from its header's size what would take more than `max_pixels` to decode: a few bytes
     of PNG can declare gigapixels."""
     if width * height > max_pixels:
-        raise DecodeError(f"{what} has {width}x{height} = {width * height:,} pixels, above the limit of "
-                          f"{max_pixels:,} (raise --max-pixels to allow it)")
+        raise DecodeError(f"{what} has {width}x{height} = {width * height:,} pixels, above the max_pixels limit "
+                          f"of {max_pixels:,}")
 
 
 def _reason(exc: Exception) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from jobs.cluster.capacity import actor_bounds
+
 
 def _checked(convert: Callable[[str], float], accept: Callable[[float], bool], rule: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
@@ -43,13 +45,3 @@ def pool_size(text: str) -> str:
     return text
 
 
-def actor_bounds(text: str) -> tuple[int, int]:
-    low, _, high = text.partition(":")
-    return int(low), int(high or low)
-
-
-def add_wait_flag(parser: argparse.ArgumentParser) -> None:
-    """The bounded wait for an autoscaling cluster to add the nodes a job asks for."""
-    parser.add_argument("--wait-for-nodes", type=non_negative_float, default=300.0, metavar="SECONDS",
-                        help="on an autoscaling cluster, how long to wait for the nodes the job needs before "
-                             "giving up with an error naming them (default: 300)")

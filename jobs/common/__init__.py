@@ -1,1 +1,2 @@
-"""The error every layer raises for a problem the user can fix, and credential redaction."""
+"""What every layer shares: the user error, credential redaction, and the one adapter over the
+private APIs of s3fs and Ray."""

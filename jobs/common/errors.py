@@ -1,12 +1,8 @@
-"""One-line errors for people: a bad flag or missing path ends the job with a clear message, and
-no message shows a credential."""
+"""The error for a problem the user can fix, and credential redaction: no message any layer
+prints shows a credential."""
 from __future__ import annotations
 
-import sys
-import traceback
-from typing import Callable, Iterable
-
-from unet_core import ArtifactError
+from typing import Iterable
 
 MASK = "***"
 SHORTEST_CREDENTIAL = 4
@@ -15,7 +11,15 @@ _credentials: set[str] = set()
 
 
 class UserError(Exception):
-    """A problem the user can fix (a path, a flag, credentials); printed without a traceback."""
+    """A problem the user can fix (a path, a setting, credentials); printed without a traceback.
+
+    The message states facts; `settings` names the config fields it is about (such as "run_id"), and
+    the command turns them into the flags a person types.
+    """
+
+    def __init__(self, message: str, *settings: str) -> None:
+        super().__init__(message)
+        self.settings = settings
 
 
 def never_print(values: Iterable[str]) -> None:
@@ -30,17 +34,3 @@ def redact(text: str) -> str:
     return text
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a job's main and turn user-fixable failures into `error: ...` and exit status 2."""
-    try:
-        code = main(argv)
-    except (UserError, ArtifactError) as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception:  # a bug: its traceback as Python prints it, less any credential a message carries
-        print(redact(traceback.format_exc()), end="", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code)

@@ -1,1 +1,1 @@
-"""A segmentation run on Ray Data: model facts, the stages, the pipeline and evaluation."""
+"""A segmentation run on Ray Data: its config, the model facts, the stages, the pipeline, the run."""

@@ -1,311 +1,32 @@
-"""The Ray Data stages of a segmentation run, from a listing of URIs to Parquet parts.
+"""A segmentation run as one lazy Ray Dataset, from a listing of URIs to Parquet parts.
 
     listing -> prepare (CPU tasks: read, decode, letterbox)
             -> Segmenter (actor pool: one U-Net replica per actor, GPU if asked)
             -> finalize (CPU tasks: mask back to full size, palette PNG, statistics)
             -> write_parts (CPU tasks: one images + one class_stats Parquet part per batch, uncommitted)
 
-Every input row comes out as exactly one output row: a file that cannot be read or decoded
-carries its reason in `error` and its kind in `error_kind` through every stage instead of failing
-its block.
+The stages themselves are in `jobs.inference.stages`.
 """
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import hashlib
-import json
 import os
-import posixpath
-import uuid
 import warnings
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TypeVar
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from jobs.cli.types import overlap
-from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
-from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_input
+from jobs.cluster.capacity import ACTOR_RESTARTS, Resources
+from jobs.inference.config import ReplicaConfig
+from jobs.inference.model import ModelInfo
+from jobs.inference.stages import Segmenter, finalize, prepare, write_parts
+from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core import (
     DEFAULT_MAX_PIXELS,
-    DecodeError,
-    Letterbox,
-    class_statistics,
-    decode_image,
-    encode_mask_png,
-    letterbox,
-    unletterbox,
 )
-from unet_core.image import PRECISIONS
 
 MODES = ("letterbox", "tile")
 """How images meet the model: scaled whole into one input, or in full-resolution tiles."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What every stage needs to know of the model, without loading it."""
-
-    uri: str
-    name: str
-    sha256: str
-    class_names: tuple[str, ...]
-    colors: tuple[tuple[int, int, int], ...]
-    input_size: int
-    mode: str = "letterbox"
-    """The inference mode the model was trained for (artifact metadata `mode`)."""
-
-
-def image_id(uri: str) -> str:
-    """A stable id from the URI: safe as an object key whatever the file is called."""
-    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:20]
-
-
-TRANSIENT = "transient"
-"""The store failed after its own retries (throttling, a dropped connection): the next
-`--incremental` run tries the image again."""
-INVALID = "invalid"
-"""The file itself is refused or undecodable: trying again gives the same answer until it changes."""
-
-
-class ImageError(Exception):
-    """Why one image has no result, and whether a later run may get one."""
-
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-
-
-def load_image(uri: str, size: int, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Read and decode one image; every failure, whatever raised it, is an ImageError."""
-    try:
-        data = read_input(uri, size, max_bytes)
-    except InputRefused as exc:
-        raise ImageError(str(exc), INVALID) from None
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})", INVALID) from None
-    except Exception as exc:  # the storage client gave up after its retries
-        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})", TRANSIENT) from None
-    try:
-        return decode_image(data, max_pixels=max_pixels)
-    except DecodeError as exc:
-        raise ImageError(str(exc), INVALID) from None
-    except Exception as exc:  # whatever else one file provokes stays that file's error
-        raise ImageError(f"unexpected {exc.__class__.__name__} while decoding: {exc}", INVALID) from None
-
-
-def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile: bool = False) -> dict:
-    """Read and decode each image, letterboxed to the model input (or whole, for tiling);
-    failures become error rows."""
-    count = len(batch["image_uri"])
-    images = []
-    boxes = np.zeros((count, 4), np.int32)
-    width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
-    errors, kinds = np.full(count, "", dtype=object), np.full(count, "", dtype=object)
-    for row, (uri, size) in enumerate(zip(batch["image_uri"], batch["source_size"])):
-        try:
-            image = load_image(uri, int(size), max_bytes, max_pixels)
-        except ImageError as exc:
-            errors[row], kinds[row] = str(exc), exc.kind
-            images.append(np.zeros((1, 1, 3) if tile else (input_size, input_size, 3), np.uint8))
-            continue
-        height[row], width[row] = image.shape[:2]
-        if tile:
-            images.append(image)
-            boxes[row] = (0, 0, height[row], width[row])
-        else:
-            boxed, box = letterbox(image, input_size)
-            images.append(boxed)
-            boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
-    return {
-        **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
-        "width": width, "height": height, "error": errors, "error_kind": kinds, "box": boxes,
-        "pixels": ragged(images) if tile else np.stack(images),
-    }
-
-
-def ragged(arrays: list[np.ndarray]) -> np.ndarray:
-    """An object array of differently shaped arrays (Ray Data stores it as a variable-shape tensor)."""
-    out = np.empty(len(arrays), dtype=object)
-    for index, array in enumerate(arrays):
-        out[index] = array
-    return out
-
-
-class Segmenter:
-    """Holds one model replica for the life of its actor and segments batches of prepared images."""
-
-    def __init__(self, model_uri: str, batch_size: int, precision: str, threads: int, allow_unsafe: bool = False,
-                 tile_overlap: float | None = None, tta: bool = False):
-        from unet_core import load_artifact
-        from unet_core.predict import Predictor, configure_tensorflow
-
-        configure_tensorflow(threads)
-        self.predictor = Predictor(load_artifact(model_uri, allow_unsafe=allow_unsafe), batch_size, precision, tta)
-        self.tile_overlap = tile_overlap
-        self.placement = json.dumps(replica_placement(), sort_keys=True)
-        print(f"model replica placed: {self.placement}")
-
-    def __call__(self, batch: dict) -> dict:
-        ok = batch["error"] == ""
-        out = {key: value for key, value in batch.items() if key != "pixels"}
-        if self.tile_overlap is None:
-            masks, confidence = self._letterboxed(batch["pixels"], ok)
-        else:
-            masks, confidence = self._tiled(batch["pixels"], ok)
-        return {**out, "mask": masks, "confidence": confidence, "replica": np.full(len(ok), self.placement, object)}
-
-    def _letterboxed(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        masks = np.zeros(pixels.shape[:3], np.uint8)
-        confidence = np.zeros(pixels.shape[:3], np.float16)
-        if ok.any():
-            predicted, probability = self.predictor.predict(pixels[ok])
-            masks[ok], confidence[ok] = predicted, probability.astype(np.float16)
-        return masks, confidence
-
-    def _tiled(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from unet_core.tiling import sliding_window
-
-        masks, confidence = [], []
-        for image, good in zip(pixels, ok):
-            if not good:
-                masks.append(np.zeros((1, 1), np.uint8))
-                confidence.append(np.zeros((1, 1), np.float16))
-                continue
-            mask, probability = sliding_window(image, self.predictor.probabilities, self.predictor.input_size,
-                                               self.predictor.num_classes, self.tile_overlap)
-            masks.append(mask)
-            confidence.append(probability.astype(np.float16))
-        return ragged(masks), ragged(confidence)
-
-
-def replica_placement() -> dict:
-    """Where this replica runs: its node, the GPUs Ray assigned to it, and the device TensorFlow
-    actually uses (CPU when the assigned GPU is not physically there). Recorded in the manifest."""
-    import ray
-    import tensorflow as tf
-
-    context = ray.get_runtime_context()
-    return {
-        "node_id": context.get_node_id(),
-        "pid": os.getpid(),
-        "gpu_ids": [str(gpu) for gpu in context.get_accelerator_ids().get("GPU", [])],
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "tensorflow_device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
-    }
-
-
-def letterbox_of(batch: dict, row: int, input_size: int) -> Letterbox:
-    """Where `prepare` placed this row's image inside the model input."""
-    top, left, inner_h, inner_w = (int(v) for v in batch["box"][row])
-    return Letterbox(int(batch["height"][row]), int(batch["width"][row]), input_size, top, left, inner_h, inner_w)
-
-
-def finalize(batch: dict, model: ModelInfo) -> dict:
-    """Map each mask back to its image's own size, encode it and count its classes."""
-    count, classes = len(batch["image_uri"]), len(model.class_names)
-    stats = {name: np.zeros((count, classes), dtype) for name, dtype in
-             (("pixels", np.int64), ("fraction", np.float64), ("mean_confidence", np.float64))}
-    mask_png = np.full(count, None, dtype=object)
-    for row in range(count):
-        if batch["error"][row]:
-            continue
-        box = letterbox_of(batch, row, model.input_size)
-        mask = unletterbox(batch["mask"][row], box)
-        result = class_statistics(mask, unletterbox(batch["confidence"][row], box), classes)
-        mask_png[row] = encode_mask_png(mask, list(model.colors))
-        stats["pixels"][row], stats["fraction"][row], stats["mean_confidence"][row] = (
-            result.pixels, result.fraction, result.mean_confidence)
-    out = {key: value for key, value in batch.items() if key not in ("mask", "confidence", "box")}
-    return {**out, "mask_png": mask_png, **{f"stats_{k}": v for k, v in stats.items()}}
-
-
-def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict:
-    """Write one `images` and one `class_stats` part for this batch, under one fresh name, into the
-    run's partition folders; report name, sizes and counts for the commit.
-
-    The files stay invisible until the driver's Delta commit lists them. Names are fresh UUIDs,
-    never derived from input names.
-    """
-    class_stats = _class_stats_table(batch, model)
-    tables = {"images": _images_table(batch, model, class_stats), "class_stats": class_stats}
-    part = f"part-{uuid.uuid4().hex}.parquet"
-    sizes = {}
-    for table, rows in tables.items():
-        fs, path = filesystem(join(output, table, f"run_id={run_id}", part))
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with fs.open(path, "wb") as handle:
-            pq.write_table(rows, handle, compression="zstd")
-        sizes[table] = fs.size(path)
-    ok = batch["error"] == ""
-    return {
-        "part": np.array([part], dtype=object),
-        "images_bytes": np.array([sizes["images"]]), "class_stats_bytes": np.array([sizes["class_stats"]]),
-        "rows": np.array([len(ok)]), "class_rows": np.array([tables["class_stats"].num_rows]),
-        "ok": np.array([int(ok.sum())]),
-        "class_pixels": batch["stats_pixels"][ok].sum(axis=0, keepdims=True),
-        "replicas": np.array([json.dumps(sorted(set(batch["replica"])))], dtype=object),
-    }
-
-
-def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Table:
-    count = len(batch["image_uri"])
-    errors = batch["error"]
-    now = dt.datetime.now(dt.timezone.utc)
-    return pa.table({
-        "image_id": pa.array(batch["image_id"], pa.string()),
-        "image_uri": pa.array(batch["image_uri"], pa.string()),
-        "source_size": pa.array(batch["source_size"], pa.int64()),
-        "source_version": pa.array(batch["source_version"], pa.string()),
-        "source_modified": pa.array(batch["source_modified"], pa.timestamp("us", tz="UTC")),
-        "width": pa.array(batch["width"], pa.int32()),
-        "height": pa.array(batch["height"], pa.int32()),
-        "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
-        "error": pa.array([e or None for e in errors], pa.string()),
-        "error_kind": pa.array([k or None for k in batch["error_kind"]], pa.string()),
-        # a batch of only failures reaches here with the all-null column read back as floats
-        "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
-        "classes": nested_classes(class_stats, batch["error"] == "", len(model.class_names)),
-        "model_name": pa.array([model.name] * count, pa.string()),
-        "model_sha256": pa.array([model.sha256] * count, pa.string()),
-        "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
-    }, schema=IMAGES_FILE_SCHEMA)
-
-
-def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
-    ok = np.flatnonzero(batch["error"] == "")
-    classes = len(model.class_names)
-    confidence = batch["stats_mean_confidence"][ok].ravel()
-    return pa.table({
-        "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
-        "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
-        "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
-        "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
-        "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
-        "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
-        "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
-    }, schema=CLASS_STATS_FILE_SCHEMA)
-
-
-ACTOR_RESTARTS = 4
-"""A replica that dies (OOM, node loss, crash) is restarted and its batch retried this many times."""
-
-
-@dataclass(frozen=True)
-class Resources:
-    """How the run is laid out on the cluster."""
-
-    min_actors: int
-    max_actors: int
-    cpus_per_actor: float
-    gpus_per_actor: float
-    batch_size: int
-    cpus_per_task: float = 0.5
-    """Decode and post-processing tasks: a fraction, so reads never starve beside the actors."""
-    rows_per_file: int = 256
 
 
 @dataclass(frozen=True)
@@ -321,43 +42,20 @@ class Inference:
     allow_unsafe: bool = False
 
 
-class InferenceFlags(Protocol):
-    """The command-line flags that say how images meet the model (segment and evaluate share them)."""
-
-    precision: str
-    mode: str | None
-    tile_overlap: float
-    tta: str
-    max_pixels: int
-    max_bytes: int
+Config = TypeVar("Config", bound=ReplicaConfig)
 
 
-def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """Defined once for segment.py and evaluate.py, defaults included: a score is only worth what the
-    masks it scores are, so evaluate must run exactly what segment runs."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bfloat16 on CPUs with bf16 instructions, float16 on GPUs, else float32")
-    parser.add_argument("--mode", choices=MODES, default=None,
-                        help="letterbox: scale each image into one model input (ordinary photos); tile: "
-                             "sliding-window inference at full resolution, for large images (default: the "
-                             "mode the model was trained in, recorded in its artifact)")
-    parser.add_argument("--tile-overlap", type=overlap, default=0.25,
-                        help="with --mode tile, the fraction by which tiles overlap (default: 0.25)")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
-                        help="flip: average each prediction with that of the mirrored image (2x compute)")
-
-
-def with_model_mode(config, model: ModelInfo):
+def with_model_mode(config: Config, model: ModelInfo) -> Config:
     """The job's config with `--mode` defaulted to the model's training mode, so that its run record
     says which mode ran."""
     return replace(config, mode=config.mode or model.mode)
 
 
-def inference_from_flags(flags: InferenceFlags, allow_unsafe: bool = False) -> Inference:
-    """The one reading of `add_inference_flags`' flags, so both jobs hand the replicas the same options."""
-    return Inference(precision=flags.precision, tile_overlap=flags.tile_overlap if flags.mode == "tile" else None,
-                     tta=flags.tta == "flip", max_pixels=flags.max_pixels, max_bytes=flags.max_bytes,
-                     allow_unsafe=allow_unsafe)
+def inference_of(config: ReplicaConfig) -> Inference:
+    """The one reading of the replica flags, so both jobs hand the replicas the same options."""
+    return Inference(precision=config.precision, tile_overlap=config.tile_overlap if config.mode == "tile" else None,
+                     tta=config.tta == "flip", max_pixels=config.max_pixels, max_bytes=config.max_bytes,
+                     allow_unsafe=config.unsafe_allow_code)
 
 
 def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, inference: Inference):
@@ -398,14 +96,14 @@ def replica_env(gpus: float) -> dict[str, str]:
     return env if gpus else {**env, "CUDA_VISIBLE_DEVICES": ""}
 
 
-def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, output: str, run_id: str,
-                  inference: Inference):
+def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, inference: Inference, output: str,
+                  run_id: str, rows_per_file: int):
     """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
     tasks = {"num_cpus": resources.cpus_per_task}
     return (
         segmented_dataset(listing, model, resources, inference)
         .map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
-        .map_batches(write_parts, batch_size=resources.rows_per_file,
+        .map_batches(write_parts, batch_size=rows_per_file,
                      fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
     )
 

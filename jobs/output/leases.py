@@ -18,9 +18,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
-import fsspec.asyn
-
 from jobs.common.errors import UserError
+from jobs.common.private_apis import s3_call
 from jobs.storage.files import filesystem, join
 
 HEARTBEAT_SECONDS = 10.0
@@ -36,7 +35,8 @@ def new_run_id() -> str:
 
 def check_run_id(run_id: str) -> str:
     if not RUN_ID_PATTERN.match(run_id) or run_id.isdigit():
-        raise UserError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-' (not only digits), at most 128")
+        raise UserError(f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (not only digits), at most 128",
+                        "run_id")
     return run_id
 
 
@@ -117,12 +117,13 @@ def acquire(output: str, run_id: str) -> Lease:
     held = read(output, run_id)
     if held is not None and held.alive():
         raise UserError(f"run {run_id} is already in progress in {output} ({held.describe()}); "
-                        "wait for it or pick another --run-id")
+                        "wait for it or pick another run id", "run_id")
     if held is not None:
         fs, path = filesystem(uri)
         fs.rm_file(path)
     if not _create_exclusive(uri, record):
-        raise UserError(f"run {run_id}: another attempt took over its lease just now; wait for it or pick another --run-id")
+        raise UserError(f"run {run_id}: another attempt took over its lease just now; wait for it or pick another run id",
+                        "run_id")
     return Lease(output, record)
 
 
@@ -176,7 +177,7 @@ def _create_exclusive(uri: str, record: LeaseRecord) -> bool:
             return False
     bucket, key, _ = fs.split_path(path)
     try:
-        fsspec.asyn.sync(fs.loop, fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+        s3_call(fs, "put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         return True
     except OSError as exc:  # s3fs turns the 412 Precondition Failed into an OSError
         if _precondition_failed(exc):

@@ -188,7 +188,7 @@ def commit_run(output: str, record: dict, parts: list[Part]) -> int:
     run_id = record["run_id"]
     table = open_table(output, "images")
     if table.transaction_version(run_id) is not None:
-        raise UserError(f"run {run_id} is already committed in {output}; pick another --run-id")
+        raise UserError(f"run {run_id} is already committed in {output}; pick another run id", "run_id")
     properties = CommitProperties(custom_metadata={RUN_KEY: json.dumps(record, default=str)},
                                   app_transactions=[Transaction(run_id, 1)], max_commit_retries=COMMIT_ATTEMPTS)
     actions = [_add_action(run_id, p.name, p.images_bytes, p.rows) for p in parts]

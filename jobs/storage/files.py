@@ -86,13 +86,12 @@ def read_input(uri: str, listed_size: int, max_bytes: int) -> bytes:
     if protocol_of(fs) == "file" and not stat.S_ISREG(os.stat(path).st_mode):
         raise InputRefused("not a regular file (a device, FIFO or socket): refused without reading it")
     if listed_size > max_bytes:
-        raise InputRefused(f"file has {listed_size:,} bytes, above the limit of {max_bytes:,} "
-                           "(raise --max-bytes to allow it)")
+        raise InputRefused(f"file has {listed_size:,} bytes, above the max_bytes limit of {max_bytes:,}")
     with fs.open(path, "rb") as handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         if listed_size < 0:  # listed without a size (a list file, a VOC list)
-            raise InputRefused(f"file has more than {max_bytes:,} bytes, the limit (raise --max-bytes to allow it)")
+            raise InputRefused(f"file has more than {max_bytes:,} bytes, the max_bytes limit")
         raise InputRefused(f"file grew past the limit of {max_bytes:,} bytes since it was listed")
     return data
 

@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
+from jobs.common.private_apis import s3_pages
 from jobs.storage.files import filesystem, protocol_of, storage_errors
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -185,7 +186,7 @@ def _walk_s3(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[pa.Table]:
     turned into Arrow at once (`fs.find` would hold every key's info dict, and a listings cache)."""
     bucket, key, _ = fs.split_path(root)
     request = {"Bucket": bucket, "Prefix": f"{key.rstrip('/')}/" if key else ""}
-    pages = fs._list_pages("list_objects_v2", **request, **fs.req_kw).__aiter__()
+    pages = s3_pages(fs, "list_objects_v2", **request)
     while True:
         try:
             page = fsspec.asyn.sync(fs.loop, pages.__anext__)

@@ -61,8 +61,8 @@ def configure_storage(options: StorageOptions) -> dict[str, str]:
     encoded = json.dumps(settings, sort_keys=True)
     if given and json.loads(given) != settings:
         shown = json.dumps(redacted(json.loads(given)), sort_keys=True)
-        raise UserError(f"--s3-endpoint-url/--anonymous: {S3_ENV_VAR} already holds the S3 settings ({shown}); "
-                        "give them there or as flags, not both")
+        raise UserError(f"{S3_ENV_VAR} already holds the S3 settings ({shown}); give them there or as flags, "
+                        "not both", "s3_endpoint_url", "anonymous")
     fsspec.config.conf["s3"] = {**fsspec.config.conf.get("s3", {}), **settings}
     os.environ[S3_ENV_VAR] = encoded
     return {} if given else {S3_ENV_VAR: encoded}

@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.common.errors import UserError
-from jobs.inference.pipeline import ragged
+from jobs.inference.stages import ragged
 from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_bytes, read_input
 from jobs.storage.listing import list_inputs
 from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
@@ -77,7 +77,7 @@ def voc_pairs(root: str, split: str) -> pa.Table:
     try:
         names = [line.strip() for line in read_bytes(list_file).decode().splitlines() if line.strip()]
     except FileNotFoundError:
-        raise UserError(f"--voc {root}: no {list_file} (expected a Pascal VOC layout)") from None
+        raise UserError(f"{root}: no {list_file} (expected a Pascal VOC layout)", "voc") from None
     rows = [(name, {"image_uri": join(root, "JPEGImages", f"{name}.jpg"), "source_size": -1, "source_version": ""},
              {"image_uri": join(root, "SegmentationClass", f"{name}.png"), "source_size": -1}) for name in names]
     return _pairs_table(rows)
@@ -101,7 +101,7 @@ def split_validation(pairs: pa.Table, fraction: float, seed: int = 0) -> tuple[p
     count = len(pairs)
     held = max(1, round(count * fraction))
     if held >= count:
-        raise UserError(f"--val-fraction {fraction}: would leave no training data out of {count} pairs")
+        raise UserError(f"{fraction}: would leave no training data out of {count} pairs", "val_fraction")
     order = np.random.default_rng(seed).permutation(count)
     return reindex(pairs.take(np.sort(order[held:]))), reindex(pairs.take(np.sort(order[:held])))
 
@@ -140,9 +140,9 @@ def parse_mask_map(text: str | None) -> np.ndarray:
             stored, _, label = item.partition(":")
             stored, label = int(stored), int(label)
         except ValueError:
-            raise UserError(f"--mask-map {text!r}: expected STORED:CLASS pairs such as 255:1,0:0") from None
+            raise UserError(f"{text!r}: expected STORED:CLASS pairs such as 255:1,0:0", "mask_map") from None
         if not (0 <= stored <= 255 and 0 <= label <= 255):
-            raise UserError(f"--mask-map {text!r}: values must be 0..255")
+            raise UserError(f"{text!r}: values must be 0..255", "mask_map")
         table[stored] = label
     return table
 
@@ -188,8 +188,7 @@ def refusals(batch: dict, max_pixels: int, max_bytes: int) -> dict:
 
 def _refusal(uri: str, size: int, what: str, max_pixels: int, max_bytes: int) -> str:
     if size > max_bytes:
-        return (f"{uri}: cannot read {what} (file has {size:,} bytes, above the limit of {max_bytes:,} "
-                "(raise --max-bytes to allow it))")
+        return f"{uri}: cannot read {what} (file has {size:,} bytes, above the max_bytes limit of {max_bytes:,})"
     fs, path = filesystem(uri)
     try:
         with fs.open(path, "rb", block_size=HEADER_BLOCK) as handle, Image.open(handle) as image:

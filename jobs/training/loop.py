@@ -22,7 +22,7 @@ from jobs.training import data as training_data
 from unet_core.training import LossConfig, ModelConfig, OptimizerConfig
 
 if TYPE_CHECKING:
-    from jobs.train import Plan, TrainConfig
+    from jobs.training.config import Plan, TrainConfig
 
 STATE_FILE = "state.npz"
 PROGRESS_FILE = "progress.json"

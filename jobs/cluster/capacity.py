@@ -1,13 +1,12 @@
-"""What every Ray job needs before its work starts: a connection, a replica layout, the model's facts."""
+"""Sizing work to the cluster: the replica layout it holds now or can grow to, and the bounded
+wait for the nodes an autoscaler adds."""
 from __future__ import annotations
 
-import os
-import sys
+from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.cli.types import actor_bounds
 from jobs.common.errors import UserError
-from jobs.inference.pipeline import ModelInfo, Resources
+from jobs.common.private_apis import ray_cluster_config, ray_head_started_here
 
 
 class PoolFlags(Protocol):
@@ -17,26 +16,6 @@ class PoolFlags(Protocol):
     cpus_per_actor: float | None
     gpus_per_actor: float
     batch_size: int
-    rows_per_file: int
-
-
-def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> None:
-    """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here.
-
-    `env_vars` (the storage settings) go to every worker of the job through its runtime env.
-    """
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local" and "ray" not in sys.modules:
-        # token auth, the mode Ray picks for a Ray it starts, named so that Ray does not warn that it
-        # picked it; Ray reads the mode once, as it loads
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
-
-    if ray.is_initialized():  # a program running several jobs in one process keeps its Ray
-        return
-    runtime_env = {"env_vars": env_vars} if env_vars else None
-    ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
-    ray.data.DataContext.get_current().enable_progress_bars = True
 
 
 def plan_resources(config: PoolFlags) -> Resources:
@@ -51,11 +30,11 @@ def plan_resources(config: PoolFlags) -> Resources:
     bundle = replica_bundle(cpus, gpus)
     if config.actors == "auto":
         now, most = capacity(bundle)
-        low, high, flag = 1, max(1, most or now), replica_flags(config)
+        low, high, settings = 1, max(1, most or now), replica_settings(config)
     else:
-        (low, high), flag = actor_bounds(config.actors), f"--actors {config.actors}"
-    check_holds(bundle, high, flag, "replicas")
-    return Resources(low, high, cpus, gpus, config.batch_size, rows_per_file=config.rows_per_file)
+        (low, high), settings = actor_bounds(config.actors), ("actors",)
+    check_holds(bundle, high, "replicas", *settings)
+    return Resources(low, high, cpus, gpus, config.batch_size)
 
 
 def capacity(bundle: dict[str, float]) -> tuple[int, int | None]:
@@ -68,10 +47,12 @@ def capacity(bundle: dict[str, float]) -> tuple[int, int | None]:
     return now, max(now, sum(fitting(bundle, node) * count for node, count in declared))
 
 
-def check_holds(bundle: dict[str, float], count: int, flag: str, what: str) -> None:
+def check_holds(bundle: dict[str, float], count: int, what: str, *settings: str) -> None:
+    """Refuse at once what the cluster can never hold; `settings` are the config fields that asked for it."""
     _, most = capacity(bundle)
     if most is not None and count > most:
-        raise UserError(f"{flag}: only {most} {what} of {describe(bundle)} fit on the cluster ({cluster_summary()})")
+        raise UserError(f"{count} {what} asked for, only {most} of {describe(bundle)} fit on the cluster "
+                        f"({cluster_summary()})", *settings)
 
 
 def largest_node_cpus() -> float:
@@ -79,11 +60,10 @@ def largest_node_cpus() -> float:
     return max((node.get("CPU", 0) for node in nodes), default=1)
 
 
-def replica_flags(config: PoolFlags) -> str:
-    named = [f"--gpus-per-actor {config.gpus_per_actor:g}"] if config.gpus_per_actor else []
-    if config.cpus_per_actor:
-        named.append(f"--cpus-per-actor {config.cpus_per_actor:g}")
-    return " ".join(named) or "the default replica size"
+def replica_settings(config: PoolFlags) -> tuple[str, ...]:
+    """The fields that sized each replica, for an error about how many fit."""
+    named = ("gpus_per_actor",) if config.gpus_per_actor else ()
+    return named + (("cpus_per_actor",) if config.cpus_per_actor else ())
 
 
 def replica_bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -105,9 +85,7 @@ def alive_nodes() -> list[dict]:
 def declared_node_types() -> list[tuple[dict, int]]:
     """(resources, max count) of every node type the autoscaler may add. Autoscaler v2 reports
     them; v1 does not, and then only the request and the wait can tell."""
-    import ray._private.state
-
-    config = ray._private.state.state.get_cluster_config()
+    config = ray_cluster_config()
     if config is None:
         return []
     return [(dict(group.resources), group.max_count if group.max_count >= 0 else 1024)
@@ -116,10 +94,7 @@ def declared_node_types() -> list[tuple[dict, int]]:
 
 def started_here() -> bool:
     """A Ray that this process started has no autoscaler: what it holds now is all it ever holds."""
-    import ray._private.worker
-
-    node = ray._private.worker._global_node
-    return node is not None and node.head
+    return ray_head_started_here()
 
 
 def await_nodes(bundle: dict[str, float], count: int, timeout_s: float, what: str) -> None:
@@ -141,7 +116,7 @@ def await_nodes(bundle: dict[str, float], count: int, timeout_s: float, what: st
             raise UserError(
                 f"waited {timeout_s:g} s for {count} {what} of {describe(bundle)} and the cluster never held them "
                 f"({cluster_summary()}): check the autoscaler's node types, "
-                "max workers and cloud quota, or ask for less; --wait-for-nodes sets the wait")
+                "max workers and cloud quota, or ask for less or wait longer", "wait_for_nodes")
     finally:
         remove_placement_group(group)
 
@@ -164,13 +139,23 @@ def cluster_summary() -> str:
     return f"{now}; the autoscaler's node types: {types}" if declared else now
 
 
-def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:
-    """Load the artifact once here, so a refused, tampered or corrupt model is one clear error
-    before any replica starts."""
-    from unet_core import load_artifact
+ACTOR_RESTARTS = 4
+"""A replica that dies (OOM, node loss, crash) is restarted and its batch retried this many times."""
 
-    meta = load_artifact(uri, allow_unsafe=allow_unsafe).metadata
-    height, width = meta.input_size
-    if height != width:
-        raise UserError(f"{uri}: letterboxing needs a square model input, this one is {height}x{width}")
-    return ModelInfo(uri, meta.name, meta.sha256, tuple(meta.class_names), tuple(meta.colors), height, meta.mode)
+
+@dataclass(frozen=True)
+class Resources:
+    """How the run is laid out on the cluster."""
+
+    min_actors: int
+    max_actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    batch_size: int
+    cpus_per_task: float = 0.5
+    """Decode and post-processing tasks: a fraction, so reads never starve beside the actors."""
+
+
+def actor_bounds(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    return int(low), int(high or low)

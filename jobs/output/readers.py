@@ -14,8 +14,6 @@ Views:
 from __future__ import annotations
 
 import duckdb
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.common.errors import UserError
@@ -49,7 +47,7 @@ def connect(output: str) -> duckdb.DuckDBPyConnection:
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
     for table in TABLES:
-        con.execute(f"CREATE VIEW {_view(table)} AS {_scan(con, table, committed_files(output, table))}")
+        con.execute(f"CREATE VIEW {_view(table)} AS {scan(con, table, committed_files(output, table))}")
     con.execute("""
         CREATE VIEW current_class_stats AS
         SELECT c.* FROM class_stats c SEMI JOIN current_images k ON c.image_id = k.image_id AND c.run_id = k.run_id""")
@@ -60,7 +58,7 @@ def _view(table: str) -> str:
     return "current_images" if table == "current" else table
 
 
-def _scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
+def scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
     """SQL reading a table's committed files, columns in the table's order (an empty table has none).
 
     Files written before a column was added lack it: the union by name with an empty table of
@@ -76,12 +74,12 @@ def _scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
 
 
 def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -> None:
-    """A --run that names no committed run is a user error, with the ones that exist."""
+    """A run id that names no committed run is a user error, with the ones that exist."""
     if run_id is None or con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
         return
     latest = [row[0] for row in con.sql("SELECT run_id FROM runs ORDER BY committed_at DESC LIMIT 5").fetchall()]
-    raise UserError(f"--run {run_id}: no committed run of that name in {output} "
-                    f"(latest committed: {', '.join(latest) or 'none'})")
+    raise UserError(f"run {run_id}: no committed run of that name in {output} "
+                    f"(latest committed: {', '.join(latest) or 'none'})", "run")
 
 
 def run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> dict | None:
@@ -116,38 +114,3 @@ def masks(output: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], byt
             if (r, i) in wanted}
 
 
-def select_new(listing: pa.Table, output: str, model_sha256: str, retry_errors: bool) -> tuple[pa.Table, int]:
-    """Split a listing into (to process, number skipped): an image is done when its current row is
-    for this very version (URI, size, version) and came from this model; an error counts as done
-    unless it was transient (the store failed, not the file) or `retry_errors` asks for every error.
-
-    DuckDB semi-joins the listing (an Arrow table, scanned in place) with the `current` rows read
-    straight from their committed Parquet files, only the columns needed. Both sides are keyed by
-    a 128-bit hash (md5) of the version: the join's hash table then holds 16 bytes per row instead
-    of the strings, and an accidental collision (which would skip one image) has odds near 1e-24
-    even for 10 million images against 10 million earlier rows."""
-    files = committed_files(output, "current")
-    if not files or not listing.num_rows:
-        return listing, 0
-    con = duckdb.connect()
-    if "://" in output:
-        con.register_filesystem(filesystem(output)[0])
-    positions = pa.array(np.arange(listing.num_rows, dtype=np.int64))
-    con.register("listing", listing.select(["image_uri", "source_size", "source_version"]).append_column(
-        "position", pa.chunked_array([positions])))
-    # an error row counts as done unless the store failed (transient) or every error is retried
-    status = "AND status = 'ok'" if retry_errors else "AND coalesce(error_kind, '') <> 'transient'"
-    done = con.execute(f"""
-        WITH listed AS (SELECT position, {VERSION_KEY} AS key FROM listing),
-             earlier AS (SELECT {VERSION_KEY} AS key FROM ({_scan(con, "current", files)})
-                         WHERE model_sha256 = $model {status})
-        SELECT position FROM listed SEMI JOIN earlier USING (key)""", {"model": model_sha256}).fetchnumpy()["position"]
-    if not len(done):
-        return listing, 0
-    keep = np.ones(listing.num_rows, dtype=bool)
-    keep[done] = False
-    return listing.filter(pa.array(keep)), len(done)
-
-
-VERSION_KEY = "md5_number(image_uri || chr(0) || source_size::VARCHAR || chr(0) || source_version)"
-"""An image version (URI, size, version) as a 128-bit number."""

@@ -1,0 +1,39 @@
+"""The only place the project touches private APIs of s3fs and Ray; `tests/test_private_apis.py`
+fails by name when an upgrade removes one.
+
+Each is used because the public API cannot do the job:
+- s3fs `_call_s3`: a PUT with `If-None-Match: *` (create only if absent), which `pipe_file` cannot send.
+- s3fs `_list_pages`: one listing page at a time; `find` holds every key's info and fills a cache.
+- Ray `_private.state.state.get_cluster_config()`: the autoscaler's node types (what the cluster can grow to).
+- Ray `_private.worker._global_node`: whether this process started its Ray (then nothing can be added).
+"""
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import fsspec.asyn
+
+
+def s3_call(fs: Any, method: str, **request: Any) -> dict:
+    """One botocore call through s3fs' client, with s3fs' retries and error mapping."""
+    return fsspec.asyn.sync(fs.loop, fs._call_s3, method, **request)
+
+
+def s3_pages(fs: Any, method: str, **request: Any) -> AsyncIterator[dict]:
+    """The pages of a paginated botocore call, to be awaited one at a time on `fs.loop`."""
+    return fs._list_pages(method, **request, **fs.req_kw).__aiter__()
+
+
+def ray_cluster_config() -> Any | None:
+    """The autoscaler's declared node groups (autoscaler v2), or None where none is reported."""
+    import ray._private.state
+
+    return ray._private.state.state.get_cluster_config()
+
+
+def ray_head_started_here() -> bool:
+    """Whether this process started the (head) node its Ray runs on."""
+    import ray._private.worker
+
+    node = ray._private.worker._global_node
+    return node is not None and node.head

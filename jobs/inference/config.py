@@ -1,0 +1,53 @@
+"""What a segmentation or evaluation run is asked to do, as typed configs.
+
+Both jobs run the model the same way (`ReplicaConfig`, one set of flags in `jobs.cli.flags`): a
+score is only worth what the masks it scores are, so evaluate runs exactly what segment runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs.storage.files import DEFAULT_MAX_BYTES
+from unet_core.image import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaConfig:
+    """The model, how its replicas are laid out, and how images meet it."""
+
+    model: str
+    batch_size: int = 8
+    actors: str = "auto"
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float = 0.0
+    precision: str = "auto"
+    mode: str | None = None
+    tile_overlap: float = 0.25
+    tta: str = "none"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    unsafe_allow_code: bool = False
+    address: str | None = None
+    wait_for_nodes: float = 300.0
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentConfig(ReplicaConfig):
+    inputs: list[str]
+    output: str
+    rows_per_file: int = 256
+    run_id: str | None = None
+    incremental: bool = False
+    retry_errors: bool = False
+    max_error_rate: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(ReplicaConfig):
+    images: str
+    masks: str
+    output: str
+    mask_map: str | None = None
+    ignore_index: int | None = None

@@ -1,0 +1,62 @@
+"""What a training run is asked to do (TrainConfig) and what its workers agree on (Plan)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs.storage.files import DEFAULT_MAX_BYTES
+from unet_core.image import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output: str
+    num_classes: int
+    images: str | None = None
+    masks: str | None = None
+    voc: str | None = None
+    val_images: str | None = None
+    val_masks: str | None = None
+    val_fraction: float = 0.2
+    mask_map: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    ignore_index: int | None = None
+    class_names: tuple[str, ...] | None = None
+    input_size: int = 256
+    patch_size: int | None = None
+    patches_per_image: int = 1
+    base_filters: int = 64
+    backbone_weights: str | None = None
+    epochs: int = 20
+    batch_size: int = 8
+    loss: str = "ce+dice"
+    class_weights: tuple[float, ...] | None = None
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    augment: bool = True
+    precision: str = "auto"
+    seed: int = 0
+    export: str = "best"
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    name: str | None = None
+    storage: str | None = None
+    address: str | None = None
+    wait_for_nodes: float = 300.0
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every worker must agree on before the first step."""
+
+    steps_per_epoch: int
+    worker_batch: int
+    threads: int
+    fingerprint: str
+    train_pairs: int
+    val_pairs: int

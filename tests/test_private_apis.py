@@ -1,0 +1,56 @@
+"""The private APIs of s3fs and Ray the project relies on, each called for real: an upgrade that
+removes or changes one fails here by name, not deep inside a run."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jobs.common.private_apis import s3_call, s3_pages
+from jobs.storage.files import filesystem
+
+
+def test_s3fs_call_sends_a_conditional_put(s3_server, s3_bucket):
+    fs = s3_server.filesystem()
+    request = {"Bucket": s3_bucket, "Key": "once", "Body": b"first", "IfNoneMatch": "*"}
+    assert "ETag" in s3_call(fs, "put_object", **request)
+    with pytest.raises(OSError):  # the store refuses the second create: 412, mapped by s3fs
+        s3_call(fs, "put_object", **{**request, "Body": b"second"})
+    assert fs.cat_file(f"{s3_bucket}/once") == b"first"
+
+
+def test_s3fs_pages_come_one_at_a_time(s3_server, s3_bucket):
+    import fsspec.asyn
+
+    fs = s3_server.filesystem()
+    for index in range(3):
+        fs.pipe_file(f"{s3_bucket}/p/{index}.png", b"x")
+    pages = s3_pages(fs, "list_objects_v2", Bucket=s3_bucket, Prefix="p/", MaxKeys=2)
+    first = fsspec.asyn.sync(fs.loop, pages.__anext__)
+    second = fsspec.asyn.sync(fs.loop, pages.__anext__)
+    assert [item["Key"] for item in first["Contents"]] == ["p/0.png", "p/1.png"]
+    assert [item["Key"] for item in second["Contents"]] == ["p/2.png"]
+
+
+def test_local_filesystems_need_none_of_them(tmp_path):
+    fs, _ = filesystem(str(tmp_path))
+    assert not hasattr(fs, "_call_s3")
+
+
+RAY_PROBE = """
+import ray
+from jobs.common.private_apis import ray_cluster_config, ray_head_started_here
+assert not ray_head_started_here()
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+assert ray_head_started_here()
+config = ray_cluster_config()
+assert config is None or hasattr(config, "node_group_configs"), type(config)
+print("ok")
+"""
+
+
+def test_ray_private_state_answers_in_a_ray_it_started():
+    done = subprocess.run([sys.executable, "-c", RAY_PROBE], capture_output=True, text=True, timeout=180,
+                          env={"RAY_AUTH_MODE": "disabled", **{k: v for k, v in os.environ.items()
+                                                                if k != "RAY_ADDRESS"}})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
