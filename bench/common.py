@@ -53,7 +53,8 @@ def write_images(folder: Path, count: int, height: int, width: int, seed: int = 
 
 
 def run_segment(*args: str) -> tuple[float, dict]:
-    """Run jobs/segment.py as a user would; returns (wall seconds of the whole process, manifest)."""
+    """Run jobs/segment.py as a user would; returns (wall seconds of the whole process, the run's
+    record: its row of the output's `runs` Delta table, with `config` parsed)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "segment.py"), *args], env=env, cwd=ROOT,
@@ -61,9 +62,17 @@ def run_segment(*args: str) -> tuple[float, dict]:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"segment.py failed:\n{done.stderr[-4000:]}")
-    output = args[args.index("--output") + 1]
-    manifest = json.loads(max((Path(output) / "runs").glob("*.json"), key=os.path.getmtime).read_text())
-    return wall, manifest
+    return wall, run_record(args[args.index("--output") + 1])
+
+
+def run_record(output: str) -> dict:
+    """The latest committed run's row of the `runs` table under `output`."""
+    from jobs.output.readers import connect, run_record as latest_run
+
+    record = latest_run(connect(output), None)
+    if record is None:
+        raise SystemExit(f"segment.py committed no run under {output}")
+    return {**record, "config": json.loads(record["config"])}
 
 
 def median_time(function, repeats: int) -> float:

@@ -1,6 +1,6 @@
 """Benchmark 1: the seed model's forward throughput per precision, next to the machine's matmul peak.
 
-    python bench/model_vs_hardware.py [--sizes 512 256] [--repeats 3]
+    python bench/model_vs_hardware.py [--sizes 512 256] [--repeats 3] [--base-filters 64] [--matmul-sides 2048 4096]
 
 The peak is a large matmul in the same precision, measured in the same run: the fraction of peak
 says how much of what this machine can do the U-Net actually gets.
@@ -46,17 +46,20 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--base-filters", type=int, default=64, help="model width (default 64, the seed)")
+    parser.add_argument("--matmul-sides", type=int, nargs="+", default=[2048, 4096],
+                        help="square matmuls tried for the peak (default 2048 4096)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-model-"))
     rows = []
     for precision in args.precisions:
-        peak = matmul_peak(tf.as_dtype(precision))
+        peak = matmul_peak(tf.as_dtype(precision), tuple(args.matmul_sides))
         for size in args.sizes:
-            rate = model_throughput(seed_artifact(work, size), precision, args.batch, args.repeats)
-            achieved = rate * gflop_per_image(size)
+            rate = model_throughput(seed_artifact(work, size, args.base_filters), precision, args.batch, args.repeats)
+            achieved = rate * gflop_per_image(size, args.base_filters)
             rows.append([precision, f"{size}x{size}", rate, achieved, peak, achieved / peak])
-    print(f"seed U-Net forward (batch {args.batch}, median of {args.repeats}) vs the best of 2048^2 and 4096^2 "
-          "matmuls, "
+    print(f"seed U-Net base {args.base_filters} forward (batch {args.batch}, median of {args.repeats}) vs the best of "
+          f"{' and '.join(f'{n}^2' for n in args.matmul_sides)} matmuls, "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")
     print_table(["precision", "input", "images/s", "GFLOP/s", "peak GFLOP/s", "of peak"], rows)
 

@@ -49,7 +49,8 @@ def write_part(output: str, run_id: str, first: int, rows: int) -> tables.Part:
     images = pa.table({
         "image_id": ids, "image_uri": [f"/data/{i}.png" for i in ids], "source_size": [1000] * rows,
         "source_version": ["1"] * rows, "source_modified": [now] * rows, "width": [10] * rows, "height": [10] * rows,
-        "status": ["ok"] * rows, "error": [None] * rows, "mask_png": [b"\x89PNG" * 8] * rows,
+        "status": ["ok"] * rows, "error": [None] * rows, "error_kind": [None] * rows,
+        "mask_png": [b"\x89PNG" * 8] * rows,
         "classes": tables.nested_classes(flat, np.ones(rows, bool), len(CLASSES)),
         "model_name": ["bench"] * rows, "model_sha256": ["0" * 64] * rows, "processed_at": [now] * rows,
     }, schema=tables.IMAGES_FILE_SCHEMA)

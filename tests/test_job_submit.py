@@ -1,76 +1,33 @@
 """`ray job submit` for real: a head of our own (loopback, own temp dir and ports, token auth), the
-segment job shipped with `--working-dir .` (the project is not installed on the cluster: the
-job's scripts put the working directory on sys.path and Ray puts it on every worker's path)."""
-import contextlib
+segment job shipped with `--working-dir .` (the project need not be installed on the cluster: Ray
+puts the working directory first on the job's and every worker's PYTHONPATH)."""
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
+from ray_head import ray_cli, start_head
 from test_segment_job import ROOT, read_dataset
-
-HEAD_PORTS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-              "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
-              "--ray-client-server-port")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def ray_cli() -> str:
-    return str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture()
 def ray_head():
-    """A Ray head of our own, stopped by killing its own process group (never `ray stop`, which
-    stops every Ray on the machine). Yields (dashboard address, client environment)."""
-    root = tempfile.mkdtemp(prefix="ray-js-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS))))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=root,
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    command = [ray_cli(), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-               f"--temp-dir={root}/ray", "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true",
-               "--min-worker-port=0", "--max-worker-port=0", *(f"{flag}={port}" for flag, port in ports.items())]
-    log = open(os.path.join(root, "head.log"), "w")
-    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    """A Ray head of our own with its dashboard (the job API). Yields (dashboard address, client environment)."""
+    head = start_head(dashboard=True)
     try:
-        wait_for_dashboard(address, env, head, root)
-        yield address, env
+        wait_for_dashboard(head.dashboard, head.env, head.process)
+        yield head.dashboard, head.env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # what a graceful stop left behind (it takes half a minute)
-            os.killpg(head.pid, signal.SIGKILL)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+        head.stop()
 
 
-def wait_for_dashboard(address: str, env: dict, head: subprocess.Popen, root: str, timeout: float = 120) -> None:
+def wait_for_dashboard(address: str, env: dict, head: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if head.poll() is not None:
-            pytest.fail(f"ray start exited {head.returncode}: {open(os.path.join(root, 'head.log')).read()[-3000:]}")
+            pytest.fail(f"ray start exited {head.returncode}")
         done = subprocess.run([ray_cli(), "job", "list", "--address", address], env=env, capture_output=True,
                               text=True)
         if done.returncode == 0:
@@ -106,3 +63,9 @@ def test_ray_job_submit_runs_segment_on_our_head(ray_head, tmp_path, tiny_artifa
     refused = subprocess.run([ray_cli(), "job", "list", "--address", address], env=no_token, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode != 0  # token auth is on: a client without the token is turned away
+
+    where = [ray_cli(), "job", "submit", "--address", address, "--working-dir", ".", "--", "python", "-c",
+             "import jobs.segment; print('from', jobs.segment.__file__)"]
+    found = subprocess.run(where, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    shipped = [line for line in found.stdout.splitlines() if line.startswith("from ")]
+    assert shipped and "working_dir_files" in shipped[0], found.stdout[-2000:]  # the uploaded copy, not an install

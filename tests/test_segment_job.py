@@ -12,6 +12,7 @@ import pytest
 
 from conftest import TINY_CLASSES
 from delta_read import delta_sql, delta_table
+from ray_head import shared_head
 from unet_core import decode_mask_png
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -25,7 +26,10 @@ whole run, so restarts work (the restart tests show it). Not ours to fix; kept v
 
 
 def run_job(script: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = env or {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """The command as a user runs it, in a process of its own. Without `env` it joins the session's shared
+    Ray head, as a job on a running cluster does; a test that gives its environment (S3 credentials the
+    workers must inherit, a user's plain shell) gets a local Ray of the job's own, started in-process."""
+    env = env or shared_head().client_env()
     return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
