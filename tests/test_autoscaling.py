@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fake_autoscaler import fake_autoscaling_cluster
-from test_job_submit import free_ports
+from ray_head import free_ports
 from test_multinode import PLACED
 from test_segment_job import read_dataset, run_job
 from test_train_job import TRAIN_ARGS, write_scenes
