@@ -1,8 +1,10 @@
 """Smoke runs of every bench/ script at a tiny size, so that the benchmarks cannot rot unnoticed.
 
-Each test runs one script as a user would (a subprocess from the repository root, no RAY_ADDRESS,
-so the scripts that run the jobs start a local Ray), with the size flags turned down, and checks
-that it prints the table or figures it promises. The numbers themselves mean nothing at this size.
+Each test runs one script as a user would (a subprocess from the repository root), with the size
+flags turned down, and checks that it prints the table or figures it promises. The numbers themselves
+mean nothing at this size. Scripts that only run the jobs run them on the session's shared Ray head
+(RAY_ADDRESS, as on a cluster); those that measure the processes of a local Ray (memory) or need the
+workers to inherit S3 credentials start their own.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from ray_head import shared_head
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -27,12 +30,12 @@ QUICK, WITH_RAY = 180, 420
 pytestmark = pytest.mark.bench
 
 
-def run_bench(script: str, *args: str, tmp_path: Path, timeout: float) -> str:
+def run_bench(script: str, *args: str, tmp_path: Path, timeout: float, shared_ray: bool = False) -> str:
     """Run bench/<script> with `args`; its stdout, after checking it exited 0. Temporary folders
     the script makes land under tmp_path (Ray keeps the folder it would have used anyway: its
     socket paths must stay short)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    env = shared_head().client_env() if shared_ray else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or "/tmp")
     env["TMPDIR"] = str(tmp_path)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, env=env,
@@ -152,7 +155,7 @@ def test_precision_agreement(tmp_path, labelled_set):
 
 def test_vs_user_loop(tmp_path):
     out = run_bench("vs_user_loop.py", "--count", "2", "--size", "32", "--base-filters", "4", tmp_path=tmp_path,
-                    timeout=WITH_RAY)
+                    timeout=WITH_RAY, shared_ray=True)
     assert "seed U-Net 32x32 base 4, 2 JPEG images 640x480" in out
     rows = table(out, ["what", "seconds", "images/s", "speedup"])
     assert [r["what"] for r in rows] == ["user's loop (model.predict per image, float32)",
@@ -162,7 +165,7 @@ def test_vs_user_loop(tmp_path):
 
 def test_pipeline_vs_model(tmp_path):
     out = run_bench("pipeline_vs_model.py", "--count", "2", "--size", "32", "--base-filters", "4", "--batch-size", "2",
-                    tmp_path=tmp_path, timeout=WITH_RAY)
+                    tmp_path=tmp_path, timeout=WITH_RAY, shared_ray=True)
     assert re.search(r"seed U-Net 32x32 base 4, precision auto, batch 2, (auto|[\d.]+) CPUs per replica", out), out
     rows = table(out, ["what", "images", "seconds", "images/s", "efficiency"])
     assert [(r["what"], r["images"]) for r in rows] == [
@@ -193,7 +196,8 @@ def test_s3_vs_local(tmp_path):
 
 def test_train_throughput(tmp_path):
     out = run_bench("train_throughput.py", "--size", "32", "--base-filters", "4", "--batch-size", "2", "--images", "4",
-                    "--val-images", "2", "--epochs", "2", "--workers", "1", tmp_path=tmp_path, timeout=WITH_RAY)
+                    "--val-images", "2", "--epochs", "2", "--workers", "1", tmp_path=tmp_path, timeout=WITH_RAY,
+                    shared_ray=True)
     assert re.search(r"size 32, width 4, global batch 2, precision \w+; bare step [\d.]+ images/s before the jobs, "
                      r"[\d.]+ after \(mean used\)", out), out
     rows = table(out, ["what", "processes", "precision", "images/s", "ratio", "ratio incl. validation",
@@ -224,7 +228,8 @@ def test_train_eval(tmp_path):
     # the documented ISBI recipe, with its size flags turned down through the pass-through to train.py
     out = run_bench("train_eval.py", "isbi", "--data", str(isbi_like(tmp_path / "data")), "--work",
                     str(tmp_path / "work"), "--epochs", "1", "--patch-size", "32", "--patches-per-image", "1",
-                    "--base-filters", "4", "--batch-size", "4", tmp_path=tmp_path, timeout=WITH_RAY)
+                    "--base-filters", "4", "--batch-size", "4", tmp_path=tmp_path, timeout=WITH_RAY,
+                    shared_ray=True)
     assert "$ python jobs/train.py" in out and "$ python jobs/evaluate.py" in out
     lines = out.splitlines()
     figures = json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))
