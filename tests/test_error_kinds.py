@@ -17,9 +17,16 @@ from test_segment_job import run_job
 FLAKY = "flaky.png"
 
 
+S3_ERRORS = {"expired.png": (400, "ExpiredToken"), "throttled.png": (503, "SlowDown"),
+             "denied.png": (403, "AccessDenied")}
+"""Objects the proxy answers with the store's own error, as S3 does: a session token that expired,
+throttling, a bucket policy that denies the object."""
+
+
 class DroppingProxy(http.server.ThreadingHTTPServer):
     """Forwards every request to the S3 server, except that while `failing` it closes the
-    connection, unanswered, on any request for an object named FLAKY."""
+    connection, unanswered, on any request for an object named FLAKY, and answers a GET of an object
+    named in S3_ERRORS with that error."""
 
     daemon_threads = True
 
@@ -40,8 +47,12 @@ class ForwardRequest(http.server.BaseHTTPRequestHandler):
         pass
 
     def forward(self) -> None:
-        if self.server.failing and urllib.parse.urlparse(self.path).path.endswith(FLAKY):
+        name = urllib.parse.urlparse(self.path).path.rsplit("/", 1)[-1]
+        if self.server.failing and name == FLAKY:
             self.close_connection = True
+            return
+        if self.command == "GET" and name in S3_ERRORS:
+            self.reply_error(*S3_ERRORS[name])
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         upstream = http.client.HTTPConnection(self.server.upstream.hostname, self.server.upstream.port, timeout=30)
@@ -59,6 +70,16 @@ class ForwardRequest(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(content)
         upstream.close()
+
+    def reply_error(self, status: int, code: str) -> None:
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code} from the '
+                f"test proxy</Message><RequestId>proxy</RequestId></Error>").encode()
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = forward
 
@@ -81,6 +102,8 @@ def test_transient_failure_is_retried_by_the_next_incremental_run_and_an_invalid
     for name in ("grey.png", "corrupt.png"):
         fs.put_file(mixed_folder[name], f"{s3_bucket}/photos/{name}")
     fs.put_file(mixed_folder["rgba.png"], f"{s3_bucket}/photos/{FLAKY}")
+    for name in S3_ERRORS:
+        fs.put_file(mixed_folder["grey.png"], f"{s3_bucket}/photos/{name}")
     output = str(tmp_path / "out")
     with dropping_proxy(s3_server.endpoint) as proxy:
         env = s3_server.env()
@@ -92,22 +115,28 @@ def test_transient_failure_is_retried_by_the_next_incremental_run_and_an_invalid
                 "--batch-size", "4", "--incremental"]
         first = run_job("segment.py", *args, "--run-id", "first", env=env)
         assert first.returncode == 0, first.stderr[-3000:]
-        assert "run first: 3 images, 0 skipped, 3 processed: 1 ok, 2 errors" in first.stdout
+        assert "run first: 6 images, 0 skipped, 6 processed: 1 ok, 5 errors" in first.stdout
         proxy.failing = False
         second = run_job("segment.py", *args, "--run-id", "second", env=env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "run second: 3 images, 2 skipped, 1 processed: 1 ok, 0 errors" in second.stdout
+    # the flaky file, the expired token and the throttled read are tried again; the denied one is not
+    assert "run second: 6 images, 3 skipped, 3 processed: 1 ok, 2 errors" in second.stdout
 
     rows = delta_sql(output, "SELECT run_id, image_uri, status, error_kind, error FROM images ORDER BY run_id, "
                              "image_uri").to_pylist()
     kinds = {(row["run_id"], row["image_uri"].rsplit("/", 1)[1]): (row["status"], row["error_kind"]) for row in rows}
     assert kinds == {("first", "corrupt.png"): ("error", "invalid"), ("first", FLAKY): ("error", "transient"),
-                     ("first", "grey.png"): ("ok", None), ("second", FLAKY): ("ok", None)}
+                     ("first", "grey.png"): ("ok", None), ("second", FLAKY): ("ok", None),
+                     ("first", "expired.png"): ("error", "transient"), ("second", "expired.png"): ("error", "transient"),
+                     ("first", "throttled.png"): ("error", "transient"),
+                     ("second", "throttled.png"): ("error", "transient"),
+                     ("first", "denied.png"): ("error", "invalid")}
     flaky_error = next(row["error"] for row in rows if row["run_id"] == "first" and row["image_uri"].endswith(FLAKY))
     assert flaky_error.startswith("cannot read file (")
     current = delta_sql(output, "SELECT image_uri, status, error_kind FROM current ORDER BY image_uri").to_pylist()
     assert [(r["image_uri"].rsplit("/", 1)[1], r["status"], r["error_kind"]) for r in current] == [
-        ("corrupt.png", "error", "invalid"), (FLAKY, "ok", None), ("grey.png", "ok", None)]
+        ("corrupt.png", "error", "invalid"), ("denied.png", "error", "invalid"), ("expired.png", "error", "transient"),
+        (FLAKY, "ok", None), ("grey.png", "ok", None), ("throttled.png", "error", "transient")]
 
 
 def test_tables_of_an_earlier_version_gain_the_column_and_keep_their_rows(tmp_path):

@@ -232,3 +232,15 @@ def test_incremental_run_redoes_exactly_the_image_whose_listed_version_changed(t
     redone = delta_sql(str(tmp_path / "out"), "SELECT image_uri, source_size, source_version FROM images "
                                               "WHERE run_id = 'night-2'").to_pylist()
     assert redone == [{"image_uri": str(folder / "b.png"), "source_size": sizes[1], "source_version": "v2"}]
+
+
+def test_an_image_listed_without_a_version_is_processed_every_run(tmp_path, tiny_artifact, incremental_run):
+    """Nothing in a plain list tells that a file was replaced, so no run may skip it (issue case 6)."""
+    folder = photos(tmp_path)
+    (tmp_path / "list.txt").write_text("".join(f"photos/{name}\n" for name in NAMES))
+    assert incremental_run(tmp_path, tiny_artifact, "plain-1", "list.txt") == (3, 0, 3)
+    (folder / "a.png").write_bytes(png_bytes(Image.new("RGB", (40, 40))))  # replaced, and nothing says so
+    assert incremental_run(tmp_path, tiny_artifact, "plain-2", "list.txt") == (3, 0, 3)
+    current = delta_sql(str(tmp_path / "out"), "SELECT width, height, run_id FROM current "
+                                               f"WHERE image_uri = '{folder / 'a.png'}'").to_pylist()
+    assert current == [{"width": 40, "height": 40, "run_id": "plain-2"}]

@@ -34,8 +34,7 @@ def segment(config: SegmentConfig) -> dict:
         leases.check_conditional_writes(config.output)
         tables.ensure_tables(config.output)
     with leases.acquire(config.output, run_id) as lease:
-        if tables.open_table(config.output, "images").transaction_version(run_id) is not None:
-            raise UserError(f"run {run_id} is already committed in {config.output}; pick another run id", "run_id")
+        tables.check_not_committed(config.output, run_id)
         for finished in tables.complete_pending(config.output):
             print(f"completed the commit of run {finished}, whose driver had stopped mid-commit")
         todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \

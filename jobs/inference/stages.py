@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from jobs.inference.model import ModelInfo
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
-from jobs.storage.files import InputRefused, filesystem, join, read_input
+from jobs.storage.files import InputRefused, filesystem, is_transient, join, read_input
 from unet_core.image import DecodeError, Letterbox, decode_image, letterbox, unletterbox
 from unet_core.masks import class_statistics, encode_mask_png
 
@@ -28,8 +28,6 @@ def image_id(uri: str) -> str:
 TRANSIENT = "transient"
 """The store failed after its own retries (throttling, a dropped connection): the next
 `--incremental` run tries the image again."""
-
-
 INVALID = "invalid"
 """The file itself is refused or undecodable: trying again gives the same answer until it changes."""
 
@@ -48,10 +46,9 @@ def load_image(uri: str, size: int, max_bytes: int, max_pixels: int) -> np.ndarr
         data = read_input(uri, size, max_bytes)
     except InputRefused as exc:
         raise ImageError(str(exc), INVALID) from None
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})", INVALID) from None
-    except Exception as exc:  # the storage client gave up after its retries
-        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})", TRANSIENT) from None
+    except Exception as exc:  # missing or denied, or the store gave up after its own retries
+        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})",
+                         TRANSIENT if is_transient(exc) else INVALID) from None
     try:
         return decode_image(data, max_pixels=max_pixels)
     except DecodeError as exc:

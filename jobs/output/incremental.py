@@ -14,6 +14,8 @@ def select_new(listing: pa.Table, output: str, model_sha256: str, retry_errors: 
     """Split a listing into (to process, number skipped): an image is done when its current row is
     for this very version (URI, size, version) and came from this model; an error counts as done
     unless it was transient (the store failed, not the file) or `retry_errors` asks for every error.
+    An image listed without a version (a list file with no ETag, version or modification time column)
+    is never done: nothing could tell that it was replaced, so it is processed again every run.
 
     DuckDB semi-joins the listing (an Arrow table, scanned in place) with the `current` rows read
     straight from their committed Parquet files, only the columns needed. Both sides are keyed by
@@ -32,7 +34,7 @@ def select_new(listing: pa.Table, output: str, model_sha256: str, retry_errors: 
     # an error row counts as done unless the store failed (transient) or every error is retried
     status = "AND status = 'ok'" if retry_errors else "AND coalesce(error_kind, '') <> 'transient'"
     done = con.execute(f"""
-        WITH listed AS (SELECT position, {VERSION_KEY} AS key FROM listing),
+        WITH listed AS (SELECT position, {VERSION_KEY} AS key FROM listing WHERE source_version <> ''),
              earlier AS (SELECT {VERSION_KEY} AS key FROM ({scan(con, "current", files)})
                          WHERE model_sha256 = $model {status})
         SELECT position FROM listed SEMI JOIN earlier USING (key)""", {"model": model_sha256}).fetchnumpy()["position"]

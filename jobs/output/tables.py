@@ -37,6 +37,9 @@ TABLES = ("images", "class_stats", "current", "runs")
 PARTITIONED = ("images", "class_stats")
 RUN_KEY = "unet_segment.run"
 """Commit-metadata key under which a run's record rides in its `images` commit."""
+CLASS_STATS_PARTS = "class_stats_parts"
+"""Key of the run record, in its `images` commit only: [name, bytes, rows] of each class_stats part,
+the facts a roll-forward commits from."""
 CURRENT_CHUNK_ROWS = 65_536
 """Rows merged into `current` per Delta transaction: bounds the driver's memory on huge runs."""
 COMMIT_ATTEMPTS = 12
@@ -186,10 +189,11 @@ def commit_run(output: str, record: dict, parts: list[Part]) -> int:
     from deltalake.exceptions import CommitFailedError
 
     run_id = record["run_id"]
+    check_not_committed(output, run_id)
     table = open_table(output, "images")
-    if table.transaction_version(run_id) is not None:
-        raise UserError(f"run {run_id} is already committed in {output}; pick another run id", "run_id")
-    properties = CommitProperties(custom_metadata={RUN_KEY: json.dumps(record, default=str)},
+    class_stats = [(p.name, p.class_stats_bytes, p.class_rows) for p in parts]
+    facts = {**record, CLASS_STATS_PARTS: class_stats}
+    properties = CommitProperties(custom_metadata={RUN_KEY: json.dumps(facts, default=str)},
                                   app_transactions=[Transaction(run_id, 1)], max_commit_retries=COMMIT_ATTEMPTS)
     actions = [_add_action(run_id, p.name, p.images_bytes, p.rows) for p in parts]
     try:
@@ -200,8 +204,15 @@ def commit_run(output: str, record: dict, parts: list[Part]) -> int:
             raise UserError(f"run {run_id} was committed by another attempt meanwhile; this one is discarded") from exc
         raise
     version = _commit_version(open_table(output, "images"), run_id)
-    _complete(output, record, version, [(p.name, p.class_stats_bytes, p.class_rows) for p in parts])
+    _complete(output, record, version, class_stats)
     return version
+
+
+def check_not_committed(output: str, run_id: str) -> None:
+    """A run id commits once, empty runs included: those commit only their `runs` row, under the same
+    app transaction."""
+    if any(open_table(output, table).transaction_version(run_id) is not None for table in ("images", "runs")):
+        raise UserError(f"run {run_id} is already committed in {output}; pick another run id", "run_id")
 
 
 def complete_pending(output: str) -> list[str]:
@@ -219,16 +230,27 @@ def complete_pending(output: str) -> list[str]:
     records = _run_records(images)
     for run_id in pending:
         version, record = records[run_id]
-        names = sorted(p.rsplit("/", 1)[-1] for p in _run_files(images, run_id))
-        _complete(output, record, version, [_class_stats_file(output, run_id, name) for name in names])
+        _complete(output, record, version, _class_stats_parts(output, images, record))
     return pending
 
 
+def _class_stats_parts(output: str, images, record: dict) -> list[tuple[str, int, int]]:
+    """The run's class_stats parts as its `images` commit recorded them: nothing done to the tables
+    since (a compaction renames every file) changes them. Runs committed before the commit carried
+    them are read from their `images` files, which compaction had not touched before this version."""
+    if CLASS_STATS_PARTS in record:
+        return [tuple(part) for part in record[CLASS_STATS_PARTS]]
+    names = sorted(p.rsplit("/", 1)[-1] for p in _run_files(images, record["run_id"]))
+    return [_class_stats_file(output, record["run_id"], name) for name in names]
+
+
 def _complete(output: str, record: dict, version: int, class_stats_files: list[tuple[str, int, int]]) -> None:
+    """Each step checks the run's app transaction in a freshly loaded table and retries on a conflict,
+    so any number of processes completing one run at once all succeed, and each table takes it once."""
     run_id = record["run_id"]
-    _commit_class_stats(output, run_id, class_stats_files)
+    retry_conflicts(lambda: _commit_class_stats(output, run_id, class_stats_files))
     _merge_current(output, run_id, version)
-    _append_run(output, record, version)
+    retry_conflicts(lambda: _append_run(output, record, version))
 
 
 def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, int]]) -> None:
@@ -288,7 +310,8 @@ def _append_run(output: str, record: dict, version: int | None) -> None:
 
 def append_empty_run(output: str, record: dict) -> None:
     """A run that had nothing to process (an incremental night with no new images) is only a `runs` row."""
-    _append_run(output, record, None)
+    check_not_committed(output, record["run_id"])
+    retry_conflicts(lambda: _append_run(output, record, None))
 
 
 def retry_conflicts(attempt) -> None:

@@ -75,6 +75,34 @@ DEFAULT_MAX_BYTES = 1 << 30
 """Input images larger than this (1 GiB) are refused before reading: a decode task holds the whole file."""
 
 
+TRANSIENT_CODES = frozenset({
+    "ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired", "RequestExpired",
+    "Throttling", "ThrottlingException", "ThrottledException", "SlowDown", "RequestLimitExceeded",
+    "TooManyRequestsException", "RequestThrottled", "RequestThrottledException", "RequestTimeTooSkewed",
+})
+"""S3 error codes that say nothing about the object: the caller's session token expired or was
+refused, the store throttled, or the caller's clock was off. Asked again later, the same read works;
+`AccessDenied` (a bucket policy) and `NoSuchKey` stay as they are."""
+
+
+def store_error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind a storage exception (s3fs maps botocore's ClientError to OSErrors such
+    as PermissionError and keeps it as the cause), or None."""
+    for cause in (exc, exc.__cause__, exc.__context__):
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return str(response["Error"]["Code"])
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed read may succeed when tried again later, whatever Python error it became."""
+    code = store_error_code(exc)
+    if code is not None:
+        return code in TRANSIENT_CODES
+    return not isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError))
+
+
 class InputRefused(Exception):
     """An input image the job will not read; the message says why."""
 

@@ -1,0 +1,108 @@
+"""The commit protocol where a run ends up completed by someone else, twice, or not at all: after a
+driver is killed between its `images` commit and the tables that follow, after maintenance rewrote
+`images` meanwhile, under concurrent completions, and for runs that had nothing to process. Every
+table is read back with deltalake itself."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from delta_read import delta_sql, delta_table
+from ray_head import shared_head
+from test_segment_job import ROOT, run_job
+from test_tables import make_images
+
+COUNTS = {"images": 6, "class_stats": 18, "current": 6, "runs": 1}
+"""What run `cut` of 6 images holds in each table once complete (3 classes per image)."""
+
+
+@pytest.fixture(scope="module")
+def cut_root(tmp_path_factory, tiny_artifact) -> str:
+    """A root whose run `cut` committed `images`, and nothing else: its driver was frozen the moment the
+    `images` commit landed, then killed."""
+    base = tmp_path_factory.mktemp("cut")
+    output = str(base / "out")
+    make_images(base / "in", 6)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", str(base / "in"),
+                             "--output", output, "--model", tiny_artifact, "--run-id", "cut", "--batch-size", "2",
+                             "--rows-per-file", "2"], cwd=ROOT, env=shared_head().client_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    images_commit = os.path.join(output, "images", "_delta_log", f"{1:020d}.json")
+    deadline = time.monotonic() + 240
+    while not os.path.exists(images_commit) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert os.path.exists(images_commit), "the job never committed images"
+    assert counts(output) == {**{table: 0 for table in COUNTS}, "images": 6}, "the kill came too late"
+    return output
+
+
+def counts(output: str) -> dict[str, int]:
+    return {table: delta_sql(output, f"SELECT count(*) AS n FROM {table} WHERE run_id = 'cut'").column("n")[0].as_py()
+            for table in COUNTS}
+
+
+def copy_of(root: str, tmp_path) -> str:
+    output = str(tmp_path / "out")
+    shutil.copytree(root, output)
+    return output
+
+
+def test_roll_forward_takes_the_facts_of_the_commit_after_images_was_compacted(cut_root, tmp_path):
+    """Issue case 3: compaction renames every `images` file, so class_stats names cannot come from them."""
+    from jobs.output.maintenance import compact
+
+    output = copy_of(cut_root, tmp_path)
+    before = {os.path.basename(p) for p in delta_table(output, "images").file_uris()}
+    compact(output, "images")
+    assert not before & {os.path.basename(p) for p in delta_table(output, "images").file_uris()}
+    done = run_job("maintain.py", "--output", output)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "completed" in done.stdout and counts(output) == COUNTS
+
+
+def test_concurrent_completions_of_one_run_all_succeed_and_commit_it_once(cut_root, tmp_path):
+    """Issue case 4: whoever loses a completion race finds the run completed, not an error."""
+    from jobs.output import tables
+
+    output = copy_of(cut_root, tmp_path)
+    results, start = [], threading.Barrier(4)
+
+    def complete() -> None:
+        start.wait()
+        try:
+            results.append(tables.complete_pending(output))
+        except Exception as exc:  # what a loser died of before
+            results.append(exc)
+
+    threads = [threading.Thread(target=complete) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r for r in results if isinstance(r, Exception)] == []
+    assert ["cut"] in results and counts(output) == COUNTS
+    versions = {table: [e["version"] for e in delta_table(output, table).history() if e.get("operation") != "CREATE TABLE"]
+                for table in ("class_stats", "runs")}
+    assert {table: len(v) for table, v in versions.items()} == {"class_stats": 1, "runs": 1}  # each took it once
+
+
+def test_an_empty_run_commits_its_id_once(tmp_path, tiny_artifact):
+    """Issue case 5: a night with nothing new is a committed run like any other; its id is not reused."""
+    output = str(tmp_path / "out")
+    make_images(tmp_path / "in", 2)
+    args = ["--input", str(tmp_path / "in"), "--output", output, "--model", tiny_artifact, "--incremental"]
+    assert run_job("segment.py", *args, "--run-id", "full").returncode == 0
+    empty = run_job("segment.py", *args, "--run-id", "empty")
+    assert empty.returncode == 0 and "0 processed" in empty.stdout, empty.stderr[-3000:]
+    again = run_job("segment.py", *args, "--run-id", "empty")
+    assert again.returncode == 2 and "run empty is already committed" in again.stderr
+    rows = delta_sql(output, "SELECT run_id, inputs, skipped, processed FROM runs ORDER BY run_id").to_pylist()
+    assert rows == [{"run_id": "empty", "inputs": 2, "skipped": 2, "processed": 0},
+                    {"run_id": "full", "inputs": 2, "skipped": 0, "processed": 2}]
