@@ -40,6 +40,7 @@ def print_report(output: str, report: dict) -> None:
         print(f"converted run {run_id} of the earlier layout")
     for run_id in report["completed"]:
         print(f"completed the commit of run {run_id}")
+    print(f"vacuum: {report['retention'].describe()}")
     for name in tables.TABLES:
         removed, added = report["compacted"][name]
         print(f"{name}: compacted {removed} files into {added}; "

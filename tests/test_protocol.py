@@ -106,3 +106,34 @@ def test_an_empty_run_commits_its_id_once(tmp_path, tiny_artifact):
     rows = delta_sql(output, "SELECT run_id, inputs, skipped, processed FROM runs ORDER BY run_id").to_pylist()
     assert rows == [{"run_id": "empty", "inputs": 2, "skipped": 2, "processed": 0},
                     {"run_id": "full", "inputs": 2, "skipped": 0, "processed": 2}]
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="libfaketime is not installed (.ci/run installs it)")
+def test_maintenance_on_a_host_three_hours_ahead_leaves_a_live_run_whole(tmp_path, slow_artifact):
+    """Issue case 1, end to end through the commands: `maintain.py --retention-hours 1` on a host whose
+    clock runs 3 h ahead, while a run is live. Afterwards every plain Delta reader reads `images`, and
+    the run committed all its rows."""
+    output = str(tmp_path / "out")
+    images = make_images(tmp_path / "in", 24)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", str(tmp_path / "in"),
+                             "--output", output, "--model", slow_artifact, "--run-id", "live", "--batch-size", "2",
+                             "--rows-per-file", "2", "--precision", "float32"], cwd=ROOT,
+                            env=shared_head().client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    parts = os.path.join(output, "images", "run_id=live")
+    deadline = time.monotonic() + 240
+    while not (os.path.isdir(parts) and os.listdir(parts)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    written = set(os.listdir(parts))
+    assert written and proc.poll() is None, "the run ended before maintenance could run beside it"
+    maintained = subprocess.run(["faketime", "-f", "+3h", sys.executable, str(ROOT / "jobs" / "maintain.py"),
+                                 "--output", output, "--retention-hours", "1"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+    assert maintained.returncode == 0, maintained.stderr[-3000:]
+    assert "the oldest live run, live" in maintained.stdout and "off the store's" in maintained.stdout
+    assert written <= set(os.listdir(parts))  # the live run's parts are all still there
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "24 processed: 24 ok" in out
+    rows = delta_sql(output, "SELECT image_uri FROM images WHERE run_id = 'live'").column("image_uri").to_pylist()
+    assert sorted(rows) == sorted(images)
+    assert all(os.path.exists(uri.removeprefix("file://")) for uri in delta_table(output, "images").file_uris())

@@ -46,6 +46,7 @@ def segment(config: SegmentConfig) -> dict:
             raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {todo.num_rows} inputs; "
                                "not committing")
         lease.check()
+        record["lease_generation"] = lease.generation  # the fencing token, recorded in the commit
         if parts:
             record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts])
         else:

@@ -37,8 +37,10 @@ def maintain(config: MaintainConfig) -> dict:
         tables.require_tables(config.output)
         report = {"converted": converted, "completed": tables.complete_pending(config.output)}
         report["compacted"] = {name: compact(config.output, name) for name in tables.TABLES}
-        report["retention_hours"] = retention_for(config.output, config.retention_hours)
-        report["vacuumed"] = {name: vacuum(config.output, name, report["retention_hours"]) for name in tables.TABLES}
+        report["retention"] = retention_for(config.output, config.retention_hours)
+        report["retention_hours"] = report["retention"].keep_hours
+        report["vacuumed"] = {name: vacuum(config.output, name, report["retention"].vacuum_hours)
+                              for name in tables.TABLES}
         report["expired_leases"] = leases.remove_dead(config.output)
     return report
 
@@ -54,10 +56,40 @@ def compact(output: str, table: str) -> tuple[int, int]:
     return int(result["numFilesRemoved"]), int(result["numFilesAdded"])
 
 
-def retention_for(output: str, hours: int) -> int:
-    """The retention to vacuum with: stretched past the start of every live run."""
-    oldest = max((time.time() - lease.started_at for lease in leases.live_leases(output)), default=0.0)
-    return max(hours, MIN_RETENTION_HOURS, math.ceil(oldest / 3600) + 1)
+@dataclass(frozen=True)
+class Retention:
+    """What vacuum keeps, and why: every file younger than `keep_hours` by the store's clock."""
+
+    keep_hours: int
+    host_ahead_seconds: float
+    """This host's clock minus the store's. delta-rs judges a file's age by this host's clock."""
+    oldest_live_run: str | None = None
+    """The live run that started first, which holds the retention up while it runs."""
+    oldest_live_hours: float = 0.0
+
+    @property
+    def vacuum_hours(self) -> int:
+        """The retention to hand delta-rs so that it keeps what `keep_hours` keeps by the store's clock."""
+        return max(0, math.ceil(self.keep_hours + self.host_ahead_seconds / 3600))
+
+    def describe(self) -> str:
+        reasons = [f"files younger than {self.keep_hours} h by the store's clock are kept"]
+        if self.oldest_live_run is not None:
+            reasons.append(f"the oldest live run, {self.oldest_live_run}, started {self.oldest_live_hours:.2f} h ago")
+        if abs(self.host_ahead_seconds) >= 60:
+            reasons.append(f"this host's clock is {self.host_ahead_seconds / 3600:+.2f} h off the store's, so "
+                           f"vacuum is told {self.vacuum_hours} h")
+        return "; ".join(reasons)
+
+
+def retention_for(output: str, hours: int) -> Retention:
+    """The retention to vacuum with, by the store's clock: at least the floor, and past the start of
+    every live run (a live run's files are younger than its lease's start as the store dates both)."""
+    store_now = leases.store_now(output)
+    live = sorted(leases.live_leases(output), key=lambda lease: lease.record.started)
+    oldest = (store_now - live[0].record.started) / 3600 if live else 0.0
+    keep = max(hours, MIN_RETENTION_HOURS, math.ceil(oldest) + 1)
+    return Retention(keep, time.time() - store_now, live[0].record.run_id if live else None, oldest)
 
 
 def vacuum(output: str, table: str, retention_hours: int) -> int:

@@ -190,6 +190,7 @@ def commit_run(output: str, record: dict, parts: list[Part]) -> int:
 
     run_id = record["run_id"]
     check_not_committed(output, run_id)
+    check_parts_exist(output, run_id, parts)
     table = open_table(output, "images")
     class_stats = [(p.name, p.class_stats_bytes, p.class_rows) for p in parts]
     facts = {**record, CLASS_STATS_PARTS: class_stats}
@@ -206,6 +207,21 @@ def commit_run(output: str, record: dict, parts: list[Part]) -> int:
     version = _commit_version(open_table(output, "images"), run_id)
     _complete(output, record, version, class_stats)
     return version
+
+
+def check_parts_exist(output: str, run_id: str, parts: list[Part]) -> None:
+    """Never commit a part that is gone (a vacuum that judged the run dead, a hand): readers would
+    fail on every query from then on. One listing per table, not a request per part."""
+    for table in PARTITIONED:
+        fs, folder = filesystem(join(output, table, f"run_id={run_id}"))
+        try:
+            present = {path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False, refresh=True)}
+        except FileNotFoundError:
+            present = set()
+        missing = [part.name for part in parts if part.name not in present]
+        if missing:
+            raise UserError(f"run {run_id}: {len(missing)} of its {len(parts)} {table} parts are gone from storage "
+                            f"(e.g. {missing[0]}); not committing, nothing is visible: run the same run id again")
 
 
 def check_not_committed(output: str, run_id: str) -> None:
