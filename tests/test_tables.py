@@ -174,7 +174,9 @@ def write_version(path, content_seed: int, modified: float) -> None:
     os.utime(path, (modified, modified))
 
 
-def test_current_follows_the_newest_image_version_not_the_commit_order(tmp_path, tiny_artifact):
+def test_current_follows_the_version_a_file_has_now_even_an_older_one(tmp_path, tiny_artifact):
+    """A file restored from a backup has an older mtime than the version it replaces: `current` follows
+    it once, and the next night skips it (issue case 7: it was processed every night for ever)."""
     import ray
 
     from jobs.inference.config import SegmentConfig
@@ -186,31 +188,49 @@ def test_current_follows_the_newest_image_version_not_the_commit_order(tmp_path,
     now = time.time()
     environment = dict(os.environ)
 
-    def run(run_id: str) -> dict:
-        return segment(SegmentConfig(inputs=[str(folder)], output=output, model=tiny_artifact, actors="1",
-                                     cpus_per_actor=1.0, incremental=True, run_id=run_id))
+    def run(run_id: str) -> tuple[int, int, int]:
+        record = segment(SegmentConfig(inputs=[str(folder)], output=output, model=tiny_artifact, actors="1",
+                                       cpus_per_actor=1.0, incremental=True, run_id=run_id))
+        return record["inputs"], record["skipped"], record["processed"]
 
-    try:  # three runs on one in-process Ray
-        write_version(folder / "a.png", 1, now)  # the new version of a.png, segmented first
+    try:  # three nights on one in-process Ray
+        write_version(folder / "a.png", 1, now)
         write_version(folder / "b.png", 2, now)
-        run("nightly")
-        write_version(folder / "a.png", 3, now - 86_400)  # a late run that listed yesterday's a.png commits last
-        run("late")
-        current = {os.path.basename(r["image_uri"]): r for r in
-                   delta_sql(output, "SELECT image_uri, run_id, source_size FROM current").to_pylist()}
-        assert (current["a.png"]["run_id"], current["b.png"]["run_id"]) == ("nightly", "nightly")
-        late = delta_sql(output, "SELECT image_uri FROM images WHERE run_id = 'late'").to_pylist()
-        assert [os.path.basename(r["image_uri"]) for r in late] == ["a.png"]  # it did process its version
-
-        write_version(folder / "a.png", 4, now + 60)  # a newer version still: incremental redoes it, current follows
-        again = run("next")
-        assert (again["inputs"], again["skipped"], again["processed"]) == (2, 1, 1)
-        current = delta_sql(output, "SELECT run_id FROM current WHERE image_uri LIKE '%a.png'").to_pylist()
-        assert current == [{"run_id": "next"}]
+        assert run("night-1") == (2, 0, 2)
+        write_version(folder / "a.png", 3, now - 86_400)  # yesterday's a.png, restored over today's
+        assert run("night-2") == (2, 1, 1)
+        assert run("night-3") == (2, 2, 0)
+        current = {os.path.basename(r["image_uri"]): r["run_id"] for r in
+                   delta_sql(output, "SELECT image_uri, run_id FROM current").to_pylist()}
+        assert current == {"a.png": "night-2", "b.png": "night-1"}
     finally:
         ray.shutdown()
         os.environ.clear()
         os.environ.update(environment)
+
+
+def test_a_run_that_listed_earlier_and_commits_later_leaves_current_alone(tmp_path, tiny_artifact):
+    """`current` follows the latest listing, not the latest commit: a late run holds an earlier version."""
+    output = str(tmp_path / "out")
+    folder = tmp_path / "in"
+    make_images(folder, 5)
+    write_version(folder / "a.png", 1, time.time() - 86_400)
+    late = start_job("--input", str(folder), "--output", output, "--model", tiny_artifact, "--run-id", "late")
+    wait_for(lambda: os.path.exists(os.path.join(output, "_leases", "late.json")), late, "the late run's lease")
+    late.send_signal(signal.SIGSTOP)  # listed, and now slow: it commits after the night's run
+    try:
+        write_version(folder / "a.png", 2, time.time())
+        nightly = run_job("segment.py", "--input", str(folder / "a.png"), "--output", output, "--model",
+                          tiny_artifact, "--run-id", "nightly")
+        assert nightly.returncode == 0, nightly.stderr[-3000:]
+    finally:
+        late.send_signal(signal.SIGCONT)
+    out, _ = late.communicate(timeout=300)
+    assert late.returncode == 0, out[-3000:]
+    committed = [r["run_id"] for r in delta_sql(output, "SELECT run_id FROM runs ORDER BY commit_version").to_pylist()]
+    assert committed == ["nightly", "late"]
+    current = delta_sql(output, "SELECT run_id FROM current WHERE image_uri LIKE '%/a.png'").to_pylist()
+    assert current == [{"run_id": "nightly"}]
 
 
 def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_bucket, tiny_artifact, tmp_path):

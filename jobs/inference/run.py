@@ -25,6 +25,7 @@ def segment(config: SegmentConfig) -> dict:
     with storage_errors(config.model):
         model = model_info(config.model, config.unsafe_allow_code)
     config = with_model_mode(config, model)
+    listing_began = time.time()
     listing = list_inputs(config.inputs)
     if len(listing) == 0:
         raise UserError(f"no images found in {' '.join(config.inputs)}")
@@ -33,6 +34,7 @@ def segment(config: SegmentConfig) -> dict:
         check_writable(config.output)
         leases.check_conditional_writes(config.output)
         tables.ensure_tables(config.output)
+        listed_at = listing_began - (time.time() - leases.store_now(config.output))
     with leases.acquire(config.output, run_id) as lease:
         tables.check_not_committed(config.output, run_id)
         for finished in tables.complete_pending(config.output):
@@ -46,7 +48,8 @@ def segment(config: SegmentConfig) -> dict:
             raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {todo.num_rows} inputs; "
                                "not committing")
         lease.check()
-        record["lease_generation"] = lease.generation  # the fencing token, recorded in the commit
+        # the fencing token, and when the listing began by the store's clock (orders versions in `current`)
+        record.update(lease_generation=lease.generation, listed_at=_iso(listed_at))
         if parts:
             record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts])
         else:

@@ -62,7 +62,7 @@ SCHEMAS = {
     "images": IMAGES_FILE_SCHEMA.append(RUN_ID),
     "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID),
     "current": pa.schema([f for f in IMAGE_FIELDS if f[0] != "mask_png"]).append(RUN_ID)
-    .append(pa.field("commit_version", pa.int64())),
+    .append(pa.field("commit_version", pa.int64())).append(pa.field("listed_at", pa.timestamp("us", tz="UTC"))),
     "runs": pa.schema([
         ("run_id", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
         ("committed_at", pa.timestamp("us", tz="UTC")), ("commit_version", pa.int64()),
@@ -75,10 +75,16 @@ SCHEMAS = {
     ]),
 }
 EPOCH = "TIMESTAMP '1970-01-01T00:00:00Z'"
-NEWER = (f"coalesce(s.source_modified, {EPOCH}) > coalesce(t.source_modified, {EPOCH}) OR "
-         f"(coalesce(s.source_modified, {EPOCH}) = coalesce(t.source_modified, {EPOCH}) "
-         "AND s.commit_version > t.commit_version)")
-"""When a run's row replaces the current one: a newer image version, or the same version committed later."""
+NEWER = (f"coalesce(s.listed_at, {EPOCH}) > coalesce(t.listed_at, {EPOCH}) OR "
+         f"(coalesce(s.listed_at, {EPOCH}) = coalesce(t.listed_at, {EPOCH}) AND s.commit_version > t.commit_version)")
+"""When a run's row replaces the current one: its run listed the file later, so it saw the version the
+file has now, even when that version is older (a file restored from a backup); a run that listed
+earlier and committed later does not move `current` back. Rows of runs before `listed_at` existed
+read it as null: any later listing replaces them."""
+RUN_COLUMNS = ("commit_version", "listed_at")
+"""Columns of `current` that come from the run, not from its `images` rows."""
+TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp"}
+"""Delta's name for each type a column added to an existing table can have."""
 
 
 @dataclass(frozen=True)
@@ -152,12 +158,12 @@ def ensure_tables(output: str, converting: bool = False) -> None:
 
 
 def missing_columns(table, schema: pa.Schema) -> list:
-    """Today's text columns that a table written by an earlier version lacks."""
+    """Today's columns that a table written by an earlier version lacks."""
     from deltalake.schema import Field, PrimitiveType
 
     have = {field.name for field in table.schema().fields}
-    return [Field(field.name, PrimitiveType("string"), nullable=True) for field in schema
-            if field.name not in have and field.type == pa.string()]
+    return [Field(field.name, PrimitiveType(TYPES[field.type]), nullable=True) for field in schema
+            if field.name not in have]
 
 
 def add_missing_columns(output: str, table: str) -> None:
@@ -265,7 +271,7 @@ def _complete(output: str, record: dict, version: int, class_stats_files: list[t
     so any number of processes completing one run at once all succeed, and each table takes it once."""
     run_id = record["run_id"]
     retry_conflicts(lambda: _commit_class_stats(output, run_id, class_stats_files))
-    _merge_current(output, run_id, version)
+    _merge_current(output, run_id, version, record.get("listed_at"))
     retry_conflicts(lambda: _append_run(output, record, version))
 
 
@@ -281,18 +287,20 @@ def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, in
                                                                       max_commit_retries=COMMIT_ATTEMPTS))
 
 
-def _merge_current(output: str, run_id: str, version: int) -> None:
+def _merge_current(output: str, run_id: str, version: int, listed_at: str | None) -> None:
     """Merge the run's rows into `current`, chunk by chunk; the last chunk marks the run done.
     Concurrent merges conflict in Delta: the loser reloads and merges again (the result is the
     same in any order, since the newer-version rule does not depend on who merges first)."""
     rows = committed_dataset(output, "images").to_batches(
-        columns=[n for n in SCHEMAS["current"].names if n != "commit_version"],
+        columns=[n for n in SCHEMAS["current"].names if n not in RUN_COLUMNS],
         filter=pc.field("run_id") == run_id, batch_size=CURRENT_CHUNK_ROWS)
     chunks = _chunks(rows, CURRENT_CHUNK_ROWS)
-    chunk = next(chunks, SCHEMAS["current"].empty_table().drop(["commit_version"]))
+    chunk = next(chunks, SCHEMAS["current"].empty_table().drop(list(RUN_COLUMNS)))
+    listed = dt.datetime.fromisoformat(listed_at) if listed_at else None
     while chunk is not None:
         following = next(chunks, None)
-        source = chunk.append_column("commit_version", pa.array([version] * chunk.num_rows, pa.int64()))
+        source = (chunk.append_column("commit_version", pa.array([version] * chunk.num_rows, pa.int64()))
+                  .append_column("listed_at", pa.array([listed] * chunk.num_rows, pa.timestamp("us", tz="UTC"))))
         retry_conflicts(lambda: _merge_chunk(output, run_id, source.cast(SCHEMAS["current"]), last=following is None))
         chunk = following
 
