@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 import pytest
-
 from fake_autoscaler import fake_autoscaling_cluster
 from ray_head import free_ports
 from test_multinode import PLACED
 from test_segment_job import read_dataset, run_job
 from test_train_job import TRAIN_ARGS, write_scenes
+
+pytestmark = pytest.mark.ray
 
 GPU_WORKERS = {"gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0,
                               "max_workers": 2}}

@@ -5,12 +5,14 @@ import os
 import h5py
 import numpy as np
 import pytest
-
 from test_segment_job import ROOT, run_job
 from test_train_job import write_scenes
+
 from unet_core import build_unet, load_artifact
 from unet_core.model import load_vgg16_weights
 from unet_core.synthetic import SCENE_CLASSES
+
+pytestmark = pytest.mark.ray
 
 ENCODER = [f"block{block}_conv{conv}" for block, convs in enumerate((2, 2, 3, 3, 3), start=1)
            for conv in range(1, convs + 1)]

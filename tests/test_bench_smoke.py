@@ -27,7 +27,7 @@ HELPERS = {"common.py"}
 QUICK, WITH_RAY = 180, 420
 """Timeouts (s): scripts without Ray take seconds; each process that starts Ray ~10-30 s on 2 cores."""
 
-pytestmark = pytest.mark.bench
+pytestmark = [pytest.mark.bench, pytest.mark.ray]
 
 
 def run_bench(script: str, *args: str, tmp_path: Path, timeout: float, shared_ray: bool = False) -> str:

@@ -10,9 +10,11 @@ import threading
 import urllib.parse
 
 import pyarrow as pa
-
+import pytest
 from delta_read import delta_sql
 from test_segment_job import run_job
+
+pytestmark = pytest.mark.ray
 
 FLAKY = "flaky.png"
 
@@ -142,8 +144,8 @@ def test_transient_failure_is_retried_by_the_next_incremental_run_and_an_invalid
 def test_tables_of_an_earlier_version_gain_the_column_and_keep_their_rows(tmp_path):
     from deltalake import write_deltalake
 
-    from jobs.output import tables
     from jobs.output import readers as results
+    from jobs.output import tables
 
     output = str(tmp_path / "out")
     earlier = {name: pa.schema([f for f in schema if f.name != "error_kind"]) for name, schema in tables.SCHEMAS.items()}

@@ -5,13 +5,14 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-
 from run_output import current_rows, make_output, read_run
 from test_segment_job import run_job
 
 from jobs.common.errors import UserError
-from jobs.results.export import export, ExportConfig, safe_relative
+from jobs.results.export import ExportConfig, export, safe_relative
 from unet_core import decode_mask_png, default_colors
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

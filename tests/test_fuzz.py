@@ -88,6 +88,7 @@ def test_crafted_tiff_directories_are_decode_errors():
                 pass
 
 
+@pytest.mark.ray
 def test_a_thousand_mutated_files_and_non_files_each_become_one_row(tmp_path, tiny_artifact):
     seeds = seed_files()
     rng = random.Random(11)

@@ -7,9 +7,10 @@ import subprocess
 import time
 
 import pytest
-
 from ray_head import ray_cli, start_head
 from test_segment_job import ROOT, read_dataset
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture()

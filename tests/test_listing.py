@@ -166,6 +166,7 @@ def test_bad_list_files_are_one_line_errors(tmp_path, monkeypatch, name, text, m
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
+@pytest.mark.ray
 def test_the_job_refuses_a_bad_list_file_with_one_line(tmp_path, tiny_artifact):
     (tmp_path / "list.csv").write_text("uri,size\na.png,big\n")
     done = run_job("segment.py", "--input", str(tmp_path / "list.csv"), "--output", str(tmp_path / "out"),
@@ -206,6 +207,7 @@ def incremental_run():
         os.environ.update(environment)
 
 
+@pytest.mark.ray
 def test_incremental_runs_know_an_image_however_it_is_named(tmp_path, tiny_artifact, incremental_run):
     folder = photos(tmp_path)
     (folder / "listing.csv").write_text(find_list(folder))
@@ -215,6 +217,7 @@ def test_incremental_runs_know_an_image_however_it_is_named(tmp_path, tiny_artif
         assert incremental_run(tmp_path, tiny_artifact, run_id, *inputs) == (3, 3, 0), run_id
 
 
+@pytest.mark.ray
 def test_incremental_run_redoes_exactly_the_image_whose_listed_version_changed(tmp_path, tiny_artifact,
                                                                               incremental_run):
     folder = photos(tmp_path)
@@ -234,6 +237,7 @@ def test_incremental_run_redoes_exactly_the_image_whose_listed_version_changed(t
     assert redone == [{"image_uri": str(folder / "b.png"), "source_size": sizes[1], "source_version": "v2"}]
 
 
+@pytest.mark.ray
 def test_an_image_listed_without_a_version_is_processed_every_run(tmp_path, tiny_artifact, incremental_run):
     """Nothing in a plain list tells that a file was replaced, so no run may skip it (issue case 6)."""
     folder = photos(tmp_path)

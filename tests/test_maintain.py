@@ -5,9 +5,12 @@ import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from delta_read import delta_sql, delta_table, snapshot
 from test_segment_job import run_job
 from test_tables import backdate, make_images
+
+pytestmark = pytest.mark.ray
 
 TABLES = ("images", "class_stats", "current", "runs")
 
@@ -20,9 +23,9 @@ LAST, PLAIN = f"night-{NIGHTS - 1:02d}", f"night-{NIGHTS - 2:02d}"
 def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row(tmp_path, tiny_artifact):
     import ray
 
-    from jobs.output.maintenance import maintain, MaintainConfig
     from jobs.inference.config import SegmentConfig
     from jobs.inference.run import segment
+    from jobs.output.maintenance import MaintainConfig, maintain
 
     output, folder = str(tmp_path / "out"), tmp_path / "in"
     environment = dict(os.environ)

@@ -13,8 +13,9 @@ import tempfile
 
 import pytest
 from ray.cluster_utils import Cluster
-
 from test_segment_job import read_dataset, run_job
+
+pytestmark = pytest.mark.ray
 
 PLACED = "model replica placed: "
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import psutil
 import pyarrow.dataset as pads
+import pytest
 from conftest import bomb_png, jpeg_with_orientation, png_bytes
 from delta_read import delta_sql, delta_table
 from PIL import Image
@@ -23,6 +24,8 @@ from unet_core import (
     unletterbox,
 )
 from unet_core.predict import Predictor
+
+pytestmark = pytest.mark.ray
 
 RNG = np.random.default_rng(11)
 

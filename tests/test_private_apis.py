@@ -49,6 +49,7 @@ print("ok")
 """
 
 
+@pytest.mark.ray
 def test_ray_private_state_answers_in_a_ray_it_started():
     done = subprocess.run([sys.executable, "-c", RAY_PROBE], capture_output=True, text=True, timeout=180,
                           env={"RAY_AUTH_MODE": "disabled", **{k: v for k, v in os.environ.items()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from delta_read import delta_sql, delta_table
@@ -16,20 +17,29 @@ from ray_head import shared_head
 from test_segment_job import ROOT, run_job
 from test_tables import make_images
 
+pytestmark = pytest.mark.ray
+
 COUNTS = {"images": 6, "class_stats": 18, "current": 6, "runs": 1}
 """What run `cut` of 6 images holds in each table once complete (3 classes per image)."""
 
 
 @pytest.fixture(scope="module")
 def cut_root(tmp_path_factory, tiny_artifact) -> str:
-    """A root whose run `cut` committed `images`, and nothing else: its driver was frozen the moment the
-    `images` commit landed, then killed."""
-    base = tmp_path_factory.mktemp("cut")
-    output = str(base / "out")
-    make_images(base / "in", 6)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", str(base / "in"),
-                             "--output", output, "--model", tiny_artifact, "--run-id", "cut", "--batch-size", "2",
-                             "--rows-per-file", "2"], cwd=ROOT, env=shared_head().client_env(),
+    """A root whose run `cut` committed `images`, and nothing else: its driver (at the lowest CPU
+    priority, so the watcher wins the race) was frozen the moment the `images` commit landed, then
+    killed. A kill that came too late (the driver had committed `class_stats` too) is tried again."""
+    for attempt in range(3):
+        output = str(tmp_path_factory.mktemp("cut") / "out")
+        make_images(Path(output).parent / "in", 6)
+        if cut_after_the_images_commit(output, tiny_artifact):
+            return output
+    pytest.fail("three kills in a row came after the class_stats commit")
+
+
+def cut_after_the_images_commit(output: str, model: str) -> bool:
+    proc = subprocess.Popen(["nice", "-n", "19", sys.executable, str(ROOT / "jobs" / "segment.py"), "--input",
+                             str(Path(output).parent / "in"), "--output", output, "--model", model, "--run-id", "cut",
+                             "--batch-size", "2", "--rows-per-file", "2"], cwd=ROOT, env=shared_head().client_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     images_commit = os.path.join(output, "images", "_delta_log", f"{1:020d}.json")
     deadline = time.monotonic() + 240
@@ -37,10 +47,9 @@ def cut_root(tmp_path_factory, tiny_artifact) -> str:
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGSTOP)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert os.path.exists(images_commit), "the job never committed images"
-    assert counts(output) == {**{table: 0 for table in COUNTS}, "images": 6}, "the kill came too late"
-    return output
+    out, _ = proc.communicate()
+    assert os.path.exists(images_commit), f"the job never committed images:\n{out[-3000:]}"
+    return counts(output) == {**{table: 0 for table in COUNTS}, "images": 6}
 
 
 def counts(output: str) -> dict[str, int]:
@@ -129,11 +138,12 @@ def test_maintenance_on_a_host_three_hours_ahead_leaves_a_live_run_whole(tmp_pat
                                  "--output", output, "--retention-hours", "1"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=300)
     assert maintained.returncode == 0, maintained.stderr[-3000:]
-    assert "the oldest live run, live" in maintained.stdout and "off the store's" in maintained.stdout
-    assert written <= set(os.listdir(parts))  # the live run's parts are all still there
     out, _ = proc.communicate(timeout=600)
+    assert written <= set(os.listdir(parts))  # the live run's parts are all still there
+    assert all(os.path.exists(uri.removeprefix("file://")) for uri in delta_table(output, "images").file_uris())
     assert proc.returncode == 0, out[-3000:]
     assert "24 processed: 24 ok" in out
     rows = delta_sql(output, "SELECT image_uri FROM images WHERE run_id = 'live'").column("image_uri").to_pylist()
     assert sorted(rows) == sorted(images)
-    assert all(os.path.exists(uri.removeprefix("file://")) for uri in delta_table(output, "images").file_uris())
+    # what maintenance kept, and why, as it told the operator
+    assert "the oldest live run, live" in maintained.stdout and "off the store's" in maintained.stdout

@@ -7,7 +7,6 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_CLASSES
 from delta_read import delta_sql
 from run_output import current_rows, make_output, read_run
@@ -15,6 +14,8 @@ from test_segment_job import run_job
 
 from jobs.query import main, parse_args
 from jobs.results.query import FORMATS, run_query, write_result
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

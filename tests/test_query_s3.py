@@ -12,6 +12,8 @@ from delta_read import delta_sql, s3_options  # noqa: E402
 from run_output import make_output  # noqa: E402
 from test_segment_job import ROOT  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def local_output(tmp_path_factory, tiny_artifact) -> str:

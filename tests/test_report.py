@@ -7,17 +7,18 @@ import subprocess
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY_CLASSES
 from delta_read import delta_sql
+from PIL import Image
 from run_output import make_output, read_run
 
-from jobs.output import tables
 from jobs.common.errors import UserError
+from jobs.output import tables
 from jobs.report import main
-from jobs.results.report import blend, build_report, make_sample, ReportConfig
+from jobs.results.report import ReportConfig, blend, build_report, make_sample
 from unet_core import default_colors, encode_mask_png
+
+pytestmark = pytest.mark.ray
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

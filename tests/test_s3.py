@@ -3,10 +3,11 @@ import json
 import os
 
 import pytest
-
 from delta_read import delta_sql, delta_table, s3_options
 from s3_server import ADMIN, PUBLIC_BUCKET, READER
 from test_segment_job import ROOT, run_job
+
+pytestmark = pytest.mark.ray
 
 
 def upload_inputs(fs, bucket: str, mixed_folder: dict[str, str], tiny_artifact: str) -> None:
@@ -129,9 +130,9 @@ def test_pyarrow_filesystem_uses_the_same_settings(s3_server, s3_bucket, monkeyp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.storage.files import storage_errors
-    from jobs.storage.settings import arrow_filesystem, configure_storage, StorageOptions
     from jobs.common.errors import UserError
+    from jobs.storage.files import storage_errors
+    from jobs.storage.settings import StorageOptions, arrow_filesystem, configure_storage
 
     for key, value in s3_server.env().items():
         if key.startswith("AWS_"):

@@ -9,11 +9,13 @@ import sys
 import duckdb
 import numpy as np
 import pytest
-
 from conftest import TINY_CLASSES
 from delta_read import delta_sql, delta_table
 from ray_head import shared_head
+
 from unet_core import decode_mask_png
+
+pytestmark = pytest.mark.ray
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOOKS_LIKE_FAILURE = re.compile(

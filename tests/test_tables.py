@@ -8,10 +8,15 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import png_bytes
 from delta_read import delta_sql, delta_table, s3_options, snapshot
 from PIL import Image
 from test_segment_job import ROOT, run_job
+
+from jobs.output import leases
+
+pytestmark = pytest.mark.ray
 
 RNG = np.random.default_rng(23)
 
@@ -87,6 +92,9 @@ def test_killed_driver_and_stray_files_leave_the_tables_exactly_as_they_were(tmp
         shutil.copy(part, os.path.join(output, table, "run_id=stray", "part-stray.parquet"))
     assert snapshot(output) == before
 
+    lease = os.path.join(output, "_leases", "crash.json")
+    expired = time.time() - 2 * leases.EXPIRY_SECONDS  # the store's time passes: the dead attempt's lease expires
+    os.utime(lease, (expired, expired))
     again = run_job("segment.py", *args)  # the dead attempt's id runs again
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     rows = run_rows(output, "crash")

@@ -6,13 +6,15 @@ import pathlib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import bomb_png
+from PIL import Image
 from test_segment_job import read_dataset, run_job
+
 from unet_core import build_unet, decode_mask_png, read_metadata, save_artifact
 from unet_core.metrics import confusion_matrix
 from unet_core.synthetic import SCENE_CLASSES, make_scene
+
+pytestmark = pytest.mark.ray
 
 TRAIN_ARGS = ["--num-classes", "4", "--class-names", ",".join(SCENE_CLASSES), "--input-size", "32",
               "--base-filters", "8", "--batch-size", "8", "--workers", "2", "--learning-rate", "1e-2",
