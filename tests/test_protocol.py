@@ -117,6 +117,20 @@ def test_an_empty_run_commits_its_id_once(tmp_path, tiny_artifact):
                     {"run_id": "full", "inputs": 2, "skipped": 0, "processed": 2}]
 
 
+def slow_run_with_parts(folder: str, output: str, model: str, run_id: str) -> tuple[subprocess.Popen, str]:
+    """A run of the slow model, two images a part, once its first `images` part is written: (the job,
+    its parts folder)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", folder, "--output", output,
+                             "--model", model, "--run-id", run_id, "--batch-size", "2", "--rows-per-file", "2",
+                             "--precision", "float32"], cwd=ROOT, env=shared_head().client_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    parts = os.path.join(output, "images", f"run_id={run_id}")
+    deadline = time.monotonic() + 240
+    while not (os.path.isdir(parts) and os.listdir(parts)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc, parts
+
+
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="libfaketime is not installed (.ci/run installs it)")
 def test_maintenance_on_a_host_three_hours_ahead_leaves_a_live_run_whole(tmp_path, slow_artifact):
     """Issue case 1, end to end through the commands: `maintain.py --retention-hours 1` on a host whose
@@ -124,14 +138,7 @@ def test_maintenance_on_a_host_three_hours_ahead_leaves_a_live_run_whole(tmp_pat
     the run committed all its rows."""
     output = str(tmp_path / "out")
     images = make_images(tmp_path / "in", 24)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", str(tmp_path / "in"),
-                             "--output", output, "--model", slow_artifact, "--run-id", "live", "--batch-size", "2",
-                             "--rows-per-file", "2", "--precision", "float32"], cwd=ROOT,
-                            env=shared_head().client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    parts = os.path.join(output, "images", "run_id=live")
-    deadline = time.monotonic() + 240
-    while not (os.path.isdir(parts) and os.listdir(parts)) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc, parts = slow_run_with_parts(str(tmp_path / "in"), output, slow_artifact, "live")
     written = set(os.listdir(parts))
     assert written and proc.poll() is None, "the run ended before maintenance could run beside it"
     maintained = subprocess.run(["faketime", "-f", "+3h", sys.executable, str(ROOT / "jobs" / "maintain.py"),
@@ -154,14 +161,7 @@ def test_a_writer_whose_part_is_gone_refuses_to_commit_and_leaves_nothing_visibl
     hand), the run must not commit a file that readers would then fail on."""
     output = str(tmp_path / "out")
     make_images(tmp_path / "in", 12)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", str(tmp_path / "in"),
-                             "--output", output, "--model", slow_artifact, "--run-id", "robbed", "--batch-size", "2",
-                             "--rows-per-file", "2", "--precision", "float32"], cwd=ROOT,
-                            env=shared_head().client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    parts = os.path.join(output, "images", "run_id=robbed")
-    deadline = time.monotonic() + 240
-    while not (os.path.isdir(parts) and os.listdir(parts)) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc, parts = slow_run_with_parts(str(tmp_path / "in"), output, slow_artifact, "robbed")
     gone = sorted(os.listdir(parts))[0]
     os.remove(os.path.join(parts, gone))
     out, _ = proc.communicate(timeout=600)
