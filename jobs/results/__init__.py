@@ -1,1 +1,1 @@
-"""Reading committed results: SQL views, queries, the HTML report, mask export."""
+"""Reading committed results for people: queries, the HTML report, mask export."""
