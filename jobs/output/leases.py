@@ -305,13 +305,15 @@ class _LocalStore:
 
     @contextlib.contextmanager
     def _locked(self, path: str):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(f"{path}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        """An flock on the leases folder itself: it leaves no file behind, and a rename cannot swap it."""
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)
 
 
 class _S3Store:

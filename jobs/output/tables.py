@@ -267,8 +267,9 @@ def _class_stats_parts(output: str, images, record: dict) -> list[tuple[str, int
 
 
 def _complete(output: str, record: dict, version: int, class_stats_files: list[tuple[str, int, int]]) -> None:
-    """Each step checks the run's app transaction in a freshly loaded table and retries on a conflict,
-    so any number of processes completing one run at once all succeed, and each table takes it once."""
+    """Each step checks the run's app transaction in a freshly loaded table and retries on a conflict
+    (our retry, not delta-rs': it reloads the table and checks the app transaction again), so any
+    number of processes completing one run at once all succeed, and each table takes it once."""
     run_id = record["run_id"]
     retry_conflicts(lambda: _commit_class_stats(output, run_id, class_stats_files))
     _merge_current(output, run_id, version, record.get("listed_at"))
@@ -284,7 +285,7 @@ def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, in
     actions = [_add_action(run_id, name, size, rows) for name, size, rows in files]
     table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=["run_id"],
                                    commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)],
-                                                                      max_commit_retries=COMMIT_ATTEMPTS))
+                                                                      max_commit_retries=0))
 
 
 def _merge_current(output: str, run_id: str, version: int, listed_at: str | None) -> None:
@@ -329,7 +330,7 @@ def _append_run(output: str, record: dict, version: int | None) -> None:
         row[key] = dt.datetime.fromisoformat(row[key]) if isinstance(row[key], str) else row[key]
     write_deltalake(table, pa.Table.from_pylist([row], schema=SCHEMAS["runs"]), mode="append",
                     commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)],
-                                                       max_commit_retries=COMMIT_ATTEMPTS))
+                                                       max_commit_retries=0))
 
 
 def append_empty_run(output: str, record: dict) -> None:
