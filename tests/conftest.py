@@ -14,19 +14,6 @@ from PIL import Image
 
 pytest_plugins = ["s3_server"]
 
-SHARED_ROOTS = {"test_query": "results-root", "test_query_s3": "results-root", "test_report": "results-root",
-                "test_export_masks": "results-root"}
-"""Modules that read the same segmented root (run_output.make_output, made once per test process)."""
-
-
-def pytest_collection_modifyitems(items) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), a module's tests run in one process, so its module and
-    session fixtures (a trained model, a segmented root) are made once; modules that share a root
-    share a process."""
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(SHARED_ROOTS.get(module, module)))
-
 TINY_CLASSES = ["background", "thing", "stuff"]
 
 
