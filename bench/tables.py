@@ -13,17 +13,13 @@ Parts are synthetic: small rows of the real schemas, as a run of tiny images wou
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import tempfile
 import time
-import uuid
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from common import print_table  # noqa: F401  (puts the project on the path)
 from jobs.output import tables
@@ -31,55 +27,16 @@ from jobs.output.maintenance import maintain, MaintainConfig
 from jobs.query import parse_args
 from jobs.results.query import run_query
 from jobs.output.readers import SUMMARY_SQL
-
-CLASSES = ("background", "thing", "stuff")
-
-
-def write_part(output: str, run_id: str, first: int, rows: int) -> tables.Part:
-    """One images part and one class_stats part of `rows` images, as a worker writes them."""
-    ids = [f"img{index:08d}" for index in range(first, first + rows)]
-    pixels = np.random.default_rng(first).integers(0, 100, (rows, len(CLASSES)))
-    flat = pa.table({
-        "image_id": np.repeat(ids, len(CLASSES)), "image_uri": np.repeat([f"/data/{i}.png" for i in ids], len(CLASSES)),
-        "class_id": pa.array(np.tile(np.arange(len(CLASSES)), rows), pa.int16()),
-        "class_name": np.tile(CLASSES, rows), "pixels": pixels.ravel(),
-        "fraction": (pixels / pixels.sum(axis=1, keepdims=True).clip(1)).ravel(), "mean_confidence": np.full(pixels.size, 0.9),
-    }, schema=tables.CLASS_STATS_FILE_SCHEMA)
-    now = dt.datetime.now(dt.timezone.utc)
-    images = pa.table({
-        "image_id": ids, "image_uri": [f"/data/{i}.png" for i in ids], "source_size": [1000] * rows,
-        "source_version": ["1"] * rows, "source_modified": [now] * rows, "width": [10] * rows, "height": [10] * rows,
-        "status": ["ok"] * rows, "error": [None] * rows, "error_kind": [None] * rows,
-        "mask_png": [b"\x89PNG" * 8] * rows,
-        "classes": tables.nested_classes(flat, np.ones(rows, bool), len(CLASSES)),
-        "model_name": ["bench"] * rows, "model_sha256": ["0" * 64] * rows, "processed_at": [now] * rows,
-    }, schema=tables.IMAGES_FILE_SCHEMA)
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    sizes = {}
-    for table, data in (("images", images), ("class_stats", flat)):
-        folder = os.path.join(output, table, f"run_id={run_id}")
-        os.makedirs(folder, exist_ok=True)
-        pq.write_table(data, os.path.join(folder, name))
-        sizes[table] = os.path.getsize(os.path.join(folder, name))
-    return tables.Part(name, sizes["images"], sizes["class_stats"], rows, flat.num_rows)
-
-
-def record(run_id: str, rows: int) -> dict:
-    now = dt.datetime.now(dt.timezone.utc).isoformat()
-    return {"run_id": run_id, "started_at": now, "committed_at": now, "inputs": rows, "skipped": 0,
-            "processed": rows, "ok": rows, "errors": 0, "model_name": "bench", "model_sha256": "0" * 64,
-            "model_uri": "/m", "class_names": list(CLASSES), "class_pixels": [0] * len(CLASSES),
-            "wall_seconds": 1.0, "images_per_second": 1.0, "replicas": "[]", "config": "{}"}
-
+from synthetic import run_record, write_part
 
 def delta_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
-    tables.commit_run(output, record(run_id, sum(p.rows for p in parts)), parts)
+    tables.commit_run(output, run_record(run_id, sum(p.rows for p in parts)), parts)
 
 
 def earlier_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
     """The earlier layout's commit: list the run's folders (to drop strays), then write the manifest."""
     listed = {t: sorted(os.listdir(os.path.join(output, t, f"run_id={run_id}"))) for t in ("images", "class_stats")}
-    manifest = {**record(run_id, sum(p.rows for p in parts)), "status": "committed",
+    manifest = {**run_record(run_id, sum(p.rows for p in parts)), "status": "committed",
                 "files": {t: [f"{t}/run_id={run_id}/{n}" for n in names] for t, names in listed.items()}}
     os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     with open(os.path.join(output, "runs", f"{run_id}.json"), "w") as handle:

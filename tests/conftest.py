@@ -4,9 +4,12 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # bench/synthetic.py: parts without a model
 
 import numpy as np
 import pytest

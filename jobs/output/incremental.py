@@ -5,8 +5,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from jobs.output.readers import scan
-from jobs.output.tables import committed_files
+from jobs.output.tables import committed_files, scan
 from jobs.storage.files import filesystem
 
 

@@ -18,12 +18,11 @@ import pyarrow.compute as pc
 
 from jobs.common.errors import UserError
 from jobs.output.tables import (
-    PARTITIONED,
-    SCHEMAS,
     TABLES,
     committed_dataset,
     committed_files,
     require_tables,
+    scan,
     scan_field,
 )
 from jobs.storage.files import filesystem
@@ -56,21 +55,6 @@ def connect(output: str) -> duckdb.DuckDBPyConnection:
 
 def _view(table: str) -> str:
     return "current_images" if table == "current" else table
-
-
-def scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
-    """SQL reading a table's committed files, columns in the table's order (an empty table has none).
-
-    Files written before a column was added lack it: the union by name with an empty table of
-    today's schema reads it as null there."""
-    con.register(f"{table}_empty", SCHEMAS[table].empty_table())
-    if not files:
-        return f"SELECT * FROM {table}_empty"
-    listed = ", ".join("'" + uri.replace("'", "''") + "'" for uri in files)
-    hive = ", hive_partitioning = true, hive_types = {'run_id': 'VARCHAR'}" if table in PARTITIONED else ""
-    columns = ", ".join(f'"{name}"' for name in SCHEMAS[table].names)
-    return (f"SELECT {columns} FROM (SELECT * FROM {table}_empty UNION ALL BY NAME "
-            f"SELECT * FROM read_parquet([{listed}]{hive}, union_by_name = true))")
 
 
 def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -> None:

@@ -23,6 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,8 +41,8 @@ RUN_KEY = "unet_segment.run"
 CLASS_STATS_PARTS = "class_stats_parts"
 """Key of the run record, in its `images` commit only: [name, bytes, rows] of each class_stats part,
 the facts a roll-forward commits from."""
-CURRENT_CHUNK_ROWS = 65_536
-"""Rows merged into `current` per Delta transaction: bounds the driver's memory on huge runs."""
+CURRENT_BATCH_ROWS = 65_536
+"""Rows per Arrow batch streamed into `current`: bounds the driver's memory on huge runs."""
 COMMIT_ATTEMPTS = 12
 
 CLASS_FIELDS = [("class_id", pa.int16()), ("class_name", pa.string()), ("pixels", pa.int64()),
@@ -72,6 +73,7 @@ SCHEMAS = {
         ("class_names", pa.list_(pa.string())), ("class_pixels", pa.list_(pa.int64())),
         ("wall_seconds", pa.float64()), ("images_per_second", pa.float64()),
         ("replicas", pa.string()), ("config", pa.string()),
+        ("resumed", pa.int64()),
     ]),
 }
 EPOCH = "TIMESTAMP '1970-01-01T00:00:00Z'"
@@ -83,7 +85,7 @@ earlier and committed later does not move `current` back. Rows of runs before `l
 read it as null: any later listing replaces them."""
 RUN_COLUMNS = ("commit_version", "listed_at")
 """Columns of `current` that come from the run, not from its `images` rows."""
-TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp"}
+TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp", pa.int64(): "long"}
 """Delta's name for each type a column added to an existing table can have."""
 
 
@@ -233,8 +235,12 @@ def check_parts_exist(output: str, run_id: str, parts: list[Part]) -> None:
 def check_not_committed(output: str, run_id: str) -> None:
     """A run id commits once, empty runs included: those commit only their `runs` row, under the same
     app transaction."""
-    if any(open_table(output, table).transaction_version(run_id) is not None for table in ("images", "runs")):
+    if is_committed(output, run_id):
         raise UserError(f"run {run_id} is already committed in {output}; pick another run id", "run_id")
+
+
+def is_committed(output: str, run_id: str) -> bool:
+    return any(open_table(output, table).transaction_version(run_id) is not None for table in ("images", "runs"))
 
 
 def complete_pending(output: str) -> list[str]:
@@ -272,7 +278,7 @@ def _complete(output: str, record: dict, version: int, class_stats_files: list[t
     number of processes completing one run at once all succeed, and each table takes it once."""
     run_id = record["run_id"]
     retry_conflicts(lambda: _commit_class_stats(output, run_id, class_stats_files))
-    _merge_current(output, run_id, version, record.get("listed_at"))
+    _update_current(output, run_id, version, record.get("listed_at"))
     retry_conflicts(lambda: _append_run(output, record, version))
 
 
@@ -288,34 +294,72 @@ def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, in
                                                                       max_commit_retries=0))
 
 
-def _merge_current(output: str, run_id: str, version: int, listed_at: str | None) -> None:
-    """Merge the run's rows into `current`, chunk by chunk; the last chunk marks the run done.
-    Concurrent merges conflict in Delta: the loser reloads and merges again (the result is the
-    same in any order, since the newer-version rule does not depend on who merges first)."""
-    rows = committed_dataset(output, "images").to_batches(
-        columns=[n for n in SCHEMAS["current"].names if n not in RUN_COLUMNS],
-        filter=pc.field("run_id") == run_id, batch_size=CURRENT_CHUNK_ROWS)
-    chunks = _chunks(rows, CURRENT_CHUNK_ROWS)
-    chunk = next(chunks, SCHEMAS["current"].empty_table().drop(list(RUN_COLUMNS)))
-    listed = dt.datetime.fromisoformat(listed_at) if listed_at else None
-    while chunk is not None:
-        following = next(chunks, None)
-        source = (chunk.append_column("commit_version", pa.array([version] * chunk.num_rows, pa.int64()))
-                  .append_column("listed_at", pa.array([listed] * chunk.num_rows, pa.timestamp("us", tz="UTC"))))
-        retry_conflicts(lambda: _merge_chunk(output, run_id, source.cast(SCHEMAS["current"]), last=following is None))
-        chunk = following
+def _update_current(output: str, run_id: str, version: int, listed_at: str | None) -> None:
+    """Bring `current` up to the run at a cost that grows with the run, not with the table: the run's
+    new images are appended (no existing file read or rewritten), only the images it updates go
+    through one merge, which rewrites each `current` file that holds one at most once. Which images
+    are new is decided from the key column alone."""
+    retry_conflicts(lambda: _current_attempt(output, run_id, version, listed_at))
 
 
-def _merge_chunk(output: str, run_id: str, source: pa.Table, last: bool) -> None:
-    from deltalake import CommitProperties, Transaction
+def _current_attempt(output: str, run_id: str, version: int, listed_at: str | None) -> None:
+    """One try against a freshly loaded `current`. Every write here commits with no delta-rs retry, so
+    it lands only on the very version it read (a compare-and-swap on the table version): of two
+    processes that judged the same images new, one commits and the other tries again against the
+    table that now holds them, and no image gets two rows. (delta-rs' own retry would let a blind
+    append through.)"""
+    from deltalake import CommitProperties, Transaction, write_deltalake
 
     table = open_table(output, "current")
     if table.transaction_version(run_id) is not None:
         return
-    properties = CommitProperties(app_transactions=[Transaction(run_id, 1)] if last else None)
-    (table.merge(source, "t.image_uri = s.image_uri", source_alias="s", target_alias="t",
-                 commit_properties=properties)
-     .when_matched_update_all(predicate=NEWER).when_not_matched_insert_all().execute())
+    con = _stage_run(output, run_id, version, listed_at, [u.removeprefix("file://") for u in table.file_uris()])
+    done = [Transaction(run_id, 1)]
+    updated_rows = con.execute("SELECT count(*) FROM updated").fetchall()[0][0]
+    new_rows = con.execute("SELECT count(*) FROM run_rows ANTI JOIN updated USING (image_uri)").fetchall()[0][0]
+    if updated_rows:
+        updates = _typed(con.sql("SELECT * FROM run_rows SEMI JOIN updated USING (image_uri)"))
+        (table.merge(updates, "t.image_uri = s.image_uri", source_alias="s", target_alias="t",
+                     commit_properties=CommitProperties(app_transactions=None if new_rows else done,
+                                                        max_commit_retries=0))
+         .when_matched_update_all(predicate=NEWER).execute())
+    if new_rows or not updated_rows:
+        inserts = _typed(con.sql("SELECT * FROM run_rows ANTI JOIN updated USING (image_uri)"))
+        write_deltalake(table, inserts, mode="append",
+                        commit_properties=CommitProperties(app_transactions=done, max_commit_retries=0))
+
+
+def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, current_files: list[str]):
+    """A DuckDB connection with `run_rows` (a view: the run's `images` rows as `current` rows, read
+    from its committed files) and `updated` (a table: those of its image URIs that `current` holds,
+    found by reading that one column of `current`)."""
+    con = duckdb.connect()
+    if "://" in output:
+        con.register_filesystem(filesystem(output)[0])
+    run_files = [f for f in committed_files(output, "images") if f"/run_id={run_id}/" in f]
+    columns = ", ".join(f'"{n}"' for n in SCHEMAS["current"].names if n not in RUN_COLUMNS)
+    listed = f"TIMESTAMPTZ '{listed_at}'" if listed_at else "NULL::TIMESTAMPTZ"
+    con.execute(f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
+                f"{listed} AS listed_at FROM ({scan(con, 'images', run_files)})")
+    low, high = con.execute("SELECT min(image_uri), max(image_uri) FROM run_rows").fetchall()[0]
+    # the run's key range: row groups of `current` entirely outside it are skipped unread (a collection
+    # whose new images sort after the old, by date or by number, reads nothing of `current` at all)
+    known = (f"SELECT image_uri FROM read_parquet([{_quoted(current_files)}]) WHERE image_uri BETWEEN $low AND $high"
+             if current_files else "SELECT NULL::VARCHAR AS image_uri WHERE false")
+    con.execute(f"CREATE TEMP TABLE updated AS SELECT DISTINCT image_uri FROM run_rows SEMI JOIN ({known}) USING "
+                "(image_uri)", {"low": low, "high": high} if current_files else {})
+    return con
+
+
+def _typed(relation: duckdb.DuckDBPyRelation) -> pa.RecordBatchReader:
+    """A DuckDB query streamed as `current` rows, in the table's own types."""
+    schema = SCHEMAS["current"]
+    batches = relation.to_arrow_reader(CURRENT_BATCH_ROWS)
+    return pa.RecordBatchReader.from_batches(schema, (batch.cast(schema) for batch in batches))
+
+
+def _quoted(files: list[str]) -> str:
+    return ", ".join("'" + uri.replace("'", "''") + "'" for uri in files)
 
 
 def _append_run(output: str, record: dict, version: int | None) -> None:
@@ -351,18 +395,6 @@ def retry_conflicts(attempt) -> None:
             if tries == COMMIT_ATTEMPTS - 1:
                 raise
             time.sleep(random.uniform(0.05, 0.2) * 2 ** min(tries, 5))
-
-
-def _chunks(batches, rows: int):
-    pending, count = [], 0
-    for batch in batches:
-        pending.append(batch)
-        count += batch.num_rows
-        if count >= rows:
-            yield pa.Table.from_batches(pending)
-            pending, count = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending)
 
 
 def _class_stats_file(output: str, run_id: str, name: str) -> tuple[str, int, int]:
@@ -434,6 +466,21 @@ def committed_dataset(output: str, table: str) -> pads.Dataset:
     return pads.dataset(paths, schema=SCHEMAS[table], filesystem=fs, format="parquet",
                         partitioning=pads.partitioning(pa.schema([RUN_ID]), flavor="hive") if partitioned else None,
                         partition_base_dir=root if partitioned else None)
+
+
+def scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
+    """SQL reading a table's committed files, columns in the table's order (an empty table has none).
+
+    Files written before a column was added lack it: the union by name with an empty table of
+    today's schema reads it as null there."""
+    con.register(f"{table}_empty", SCHEMAS[table].empty_table())
+    if not files:
+        return f"SELECT * FROM {table}_empty"
+    listed = _quoted(files)
+    hive = ", hive_partitioning = true, hive_types = {'run_id': 'VARCHAR'}" if table in PARTITIONED else ""
+    columns = ", ".join(f'"{name}"' for name in SCHEMAS[table].names)
+    return (f"SELECT {columns} FROM (SELECT * FROM {table}_empty UNION ALL BY NAME "
+            f"SELECT * FROM read_parquet([{listed}]{hive}, union_by_name = true))")
 
 
 def scan_field(name: str) -> pc.Expression:
