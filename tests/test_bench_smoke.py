@@ -22,7 +22,7 @@ from ray_head import shared_head
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-HELPERS = {"common.py"}
+HELPERS = {"common.py", "synthetic.py"}
 """bench/ modules that are not benchmarks themselves."""
 QUICK, WITH_RAY = 180, 420
 """Timeouts (s): scripts without Ray take seconds; each process that starts Ray ~10-30 s on 2 cores."""
@@ -86,6 +86,16 @@ def test_tables(tmp_path):
         ("summary, 3 runs", "Delta tables"), ("summary, 3 runs", "Delta tables, after maintain.py"),
         ("summary, 3 runs", "earlier manifest")]
     numbers(rows, "seconds")
+
+
+def test_commit_scale(tmp_path):
+    out = run_bench("commit_scale.py", "--images", "300", "--part-rows", "100", tmp_path=tmp_path, timeout=QUICK)
+    rows = table(out, ["run", "root holds", "seconds", "vs first"])
+    assert [(r["run"], r["root holds"]) for r in rows] == [
+        *[("300 new, interleaved", f"{300 * k:,}") for k in range(5)], ("300 updated", "1,500"),
+        ("300, half new", "1,500"), *[("300 new, appended", f"{300 * k:,}") for k in range(5)]]
+    numbers(rows, "seconds", "vs first")
+    assert re.search(r"new images, appended: last/first \(root 1,200 against empty\) [\d.]+", out)
 
 
 def test_driver_memory(tmp_path):
