@@ -47,6 +47,8 @@ def print_report(output: str, report: dict) -> None:
               f"vacuumed {report['vacuumed'][name]} unreferenced files older than {report['retention_hours']} h")
     if report["expired_leases"]:
         print(f"removed {report['expired_leases']} leases of attempts that died")
+    if report["removed_plans"]:
+        print(f"removed the plans of {len(report['removed_plans'])} committed runs: {', '.join(report['removed_plans'])}")
     print(f"maintained {output}")
 
 

@@ -5,6 +5,7 @@
     python jobs/query.py --output s3://bucket/seg/ find --class person --min-fraction 0.3 --limit 20
     python jobs/query.py --output s3://bucket/seg/ errors [--run ID]
     python jobs/query.py --output s3://bucket/seg/ sql "SELECT status, count(*) FROM images GROUP BY status"
+    python jobs/query.py --output s3://bucket/seg/ live
 
 Without --run, summary/find/errors read the current rows: for each image, its row from the run
 that processed its newest version (the `current` table). Output is an aligned table, or
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                               help="any query over the views images, class_stats, runs, current_images, "
                                    "current_class_stats")
     sql.add_argument("query", metavar="SQL")
+    commands.add_parser("live", parents=[common],
+                        help="runs in progress (planned, done, host) and dead attempts that can be resumed")
     args = parser.parse_args(argv)
     if "output" not in args:
         parser.error("the following arguments are required: --output")

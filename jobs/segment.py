@@ -10,7 +10,7 @@ import sys
 
 from jobs.cli.flags import add_replica_flags, config_from
 from jobs.cli.main import run_main
-from jobs.cli.types import fraction, positive_int
+from jobs.cli.types import fraction, positive_float, positive_int
 from jobs.inference.config import SegmentConfig
 from jobs.inference.run import error_rate_exceeded, segment
 from jobs.output import leases
@@ -24,11 +24,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "(.txt/.csv/.parquet of URIs: the way to pass millions of images)")
     parser.add_argument("--output", metavar="URI", help="output root: the Delta tables images/, class_stats/, current/ and runs/ go under it")
     parser.add_argument("--model", metavar="URI", help="model artifact folder (see unet_core.save_artifact)")
-    parser.add_argument("--rows-per-file", type=positive_int, default=256,
-                        help="images per Parquet file (default: 256)")
+    parser.add_argument("--rows-per-file", type=positive_int, default=2048,
+                        help="images per Parquet part (default: 2048, parts of tens of MB at typical mask sizes); "
+                             "a run that dies keeps its finished parts")
     parser.add_argument("--run-id", default=None,
-                        help="name of this run (default: UTC time + random suffix); an id whose attempt died can be "
-                             "run again, a live or committed one is refused")
+                        help="name of this run (default: UTC time + random suffix). Run a dead attempt's id again to "
+                             "resume it: its plan and finished parts are kept. A live or committed id is refused")
+    parser.add_argument("--progress-every", type=positive_float, default=30.0, metavar="SECONDS",
+                        help="a progress line (done/planned, rate, ETA, errors) this often (default: 30)")
     parser.add_argument("--incremental", action="store_true",
                         help="skip images whose current result (same URI, size and mtime/ETag) came from this model")
     parser.add_argument("--retry-errors", action="store_true",
@@ -58,8 +61,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
 def print_summary(record: dict) -> None:
     total = sum(record["class_pixels"]) or 1
     shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in zip(record["class_names"], record["class_pixels"]))
+    resumed = f" ({record['resumed']} kept from an earlier attempt)" if record["resumed"] else ""
     print(f"run {record['run_id']}: {record['inputs']} images, {record['skipped']} skipped, "
-          f"{record['processed']} processed: {record['ok']} ok, {record['errors']} errors "
+          f"{record['processed']} processed{resumed}: {record['ok']} ok, {record['errors']} errors "
           f"in {record['wall_seconds']:.1f} s ({record['images_per_second']} images/s)")
     print(f"class shares: {shares}")
     print(f"committed to the Delta tables under {record['output']}")

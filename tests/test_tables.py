@@ -1,6 +1,8 @@
 """The Delta tables' guarantees under crashes, strays and concurrency, read back with deltalake itself."""
 import glob
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -67,7 +69,7 @@ def maintain(output: str, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_killed_driver_and_stray_files_leave_the_tables_exactly_as_they_were(tmp_path, slow_artifact):
+def test_a_driver_killed_halfway_resumes_keeping_its_parts_and_strays_stay_hidden(tmp_path, slow_artifact):
     output = str(tmp_path / "out")
     base = make_images(tmp_path / "base", 4)
     done = run_job("segment.py", "--input", str(tmp_path / "base"), "--output", output, "--model", slow_artifact,
@@ -77,13 +79,18 @@ def test_killed_driver_and_stray_files_leave_the_tables_exactly_as_they_were(tmp
 
     crash = make_images(tmp_path / "crash", 24)
     args = ["--input", str(tmp_path / "crash"), "--output", output, "--model", slow_artifact, "--run-id", "crash",
-            "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32"]
+            "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32", "--progress-every", "1"]
     proc = start_job(*args)
-    wait_for(lambda: parts_on_disk(output, "images", "crash"), proc, "a part file")
+    wait_for(lambda: len(parts_on_disk(output, "images", "crash")) >= 6, proc, "half of the 12 parts")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
-    assert 0 < len(parts_on_disk(output, "images", "crash")) < 12  # it died mid-run, with parts written
+    kept = parts_on_disk(output, "images", "crash")
+    assert 6 <= len(kept) < 12  # it died mid-run, with about half its parts written
     assert snapshot(output) == before
+    live = run_job("query.py", "--output", output, "--format", "json", "live")
+    assert live.returncode == 0, live.stderr[-3000:]
+    [attempt] = json.loads(live.stdout)
+    assert (attempt["run_id"], attempt["planned"], attempt["state"]) == ("crash", 24, "running")  # not expired yet
 
     for table in ("images", "class_stats"):  # strays: a committed part copied beside itself and into a new run
         part = parts_on_disk(output, table, "base")[0]
@@ -95,11 +102,21 @@ def test_killed_driver_and_stray_files_leave_the_tables_exactly_as_they_were(tmp
     lease = os.path.join(output, "_leases", "crash.json")
     expired = time.time() - 2 * leases.EXPIRY_SECONDS  # the store's time passes: the dead attempt's lease expires
     os.utime(lease, (expired, expired))
-    again = run_job("segment.py", *args)  # the dead attempt's id runs again
+    again = run_job("segment.py", *args)  # the dead attempt's id runs again: it resumes
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    # a write in flight at the kill may still land: the attempt counts what it finds when it starts
+    found = re.search(r"resuming: (\d+) parts of an earlier attempt hold (\d+) of the 24 planned images", again.stdout)
+    assert found and int(found[1]) >= len(kept) and int(found[2]) == 2 * int(found[1]), again.stdout[-3000:]
+    resumed = int(found[2])
+    assert re.search(r"run crash: \d+/24 images \(\d+\.\d%\), [\d.]+ images/s, ETA \S+, 0 errors so far",
+                     again.stdout), again.stdout[-3000:]
     rows = run_rows(output, "crash")
     assert sorted(r["image_uri"] for r in rows) == sorted(crash) and len({r["image_id"] for r in rows}) == 24
     assert sorted(r["image_uri"] for r in run_rows(output, "base")) == sorted(base)
+    assert delta_sql(output, "SELECT resumed FROM runs WHERE run_id = 'crash'").to_pylist() == [{"resumed": resumed}]
+    committed = {uri.rsplit("/", 1)[-1] for uri in delta_table(output, "images").file_uris()}
+    assert {path.rsplit("/", 1)[-1] for path in kept} <= committed  # the first attempt's parts, committed as written
+    assert not os.path.exists(os.path.join(output, "_plans", "crash"))
 
     content = {table: rows for table, (_, rows) in snapshot(output).items()}
     referenced = {table: set(delta_table(output, table).file_uris()) for table in ("images", "class_stats")}
@@ -271,3 +288,37 @@ def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_
                       {"run_id": "right", "n": 6, "d": 6}]
     assert delta_sql(output, "SELECT count(*) AS n FROM current", options).column("n")[0].as_py() == 9
     assert delta_sql(output, "SELECT count(*) AS n FROM runs", options).column("n")[0].as_py() == 3
+
+
+def test_s3_run_killed_halfway_resumes_with_the_same_run_id(s3_server, s3_bucket, slow_artifact, tmp_path):
+    fs = s3_server.filesystem()
+    for path in make_images(tmp_path / "photos", 16):
+        fs.put_file(path, f"{s3_bucket}/resume/{os.path.basename(path)}")
+    output, env = f"s3://{s3_bucket}/resumed", s3_server.env()
+    args = ["--input", f"s3://{s3_bucket}/resume/", "--output", output, "--model", slow_artifact, "--run-id", "night",
+            "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32"]
+    proc = start_job(*args, env=env)
+    folder = f"{s3_bucket}/resumed/images/run_id=night"
+
+    def written() -> list[str]:
+        return [p for p in fs.find(folder) if p.endswith(".parquet")] if fs.exists(folder) else []
+
+    wait_for(lambda: len(written()) >= 4, proc, "half of the 8 parts", poll=0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = written()
+    assert 4 <= len(kept) < 8
+    # the lease's expiry by the store's clock is tested in test_leases; here the dead attempt's lease goes as
+    # its expiry would take it
+    fs.rm(f"{s3_bucket}/resumed/_leases/night.json")
+    again = run_job("segment.py", *args, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    # a write in flight at the kill may still land: the attempt counts what it finds when it starts
+    found = re.search(r"resuming: (\d+) parts of an earlier attempt hold (\d+) of the 16 planned images", again.stdout)
+    assert found and int(found[1]) >= len(kept) and int(found[2]) == 2 * int(found[1]), again.stdout[-3000:]
+    options = s3_options(env)
+    counts = delta_sql(output, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM images", options)
+    assert counts.to_pylist() == [{"n": 16, "d": 16}]
+    assert delta_sql(output, "SELECT resumed FROM runs", options).to_pylist() == [{"resumed": int(found[2])}]
+    committed = {uri.rsplit("/", 1)[-1] for uri in delta_table(output, "images", options).file_uris()}
+    assert {path.rsplit("/", 1)[-1] for path in kept} <= committed

@@ -37,8 +37,9 @@ class ReplicaConfig:
 class SegmentConfig(ReplicaConfig):
     inputs: list[str]
     output: str
-    rows_per_file: int = 256
+    rows_per_file: int = 2048
     run_id: str | None = None
+    progress_every: float = 30.0
     incremental: bool = False
     retry_errors: bool = False
     max_error_rate: float = 1.0

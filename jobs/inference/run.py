@@ -1,4 +1,10 @@
-"""A segmentation run from listing to commit: the one call `jobs/segment.py` makes."""
+"""A segmentation run from listing to commit: the one call `jobs/segment.py` makes.
+
+An attempt holds the run id's lease from its plan to its commit. Its plan (what to process) is
+written once per run id; its parts are kept across attempts (`jobs.output.plans`, `jobs.output.parts`),
+so running a dead attempt's id again resumes it: only the planned images that no finished part holds
+are processed, and the run commits once with every part.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,64 +18,111 @@ from jobs.common.errors import UserError
 from jobs.inference.config import SegmentConfig
 from jobs.inference.model import ModelInfo, model_info
 from jobs.inference.pipeline import build_dataset, inference_of, with_model_mode
+from jobs.inference.progress import Progress
 from jobs.output import leases, tables
 from jobs.output.incremental import select_new
+from jobs.output.parts import kept_parts
+from jobs.output.plans import Plan, load_plan, remaining, remove_plan, save_plan
 from jobs.storage.files import check_writable, storage_errors
 from jobs.storage.listing import list_inputs
 from jobs.storage.settings import StorageOptions, configure_storage
 
 
 def segment(config: SegmentConfig) -> dict:
-    """Run the job and commit it; returns the run's record."""
+    """Run the job (or resume the run id's dead attempt) and commit it; returns the run's record."""
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     with storage_errors(config.model):
         model = model_info(config.model, config.unsafe_allow_code)
     config = with_model_mode(config, model)
-    listing_began = time.time()
-    listing = list_inputs(config.inputs)
-    if len(listing) == 0:
-        raise UserError(f"no images found in {' '.join(config.inputs)}")
     run_id = config.run_id or leases.new_run_id()
+    with storage_errors(config.output):
+        resuming = config.run_id is not None and load_plan(config.output, run_id) is not None
+    # a fresh run lists first: a wrong --input fails before anything is written under the output
+    listing, began = (None, 0.0) if resuming else _listing(config)
     with storage_errors(config.output):
         check_writable(config.output)
         leases.check_conditional_writes(config.output)
         tables.ensure_tables(config.output)
-        listed_at = listing_began - (time.time() - leases.store_now(config.output))
+        host_ahead = time.time() - leases.store_now(config.output)
     with leases.acquire(config.output, run_id) as lease:
         tables.check_not_committed(config.output, run_id)
         for finished in tables.complete_pending(config.output):
             print(f"completed the commit of run {finished}, whose driver had stopped mid-commit")
-        todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \
-            if config.incremental else (listing, 0)
+        plan = load_plan(config.output, run_id)
+        if plan is None:
+            if listing is None:  # the plan seen before the lease was removed by hand since
+                listing, began = _listing(config)
+            # when the listing began by the store's clock: orders image versions in `current`
+            plan = _make_plan(config, model, run_id, listing, began - host_ahead)
+        _check_resumable(plan, config, model)
+        kept, kept_uris = kept_parts(config.output, run_id)
+        todo = remaining(config.output, plan, kept_uris)
+        resumed = sum(int(p["rows"]) for p in kept)
+        lease.report_progress(plan.planned, resumed)
+        lease.renew()  # `query.py live` shows the plan from now on, not from the next heartbeat
+        if kept:
+            print(f"run {run_id}: resuming: {len(kept)} parts of an earlier attempt hold {resumed:,} of the "
+                  f"{plan.planned:,} planned images; {todo.num_rows:,} to go")
         started = time.time()
-        parts = _process(todo, model, config, run_id, storage_env) if todo.num_rows else []
-        record = run_record(config, model, run_id, listing.num_rows, skipped, parts, started)
-        if record["processed"] != todo.num_rows:
-            raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {todo.num_rows} inputs; "
+        with Progress(run_id, plan.planned, resumed, config.progress_every, lease.report_progress) as progress:
+            parts = kept + (_process(todo, model, config, run_id, storage_env, progress) if todo.num_rows else [])
+        record = run_record(config, model, plan, parts, resumed, started)
+        if record["processed"] != plan.planned:
+            raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; "
                                "not committing")
         lease.check()
         # the fencing token, and when the listing began by the store's clock (orders versions in `current`)
-        record.update(lease_generation=lease.generation, listed_at=_iso(listed_at))
+        record.update(lease_generation=lease.generation, listed_at=plan.listed_at)
         if parts:
             record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts])
         else:
             tables.append_empty_run(config.output, record)
+        remove_plan(config.output, run_id)
     return {**record, "output": config.output}
 
 
-def run_record(config: SegmentConfig, model: ModelInfo, run_id: str, inputs: int, skipped: int,
-               parts: list[dict], started: float) -> dict:
+def _listing(config: SegmentConfig) -> tuple:
+    """The inputs as listed now, and when the listing began by this host's clock."""
+    began = time.time()
+    listing = list_inputs(config.inputs)
+    if len(listing) == 0:
+        raise UserError(f"no images found in {' '.join(config.inputs)}")
+    return listing, began
+
+
+def _make_plan(config: SegmentConfig, model: ModelInfo, run_id: str, listing, listed_at: float) -> Plan:
+    todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \
+        if config.incremental else (listing, 0)
+    plan = Plan(run_id, inputs=listing.num_rows, skipped=skipped, planned=todo.num_rows, listed_at=_iso(listed_at),
+                model_sha256=model.sha256, sources=list(config.inputs), shards=0)
+    return save_plan(config.output, plan, todo)
+
+
+def _check_resumable(plan: Plan, config: SegmentConfig, model: ModelInfo) -> None:
+    """An attempt resumes its run as first planned; parts made by another model cannot join it."""
+    if plan.model_sha256 != model.sha256:
+        raise UserError(f"run {plan.run_id} was started with another model (sha256 {plan.model_sha256[:12]}, this "
+                        f"one is {model.sha256[:12]}); resume it with that model or pick another run id", "model")
+    if plan.sources != list(config.inputs):
+        print(f"run {plan.run_id}: resuming the plan of its first attempt ({plan.planned:,} images from "
+              f"{' '.join(plan.sources)}); --input {' '.join(config.inputs)} is not listed again")
+
+
+def run_record(config: SegmentConfig, model: ModelInfo, plan: Plan, parts: list[dict], resumed: int,
+               started: float) -> dict:
     """The run's row in the `runs` table (also carried in its `images` commit)."""
     wall = time.time() - started
     rows = sum(int(p["rows"]) for p in parts)
     ok = sum(int(p["ok"]) for p in parts)
+    fresh = rows - resumed
     return {
-        "run_id": run_id, "started_at": _iso(started), "committed_at": _iso(time.time()),
-        "inputs": inputs, "skipped": skipped, "processed": rows, "ok": ok, "errors": rows - ok,
+        "run_id": plan.run_id, "started_at": _iso(started), "committed_at": _iso(time.time()),
+        "inputs": plan.inputs, "skipped": plan.skipped, "processed": rows, "resumed": resumed,
+        "ok": ok, "errors": rows - ok,
         "model_name": model.name, "model_sha256": model.sha256, "model_uri": model.uri,
         "class_names": list(model.class_names),
         "class_pixels": [int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))],
-        "wall_seconds": round(wall, 3), "images_per_second": round(rows / wall, 3) if rows and wall > 0 else None,
+        "wall_seconds": round(wall, 3), "images_per_second": round(fresh / wall, 3) if fresh and wall > 0 else None,
         "replicas": json.dumps(replicas_used(parts)), "config": json.dumps(dataclasses.asdict(config)),
     }
 
@@ -83,16 +136,21 @@ def _part(row: dict) -> tables.Part:
                        int(row["rows"]), int(row["class_rows"]))
 
 
-def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict) -> list[dict]:
+def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict,
+             progress: Progress) -> list[dict]:
     connect_ray(config.address, storage_env)
     resources = plan_resources(config)
     await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
                 config.wait_for_nodes, "model replicas")
     print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
           f"{config.mode} mode, {resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
-          + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""))
+          + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""), flush=True)
     dataset = build_dataset(todo, model, resources, inference_of(config), config.output, run_id, config.rows_per_file)
-    return dataset.take_all()
+    parts = []
+    for part in dataset.iter_rows():
+        parts.append(part)
+        progress.add(part)
+    return parts
 
 
 def replicas_used(parts: list[dict]) -> list[dict]:

@@ -6,16 +6,14 @@ import datetime as dt
 import hashlib
 import json
 import os
-import posixpath
-import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs.inference.model import ModelInfo
+from jobs.output.parts import write_part
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
-from jobs.storage.files import InputRefused, filesystem, is_transient, join, read_input
+from jobs.storage.files import InputRefused, is_transient, read_input
 from unet_core.image import DecodeError, Letterbox, decode_image, letterbox, unletterbox
 from unet_core.masks import class_statistics, encode_mask_png
 
@@ -184,31 +182,17 @@ def finalize(batch: dict, model: ModelInfo) -> dict:
 
 
 def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict:
-    """Write one `images` and one `class_stats` part for this batch, under one fresh name, into the
-    run's partition folders; report name, sizes and counts for the commit.
+    """Write this batch as one part of the run (`jobs.output.parts`); report it for the commit.
 
     The files stay invisible until the driver's Delta commit lists them. Names are fresh UUIDs,
-    never derived from input names.
-    """
+    never derived from input names."""
     class_stats = _class_stats_table(batch, model)
-    tables = {"images": _images_table(batch, model, class_stats), "class_stats": class_stats}
-    part = f"part-{uuid.uuid4().hex}.parquet"
-    sizes = {}
-    for table, rows in tables.items():
-        fs, path = filesystem(join(output, table, f"run_id={run_id}", part))
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with fs.open(path, "wb") as handle:
-            pq.write_table(rows, handle, compression="zstd")
-        sizes[table] = fs.size(path)
     ok = batch["error"] == ""
-    return {
-        "part": np.array([part], dtype=object),
-        "images_bytes": np.array([sizes["images"]]), "class_stats_bytes": np.array([sizes["class_stats"]]),
-        "rows": np.array([len(ok)]), "class_rows": np.array([tables["class_stats"].num_rows]),
-        "ok": np.array([int(ok.sum())]),
-        "class_pixels": batch["stats_pixels"][ok].sum(axis=0, keepdims=True),
-        "replicas": np.array([json.dumps(sorted(set(batch["replica"])))], dtype=object),
-    }
+    facts = {"ok": int(ok.sum()), "class_pixels": batch["stats_pixels"][ok].sum(axis=0).tolist(),
+             "replicas": json.dumps(sorted(set(batch["replica"])))}
+    row = write_part(output, run_id, _images_table(batch, model, class_stats), class_stats, facts)
+    return {key: np.array([value], dtype=object if isinstance(value, str) else np.int64)
+            for key, value in row.items()}
 
 
 def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Table:

@@ -69,6 +69,9 @@ class LeaseRecord:
     """When the run's first attempt took the lease, by the store's clock (seconds since the epoch)."""
     host: str = ""
     pid: int = 0
+    planned: int = 0
+    done: int = 0
+    """Progress as of the last renewal, for `query.py live`: images in the run's plan, and in its parts."""
 
     def body(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -132,6 +135,11 @@ class Lease:
                 return False
             self._version, self.renewed = version, time.monotonic()
             return True
+
+    def report_progress(self, planned: int, done: int) -> None:
+        """Counts that the next renewal writes into the lease."""
+        with self._lock:
+            self.record = replace(self.record, planned=planned, done=done)
 
     def check(self) -> None:
         """Fencing, just before the commit: refuse unless this attempt renewed recently and still

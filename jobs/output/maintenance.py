@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from jobs.common.errors import UserError
 from jobs.output import leases, legacy, tables
+from jobs.output.plans import planned_run_ids, remove_plan
 from jobs.storage.files import filesystem, storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
 
@@ -42,7 +43,16 @@ def maintain(config: MaintainConfig) -> dict:
         report["vacuumed"] = {name: vacuum(config.output, name, report["retention"].vacuum_hours)
                               for name in tables.TABLES}
         report["expired_leases"] = leases.remove_dead(config.output)
+        report["removed_plans"] = remove_committed_plans(config.output)
     return report
+
+
+def remove_committed_plans(output: str) -> list[str]:
+    """Plans whose run committed but whose driver stopped before removing them."""
+    done = [run_id for run_id in planned_run_ids(output) if tables.is_committed(output, run_id)]
+    for run_id in done:
+        remove_plan(output, run_id)
+    return done
 
 
 def compact(output: str, table: str) -> tuple[int, int]:

@@ -15,7 +15,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
+from jobs.output.leases import all_leases
 from jobs.output.readers import ERRORS_SQL, SUMMARY_SQL, check_run, connect, select_scope
+from jobs.output.tables import require_tables
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -35,6 +37,8 @@ ORDER BY fraction DESC, image_uri LIMIT $limit"""
 
 def run_query(args: argparse.Namespace) -> pa.Table:
     """The subcommand's result as an Arrow table."""
+    if args.command == "live":
+        return live_runs(args.output)
     con = connect(args.output)
     if args.command == "runs":
         return con.sql(RUNS_SQL).to_arrow_table()
@@ -52,6 +56,26 @@ def run_query(args: argparse.Namespace) -> pa.Table:
     check_class(con, args.run, args.class_name)
     params = {"class": args.class_name, "min_fraction": args.min_fraction, "limit": args.limit}
     return con.sql(FIND_SQL, params=params).to_arrow_table()
+
+
+LIVE_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("state", pa.string()), ("planned", pa.int64()), ("done", pa.int64()),
+    ("started_at", pa.timestamp("s", tz="UTC")), ("renewed_seconds_ago", pa.float64()), ("generation", pa.int64()),
+    ("host", pa.string()), ("pid", pa.int64()),
+])
+
+
+def live_runs(output: str) -> pa.Table:
+    """Runs not yet committed, from their leases: a live one's progress as of its last renewal (every
+    few seconds), and dead attempts whose run id can be resumed."""
+    require_tables(output)
+    rows = [{"run_id": lease.record.run_id, "state": "running" if lease.alive() else "dead: resumable",
+             "planned": lease.record.planned, "done": lease.record.done,
+             "started_at": dt.datetime.fromtimestamp(lease.record.started, dt.timezone.utc),
+             "renewed_seconds_ago": round(lease.age, 1), "generation": lease.record.generation,
+             "host": lease.record.host, "pid": lease.record.pid}
+            for lease in all_leases(output)]
+    return pa.Table.from_pylist(sorted(rows, key=lambda row: row["started_at"]), schema=LIVE_SCHEMA)
 
 
 def check_class(con: duckdb.DuckDBPyConnection, run_id: str | None, name: str) -> None:

@@ -5,6 +5,7 @@ little beyond the URI strings.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import datetime as dt
@@ -62,6 +63,8 @@ about 50% above what it holds after reading a list file of 10 million rows (it k
 buffers); jemalloc about 10% (measured with bench/driver_memory.py)."""
 
 
+LISTERS = 16
+"""Listing requests in flight at once when a prefix is walked folder by folder."""
 CHUNK_ROWS = 65_536
 """Rows handled in Python at a time while listing: bounds the Python objects alive at once."""
 
@@ -182,21 +185,35 @@ def _walk_local(root: str) -> Iterator[str]:
 
 
 def _walk_s3(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[pa.Table]:
-    """Image objects under a prefix, one listing page (1,000 keys) at a time, in key order, each page
-    turned into Arrow at once (`fs.find` would hold every key's info dict, and a listings cache)."""
+    """Image objects under a prefix, listed by several listers at once: each folder level (delimiter
+    `/`) is one paginated listing, and the folders it names are listed concurrently (at most LISTERS
+    requests in flight), so a prefix of many folders lists many times faster than one paginator.
+    Each page becomes Arrow at once (`fs.find` would hold every key's info dict, and a listings
+    cache). Folders come in key order; a single flat folder is still one paginator."""
     bucket, key, _ = fs.split_path(root)
-    request = {"Bucket": bucket, "Prefix": f"{key.rstrip('/')}/" if key else ""}
-    pages = s3_pages(fs, "list_objects_v2", **request)
-    while True:
-        try:
-            page = fsspec.asyn.sync(fs.loop, pages.__anext__)
-        except StopAsyncIteration:
-            return
-        items = [item for item in page.get("Contents", []) if is_image_name(item["Key"])]
-        yield _listing(pa.array([f"s3://{bucket}/{item['Key']}" for item in items], pa.string()),
-                       pa.array([int(item["Size"]) for item in items], pa.int64()),
-                       pa.array([item["ETag"].strip('"') for item in items], pa.string()),
-                       pa.array([item["LastModified"] for item in items], TIMESTAMP_US))
+    prefix = f"{key.rstrip('/')}/" if key else ""
+    yield from fsspec.asyn.sync(fs.loop, _list_tree, fs, bucket, prefix, None)
+
+
+async def _list_tree(fs: fsspec.AbstractFileSystem, bucket: str, prefix: str,
+                     limit: asyncio.Semaphore | None) -> list[pa.Table]:
+    """One folder's pages, then its subfolders' (listed concurrently), in key order of the folders."""
+    limit = limit or asyncio.Semaphore(LISTERS)
+    pages, folders = [], []
+    async with limit:  # held while this folder's pages come, never while its subfolders are listed
+        async for page in s3_pages(fs, "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            pages.append(_page_table(bucket, page))
+            folders += [folder["Prefix"] for folder in page.get("CommonPrefixes", [])]
+    below = await asyncio.gather(*(_list_tree(fs, bucket, folder, limit) for folder in folders))
+    return pages + [table for tables in below for table in tables]
+
+
+def _page_table(bucket: str, page: dict) -> pa.Table:
+    items = [item for item in page.get("Contents", []) if is_image_name(item["Key"])]
+    return _listing(pa.array([f"s3://{bucket}/{item['Key']}" for item in items], pa.string()),
+                    pa.array([int(item["Size"]) for item in items], pa.int64()),
+                    pa.array([item["ETag"].strip('"') for item in items], pa.string()),
+                    pa.array([item["LastModified"] for item in items], TIMESTAMP_US))
 
 
 def _found(fs: fsspec.AbstractFileSystem, found: list[tuple[str, dict]]) -> pa.Table:

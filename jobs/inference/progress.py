@@ -1,0 +1,58 @@
+"""What a long run says about itself while it runs: a line in the job log every so often, and the
+same counts in its lease, where `query.py live` reads them."""
+from __future__ import annotations
+
+import threading
+import time
+
+
+class Progress:
+    """Counts the parts as they come back from the pipeline (so the counts move a part at a time) and
+    prints a line on a timer, whether or not a part came. The rate and ETA are over this attempt's own
+    images: parts kept from an earlier attempt are done, not fast."""
+
+    def __init__(self, run_id: str, planned: int, resumed: int, every_seconds: float, report=None):
+        self.run_id, self.planned, self.resumed, self.every = run_id, planned, resumed, every_seconds
+        self.report = report
+        """Called with (planned, done) on every part: the lease carries the latest in its next renewal."""
+        self.processed = self.errors = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name=f"progress-{run_id}", daemon=True)
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            print(self.line(), flush=True)
+
+    def add(self, part: dict) -> None:
+        self.processed += int(part["rows"])
+        self.errors += int(part["rows"]) - int(part["ok"])
+        if self.report is not None:
+            self.report(self.planned, self.done)
+
+    @property
+    def done(self) -> int:
+        return self.resumed + self.processed
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.processed / elapsed if elapsed > 0 else 0.0
+        left = self.planned - self.done
+        eta = _duration(left / rate) if rate > 0 else "unknown"
+        share = self.done / self.planned if self.planned else 1.0
+        return (f"run {self.run_id}: {self.done:,}/{self.planned:,} images ({share:.1%}), {rate:.1f} images/s, "
+                f"ETA {eta}, {self.errors:,} errors so far")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
