@@ -98,6 +98,14 @@ def test_commit_scale(tmp_path):
     assert re.search(r"new images, appended: last/first \(root 1,200 against empty\) [\d.]+", out)
 
 
+def test_listing(tmp_path):
+    out = run_bench("listing.py", "--keys", "60", "--folders", "6", tmp_path=tmp_path, timeout=QUICK)
+    assert "same 60 keys from both: True" in out
+    rows = table(out, ["listing", "seconds", "keys/s", "speed-up"])
+    assert [r["listing"] for r in rows] == ["one paginator", "16 listers, folder by folder"]
+    numbers(rows, "seconds", "keys/s", "speed-up")
+
+
 def test_driver_memory(tmp_path):
     out = run_bench("driver_memory.py", "--rows", "1000", "2000", "--earlier", "1000", "--work", str(tmp_path / "work"),
                     tmp_path=tmp_path, timeout=QUICK)
