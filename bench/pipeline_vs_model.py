@@ -1,6 +1,6 @@
 """Benchmark 2: the whole segment.py job against the bare model on the same images.
 
-    python bench/pipeline_vs_model.py [--count 24] [--size 512] [--precision auto] [--batch-size 8]
+    python bench/pipeline_vs_model.py [--count 24] [--size 512] [--precision auto] [--batch-size 8] [--gpus-per-actor 1]
 
 The job reads JPEGs from disk, decodes, letterboxes, predicts, maps masks back, encodes PNGs,
 counts classes and writes Parquet; the bare model only runs the forward pass on the same images,
@@ -39,12 +39,14 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="as segment.py's flag (default 0: CPU)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     artifact = seed_artifact(work, args.size, args.base_filters)
     small = write_images(work / "n", args.count, 480, 640, seed=1)
     large = write_images(work / "2n", 2 * args.count, 480, 640, seed=2)
-    flags = ["--model", artifact, "--precision", args.precision, "--batch-size", str(args.batch_size)]
+    flags = ["--model", artifact, "--precision", args.precision, "--batch-size", str(args.batch_size),
+             "--gpus-per-actor", str(args.gpus_per_actor)]
     bare = bare_model_seconds(artifact, small, args.precision, args.batch_size, args.repeats)
     wall_n, manifest_n = run_segment("--input", str(small), "--output", str(work / "out-n"), *flags)
     wall_2n, _ = run_segment("--input", str(large), "--output", str(work / "out-2n"), *flags)

@@ -69,6 +69,18 @@ def numbers(rows: list[dict[str, str]], *columns: str) -> None:
             assert np.isfinite(float(row[column])), row
 
 
+def test_gpu_check(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHON=sys.executable, TMPDIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+    env.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or "/tmp")
+    done = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--smoke"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=WITH_RAY)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "== bare model, XLA on, batch 2" in done.stdout and "== job, XLA on, bfloat16, batch 2" in done.stdout
+    numbers(table(done.stdout, ["precision", "input", "images/s", "GFLOP/s", "peak GFLOP/s", "of peak"]), "images/s")
+    numbers(table(done.stdout, ["what", "images", "seconds", "images/s", "efficiency"]), "images/s")
+
+
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.stem for p in BENCH.glob("*.py") if p.name not in HELPERS)
     assert scripts
