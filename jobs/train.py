@@ -53,9 +53,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                             "classes other than the image's most common) and validate in tiles at full resolution; "
                             "the model's input is N and segment.py/evaluate.py run it in tile mode. For images "
                             "larger than the input.")
-    model.add_argument("--patches-per-image", type=positive_int, default=1,
-                       help="with --patch-size, crops of each image per epoch (default 1): an image many times the "
-                            "patch's area needs several for an epoch to cover it")
+    model.add_argument("--patches-per-image", type=positive_int, default=None,
+                       help="with --patch-size, crops of each image per epoch (default: the image's area in patches, "
+                            "at least 1, so that an epoch covers about every pixel once)")
     model.add_argument("--base-filters", type=positive_int, default=64, help="width; 64 is the seed model (default 64)")
     model.add_argument("--backbone-weights", metavar="FILE",
                        help="VGG16 ImageNet weights (.h5, e.g. Keras' ..._notop.h5) loaded into the encoder by "
@@ -107,7 +107,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise UserError("--num-classes must be at least 2")
     if config.patch_size and config.input_size not in (None, config.patch_size):
         raise UserError("--patch-size sets the model input: drop --input-size")
-    if config.patches_per_image > 1 and not config.patch_size:
+    if config.patches_per_image and not config.patch_size:
         raise UserError("--patches-per-image needs --patch-size")
     size = config.patch_size or config.input_size or 256
     if size % 16:

@@ -1,5 +1,6 @@
 """jobs/train.py and jobs/evaluate.py as a user runs them: subprocesses with real Ray Train and TensorFlow."""
 import json
+import re
 import os
 import pathlib
 
@@ -179,11 +180,14 @@ def test_patch_training_validates_in_tiles_and_the_artifact_runs_in_tile_mode(tm
     done = run_job("train.py", "--images", str(tmp_path / "train" / "images"), "--masks",
                    str(tmp_path / "train" / "masks"), "--val-images", str(tmp_path / "val" / "images"),
                    "--val-masks", str(tmp_path / "val" / "masks"), "--storage", str(tmp_path / "checkpoints"),
-                   "--output", str(tmp_path / "model"), *args, "--patch-size", "32", "--patches-per-image", "2", "--epochs", "2",
+                   "--output", str(tmp_path / "model"), *args, "--patch-size", "32", "--epochs", "2",
                    "--precision", "float32", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "32x32 patches at full resolution, validated in tiles" in done.stdout
-    assert "4 steps of 8 per epoch" in done.stdout and "step 8," in done.stdout  # 16 pairs x 2 crops
+    # no --patches-per-image: 48x80 is 3.75 patches' area, so 4 crops of each of the 16 images an epoch
+    assert ("an epoch: 16 images, 64 32x32 crops at full resolution (4 per image, about every pixel once), "
+            "validated in tiles; 8 steps of global batch 8") in done.stdout
+    assert "step 16," in done.stdout
+    assert re.search(r"an epoch takes \d+ s here: the 1 left, about \d+ min", done.stdout), done.stdout[-3000:]
     metadata = read_metadata(str(tmp_path / "model"))
     assert metadata.mode == "tile" and metadata.input_size == (32, 32)
     # no --mode: both jobs run the model as it was trained, in tiles at full resolution

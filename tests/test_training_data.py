@@ -8,7 +8,8 @@ from PIL import Image
 from conftest import bomb_png
 from jobs.common.errors import UserError
 from jobs.training.data import (
-    epoch_order, load_pairs, pair_by_stem, parse_mask_map, read_mask, refusals, split_validation, training_batch,
+    crops_per_image, epoch_order, epoch_samples, header_facts, load_pairs, pair_by_stem, parse_mask_map, read_mask,
+    split_validation, training_batch,
     voc_pairs, worker_share)
 from unet_core.augment import PAD_LABEL
 
@@ -82,8 +83,28 @@ def test_masks_are_held_to_the_limits_of_images(tmp_path):
     with pytest.raises(ValueError, match=r"cannot read mask \(file has more than 1,000 bytes, the max_bytes limit"):
         read_mask(big, parse_mask_map(None), -1, max_bytes=1000)  # unlisted (a VOC tree): read up to the limit
     # the check train.py runs over every pair before training, from listed sizes and headers alone
-    assert refusals(pairs, 100_000_000, 1 << 30)["refusal"].tolist() == [str(over_pixels.value)]
-    assert refusals(pairs, 100_000_000, 1000)["refusal"].tolist() == [str(over_bytes.value), str(over_pixels.value)]
+    pairs["position"] = np.arange(2)
+    assert header_facts(pairs, 100_000_000, 1 << 30)["refusal"].tolist() == ["", str(over_pixels.value)]
+    assert header_facts(pairs, 100_000_000, 1000)["refusal"].tolist() == [str(over_bytes.value),
+                                                                          str(over_pixels.value)]
+    assert header_facts(pairs, 100_000_000, 1 << 30)["pixels"].tolist() == [64, 64]  # the images' areas
+
+
+@pytest.mark.parametrize(("pixels", "patch", "crops"), [
+    ([1024 * 768, 256 * 256, 100 * 100, 0], 256, [12, 1, 1, 1]),  # the 1024x768 slices of a new user's set
+    ([512 * 512, 700 * 500], 128, [16, 21]),  # 16 and 21.4 patches' worth
+    ([960 * 720], 512, [3]),  # 2.6 patches' worth: rounded
+])
+def test_crops_per_image_cover_each_image_about_once_an_epoch(pixels, patch, crops):
+    assert crops_per_image(np.array(pixels), patch).tolist() == crops
+
+
+def test_an_epoch_draws_each_pair_as_many_times_as_its_crops_in_a_seeded_order():
+    crops = np.array([3, 1, 2])
+    first = epoch_samples(crops, seed=0, epoch=1)
+    assert sorted(first.tolist()) == [0, 0, 0, 1, 2, 2]
+    assert np.array_equal(first, epoch_samples(crops, seed=0, epoch=1))
+    assert not all(np.array_equal(first, epoch_samples(crops, seed=0, epoch=e)) for e in range(2, 6))
 
 
 def test_each_epoch_draws_its_own_seeded_order_of_the_whole_set():

@@ -24,7 +24,8 @@ class TrainConfig:
     class_names: tuple[str, ...] | None = None
     input_size: int = 256
     patch_size: int | None = None
-    patches_per_image: int = 1
+    patches_per_image: int | None = None
+    """With patch_size: crops of each image per epoch; None: its area in patches (`crops_per_image`)."""
     base_filters: int = 64
     backbone_weights: str | None = None
     epochs: int = 20
@@ -60,3 +61,5 @@ class Plan:
     fingerprint: str
     train_pairs: int
     val_pairs: int
+    crops: tuple[int, ...] = ()
+    """Samples of each training pair per epoch (crops with patch_size, else 1)."""

@@ -176,28 +176,46 @@ def read_pair(batch: dict, row: int, lookup: np.ndarray, max_pixels: int, max_by
     return image, mask
 
 
-def refusals(batch: dict, max_pixels: int, max_bytes: int) -> dict:
-    """Why the pairs' images or masks would be refused, one reason per refused pair, from the listed
-    sizes and the headers alone: checked before training, so that a file over a limit ends the job in
-    one line naming it, instead of a worker mid-epoch."""
-    reasons = [_refusal(batch["image_uri"][row], int(batch["source_size"][row]), "image", max_pixels, max_bytes)
-               or _refusal(batch["mask_uri"][row], int(batch["mask_size"][row]), "mask", max_pixels, max_bytes)
-               for row in range(len(batch["image_uri"]))]
-    return {"refusal": np.array([reason for reason in reasons if reason], dtype=object)}
+def header_facts(batch: dict, max_pixels: int, max_bytes: int) -> dict:
+    """Per pair, from the listed sizes and the headers alone: why its image or mask would be refused
+    ('' if not), and its image's pixel count (0 where the header cannot be read). Read before
+    training, so that a file over a limit ends the job in one line naming it instead of a worker
+    mid-epoch, and so that an epoch's crops can follow each image's area."""
+    rows = range(len(batch["image_uri"]))
+    images = [_image_facts(batch["image_uri"][row], int(batch["source_size"][row]), "image", max_pixels, max_bytes)
+              for row in rows]
+    reasons = [reason or _image_facts(batch["mask_uri"][row], int(batch["mask_size"][row]), "mask", max_pixels,
+                                      max_bytes)[0]
+               for row, (reason, _) in zip(rows, images)]
+    return {"position": batch["position"], "refusal": np.array(reasons, dtype=object),
+            "pixels": np.array([pixels for _, pixels in images], np.int64)}
 
 
-def _refusal(uri: str, size: int, what: str, max_pixels: int, max_bytes: int) -> str:
+def crops_per_image(pixels: np.ndarray, patch_size: int) -> np.ndarray:
+    """Crops of each image per epoch so that an epoch covers about every pixel once: its area in
+    patches, rounded, at least 1 (an unreadable header, 0 pixels, gets 1)."""
+    return np.maximum(1, np.rint(np.asarray(pixels, np.float64) / patch_size ** 2)).astype(np.int64)
+
+
+def epoch_samples(crops: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's samples as pair indices, each pair as many times as its crops, in `epoch_order`."""
+    samples = np.repeat(np.arange(len(crops)), crops)
+    return samples[epoch_order(len(samples), seed, epoch)]
+
+
+def _image_facts(uri: str, size: int, what: str, max_pixels: int, max_bytes: int) -> tuple[str, int]:
     if size > max_bytes:
-        return f"{uri}: cannot read {what} (file has {size:,} bytes, above the max_bytes limit of {max_bytes:,})"
+        return f"{uri}: cannot read {what} (file has {size:,} bytes, above the max_bytes limit of {max_bytes:,})", 0
     fs, path = filesystem(uri)
     try:
         with fs.open(path, "rb", block_size=HEADER_BLOCK) as handle, Image.open(handle) as image:
-            refuse_oversized(*image.size, max_pixels, what)
+            width, height = image.size
+            refuse_oversized(width, height, max_pixels, what)
     except DecodeError as exc:
-        return f"{uri}: cannot read {what} ({exc})"
+        return f"{uri}: cannot read {what} ({exc})", 0
     except Exception:  # unreadable, or no image at all: loading the pair says why
-        return ""
-    return ""
+        return "", 0
+    return "", width * height
 
 
 def load_pairs(batch: dict, input_size: int, lookup: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -46,21 +46,45 @@ def load_splits(config: TrainConfig) -> tuple:
     return training_data.split_validation(pairs, config.val_fraction, config.seed)
 
 
-def plan_run(config: TrainConfig, train_pairs, val_pairs) -> tuple[Plan, float]:
-    """Steps per epoch (equal on every worker: the collectives need it) and CPUs per worker."""
+def plan_run(config: TrainConfig, train_pairs, val_pairs, pixels) -> tuple[Plan, float]:
+    """Samples per pair and steps per epoch (equal on every worker: the collectives need it), and CPUs
+    per worker. `pixels`: each training image's area, from its header."""
     import ray
 
+    crops = epoch_crops(config, pixels)
     worker_batch = config.batch_size // config.workers
-    steps = (len(train_pairs) * config.patches_per_image // config.workers) // worker_batch
+    steps = (int(crops.sum()) // config.workers) // worker_batch
     if steps < 1:
-        raise UserError(f"{len(train_pairs) * config.patches_per_image} training samples cannot fill one global "
-                        f"batch of {config.batch_size}")
+        raise UserError(f"{int(crops.sum())} training samples cannot fill one global batch of {config.batch_size}")
     total_cpus = sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
     cpus = config.cpus_per_worker or (1.0 if config.use_gpu else
                                       max(0.25, min(largest_node_cpus(), (total_cpus - DATA_CPUS) / config.workers)))
     plan = Plan(steps, worker_batch, max(1, round(cpus)), training_data.fingerprint(train_pairs),
-                len(train_pairs), len(val_pairs))
+                len(train_pairs), len(val_pairs), tuple(int(c) for c in crops))
     return plan, cpus
+
+
+def epoch_crops(config: TrainConfig, pixels) -> np.ndarray:
+    if not config.patch_size:
+        return np.ones(len(pixels), np.int64)
+    if config.patches_per_image:
+        return np.full(len(pixels), config.patches_per_image, np.int64)
+    return training_data.crops_per_image(pixels, config.patch_size)
+
+
+def describe_epoch(config: TrainConfig, plan: Plan) -> str:
+    """What one epoch is, in the run's first line: a new data set's user must see whether an epoch
+    covers their data."""
+    crops, total = np.array(plan.crops), sum(plan.crops)
+    if not config.patch_size:
+        what = f"{total} whole images letterboxed to {config.input_size}"
+    else:
+        spread = f"{crops.min()}" if crops.min() == crops.max() else f"{crops.min()}-{crops.max()}"
+        why = "set by --patches-per-image" if config.patches_per_image else "about every pixel once"
+        what = (f"{total} {config.patch_size}x{config.patch_size} crops at full resolution ({spread} per image, "
+                f"{why}), validated in tiles")
+    return (f"an epoch: {plan.train_pairs} images, {what}; {plan.steps_per_epoch} steps of global batch "
+            f"{config.batch_size}")
 
 
 def run_training(config: TrainConfig):
@@ -72,16 +96,14 @@ def run_training(config: TrainConfig):
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    check_limits(train_pairs, val_pairs, config)
-    plan, cpus = plan_run(config, train_pairs, val_pairs)
+    pixels = check_limits(train_pairs, val_pairs, config)
+    plan, cpus = plan_run(config, train_pairs, val_pairs, pixels)
     worker = {"CPU": cpus, "GPU": 1.0} if config.use_gpu else {"CPU": cpus}
     check_holds(worker, config.workers, "training workers", "workers")
     await_nodes(worker, config.workers, config.wait_for_nodes, "training workers")
     print(f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
-          f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}, {plan.steps_per_epoch} steps of "
-          f"{config.batch_size} per epoch; " + (f"{config.patch_size}x{config.patch_size} patches at full resolution, "
-                                                 "validated in tiles" if config.patch_size else
-                                                 f"whole images letterboxed to {config.input_size}"), flush=True)
+          f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}", flush=True)
+    print(describe_epoch(config, plan), flush=True)
     trainer = TensorflowTrainer(
         train_worker,
         train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs, "val_pairs": val_pairs,
@@ -96,20 +118,25 @@ def run_training(config: TrainConfig):
     return trainer.fit(), plan
 
 
-def check_limits(train_pairs, val_pairs, config: TrainConfig) -> None:
+def check_limits(train_pairs, val_pairs, config: TrainConfig) -> np.ndarray:
     """Refuse, in one line naming it, a pair whose image or mask is over --max-bytes or --max-pixels,
     from listed sizes and headers, before training: found by a worker mid-epoch, it would end the
-    run in the workers' tracebacks."""
+    run in the workers' tracebacks. Returns each training image's pixel count, read on the way."""
     import pyarrow as pa
     import ray
 
-    pairs = pa.concat_tables([train_pairs, val_pairs])
-    refused = ray.data.from_arrow(slices(pairs, 64)).map_batches(
-        training_data.refusals, batch_size=64, num_cpus=DATA_CPUS,
-        fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes})
-    first = next(iter(refused.iter_rows()), None)
-    if first is not None:
-        raise UserError(first["refusal"])
+    pairs = pa.concat_tables([train_pairs, val_pairs]).select(["image_uri", "mask_uri", "source_size", "mask_size"])
+    pairs = pairs.append_column("position", pa.array(np.arange(len(pairs)), pa.int64()))
+    facts = ray.data.from_arrow(slices(pairs, 64)).map_batches(
+        training_data.header_facts, batch_size=64, num_cpus=DATA_CPUS,
+        fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes}).take_all()
+    refused = [row["refusal"] for row in sorted(facts, key=lambda row: row["position"]) if row["refusal"]]
+    if refused:
+        raise UserError(refused[0])
+    pixels = np.zeros(len(pairs), np.int64)
+    for row in facts:
+        pixels[row["position"]] = row["pixels"]
+    return pixels[:len(train_pairs)]
 
 
 def checkpoint_storage(uri: str | None) -> dict:

@@ -76,6 +76,10 @@ def train_worker(loop_config: dict) -> None:
         metrics = epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index)
         if rank == 0:
             say(format_epoch(metrics, config))
+            if epoch == progress["epoch"] + 1 and epoch < config.epochs:
+                left = (config.epochs - epoch) * timing["epoch_seconds"]
+                say(f"an epoch takes {timing['epoch_seconds']:.0f} s here: the {config.epochs - epoch} left, about "
+                    f"{left / 60:.0f} min")
         report(trainer, metrics, rank, plan)
 
 
@@ -136,7 +140,7 @@ def epoch_batches(reader, pairs, plan: Plan, config: TrainConfig, epoch: int, ra
     """This worker's batches of the epoch in `training_data.epoch_order`, decoded and augmented by its
     reader a few batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to
     whichever worker asks first, so no seed could give each epoch its own order, the same on a rerun."""
-    order = training_data.epoch_order(len(pairs) * config.patches_per_image, config.seed, epoch) % len(pairs)
+    order = training_data.epoch_samples(np.array(plan.crops), config.seed, epoch)
     share = training_data.worker_share(order, rank, world, plan.steps_per_epoch * plan.worker_batch)
     options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
                "patch_size": config.patch_size, "augment": config.augment, "ignore_index": config.ignore_index,
