@@ -37,6 +37,13 @@ def mean_iou(confusion: np.ndarray) -> float:
     return float(np.nanmean(iou_per_class(confusion)))
 
 
+def unlearnt_classes(confusion: np.ndarray) -> np.ndarray:
+    """Classes present in the truth that the model never predicts right (IoU 0): what a run that is
+    not learning them looks like, as opposed to a class absent from the truth (IoU NaN or 0 from
+    false positives alone)."""
+    return np.flatnonzero((confusion.sum(1) > 0) & (np.diag(confusion) == 0))
+
+
 def pixel_accuracy(confusion: np.ndarray) -> float:
     return float(np.trace(confusion) / max(confusion.sum(), 1))
 

@@ -65,6 +65,7 @@ def train_worker(loop_config: dict) -> None:
     progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
     train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
     reader = start_reader(world)
+    warned = False
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
         loss, waited = train_epoch(trainer, epoch_batches(reader, train_pairs, plan, config, epoch, rank, world))
@@ -76,6 +77,10 @@ def train_worker(loop_config: dict) -> None:
         metrics = epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index)
         if rank == 0:
             say(format_epoch(metrics, config))
+            warning = not_learning(confusion, config, epoch)
+            if warning and not warned:
+                say(warning)
+                warned = True
             if epoch == progress["epoch"] + 1 and epoch < config.epochs:
                 left = (config.epochs - epoch) * timing["epoch_seconds"]
                 say(f"an epoch takes {timing['epoch_seconds']:.0f} s here: the {config.epochs - epoch} left, about "
@@ -217,6 +222,26 @@ def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, tim
         "val_iou": [None if np.isnan(v) else float(v) for v in scored.iou],
         "val_confusion": confusion.astype(np.int64).tolist(),
     }
+
+
+NOT_LEARNING_SHARE = 1 / 3
+"""From this share of the run on (and never on its first epoch), a class still at IoU 0 is named."""
+
+
+def not_learning(confusion: np.ndarray, config: TrainConfig, epoch: int) -> str | None:
+    """One line naming the classes present in the validation truth that the model still never gets
+    right after a share of the run, with the usual causes; None while it is early or all learn."""
+    from unet_core.metrics import unlearnt_classes
+
+    if epoch < max(2, NOT_LEARNING_SHARE * config.epochs):
+        return None
+    stuck = [config.class_names[c] for c in unlearnt_classes(np.asarray(confusion))]
+    if not stuck:
+        return None
+    return (f"warning: {', '.join(stuck)} still at IoU 0 on the validation set at epoch {epoch}/{config.epochs} "
+            "though present in its masks. Usual causes: too few steps (--epochs, --patches-per-image), a "
+            "--mask-map that maps the class away in training, or a class too rare for the loss "
+            "(--class-weights)")
 
 
 def format_epoch(metrics: dict, config: TrainConfig) -> str:

@@ -1,0 +1,34 @@
+"""The warning a run gives when a class present in the validation truth stays at IoU 0."""
+import numpy as np
+
+from jobs.training.config import TrainConfig
+from jobs.training.loop import not_learning
+from unet_core.metrics import confusion_matrix, unlearnt_classes
+
+CONFIG = TrainConfig(output="model", num_classes=3, class_names=("background", "cell", "membrane"), epochs=9)
+
+
+def mapped_away() -> np.ndarray:
+    """Validation truth holds all three classes; the model, trained on masks where a mask map sent
+    `membrane` to `background`, predicts only the other two."""
+    truth = np.array([[0, 0, 1, 1, 2, 2]])
+    predicted = np.array([[0, 0, 1, 0, 0, 0]])
+    return confusion_matrix(truth, predicted, 3)
+
+
+def test_a_class_present_in_the_truth_and_never_predicted_right_is_unlearnt():
+    assert unlearnt_classes(mapped_away()).tolist() == [2]
+    absent = confusion_matrix(np.array([0, 0, 1]), np.array([0, 2, 1]), 3)  # class 2 only falsely predicted
+    assert unlearnt_classes(absent).tolist() == []
+
+
+def test_the_warning_names_the_class_and_the_causes_after_a_third_of_the_run():
+    assert not_learning(mapped_away(), CONFIG, epoch=2) is None  # 2 of 9 epochs: too early to say
+    warning = not_learning(mapped_away(), CONFIG, epoch=3)
+    assert warning.startswith("warning: membrane still at IoU 0 on the validation set at epoch 3/9")
+    assert "--mask-map" in warning and "--class-weights" in warning and "--epochs" in warning
+    learnt = confusion_matrix(np.array([0, 1, 2]), np.array([0, 1, 2]), 3)
+    assert not_learning(learnt, CONFIG, epoch=9) is None
+    short = TrainConfig(output="model", num_classes=3, class_names=CONFIG.class_names, epochs=2)
+    assert not_learning(mapped_away(), short, epoch=1) is None  # never on a run's first epoch
+    assert not_learning(mapped_away(), short, epoch=2) is not None
