@@ -225,7 +225,7 @@ def test_s3_vs_local(tmp_path):
 
 
 def test_train_throughput(tmp_path):
-    out = run_bench("train_throughput.py", "--size", "32", "--base-filters", "4", "--batch-size", "2", "--images", "4",
+    out = run_bench("train_throughput.py", "--size", "32", "--base-filters", "4", "--batch-size", "2", "--images", "8",
                     "--val-images", "2", "--epochs", "2", "--workers", "1", tmp_path=tmp_path, timeout=WITH_RAY,
                     shared_ray=True)
     assert re.search(r"size 32, width 4, global batch 2, precision \w+; bare step [\d.]+ images/s before the jobs, "

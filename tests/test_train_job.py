@@ -47,7 +47,7 @@ def trained(tmp_path_factory):
             "--storage", str(root / "checkpoints"), "--output", str(root / "model")]
     first = run_job("train.py", *data, *TRAIN_ARGS, "--epochs", "1", timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_job("train.py", *data, *TRAIN_ARGS, "--epochs", "8", timeout=900)
+    second = run_job("train.py", *data, *TRAIN_ARGS, "--epochs", "8", "--validate-every", "3", timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     return {"root": root, "first": first, "second": second, "val_masks": val_masks, "model": str(root / "model")}
 
@@ -59,6 +59,10 @@ def test_restart_resumes_at_epoch_two_with_the_optimizer_state(trained):
     assert "epoch 1/8" not in second
     assert "epoch 2/8:" in second and "step 32," in second
     assert "epoch 8/8:" in second and "step 128," in second
+    # --validate-every 3: epochs 3 and 6, and the last; every epoch still checkpointed
+    validated = [int(n) for n in re.findall(r"epoch (\d)/8: loss [\d.]+, val mIoU", second)]
+    skipped = [int(n) for n in re.findall(r"epoch (\d)/8: loss [\d.]+, not validated", second)]
+    assert (validated, skipped) == ([3, 6, 8], [2, 4, 5, 7]), second[-3000:]
 
 
 def test_two_workers_end_with_identical_weights(trained):
@@ -188,6 +192,10 @@ def test_patch_training_validates_in_tiles_and_the_artifact_runs_in_tile_mode(tm
             "validated in tiles; 8 steps of global batch 8") in done.stdout
     assert "step 16," in done.stdout
     assert re.search(r"an epoch takes \d+ s here: the 1 left, about \d+ min", done.stdout), done.stdout[-3000:]
+    # no --validate-every: the first epoch is validated and timed, and the last always is
+    assert re.search(r"validation took [\d.]+ s against [\d.]+ s of training: validating every \d+ epochs",
+                     done.stdout), done.stdout[-3000:]
+    assert re.search(r"epoch 2/2: loss [\d.]+, val mIoU", done.stdout), done.stdout[-3000:]
     metadata = read_metadata(str(tmp_path / "model"))
     assert metadata.mode == "tile" and metadata.input_size == (32, 32)
     # no --mode: both jobs run the model as it was trained, in tiles at full resolution

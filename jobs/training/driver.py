@@ -155,7 +155,8 @@ def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
     if config.export == "last":
         checkpoint, metrics = result.checkpoint, result.metrics
     else:
-        checkpoint, metrics = max(result.best_checkpoints, key=lambda item: item[1]["val_miou"])
+        validated = [item for item in result.best_checkpoints if item[1].get("validated", True)]
+        checkpoint, metrics = max(validated, key=lambda item: item[1]["val_miou"])
     with checkpoint.as_directory() as folder:
         with np.load(os.path.join(folder, STATE_FILE)) as arrays:
             weights = weights_from_state(dict(arrays))

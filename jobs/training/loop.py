@@ -7,6 +7,7 @@ jobs/train.py and a resumed run read what `report` writes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -65,19 +66,29 @@ def train_worker(loop_config: dict) -> None:
     progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
     train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
     reader = start_reader(world)
-    warned = False
+    warned, every = False, config.validate_every
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
         loss, waited = train_epoch(trainer, epoch_batches(reader, train_pairs, plan, config, epoch, rank, world))
         validating = time.time()
-        confusion = validation_confusion(trainer, validation_batches(reader, val_pairs, config, rank, world), config)
-        confusion = trainer.all_reduce_sum(confusion)
+        confusion = None
+        if validates(epoch, every, config.epochs):
+            confusion = validation_confusion(trainer, validation_batches(reader, val_pairs, config, rank, world),
+                                             config)
+            confusion = trainer.all_reduce_sum(confusion)
         timing = {"epoch_seconds": time.time() - started, "validation_seconds": time.time() - validating,
                   "data_wait_seconds": waited}
+        if every is None:  # the first epoch's own figures, the same on every worker, choose the rhythm
+            train_seconds, validation_seconds = trainer.all_reduce_sum(
+                np.array([validating - started, timing["validation_seconds"]])) / world
+            every = validation_rhythm(train_seconds, validation_seconds)
+            if rank == 0:
+                say(f"validation took {validation_seconds:.1f} s against {train_seconds:.1f} s of training: "
+                    f"validating every {every} epochs and the last (--validate-every N sets it)")
         metrics = epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index)
         if rank == 0:
             say(format_epoch(metrics, config))
-            warning = not_learning(confusion, config, epoch)
+            warning = None if confusion is None else not_learning(confusion, config, epoch)
             if warning and not warned:
                 say(warning)
                 warned = True
@@ -86,6 +97,24 @@ def train_worker(loop_config: dict) -> None:
                 say(f"an epoch takes {timing['epoch_seconds']:.0f} s here: the {config.epochs - epoch} left, about "
                     f"{left / 60:.0f} min")
         report(trainer, metrics, rank, plan)
+
+
+VALIDATION_SHARE = 0.1
+"""Of the wall time, what validation may take by default."""
+
+
+def validates(epoch: int, every: int | None, epochs: int) -> bool:
+    """Whether this epoch is validated: every `every`-th and the last; the attempt's first epoch when
+    the rhythm is still to be chosen (`every` None: it is measured)."""
+    return every is None or epoch == epochs or epoch % every == 0
+
+
+def validation_rhythm(train_seconds: float, validation_seconds: float) -> int:
+    """The fewest epochs between validations that keep validation under VALIDATION_SHARE of the run:
+    V / (N T + V) <= share."""
+    if train_seconds <= 0:
+        return 1
+    return max(1, math.ceil(validation_seconds * (1 / VALIDATION_SHARE - 1) / train_seconds))
 
 
 def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int, backbone: dict | None) -> dict:
@@ -211,14 +240,20 @@ def validation_confusion(trainer, batches: Iterator[dict], config: TrainConfig) 
     return confusion
 
 
-def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray, step: int, timing: dict[str, float],
+def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray | None, step: int, timing: dict[str, float],
                   ignore_index: int | None) -> dict:
+    """An epoch's metrics; an epoch not validated scores NaN, which Ray Train ranks below every
+    validated checkpoint (it still keeps the latest, which a restart resumes from)."""
     from unet_core.metrics import scores
 
+    common = {"epoch": epoch, "train_loss": loss, "optimizer_step": step, **{k: round(v, 2) for k, v in timing.items()},
+              "validated": confusion is not None}
+    if confusion is None:
+        return {**common, "val_miou": math.nan, "val_pixel_accuracy": math.nan, "val_iou": None,
+                "val_confusion": None}
     scored = scores(confusion, ignore_index)
     return {
-        "epoch": epoch, "train_loss": loss, "optimizer_step": step, **{k: round(v, 2) for k, v in timing.items()},
-        "val_miou": scored.mean_iou, "val_pixel_accuracy": scored.pixel_accuracy,
+        **common, "val_miou": scored.mean_iou, "val_pixel_accuracy": scored.pixel_accuracy,
         "val_iou": [None if np.isnan(v) else float(v) for v in scored.iou],
         "val_confusion": confusion.astype(np.int64).tolist(),
     }
@@ -245,11 +280,14 @@ def not_learning(confusion: np.ndarray, config: TrainConfig, epoch: int) -> str 
 
 
 def format_epoch(metrics: dict, config: TrainConfig) -> str:
+    done = (f"epoch {metrics['epoch']}/{config.epochs}: loss {metrics['train_loss']:.4f}, ")
+    timing = (f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.2f} s (validation "
+              f"{metrics['validation_seconds']:.2f} s, steps waiting for data {metrics['data_wait_seconds']:.2f} s)")
+    if not metrics["validated"]:
+        return f"{done}not validated, {timing}"
     ious = ", ".join(f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in zip(config.class_names, metrics["val_iou"]))
-    return (f"epoch {metrics['epoch']}/{config.epochs}: loss {metrics['train_loss']:.4f}, val mIoU "
-            f"{metrics['val_miou']:.4f}, pixel accuracy {metrics['val_pixel_accuracy']:.4f} [{ious}] "
-            f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.1f} s (validation "
-            f"{metrics['validation_seconds']:.1f} s, steps waiting for data {metrics['data_wait_seconds']:.1f} s)")
+    return (f"{done}val mIoU {metrics['val_miou']:.4f}, pixel accuracy {metrics['val_pixel_accuracy']:.4f} "
+            f"[{ious}] {timing}")
 
 
 def report(trainer, metrics: dict, rank: int, plan: Plan) -> None:

@@ -1,8 +1,9 @@
-"""The warning a run gives when a class present in the validation truth stays at IoU 0."""
+"""What the training loop decides on its own: when to validate, and when to warn that a class present
+in the validation truth stays at IoU 0."""
 import numpy as np
 
 from jobs.training.config import TrainConfig
-from jobs.training.loop import not_learning
+from jobs.training.loop import not_learning, validates, validation_rhythm
 from unet_core.metrics import confusion_matrix, unlearnt_classes
 
 CONFIG = TrainConfig(output="model", num_classes=3, class_names=("background", "cell", "membrane"), epochs=9)
@@ -32,3 +33,18 @@ def test_the_warning_names_the_class_and_the_causes_after_a_third_of_the_run():
     short = TrainConfig(output="model", num_classes=3, class_names=CONFIG.class_names, epochs=2)
     assert not_learning(mapped_away(), short, epoch=1) is None  # never on a run's first epoch
     assert not_learning(mapped_away(), short, epoch=2) is not None
+
+
+def test_chosen_epochs_and_always_the_last_are_validated():
+    assert [e for e in range(1, 9) if validates(e, 3, 8)] == [3, 6, 8]
+    assert [e for e in range(1, 5) if validates(e, 1, 4)] == [1, 2, 3, 4]
+    assert validates(5, None, 8)  # the rhythm is still to be chosen: this epoch is measured
+
+
+def test_the_default_rhythm_keeps_validation_under_a_tenth_of_the_run():
+    assert validation_rhythm(train_seconds=100, validation_seconds=5) == 1  # 5/105: under a tenth already
+    assert validation_rhythm(train_seconds=30, validation_seconds=20) == 6  # the new user's 10-23 s of 20-50 s
+    for train, validation in ((30, 20), (7, 3), (1, 9)):
+        every = validation_rhythm(train, validation)
+        assert validation / (every * train + validation) <= 0.1 + 1e-9
+        assert every == 1 or validation / ((every - 1) * train + validation) > 0.1  # and no rarer than needed
