@@ -26,7 +26,6 @@ CODE_LAYERS = ("Lambda",)
 """Keras layers that carry Python code, which Keras' safe mode refuses to load."""
 
 
-
 @dataclass(frozen=True)
 class ArtifactMetadata:
     class_names: list[str]

@@ -72,9 +72,10 @@ def kept_parts(output: str, run_id: str) -> tuple[list[dict], pa.Array]:
                  if row is not None]
     kept, seen = [], set()
     for row, uris in found:
-        if seen.isdisjoint(uris.to_pylist()):
+        held = uris.to_pylist()
+        if seen.isdisjoint(held):
             kept.append((row, uris))
-            seen.update(uris.to_pylist())
+            seen.update(held)
     return [row for row, _ in kept], pa.concat_arrays([uris for _, uris in kept] or [pa.array([], pa.string())])
 
 

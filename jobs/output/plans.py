@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.output.tables import sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
 from jobs.storage.listing import LISTING_SCHEMA
 
@@ -71,12 +72,12 @@ def save_plan(output: str, plan: Plan, todo: pa.Table) -> Plan:
 
 
 def remaining(output: str, plan: Plan, done: pa.Array) -> pa.Table:
-    """The plan's rows whose image no kept part holds, in plan order."""
+    """The plan's rows whose image no kept part holds."""
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
     con.register("done", pa.table({"image_uri": done}))
-    shards = ", ".join(f"'{join(plan_folder(output, plan.run_id), _shard(i))}'" for i in range(plan.shards))
+    shards = sql_strings([join(plan_folder(output, plan.run_id), _shard(i)) for i in range(plan.shards)])
     rows = con.sql(f"SELECT * FROM read_parquet([{shards}]) ANTI JOIN done USING (image_uri)").to_arrow_table()
     return rows.cast(LISTING_SCHEMA)
 

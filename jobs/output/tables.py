@@ -313,10 +313,11 @@ def _current_attempt(output: str, run_id: str, version: int, listed_at: str | No
     table = open_table(output, "current")
     if table.transaction_version(run_id) is not None:
         return
-    con = _stage_run(output, run_id, version, listed_at, [u.removeprefix("file://") for u in table.file_uris()])
+    con, run_rows = _stage_run(output, run_id, version, listed_at,
+                               [u.removeprefix("file://") for u in table.file_uris()])
     done = [Transaction(run_id, 1)]
     updated_rows = con.execute("SELECT count(*) FROM updated").fetchall()[0][0]
-    new_rows = con.execute("SELECT count(*) FROM run_rows ANTI JOIN updated USING (image_uri)").fetchall()[0][0]
+    new_rows = run_rows - updated_rows  # a run lists each URI once; were one named twice, this only over-counts
     if updated_rows:
         updates = _typed(con.sql("SELECT * FROM run_rows SEMI JOIN updated USING (image_uri)"))
         (table.merge(updates, "t.image_uri = s.image_uri", source_alias="s", target_alias="t",
@@ -332,7 +333,7 @@ def _current_attempt(output: str, run_id: str, version: int, listed_at: str | No
 def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, current_files: list[str]):
     """A DuckDB connection with `run_rows` (a view: the run's `images` rows as `current` rows, read
     from its committed files) and `updated` (a table: those of its image URIs that `current` holds,
-    found by reading that one column of `current`)."""
+    found by reading that one column of `current`), and how many rows the run has."""
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
@@ -341,14 +342,15 @@ def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, cu
     listed = f"TIMESTAMPTZ '{listed_at}'" if listed_at else "NULL::TIMESTAMPTZ"
     con.execute(f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
                 f"{listed} AS listed_at FROM ({scan(con, 'images', run_files)})")
-    low, high = con.execute("SELECT min(image_uri), max(image_uri) FROM run_rows").fetchall()[0]
+    rows, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM run_rows").fetchall()[0]
     # the run's key range: row groups of `current` entirely outside it are skipped unread (a collection
     # whose new images sort after the old, by date or by number, reads nothing of `current` at all)
-    known = (f"SELECT image_uri FROM read_parquet([{_quoted(current_files)}]) WHERE image_uri BETWEEN $low AND $high"
-             if current_files else "SELECT NULL::VARCHAR AS image_uri WHERE false")
+    known = (f"SELECT image_uri FROM read_parquet([{sql_strings(current_files)}]) "
+             "WHERE image_uri BETWEEN $low AND $high" if current_files
+             else "SELECT NULL::VARCHAR AS image_uri WHERE false")
     con.execute(f"CREATE TEMP TABLE updated AS SELECT DISTINCT image_uri FROM run_rows SEMI JOIN ({known}) USING "
                 "(image_uri)", {"low": low, "high": high} if current_files else {})
-    return con
+    return con, rows
 
 
 def _typed(relation: duckdb.DuckDBPyRelation) -> pa.RecordBatchReader:
@@ -358,7 +360,8 @@ def _typed(relation: duckdb.DuckDBPyRelation) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(schema, (batch.cast(schema) for batch in batches))
 
 
-def _quoted(files: list[str]) -> str:
+def sql_strings(files: list[str]) -> str:
+    """File URIs as a list of SQL string literals (quotes doubled): DuckDB's read_parquet([...])."""
     return ", ".join("'" + uri.replace("'", "''") + "'" for uri in files)
 
 
@@ -476,7 +479,7 @@ def scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
     con.register(f"{table}_empty", SCHEMAS[table].empty_table())
     if not files:
         return f"SELECT * FROM {table}_empty"
-    listed = _quoted(files)
+    listed = sql_strings(files)
     hive = ", hive_partitioning = true, hive_types = {'run_id': 'VARCHAR'}" if table in PARTITIONED else ""
     columns = ", ".join(f'"{name}"' for name in SCHEMAS[table].names)
     return (f"SELECT {columns} FROM (SELECT * FROM {table}_empty UNION ALL BY NAME "
