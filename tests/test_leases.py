@@ -1,7 +1,9 @@
 """Run-id leases under the faults a cluster has every week, each produced for real: a host clock that
 runs ahead (libfaketime), maintenance in another PID namespace on the same hostname (unshare), a store
-that stops answering, attempts that race to take over a dead lease, and an attempt that stalls and
-wakes up after it was taken over. Durations are shortened by setting the module's constants."""
+that stops answering, attempts that race to take over a dead lease, an attempt that stalls and
+wakes up after it was taken over, and a process stopped (SIGSTOP) while it holds a lease's lock.
+Durations are shortened by setting the module's constants."""
+import os
 import shutil
 import signal
 import subprocess
@@ -31,6 +33,14 @@ HOLDER = textwrap.dedent("""
             print("ok", flush=True)
         except UserError as exc:
             print("refused", exc, flush=True)
+""")
+
+LOCKER = textwrap.dedent("""
+    import sys, time
+    from jobs.output import leases
+    with leases._LocalStore(sys.argv[1])._locked(leases.lease_uri(sys.argv[1], sys.argv[2])):
+        print("locked", flush=True)
+        time.sleep(600)
 """)
 
 
@@ -149,3 +159,50 @@ def test_an_attempt_that_stalled_and_was_taken_over_cannot_commit(tmp_path, monk
     successor.check()  # the rightful attempt still holds its lease
     assert leases.observe(output, "stalled").record.token == successor.record.token
     successor.release()
+
+
+def finishes(action, timeout: float = 60.0):
+    """Run `action` in a thread and return what it returned or raised; fail if it is still waiting."""
+    outcome = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(action())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, f"still waiting after {timeout:.0f} s"
+    return outcome[0]
+
+
+def test_a_process_stopped_holding_a_lease_lock_blocks_no_other_run_and_its_own_gives_up(tmp_path, monkeypatch):
+    """A driver stopped (SIGSTOP, a frozen VM, a hung mount) in the instant it held a lock on disk: one
+    lock for the whole folder hung every other run's commit and maintenance for as long as it stayed
+    stopped. Now runs never share a lock, and a lock that is not let go is given up in seconds."""
+    monkeypatch.setattr(leases, "LOCK_WAIT_SECONDS", 0.5)
+    output = str(tmp_path / "out")
+    stuck = leases.acquire(output, "stuck")
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, output, "stuck"], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        locker.send_signal(signal.SIGSTOP)
+        other = leases.acquire(output, "other")
+        assert finishes(other.renew) is True
+        assert finishes(other.check) is None
+        assert finishes(other.release) is None
+        assert isinstance(finishes(stuck.renew), leases.LeaseBusy)
+        refused = finishes(stuck.check)
+        assert isinstance(refused, UserError) and "could not confirm this attempt's lease" in str(refused), refused
+        assert finishes(lambda: leases.remove_dead(output, older_than_seconds=0.0)) == 0
+        assert leases.observe(output, "stuck").record.token == stuck.record.token
+    finally:
+        locker.kill()
+        locker.wait()
+    assert finishes(stuck.renew) is True  # the stopped holder is gone, and with it its lock
+    stuck.release()
+    assert leases.observe(output, "stuck") is None
+    assert sorted(os.listdir(os.path.join(output, "_leases"))) == []  # no lock file left behind

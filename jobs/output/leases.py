@@ -2,13 +2,14 @@
 
 An attempt creates `OUTPUT/_leases/<run id>.json` exclusively (O_EXCL on disk, If-None-Match on
 S3) and renews it while it runs by a conditional rewrite (If-Match on the ETag it last wrote; on
-disk, a compare-and-swap under an flock). A lease is alive while the store's own time stamp of its
-last write (mtime, LastModified) is younger than EXPIRY_SECONDS by the store's own clock (a probe
-file's mtime, an S3 reply's Date): no host's clock, PID or hostname is ever trusted. Taking over a
-dead lease is the same conditional rewrite with the generation one higher, so of any number of
-racing attempts exactly one wins, and an attempt that stalled and wakes up finds its renewal
-refused. The generation is the fencing token: the writer checks it, and its own renewals, right
-before it commits (`Lease.check`), and records it in the commit.
+disk, a compare-and-swap under an flock of that lease's own lock file, waited for a few seconds at
+most, so a stalled process never blocks another run). A lease is alive while the store's own time
+stamp of its last write (mtime, LastModified) is younger than EXPIRY_SECONDS by the store's own
+clock (a probe file's mtime, an S3 reply's Date): no host's clock, PID or hostname is ever trusted.
+Taking over a dead lease is the same conditional rewrite with the generation one higher, so of any
+number of racing attempts exactly one wins, and an attempt that stalled and wakes up finds its
+renewal refused. The generation is the fencing token: the writer checks it, and its own renewals,
+right before it commits (`Lease.check`), and records it in the commit.
 
 Maintenance keeps every file younger than the oldest live lease's start, as the store dates both.
 """
@@ -39,7 +40,15 @@ EXPIRY_SECONDS = 90.0
 SAFE_SHARE = 1 / 3
 """A writer commits only if its last successful renewal is younger than this share of the expiry
 (by its own monotonic clock): a takeover needs the whole expiry to pass, so it cannot have happened."""
+LOCK_WAIT_SECONDS = 5.0
+"""How long a compare-and-swap on disk waits for a lease's lock: a holder that does not let go by then
+is stalled (stopped, frozen, on a hung mount), and the write is given up as `LeaseBusy`, never waited
+on for ever."""
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class LeaseBusy(TimeoutError):
+    """Another process holds this lease's lock and does not let go: nothing was decided, try again."""
 
 
 def new_run_id() -> str:
@@ -149,7 +158,12 @@ class Lease:
             raise UserError(f"run {self.record.run_id}: this attempt could not renew its lease for {since:.0f} s "
                             f"(more than {safe:.0f} s); not committing, nothing is visible: run the same run id "
                             "again")
-        if self.lost or not self.renew():
+        try:
+            refused = self.lost or not self.renew()
+        except LeaseBusy as exc:
+            raise UserError(f"run {self.record.run_id}: could not confirm this attempt's lease ({exc}); not "
+                            "committing, nothing is visible: run the same run id again") from exc
+        if refused:
             raise UserError(f"run {self.record.run_id}: another attempt took over this attempt's lease (generation "
                             f"{self.generation}); not committing, nothing is visible")
 
@@ -181,7 +195,8 @@ def acquire(output: str, run_id: str) -> Lease:
                         "wait for it or pick another run id", "run_id")
     if held is not None:
         mine = replace(mine, generation=held.record.generation + 1, started=min(held.record.started, mine.started))
-        version = store.replace(uri, mine.body(), held.version)
+        with contextlib.suppress(LeaseBusy):  # a stalled taker holds the lock: it is not ours to take
+            version = store.replace(uri, mine.body(), held.version)
     else:  # it was released between our create and our read
         version = store.create(uri, mine.body())
     if version is None:
@@ -222,7 +237,8 @@ def remove_dead(output: str, older_than_seconds: float = 86_400.0) -> int:
     store, removed = _store(output), 0
     for lease in all_leases(output):
         if lease.age > older_than_seconds:
-            removed += store.delete_if(lease_uri(output, lease.record.run_id), lease.version)
+            with contextlib.suppress(LeaseBusy):  # a stalled process holds it: the next maintenance removes it
+                removed += store.delete_if(lease_uri(output, lease.record.run_id), lease.version)
     return removed
 
 
@@ -304,24 +320,38 @@ class _LocalStore:
             return []
 
     def delete_if(self, path: str, expected: str | None) -> bool:
-        with self._locked(path):
-            with contextlib.suppress(FileNotFoundError):
-                if expected is None or _digest(_read_bytes(path)) == expected:
-                    os.unlink(path)
-                    return True
-        return False
+        with self._locked(path) as lock_path:
+            try:
+                if expected is not None and _digest(_read_bytes(path)) != expected:
+                    return False
+                os.unlink(path)
+                return True
+            except FileNotFoundError:
+                return False
+            finally:
+                if not os.path.exists(path):  # under the lock: a waiter on the unlinked file opens it anew
+                    os.unlink(lock_path)
 
     @contextlib.contextmanager
     def _locked(self, path: str):
-        """An flock on the leases folder itself: it leaves no file behind, and a rename cannot swap it."""
+        """An flock on `.<lease name>.lock` beside the lease (a rename of the lease cannot swap it), one per
+        lease so that runs never wait on each other, and given up as LeaseBusy after LOCK_WAIT_SECONDS."""
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(handle)
+        lock_path = os.path.join(folder, f".{os.path.basename(path)}.lock")
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if _try_flock(handle) and _same_file(handle, lock_path):
+                    yield lock_path
+                    return
+            finally:
+                os.close(handle)
+            if time.monotonic() > deadline:
+                raise LeaseBusy(f"{path}: another process has held this lease's lock for over "
+                                f"{LOCK_WAIT_SECONDS:.0f} s")
+            time.sleep(0.02)
 
 
 class _S3Store:
@@ -396,6 +426,23 @@ def _sync_read(fs, stream) -> bytes:
             stream.close()
 
     return fsspec.asyn.sync(fs.loop, read)
+
+
+def _try_flock(handle: int) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _same_file(handle: int, path: str) -> bool:
+    """Whether the locked file is still the one at `path`: a holder that deleted it leaves a lock on
+    nothing, and its waiters must open the path again."""
+    try:
+        return os.fstat(handle).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _read_bytes(path: str) -> bytes:
