@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {
     "isbi": {
         "train": ["--num-classes", "2", "--class-names", "membrane,cell", "--mask-map", "255:1",
-                  "--patch-size", "256", "--patches-per-image", "4", "--base-filters", "8",
+                  "--patch-size", "256", "--base-filters", "8",
                   "--learning-rate", "2e-3", "--batch-size", "8", "--epochs", "60", "--export", "last"],
         "evaluate": ["--mask-map", "255:1"],
         "primary": "membrane",

@@ -268,3 +268,14 @@ def test_train_eval(tmp_path):
     for key in ("train_wall_seconds", "evaluate_wall_seconds", "pixel_error", "mean_iou"):
         assert figures[key] is not None and figures[key] >= 0, figures
     assert (Path(figures["model"]) / "metadata.json").exists()
+
+
+def test_train_vs_keras(tmp_path):
+    out = run_bench("train_vs_keras.py", "--data", str(isbi_like(tmp_path / "data")), "--work", str(tmp_path / "work"),
+                    "--epochs", "1", "--patch-size", "32", "--base-filters", "4", "--keras-seconds", "3",
+                    "--batch-size", "4", tmp_path=tmp_path, timeout=WITH_RAY, shared_ray=True)
+    rows = table(out, ["arm", "wall s", "held-out pixel error", "membrane IoU", "cell IoU"])
+    assert [row["arm"].split(" (")[0] for row in rows] == ["jobs/train.py", "keras fit"], rows
+    for row in rows:
+        assert 0.0 <= float(row["held-out pixel error"]) <= 1.0, row
+    assert re.match(r"keras fit \([1-9]\d* epochs, [1-9]\d* steps\)", rows[1]["arm"]), rows
