@@ -63,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=positive_int, default=20)
     fit.add_argument("--validate-every", type=positive_int, default=None, metavar="N",
-                     help="validate every N epochs and always the last (default: chosen after the first epoch, "
-                          "which is validated, so that validation takes under a tenth of the run); checkpoints are "
-                          "written every epoch")
+                     help="validate every N epochs and always the last (default: chosen after the second epoch, "
+                          "the first two validated, so that validation takes under a tenth of the run); checkpoints "
+                          "are written every epoch")
     fit.add_argument("--batch-size", type=positive_int, default=8, help="global batch, split over the workers (default 8)")
     fit.add_argument("--loss", choices=LOSSES, default="ce+dice",
                      help="ce+dice (default) keeps rare classes from collapsing into background")

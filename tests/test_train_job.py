@@ -184,18 +184,19 @@ def test_patch_training_validates_in_tiles_and_the_artifact_runs_in_tile_mode(tm
     done = run_job("train.py", "--images", str(tmp_path / "train" / "images"), "--masks",
                    str(tmp_path / "train" / "masks"), "--val-images", str(tmp_path / "val" / "images"),
                    "--val-masks", str(tmp_path / "val" / "masks"), "--storage", str(tmp_path / "checkpoints"),
-                   "--output", str(tmp_path / "model"), *args, "--patch-size", "32", "--epochs", "2",
+                   "--output", str(tmp_path / "model"), *args, "--patch-size", "32", "--epochs", "3",
                    "--precision", "float32", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # no --patches-per-image: 48x80 is 3.75 patches' area, so 4 crops of each of the 16 images an epoch
     assert ("an epoch: 16 images, 64 32x32 crops at full resolution (4 per image, about every pixel once), "
             "validated in tiles; 8 steps of global batch 8") in done.stdout
     assert "step 16," in done.stdout
-    assert re.search(r"an epoch takes \d+ s here: the 1 left, about \d+ min", done.stdout), done.stdout[-3000:]
-    # no --validate-every: the first epoch is validated and timed, and the last always is
-    assert re.search(r"validation took [\d.]+ s against [\d.]+ s of training: validating every \d+ epochs",
-                     done.stdout), done.stdout[-3000:]
-    assert re.search(r"epoch 2/2: loss [\d.]+, val mIoU", done.stdout), done.stdout[-3000:]
+    # no --validate-every: the first two epochs are validated, the second (warm) chooses, the last always is
+    assert re.search(r"validation took [\d.]+ s against [\d.]+ s of training in epoch 2: validating every \d+ "
+                     r"epochs", done.stdout), done.stdout[-3000:]
+    assert re.search(r"an epoch trains in [\d.]+ s here \(validation [\d.]+ s\): the 1 left \(1 validated\), "
+                     r"about \d+ min", done.stdout), done.stdout[-3000:]
+    assert [int(n) for n in re.findall(r"epoch (\d)/3: loss [\d.]+, val mIoU", done.stdout)] == [1, 2, 3]
     metadata = read_metadata(str(tmp_path / "model"))
     assert metadata.mode == "tile" and metadata.input_size == (32, 32)
     # no --mode: both jobs run the model as it was trained, in tiles at full resolution

@@ -3,7 +3,7 @@ in the validation truth stays at IoU 0."""
 import numpy as np
 
 from jobs.training.config import TrainConfig
-from jobs.training.loop import not_learning, validates, validation_rhythm
+from jobs.training.loop import estimate, not_learning, validates, validation_rhythm
 from unet_core.metrics import confusion_matrix, unlearnt_classes
 
 CONFIG = TrainConfig(output="model", num_classes=3, class_names=("background", "cell", "membrane"), epochs=9)
@@ -48,3 +48,10 @@ def test_the_default_rhythm_keeps_validation_under_a_tenth_of_the_run():
         every = validation_rhythm(train, validation)
         assert validation / (every * train + validation) <= 0.1 + 1e-9
         assert every == 1 or validation / ((every - 1) * train + validation) > 0.1  # and no rarer than needed
+
+
+def test_the_estimate_counts_the_validations_the_rhythm_leaves():
+    # after epoch 2 of 10 at every 3: epochs 3, 6, 9 and the last validated; 8 x 40 s + 4 x 10 s = 6 min
+    assert estimate(2, 10, 3, train_seconds=40.0, validation_seconds=10.0) == (
+        "an epoch trains in 40.0 s here (validation 10.0 s): the 8 left (4 validated), about 6 min")
+    assert "validation not yet timed" in estimate(2, 10, 3, train_seconds=40.0, validation_seconds=0.0)

@@ -30,7 +30,7 @@ class TrainConfig:
     backbone_weights: str | None = None
     epochs: int = 20
     validate_every: int | None = None
-    """Epochs between validations (and the last always); None: chosen from the first epoch's timings."""
+    """Epochs between validations (and the last always); None: chosen from the second epoch's timings."""
     batch_size: int = 8
     loss: str = "ce+dice"
     class_weights: tuple[float, ...] | None = None

@@ -66,7 +66,8 @@ def train_worker(loop_config: dict) -> None:
     progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
     train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
     reader = start_reader(world)
-    warned, every = False, config.validate_every
+    warned, every, warm = False, config.validate_every, progress["epoch"] + 2
+    validation_seconds = 0.0
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
         loss, waited = train_epoch(trainer, epoch_batches(reader, train_pairs, plan, config, epoch, rank, world))
@@ -78,13 +79,15 @@ def train_worker(loop_config: dict) -> None:
             confusion = trainer.all_reduce_sum(confusion)
         timing = {"epoch_seconds": time.time() - started, "validation_seconds": time.time() - validating,
                   "data_wait_seconds": waited}
-        if every is None:  # the first epoch's own figures, the same on every worker, choose the rhythm
+        if confusion is not None:
+            validation_seconds = timing["validation_seconds"]
+        if every is None and epoch == warm:  # warm figures (the first epoch starts up), the same on every worker
             train_seconds, validation_seconds = trainer.all_reduce_sum(
-                np.array([validating - started, timing["validation_seconds"]])) / world
+                np.array([validating - started, validation_seconds])) / world
             every = validation_rhythm(train_seconds, validation_seconds)
             if rank == 0:
-                say(f"validation took {validation_seconds:.1f} s against {train_seconds:.1f} s of training: "
-                    f"validating every {every} epochs and the last (--validate-every N sets it)")
+                say(f"validation took {validation_seconds:.1f} s against {train_seconds:.1f} s of training in "
+                    f"epoch {epoch}: validating every {every} epochs and the last (--validate-every N sets it)")
         metrics = epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index)
         if rank == 0:
             say(format_epoch(metrics, config))
@@ -92,10 +95,8 @@ def train_worker(loop_config: dict) -> None:
             if warning and not warned:
                 say(warning)
                 warned = True
-            if epoch == progress["epoch"] + 1 and epoch < config.epochs:
-                left = (config.epochs - epoch) * timing["epoch_seconds"]
-                say(f"an epoch takes {timing['epoch_seconds']:.0f} s here: the {config.epochs - epoch} left, about "
-                    f"{left / 60:.0f} min")
+            if epoch == warm and epoch < config.epochs:
+                say(estimate(epoch, config.epochs, every, validating - started, validation_seconds))
         report(trainer, metrics, rank, plan)
 
 
@@ -104,8 +105,8 @@ VALIDATION_SHARE = 0.1
 
 
 def validates(epoch: int, every: int | None, epochs: int) -> bool:
-    """Whether this epoch is validated: every `every`-th and the last; the attempt's first epoch when
-    the rhythm is still to be chosen (`every` None: it is measured)."""
+    """Whether this epoch is validated: every `every`-th and the last; the attempt's first two epochs
+    when the rhythm is still to be chosen (`every` None: it is measured)."""
     return every is None or epoch == epochs or epoch % every == 0
 
 
@@ -115,6 +116,17 @@ def validation_rhythm(train_seconds: float, validation_seconds: float) -> int:
     if train_seconds <= 0:
         return 1
     return max(1, math.ceil(validation_seconds * (1 / VALIDATION_SHARE - 1) / train_seconds))
+
+
+def estimate(epoch: int, epochs: int, every: int, train_seconds: float, validation_seconds: float) -> str:
+    """The rest of the run from a warm epoch's figures: the first epoch's start-up (tracing the step,
+    starting the reader) made an estimate from it run up to twice too long."""
+    left = epochs - epoch
+    validations = sum(validates(e, every, epochs) for e in range(epoch + 1, epochs + 1))
+    minutes = math.ceil((left * train_seconds + validations * validation_seconds) / 60)
+    validation = f"validation {validation_seconds:.1f} s" if validation_seconds else "validation not yet timed"
+    return (f"an epoch trains in {train_seconds:.1f} s here ({validation}): the {left} left ({validations} "
+            f"validated), about {minutes} min")
 
 
 def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int, backbone: dict | None) -> dict:
