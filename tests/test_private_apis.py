@@ -1,12 +1,13 @@
 """The private APIs of s3fs and Ray the project relies on, each called for real: an upgrade that
 removes or changes one fails here by name, not deep inside a run."""
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
 
-from jobs.common.private_apis import s3_call, s3_pages
+from jobs.common.private_apis import quiet_ray_train_reports, s3_call, s3_pages
 from jobs.storage.files import filesystem
 
 
@@ -55,3 +56,14 @@ def test_ray_private_state_answers_in_a_ray_it_started():
                           env={"RAY_AUTH_MODE": "disabled", **{k: v for k, v in os.environ.items()
                                                                 if k != "RAY_ADDRESS"}})
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_the_loggers_of_ray_train_reports_are_the_ones_quieted():
+    # the train job's own output shows the effect: tests/test_train_job.py finds no report lines
+    import ray.train.v2._internal.execution.context as context
+    import ray.train.v2._internal.execution.storage as storage
+
+    quiet_ray_train_reports()
+    assert "Reporting training result" in open(context.__file__).read()
+    assert "Checkpoint successfully created" in open(storage.__file__).read()
+    assert not context.logger.isEnabledFor(logging.INFO) and not storage.logger.isEnabledFor(logging.INFO)

@@ -197,6 +197,7 @@ def test_patch_training_validates_in_tiles_and_the_artifact_runs_in_tile_mode(tm
     assert re.search(r"an epoch trains in [\d.]+ s here \(validation [\d.]+ s\): the 1 left \(1 validated\), "
                      r"about \d+ min", done.stdout), done.stdout[-3000:]
     assert [int(n) for n in re.findall(r"epoch (\d)/3: loss [\d.]+, val mIoU", done.stdout)] == [1, 2, 3]
+    assert "Reporting training result" not in done.stdout + done.stderr  # Ray Train's per-report lines, quieted
     metadata = read_metadata(str(tmp_path / "model"))
     assert metadata.mode == "tile" and metadata.input_size == (32, 32)
     # no --mode: both jobs run the model as it was trained, in tiles at full resolution

@@ -6,9 +6,12 @@ Each is used because the public API cannot do the job:
 - s3fs `_list_pages`: one listing page at a time; `find` holds every key's info and fills a cache.
 - Ray `_private.state.state.get_cluster_config()`: the autoscaler's node types (what the cluster can grow to).
 - Ray `_private.worker._global_node`: whether this process started its Ray (then nothing can be added).
+- Ray Train v2's `_internal.execution` loggers: they log every report and checkpoint at INFO in the
+  worker, and only their own names can quiet them.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, AsyncIterator
 
 import fsspec.asyn
@@ -37,3 +40,13 @@ def ray_head_started_here() -> bool:
 
     node = ray._private.worker._global_node
     return node is not None and node.head
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs two long lines per report (the whole metrics dict, the checkpoint's path) that
+    bury the job's own epoch line; one logger is named by its module, the other by its file."""
+    import ray.train.v2._internal.execution.context as context
+    import ray.train.v2._internal.execution.storage as storage
+
+    for module in (context, storage):
+        module.logger.setLevel(logging.WARNING)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jobs.common.private_apis import quiet_ray_train_reports
 from jobs.training import data as training_data
 from unet_core.training import LossConfig, ModelConfig, OptimizerConfig
 
@@ -49,6 +50,7 @@ def train_worker(loop_config: dict) -> None:
     plan: Plan = loop_config["plan"]
     configure_tensorflow(plan.threads)
     tf.get_logger().setLevel("ERROR")  # the strategy logs every collective it builds; keep the epoch lines readable
+    quiet_ray_train_reports()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
