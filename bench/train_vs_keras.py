@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from common import print_table
-from train_eval import ROOT, splits
+from train_eval import ROOT, run, splits
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -36,23 +34,16 @@ def run_job(data: dict, work: Path, epochs: int, base_filters: int, patch_size: 
     """Train with jobs/train.py and score with jobs/evaluate.py; the metrics and the training wall seconds."""
     name = f"job-{time.strftime('%Y%m%dT%H%M%S')}"
     model, evaluation = work / "models" / name, work / "eval" / name
-    started = time.time()
-    run("train.py", "--images", str(data["train"][0]), "--masks", str(data["train"][1]),
-        "--val-images", str(data["held_out"][0]), "--val-masks", str(data["held_out"][1]),
-        "--num-classes", "2", "--class-names", "membrane,cell", "--mask-map", "255:1",
-        "--patch-size", str(patch_size), "--base-filters", str(base_filters), "--epochs", str(epochs),
-        "--export", "last", "--name", name, "--storage", str(work / "checkpoints"), "--output", str(model), *extra)
-    seconds = time.time() - started
+    seconds = run("train.py", "--images", str(data["train"][0]), "--masks", str(data["train"][1]),
+                  "--val-images", str(data["held_out"][0]), "--val-masks", str(data["held_out"][1]),
+                  "--num-classes", "2", "--class-names", "membrane,cell", "--mask-map", "255:1",
+                  "--patch-size", str(patch_size), "--base-filters", str(base_filters), "--epochs", str(epochs),
+                  "--export", "last", "--name", name, "--storage", str(work / "checkpoints"), "--output", str(model),
+                  *extra)
     run("evaluate.py", "--model", str(model), "--images", str(data["held_out"][0]),
         "--masks", str(data["held_out"][1]), "--output", str(evaluation), "--mask-map", "255:1",
         "--precision", "float32")
     return json.loads((evaluation / "metrics.json").read_text()), seconds
-
-
-def run(script: str, *args: str) -> None:
-    print(f"$ python jobs/{script} {' '.join(args)}", flush=True)
-    if subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT).returncode:
-        sys.exit(f"jobs/{script} failed")
 
 
 def load(images: Path, masks: Path) -> tuple[np.ndarray, np.ndarray]:

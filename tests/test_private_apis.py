@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +65,6 @@ def test_the_loggers_of_ray_train_reports_are_the_ones_quieted():
     import ray.train.v2._internal.execution.storage as storage
 
     quiet_ray_train_reports()
-    assert "Reporting training result" in open(context.__file__).read()
-    assert "Checkpoint successfully created" in open(storage.__file__).read()
+    assert "Reporting training result" in Path(context.__file__).read_text()
+    assert "Checkpoint successfully created" in Path(storage.__file__).read_text()
     assert not context.logger.isEnabledFor(logging.INFO) and not storage.logger.isEnabledFor(logging.INFO)
