@@ -126,9 +126,15 @@ def slow_run_with_parts(folder: str, output: str, model: str, run_id: str) -> tu
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     parts = os.path.join(output, "images", f"run_id={run_id}")
     deadline = time.monotonic() + 240
-    while not (os.path.isdir(parts) and os.listdir(parts)) and proc.poll() is None and time.monotonic() < deadline:
+    while not whole_parts(parts) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return proc, parts
+
+
+def whole_parts(folder: str) -> set[str]:
+    """The parts a writer has finished (renamed from their temporary name): a test that removes or
+    counts a part must not catch one half-written."""
+    return {name for name in os.listdir(folder) if name.endswith(".parquet")} if os.path.isdir(folder) else set()
 
 
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="libfaketime is not installed (.ci/run installs it)")
@@ -139,14 +145,14 @@ def test_maintenance_on_a_host_three_hours_ahead_leaves_a_live_run_whole(tmp_pat
     output = str(tmp_path / "out")
     images = make_images(tmp_path / "in", 24)
     proc, parts = slow_run_with_parts(str(tmp_path / "in"), output, slow_artifact, "live")
-    written = set(os.listdir(parts))
+    written = whole_parts(parts)
     assert written and proc.poll() is None, "the run ended before maintenance could run beside it"
     maintained = subprocess.run(["faketime", "-f", "+3h", sys.executable, str(ROOT / "jobs" / "maintain.py"),
                                  "--output", output, "--retention-hours", "1"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=300)
     assert maintained.returncode == 0, maintained.stderr[-3000:]
     out, _ = proc.communicate(timeout=600)
-    assert written <= set(os.listdir(parts))  # the live run's parts are all still there
+    assert written <= whole_parts(parts)  # the live run's parts are all still there
     assert all(os.path.exists(uri.removeprefix("file://")) for uri in delta_table(output, "images").file_uris())
     assert proc.returncode == 0, out[-3000:]
     assert "24 processed: 24 ok" in out
@@ -162,7 +168,7 @@ def test_a_writer_whose_part_is_gone_refuses_to_commit_and_leaves_nothing_visibl
     output = str(tmp_path / "out")
     make_images(tmp_path / "in", 12)
     proc, parts = slow_run_with_parts(str(tmp_path / "in"), output, slow_artifact, "robbed")
-    gone = sorted(os.listdir(parts))[0]
+    gone = sorted(whole_parts(parts))[0]
     os.remove(os.path.join(parts, gone))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 2, out[-3000:]
