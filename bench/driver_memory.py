@@ -1,29 +1,30 @@
-"""Benchmark: the driver's memory for listing the inputs and for `--incremental` selection.
+"""Benchmark: the driver's memory for planning a run: listing the inputs, the `--incremental`
+selection, and writing the plan.
 
-    python bench/driver_memory.py [--rows 1000000 10000000] [--earlier 10000000] [--work DIR]
+    python bench/driver_memory.py [--rows 2000000 20000000] [--work DIR]
 
 Each case runs in a fresh process, which imports what the driver imports, takes its resident
-memory as the baseline, runs the driver's code of `segment.py` (`list_inputs` on a list file, then
-for the incremental case `select_new` against an output root) and reports its peak RSS (ru_maxrss)
-minus the baseline, per row:
+memory as the baseline, runs the driver's planning code of `segment.py` (`make_plan` over
+`iter_listing` of a list file, with or without the selection against an output root) and reports
+its peak RSS (ru_maxrss) minus the baseline. For N listed images the cases are:
 
-- bytes per listed image: `list_inputs` on a Parquet list file of N rows;
-- bytes per earlier result row: in the incremental case (the largest N listed, then selected
-  against E earlier rows), the peak during `select_new` (the peak count restarted when it starts)
-  minus the resident memory it started from (the listing held), over E.
+- plain: the plan of a list file of N rows (each URI once, the plan's shards written);
+- incremental: the same against a `current` of N earlier rows, 1% of them for an earlier ETag, so
+  that 1% of the listed images are selected again.
+
+The target: growth at most 1 GiB at 20 million images, and at most 1.2x from 2 to 20 million.
 
 The inputs are synthetic and written once under --work: Parquet list files of S3 URIs (65
 characters) with `size`, `etag` and `last_modified` columns in row groups of DuckDB's size, rows in
-a scrambled order (the costlier case: a list file not sorted by URI is checked for URIs named
-twice), and a real Delta `current` table under an output root (written by deltalake with the job's
-schema), which `select_new` reads from its committed Parquet files just as it reads a real one: E
-rows for the first E listed URIs, from the same model, 1% of them for an earlier ETag, so that 1%
-of those images are selected again.
+a scrambled order, and real Delta `current` tables under output roots (written by deltalake with
+the job's schema), which the selection reads from their committed Parquet files just as it reads a
+real one.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -119,25 +120,24 @@ def write_output_root(root: Path, rows: int) -> None:
     write_deltalake(delta_uri(str(root), "current"), reader, mode="append")
 
 
-def measure(list_file: str, output: str | None) -> dict:
-    """In this fresh process: peak RSS growth of listing (and selection) over the post-import baseline."""
+def measure(list_file: str, output: str, incremental: bool) -> dict:
+    """In this fresh process: peak RSS growth of planning over the post-import baseline."""
     import deltalake  # noqa: F401  (imported by the driver before it lists)
     import duckdb  # noqa: F401
 
-    from jobs.output.incremental import select_new
-    from jobs.storage.listing import list_inputs
+    from jobs.output.incremental import Selection
+    from jobs.output.plans import Plan, make_plan, remove_plan
+    from jobs.storage.listing import iter_listing
 
+    run_id = f"bench-{os.getpid()}"
+    header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at="", model_sha256=MODEL_SHA256,
+                  sources=[list_file], shards=0)
     baseline = current_rss()
     started = time.perf_counter()
-    listing = list_inputs([list_file])
-    result = {"baseline": baseline, "listed": listing.num_rows, "list_peak": peak_rss(), "list_now": current_rss(),
-              "list_seconds": time.perf_counter() - started}
-    if output:
-        reset_peak()
-        started = time.perf_counter()
-        todo, skipped = select_new(listing, output, MODEL_SHA256, retry_errors=False)
-        result.update(select_peak=peak_rss(), select_seconds=time.perf_counter() - started,
-                      selected=todo.num_rows, skipped=skipped)
+    plan = make_plan(output, header, iter_listing([list_file]), Selection(MODEL_SHA256, False) if incremental else None)
+    result = {"baseline": baseline, "peak": peak_rss(), "seconds": time.perf_counter() - started,
+              "listed": plan.inputs, "planned": plan.planned}
+    remove_plan(output, run_id)
     return result
 
 
@@ -157,10 +157,11 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_case(list_file: Path, output: Path | None, timeout: float) -> dict:
+def run_case(list_file: Path, output: Path, incremental: bool, timeout: float) -> dict:
     """One case in a fresh process (started from this small one: a forked child starts with its
     parent's peak RSS). A case past `timeout` is reported as such, with what it printed."""
-    command = [sys.executable, __file__, "--measure", str(list_file)] + (["--output", str(output)] if output else [])
+    command = [sys.executable, __file__, "--measure", str(list_file), "--output", str(output)] + \
+        (["--incremental"] if incremental else [])
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -170,12 +171,12 @@ def run_case(list_file: Path, output: Path | None, timeout: float) -> dict:
         raise SystemExit(f"measuring {list_file} failed:\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - started
     if wall > SLOW_CASE_SECONDS:
-        print(f"note: {list_file.name}{' with selection' if output else ''} took {wall:.0f} s", file=sys.stderr)
+        print(f"note: {list_file.name}{' incremental' if incremental else ''} took {wall:.0f} s", file=sys.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def prepare(work: Path, rows: list[int], earlier: int) -> None:
-    """The list files and the output root, written once and reused by later runs."""
+def prepare(work: Path, rows: list[int]) -> None:
+    """The list files and the output roots, written once and reused by later runs."""
     work.mkdir(parents=True, exist_ok=True)
     for count in rows:
         path = work / f"list-{count}.parquet"
@@ -184,54 +185,48 @@ def prepare(work: Path, rows: list[int], earlier: int) -> None:
             write_list_file(path.with_suffix(".tmp"), count)
             path.with_suffix(".tmp").rename(path)
             print(f"wrote {path.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    root = work / f"output-{earlier}"
-    if not (root / "current" / "_delta_log").exists():
-        started = time.perf_counter()
-        write_output_root(root, earlier)
-        print(f"wrote {root.name}/current in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        root = work / f"output-{count}"
+        if not (root / "current" / "_delta_log").exists():
+            started = time.perf_counter()
+            write_output_root(root, count)
+            print(f"wrote {root.name}/current in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
 def report(args: argparse.Namespace) -> None:
-    table, peaks = [], {}
-    for count in args.rows:
-        case = run_case(args.work / f"list-{count}.parquet", None, args.timeout)
-        peaks[count] = grown = case["list_peak"] - case["baseline"]
-        table.append([f"list_inputs, {count:,} rows", "listed image", round(grown / count), grown / 2 ** 20,
-                      case["list_seconds"]])
-    largest = max(args.rows)
-    case = run_case(args.work / f"list-{largest}.parquet", args.work / f"output-{args.earlier}", args.timeout)
-    grown = case["select_peak"] - case["list_now"]
-    table.append([f"select_new, {largest:,} listed against {args.earlier:,} earlier ({case['selected']:,} selected)",
-                  "earlier row", round(grown / args.earlier), grown / 2 ** 20, case["select_seconds"]])
-    print(f"peak RSS growth over the post-import baseline (baseline {case['baseline'] / 2 ** 20:.0f} MiB)")
-    print_table(["case", "per", "bytes", "MiB", "seconds"], table)
-    print(f"incremental run, all included: peak {(case['select_peak'] - case['baseline']) / 2 ** 20:.0f} MiB over the "
-          f"baseline for {largest:,} listed and {args.earlier:,} earlier rows")
-    if len(peaks) > 1:
-        low, high = sorted(peaks)[-2:]
-        print(f"per listed image beyond fixed costs, ({high:,} - {low:,} rows): "
-              f"{(peaks[high] - peaks[low]) / (high - low):.0f} bytes")
+    table, grown = [], {}
+    for incremental in (False, True):
+        for count in args.rows:
+            case = run_case(args.work / f"list-{count}.parquet", args.work / f"output-{count}", incremental,
+                            args.timeout)
+            grown[incremental, count] = case["peak"] - case["baseline"]
+            name = f"{'incremental' if incremental else 'plain'}, {count:,} listed" + \
+                (f" against {count:,} earlier" if incremental else "")
+            table.append([name, f"{case['planned']:,}", grown[incremental, count] / 2 ** 20,
+                          grown[incremental, count] / count, case["seconds"]])
+    print(f"peak RSS growth of planning over the post-import baseline (baseline {case['baseline'] / 2 ** 20:.0f} MiB)")
+    print_table(["case", "planned", "MiB", "bytes per image", "seconds"], table)
+    low, high = min(args.rows), max(args.rows)
+    for incremental in (False, True):
+        print(f"{'incremental' if incremental else 'plain'}: {high:,} / {low:,} images, peak growth "
+              f"{grown[incremental, high] / grown[incremental, low]:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--earlier", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 20_000_000])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-driver-memory")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per case (default: 600)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per case (default: 1200)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument("--incremental", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.output)))
+        print(json.dumps(measure(args.measure, args.output, args.incremental)))
     elif args.prepare:
-        prepare(args.work, args.rows, args.earlier)
-    elif args.earlier > max(args.rows):
-        parser.error("--earlier must not exceed the largest --rows (earlier rows are for listed URIs)")
+        prepare(args.work, args.rows)
     else:
-        command = [sys.executable, __file__, "--prepare", "--work", str(args.work), "--earlier", str(args.earlier),
-                   "--rows", *map(str, args.rows)]
+        command = [sys.executable, __file__, "--prepare", "--work", str(args.work), "--rows", *map(str, args.rows)]
         subprocess.run(command, cwd=ROOT, check=True)  # in a child: this process stays small (see run_case)
         report(args)
 

@@ -119,16 +119,16 @@ def test_listing(tmp_path):
 
 
 def test_driver_memory(tmp_path):
-    out = run_bench("driver_memory.py", "--rows", "1000", "2000", "--earlier", "1000", "--work", str(tmp_path / "work"),
+    out = run_bench("driver_memory.py", "--rows", "1000", "2000", "--work", str(tmp_path / "work"),
                     tmp_path=tmp_path, timeout=QUICK)
-    rows = table(out, ["case", "per", "bytes", "MiB", "seconds"])
-    # 1,000 listed images have no earlier row; 1% of the 1,000 that do were seen at an earlier ETag
-    assert [(r["case"], r["per"]) for r in rows] == [
-        ("list_inputs, 1,000 rows", "listed image"), ("list_inputs, 2,000 rows", "listed image"),
-        ("select_new, 2,000 listed against 1,000 earlier (1,010 selected)", "earlier row")]
-    numbers(rows, "bytes", "MiB", "seconds")
-    assert "incremental run, all included: peak" in out
-    assert "per listed image beyond fixed costs, (2,000 - 1,000 rows):" in out
+    rows = table(out, ["case", "planned", "MiB", "bytes per image", "seconds"])
+    # every listed image is planned; against as many earlier rows, the 1% seen at an earlier ETag
+    assert [(r["case"], r["planned"]) for r in rows] == [
+        ("plain, 1,000 listed", "1,000"), ("plain, 2,000 listed", "2,000"),
+        ("incremental, 1,000 listed against 1,000 earlier", "10"),
+        ("incremental, 2,000 listed against 2,000 earlier", "20")]
+    numbers(rows, "MiB", "bytes per image", "seconds")
+    assert re.search(r"incremental: 2,000 / 1,000 images, peak growth [\d.]+x", out)
 
 
 def test_model_vs_hardware(tmp_path):

@@ -2,6 +2,7 @@
 import datetime as dt
 import json
 import os
+import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,9 +67,9 @@ def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row
 def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> None:
     """The files delta-rs rewrote (merge, compaction) read the same through the project's readers,
     text filters included."""
-    from jobs.output.incremental import select_new
+    from jobs.output.incremental import Selection, selected
     from jobs.output.readers import connect, masks
-    from jobs.storage.listing import list_inputs
+    from jobs.storage.listing import iter_listing
 
     con = connect(output)
     ours = con.sql("SELECT class_name, count(*) FROM current_class_stats WHERE class_name = 'background' "
@@ -77,8 +78,9 @@ def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> No
                                f"AND c.run_id = k.run_id WHERE c.class_name = 'background' AND c.run_id = '{LAST}'")
     assert ours == [("background", theirs.column("n")[0].as_py())] and ours[0][1] > 0
     assert con.sql("SELECT count(*) FROM current_images WHERE status = 'ok'").fetchall() == [(2 * NIGHTS,)]
-    todo, skipped = select_new(list_inputs([str(folder)]), output, model_sha256, retry_errors=False)
-    assert (todo.num_rows, skipped) == (0, 2 * NIGHTS)
+    with tempfile.TemporaryDirectory() as scratch:
+        picked = list(selected(iter_listing([str(folder)]), output, Selection(model_sha256, False), scratch))
+    assert [(listed, todo.num_rows) for listed, todo in picked] == [(2 * NIGHTS, 0)]  # every image done
     expected = delta_sql(output, f"SELECT run_id, image_id, mask_png FROM images WHERE run_id = '{PLAIN}'").to_pylist()
     found = masks(output, [(row["run_id"], row["image_id"]) for row in expected])
     assert found == {(row["run_id"], row["image_id"]): row["mask_png"] for row in expected} and len(found) == 2

@@ -1,6 +1,6 @@
-"""A segmentation run as one lazy Ray Dataset, from a listing of URIs to Parquet parts.
+"""A segmentation run as one lazy Ray Dataset, from its plan's shards to Parquet parts.
 
-    listing -> prepare (CPU tasks: read, decode, letterbox)
+    plan shards -> read_blocks, prepare (CPU tasks: listing rows, then read, decode, letterbox)
             -> Segmenter (actor pool: one U-Net replica per actor, GPU if asked)
             -> finalize (CPU tasks: mask back to full size, palette PNG, statistics)
             -> write_parts (CPU tasks: one images + one class_stats Parquet part per batch, uncommitted)
@@ -20,6 +20,7 @@ from jobs.cluster.capacity import ACTOR_RESTARTS, Resources
 from jobs.inference.config import ReplicaConfig
 from jobs.inference.model import ModelInfo
 from jobs.inference.stages import Segmenter, finalize, prepare, write_parts
+from jobs.output.plans import Todo, blocks, read_blocks
 from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core import (
     DEFAULT_MAX_PIXELS,
@@ -58,11 +59,11 @@ def inference_of(config: ReplicaConfig) -> Inference:
                      allow_unsafe=config.unsafe_allow_code)
 
 
-def segmented_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, inference: Inference):
-    """Listing rows in, rows with each image's mask and confidence (in model space) out."""
+def segmented_dataset(rows, model: ModelInfo, resources: Resources, inference: Inference):
+    """A dataset of listing rows in, rows with each image's mask and confidence (in model space) out."""
     import ray
 
-    prepared = ray.data.from_arrow(slices(listing, resources.batch_size)).map_batches(
+    prepared = rows.map_batches(
         prepare, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task,
         fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels,
                    "max_bytes": inference.max_bytes, "tile": inference.tile_overlap is not None})
@@ -96,19 +97,39 @@ def replica_env(gpus: float) -> dict[str, str]:
     return env if gpus else {**env, "CUDA_VISIBLE_DEVICES": ""}
 
 
-def build_dataset(listing: pa.Table, model: ModelInfo, resources: Resources, inference: Inference, output: str,
+def build_dataset(todo: Todo, model: ModelInfo, resources: Resources, inference: Inference, output: str,
                   run_id: str, rows_per_file: int):
     """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
     tasks = {"num_cpus": resources.cpus_per_task}
     return (
-        segmented_dataset(listing, model, resources, inference)
+        segmented_dataset(plan_dataset(todo, resources), model, resources, inference)
         .map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
         .map_batches(write_parts, batch_size=rows_per_file,
                      fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
     )
 
 
-def slices(listing: pa.Table, batch_size: int, max_blocks: int = 4096) -> list[pa.Table]:
+MAX_BLOCKS = 4096
+
+
+def listing_dataset(listing: pa.Table, batch_size: int):
+    """A listing the driver holds (an evaluation set) as a dataset."""
+    import ray
+
+    return ray.data.from_arrow(slices(listing, batch_size))
+
+
+def plan_dataset(todo: Todo, resources: Resources):
+    """A run's todo as a dataset: the driver hands out places in the plan's shards (`blocks`), and read
+    tasks (fused with `prepare`) read the rows, so no row of the plan passes through the driver."""
+    import ray
+
+    pieces = blocks(todo, max(resources.batch_size, -(-todo.rows // MAX_BLOCKS)))
+    return ray.data.from_arrow(slices(pieces, 1)).map_batches(
+        read_blocks, batch_size=None, batch_format="pyarrow", num_cpus=resources.cpus_per_task)
+
+
+def slices(listing: pa.Table, batch_size: int, max_blocks: int = MAX_BLOCKS) -> list[pa.Table]:
     """Cut the listing into blocks on the driver: a shuffle task would need a whole CPU that
     a small machine has already given to the actors."""
     rows = max(batch_size, -(-len(listing) // max_blocks))

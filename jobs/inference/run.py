@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import time
+from typing import Iterator
+
+import pyarrow as pa
 
 from jobs.cluster.capacity import await_nodes, plan_resources, replica_bundle
 from jobs.cluster.connect import connect_ray
@@ -20,11 +24,11 @@ from jobs.inference.model import ModelInfo, model_info
 from jobs.inference.pipeline import build_dataset, inference_of, with_model_mode
 from jobs.inference.progress import Progress
 from jobs.output import leases, tables
-from jobs.output.incremental import select_new
+from jobs.output.incremental import Selection
 from jobs.output.parts import kept_parts
-from jobs.output.plans import Plan, load_plan, remaining, remove_plan, save_plan
+from jobs.output.plans import Plan, Todo, load_plan, make_plan, remaining, remove_plan
 from jobs.storage.files import check_writable, storage_errors
-from jobs.storage.listing import list_inputs
+from jobs.storage.listing import iter_listing
 from jobs.storage.settings import StorageOptions, configure_storage
 
 
@@ -37,7 +41,7 @@ def segment(config: SegmentConfig) -> dict:
     run_id = config.run_id or leases.new_run_id()
     with storage_errors(config.output):
         resuming = config.run_id is not None and load_plan(config.output, run_id) is not None
-    # a fresh run lists first: a wrong --input fails before anything is written under the output
+    # a fresh run starts its listing first: a wrong --input fails before anything is written under the output
     listing, began = (None, 0.0) if resuming else _listing(config)
     with storage_errors(config.output):
         check_writable(config.output)
@@ -62,10 +66,10 @@ def segment(config: SegmentConfig) -> dict:
         lease.renew()  # `query.py live` shows the plan from now on, not from the next heartbeat
         if kept:
             print(f"run {run_id}: resuming: {len(kept)} parts of an earlier attempt hold {resumed:,} of the "
-                  f"{plan.planned:,} planned images; {todo.num_rows:,} to go")
+                  f"{plan.planned:,} planned images; {todo.rows:,} to go")
         started = time.time()
         with Progress(run_id, plan.planned, resumed, config.progress_every, lease.report_progress) as progress:
-            parts = kept + (_process(todo, model, config, run_id, storage_env, progress) if todo.num_rows else [])
+            parts = kept + (_process(todo, model, config, run_id, storage_env, progress) if todo.rows else [])
         record = run_record(config, model, plan, parts, resumed, started)
         if record["processed"] != plan.planned:
             raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; "
@@ -81,21 +85,22 @@ def segment(config: SegmentConfig) -> dict:
     return {**record, "output": config.output}
 
 
-def _listing(config: SegmentConfig) -> tuple:
-    """The inputs as listed now, and when the listing began by this host's clock."""
+def _listing(config: SegmentConfig) -> tuple[Iterator[pa.Table], float]:
+    """The listing of the inputs, begun (its first rows in hand), and when it began by this host's clock."""
     began = time.time()
-    listing = list_inputs(config.inputs)
-    if len(listing) == 0:
+    chunks = iter_listing(config.inputs)
+    first = next((chunk for chunk in chunks if chunk.num_rows), None)
+    if first is None:
         raise UserError(f"no images found in {' '.join(config.inputs)}")
-    return listing, began
+    return itertools.chain([first], chunks), began
 
 
-def _make_plan(config: SegmentConfig, model: ModelInfo, run_id: str, listing, listed_at: float) -> Plan:
-    todo, skipped = select_new(listing, config.output, model.sha256, config.retry_errors) \
-        if config.incremental else (listing, 0)
-    plan = Plan(run_id, inputs=listing.num_rows, skipped=skipped, planned=todo.num_rows, listed_at=_iso(listed_at),
-                model_sha256=model.sha256, sources=list(config.inputs), shards=0)
-    return save_plan(config.output, plan, todo)
+def _make_plan(config: SegmentConfig, model: ModelInfo, run_id: str, listing: Iterator[pa.Table],
+               listed_at: float) -> Plan:
+    selection = Selection(model.sha256, config.retry_errors) if config.incremental else None
+    header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at=_iso(listed_at), model_sha256=model.sha256,
+                  sources=list(config.inputs), shards=0)
+    return make_plan(config.output, header, listing, selection)
 
 
 def _check_resumable(plan: Plan, config: SegmentConfig, model: ModelInfo) -> None:
@@ -136,13 +141,13 @@ def _part(row: dict) -> tables.Part:
                        int(row["rows"]), int(row["class_rows"]))
 
 
-def _process(todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict,
+def _process(todo: Todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict,
              progress: Progress) -> list[dict]:
     connect_ray(config.address, storage_env)
     resources = plan_resources(config)
     await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
                 config.wait_for_nodes, "model replicas")
-    print(f"run {run_id}: {todo.num_rows} images, model {model.name} ({model.sha256[:12]}), "
+    print(f"run {run_id}: {todo.rows} images, model {model.name} ({model.sha256[:12]}), "
           f"{config.mode} mode, {resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
           + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""), flush=True)
     dataset = build_dataset(todo, model, resources, inference_of(config), config.output, run_id, config.rows_per_file)

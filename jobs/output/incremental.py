@@ -1,48 +1,126 @@
-"""The incremental selection: which listed images have no current result from this model."""
+"""The selection of a run's images: each listed image once, and with `--incremental` only those that
+have no current result from this model.
+
+The listing streams in; it and `current`'s done versions are cut into hash partitions on the
+driver's scratch disk (`jobs.output.spill`), then joined a partition at a time, so the driver holds
+one batch of the listing or one partition, never the collection.
+"""
 from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from jobs.output.tables import committed_files, scan
+from jobs.output.spill import Partitions, partition_sql
+from jobs.output.tables import committed_files, scan, sql_strings
 from jobs.storage.files import filesystem
+from jobs.storage.listing import LISTING_SCHEMA
+
+BATCH_ROWS = 1 << 19
+"""Listing rows gathered before they are cut into partitions: each partition file gets row groups of
+about BATCH_ROWS / PARTITIONS rows."""
+PARTITIONS = 128
+"""Partitions of a listing longer than one batch: 20 million images make partitions of about 160,000."""
 
 
-def select_new(listing: pa.Table, output: str, model_sha256: str, retry_errors: bool) -> tuple[pa.Table, int]:
-    """Split a listing into (to process, number skipped): an image is done when its current row is
-    for this very version (URI, size, version) and came from this model; an error counts as done
-    unless it was transient (the store failed, not the file) or `retry_errors` asks for every error.
-    An image listed without a version (a list file with no ETag, version or modification time column)
-    is never done: nothing could tell that it was replaced, so it is processed again every run.
+@dataclass(frozen=True)
+class Selection:
+    """`--incremental`: skip what this model has already done."""
 
-    DuckDB semi-joins the listing (an Arrow table, scanned in place) with the `current` rows read
-    straight from their committed Parquet files, only the columns needed. Both sides are keyed by
-    a 128-bit hash (md5) of the version: the join's hash table then holds 16 bytes per row instead
-    of the strings, and an accidental collision (which would skip one image) has odds near 1e-24
-    even for 10 million images against 10 million earlier rows."""
+    model_sha256: str
+    retry_errors: bool
+    """Every error is done again, not only transient ones."""
+
+
+def selected(listing: Iterable[pa.Table], output: str, selection: Selection | None,
+             scratch: str) -> Iterator[tuple[int, pa.Table]]:
+    """The listing a partition at a time: (images listed in it, its rows to process, in listing order).
+
+    A file named more than once counts once, as last named. With a selection an image is done when
+    its current row is for this very version (URI, size, version) and came from this model; an error
+    counts as done unless it was transient (the store failed, not the file) or `retry_errors` asks
+    for every error. An image listed without a version (a list file with no ETag, version or
+    modification time column) is never done: nothing could tell that it was replaced."""
+    batches = _numbered(_rebatched(listing, BATCH_ROWS))
+    head = list(itertools.islice(batches, 2))
+    count = 1 if len(head) < 2 else PARTITIONS  # a listing of one batch is one partition
+    listed = Partitions(scratch, "listed", count)
+    for batch in itertools.chain(head, batches):
+        listed.add_listing(batch)
+    del head
+    listed.close()
+    done = _spill_done(output, selection, count, scratch) if selection else None
+    con = duckdb.connect()
+    for index in range(count):
+        if listed.path(index):
+            yield _select(con, listed.path(index), done.path(index) if done else None)
+
+
+def _rebatched(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Tables of about `rows` rows (the last one shorter)."""
+    held, count = [], 0
+    for table in tables:
+        held.append(table)
+        count += table.num_rows
+        if count >= rows:
+            yield pa.concat_tables(held)
+            held, count = [], 0
+    if count:
+        yield pa.concat_tables(held)
+
+
+def _numbered(batches: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """Each row's place in the listing, which orders the plan and says which naming of a file is last."""
+    start = 0
+    for batch in batches:
+        yield batch.append_column("position", pa.array(np.arange(start, start + batch.num_rows, dtype=np.int64)))
+        start += batch.num_rows
+
+
+def _spill_done(output: str, selection: Selection, count: int, scratch: str) -> Partitions | None:
+    """`current`'s versions that count as done for this model, as 128-bit keys (two 64-bit halves: an
+    unsigned 128-bit number does not survive Arrow), partitioned."""
     files = committed_files(output, "current")
-    if not files or not listing.num_rows:
-        return listing, 0
+    if not files:
+        return None
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
-    positions = pa.array(np.arange(listing.num_rows, dtype=np.int64))
-    con.register("listing", listing.select(["image_uri", "source_size", "source_version"]).append_column(
-        "position", pa.chunked_array([positions])))
     # an error row counts as done unless the store failed (transient) or every error is retried
-    status = "AND status = 'ok'" if retry_errors else "AND coalesce(error_kind, '') <> 'transient'"
-    done = con.execute(f"""
-        WITH listed AS (SELECT position, {VERSION_KEY} AS key FROM listing WHERE source_version <> ''),
-             earlier AS (SELECT {VERSION_KEY} AS key FROM ({scan(con, "current", files)})
-                         WHERE model_sha256 = $model {status})
-        SELECT position FROM listed SEMI JOIN earlier USING (key)""", {"model": model_sha256}).fetchnumpy()["position"]
-    if not len(done):
-        return listing, 0
-    keep = np.ones(listing.num_rows, dtype=bool)
-    keep[done] = False
-    return listing.filter(pa.array(keep)), len(done)
+    status = "AND status = 'ok'" if selection.retry_errors else "AND coalesce(error_kind, '') <> 'transient'"
+    reader = con.sql(f"""
+        SELECT {partition_sql(count)} AS partition, {VERSION_KEY} FROM ({scan(con, "current", files)})
+        WHERE model_sha256 = $model {status}""", params={"model": selection.model_sha256}).to_arrow_reader(BATCH_ROWS)
+    done = Partitions(scratch, "done", count)
+    for batch in reader:
+        done.add(pa.Table.from_batches([batch]))
+    done.close()
+    return done
 
 
-VERSION_KEY = "md5_number(image_uri || chr(0) || source_size::VARCHAR || chr(0) || source_version)"
-"""An image version (URI, size, version) as a 128-bit number."""
+def _select(con: duckdb.DuckDBPyConnection, listed: str, done: str | None) -> tuple[int, pa.Table]:
+    """One partition: each URI as last named, and whether its version is done. Keys are a 128-bit
+    hash (md5) of the version, so a partition's join holds 16 bytes per earlier row; an accidental
+    collision (which would skip one image) has odds near 1e-24 even for 10 million images against
+    10 million earlier rows."""
+    earlier = f"SELECT DISTINCT hi, lo FROM read_parquet([{sql_strings([done])}])" if done else \
+        "SELECT 0::UBIGINT AS hi, 0::UBIGINT AS lo WHERE false"
+    rows = con.sql(f"""
+        WITH listed AS (SELECT *, {VERSION_KEY} FROM read_parquet([{sql_strings([listed])}])
+                        QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY position DESC) = 1)
+        SELECT image_uri, source_size, source_version, source_modified,
+               source_version <> '' AND earlier.hi IS NOT NULL AS done
+        FROM listed LEFT JOIN ({earlier}) AS earlier USING (hi, lo)
+        ORDER BY position""").to_arrow_table()
+    todo = rows.filter(pc.invert(rows.column("done"))).drop_columns(["done"])
+    return rows.num_rows, todo.cast(LISTING_SCHEMA)
+
+
+VERSION = "image_uri || chr(0) || source_size::VARCHAR || chr(0) || source_version"
+VERSION_KEY = f"md5_number_upper({VERSION}) AS hi, md5_number_lower({VERSION}) AS lo"
+"""An image version (URI, size, version) as a 128-bit number, in two columns."""

@@ -10,12 +10,16 @@ reads its counts.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, replace
+from typing import Iterable
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.output.incremental import Selection, selected
 from jobs.output.tables import sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
 from jobs.storage.listing import LISTING_SCHEMA
@@ -23,6 +27,8 @@ from jobs.storage.listing import LISTING_SCHEMA
 FOLDER = "_plans"
 SHARD_ROWS = 1 << 20
 """Listing rows per plan shard."""
+ROW_GROUP_ROWS = 8192
+"""Rows per row group of a shard: the largest piece a read task takes from it."""
 
 
 @dataclass(frozen=True)
@@ -56,30 +62,112 @@ def load_plan(output: str, run_id: str) -> Plan | None:
         return None
 
 
-def save_plan(output: str, plan: Plan, todo: pa.Table) -> Plan:
-    """Write the shards, then the marker that makes them the plan."""
-    folder = plan_folder(output, plan.run_id)
+def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection: Selection | None) -> Plan:
+    """Select the run's images as the listing streams, write them as the plan's shards, then the marker
+    that makes them the plan. The listing's partitions live on this machine's scratch disk until then."""
+    folder = plan_folder(output, header.run_id)
+    with tempfile.TemporaryDirectory(prefix="plan-") as scratch, Shards(folder) as shards:
+        inputs = 0
+        for listed, todo in selected(listing, output, selection, scratch):
+            inputs += listed
+            shards.write(todo)
+    whole = replace(header, inputs=inputs, skipped=inputs - shards.rows, planned=shards.rows, shards=shards.count)
     fs, root = filesystem(folder)
-    if protocol_of(fs) == "file":
-        fs.makedirs(root, exist_ok=True)
-    shards = max(1, -(-todo.num_rows // SHARD_ROWS))
-    for index in range(shards):
-        with fs.open(f"{root}/{_shard(index)}", "wb") as handle:
-            pq.write_table(todo.slice(index * SHARD_ROWS, SHARD_ROWS), handle, compression="zstd")
-    whole = Plan(**{**asdict(plan), "planned": todo.num_rows, "shards": shards})
     fs.pipe_file(f"{root}/plan.json", json.dumps(asdict(whole)).encode())
     return whole
 
 
-def remaining(output: str, plan: Plan, done: pa.Array) -> pa.Table:
-    """The plan's rows whose image no kept part holds."""
+class Shards:
+    """Listing rows written as shards of at most SHARD_ROWS rows, in row groups of ROW_GROUP_ROWS."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.rows, self.count = folder, 0, 0
+        self._fs, self._root = filesystem(folder)
+        self._handle = self._writer = None
+        self._in_shard = 0
+        if protocol_of(self._fs) == "file":
+            self._fs.makedirs(self._root, exist_ok=True)
+
+    def __enter__(self) -> "Shards":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_shard()
+
+    def write(self, rows: pa.Table) -> None:
+        while rows.num_rows:
+            if self._writer is None:
+                self._handle = self._fs.open(f"{self._root}/{_shard(self.count)}", "wb")
+                self._writer = pq.ParquetWriter(self._handle, LISTING_SCHEMA, compression="zstd")
+                self.count += 1
+            take = rows.slice(0, SHARD_ROWS - self._in_shard)
+            self._writer.write_table(take, row_group_size=ROW_GROUP_ROWS)
+            self._in_shard += take.num_rows
+            self.rows += take.num_rows
+            rows = rows.slice(take.num_rows)
+            if self._in_shard >= SHARD_ROWS:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._handle.close()
+        self._handle = self._writer = None
+        self._in_shard = 0
+
+
+@dataclass(frozen=True)
+class Todo:
+    """What an attempt processes: shards of listing rows."""
+
+    shards: list[str]
+    rows: int
+
+
+def remaining(output: str, plan: Plan, done: pa.Array) -> Todo:
+    """The plan's rows whose image no kept part holds: the plan itself for a first attempt, else new
+    shards under the plan's folder (the kept parts' URIs are held while they are written)."""
+    folder = plan_folder(output, plan.run_id)
+    shards = [join(folder, _shard(i)) for i in range(plan.shards)]
+    if not len(done):
+        return Todo(shards, plan.planned)
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
     con.register("done", pa.table({"image_uri": done}))
-    shards = sql_strings([join(plan_folder(output, plan.run_id), _shard(i)) for i in range(plan.shards)])
-    rows = con.sql(f"SELECT * FROM read_parquet([{shards}]) ANTI JOIN done USING (image_uri)").to_arrow_table()
-    return rows.cast(LISTING_SCHEMA)
+    with Shards(join(folder, f"resumed-{uuid.uuid4().hex}")) as left:
+        for shard in shards:
+            left.write(con.sql(f"SELECT * FROM read_parquet([{sql_strings([shard])}]) ANTI JOIN done USING (image_uri)")
+                       .to_arrow_table().cast(LISTING_SCHEMA))
+    return Todo([join(left.folder, _shard(i)) for i in range(left.count)], left.rows)
+
+
+def blocks(todo: Todo, rows_per_block: int) -> pa.Table:
+    """The todo as (shard, row group, first row, rows) pieces of at most `rows_per_block` rows: the
+    blocks a run's dataset starts from, so the driver hands out places in the shards, never rows."""
+    pieces = []
+    for shard in todo.shards:
+        fs, path = filesystem(shard)
+        with fs.open(path, "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            pieces += [(shard, group, start, min(rows_per_block, rows - start))
+                       for start in range(0, rows, rows_per_block)]
+    names = ["shard", "row_group", "start", "rows"]
+    return pa.table(dict(zip(names, map(list, zip(*pieces))))) if pieces else \
+        pa.table({"shard": pa.array([], pa.string()), "row_group": pa.array([], pa.int64()),
+                  "start": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())})
+
+
+def read_blocks(pieces: pa.Table) -> pa.Table:
+    """The listing rows of `blocks` pieces (run in the dataset's read tasks)."""
+    tables = []
+    for shard, group, start, rows in zip(*(pieces.column(name).to_pylist() for name in pieces.column_names)):
+        fs, path = filesystem(shard)
+        with fs.open(path, "rb") as handle:
+            tables.append(pq.ParquetFile(handle).read_row_group(group).slice(start, rows))
+    return pa.concat_tables(tables) if tables else LISTING_SCHEMA.empty_table()
 
 
 def remove_plan(output: str, run_id: str) -> None:

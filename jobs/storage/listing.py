@@ -84,20 +84,24 @@ def is_image_name(name: str) -> bool:
 
 
 def list_inputs(inputs: list[str]) -> pa.Table:
-    """Every input image as one LISTING_SCHEMA row: canonical URI, size, version, modification time.
+    """Every input image as one LISTING_SCHEMA row, for listings a process may hold (a training set);
+    a file named more than once is one row, as last named. A run's plan streams `iter_listing`."""
+    with _memory_pool(LISTING_POOL):
+        return _without_repeats(_concat(list(iter_listing(inputs))))
+
+
+def iter_listing(inputs: list[str]) -> Iterator[pa.Table]:
+    """Every input image as a LISTING_SCHEMA row (canonical URI, size, version, modification time), in
+    tables of at most about CHUNK_ROWS rows as the listing goes: only the chunk in hand is held.
 
     Each input is a folder or prefix (recursive), a glob, a single image, or a list file (.txt one
     URI a line; .csv or .parquet with an `image_uri`, `uri` or `path` column and optional `size`,
-    `etag`/`version` and `last_modified`/`mtime` columns). The listing is Arrow from end to end, never
-    a Python object per image, so a driver listing millions of images holds little beyond the strings.
-    Rows keep the order of the inputs; a file named more than once is one row, as last named.
+    `etag`/`version` and `last_modified`/`mtime` columns). Rows come in the order of the inputs; a
+    file named more than once comes as often as it is named (the consumer keeps the last).
     """
-    parts = []
-    with _memory_pool(LISTING_POOL):
-        for spec in inputs:
-            with storage_errors(spec):
-                parts.append(_expand(spec))
-        return _without_repeats(_concat(parts))
+    for spec in inputs:
+        with storage_errors(spec):
+            yield from _expand(spec)
 
 
 @contextlib.contextmanager
@@ -141,21 +145,22 @@ def _resolve(base: str, relative: str) -> str:
     return f"{scheme}://{bucket}/{posixpath.normpath(posixpath.join('/', folder, relative)).lstrip('/')}"
 
 
-def _expand(spec: str) -> pa.Table:
+def _expand(spec: str) -> Iterator[pa.Table]:
     uri = canonical_uri(spec)
     fs, path = filesystem(uri)
     if any(ch in spec for ch in "*?[") and not fs.exists(path):
         matches = fs.glob(path, detail=True)
         if not matches:
             raise UserError(f"{spec}: the pattern matches no files")
-        return _found(fs, [(p, info) for p, info in sorted(matches.items()) if info["type"] == "file"])
-    if not fs.exists(path):
+        yield _found(fs, [(p, info) for p, info in sorted(matches.items()) if info["type"] == "file"])
+    elif not fs.exists(path):
         raise UserError(f"{spec}: {_what_is_missing(fs, path)}")
-    if fs.isdir(path):
-        return _walk(fs, path)
-    if path.lower().endswith(LIST_EXTENSIONS):
-        return _read_list_file(fs, spec, uri, path)
-    return _found(fs, [(path, fs.info(path))])
+    elif fs.isdir(path):
+        yield from _walk(fs, path)
+    elif path.lower().endswith(LIST_EXTENSIONS):
+        yield from _read_list_file(fs, spec, uri, path)
+    else:
+        yield _found(fs, [(path, fs.info(path))])
 
 
 def _what_is_missing(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -167,15 +172,16 @@ def _what_is_missing(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return "no such file or folder"
 
 
-def _walk(fs: fsspec.AbstractFileSystem, root: str) -> pa.Table:
+def _walk(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[pa.Table]:
     """Image files under a folder or prefix; never follows directory symlinks (no loops)."""
     protocol = protocol_of(fs)
     if protocol == "file":
-        return _local_files(_walk_local(root))
-    if protocol in ("s3", "s3a"):
-        return _concat(list(_walk_s3(fs, root)))
-    return _found(fs, [(path, info) for path, info in sorted(fs.find(root, detail=True).items())
-                       if info.get("type") == "file" and is_image_name(path)])
+        yield from _local_files(_walk_local(root))
+    elif protocol in ("s3", "s3a"):
+        yield from _walk_s3(fs, root)
+    else:
+        yield _found(fs, [(path, info) for path, info in sorted(fs.find(root, detail=True).items())
+                          if info.get("type") == "file" and is_image_name(path)])
 
 
 def _walk_local(root: str) -> Iterator[str]:
@@ -222,7 +228,7 @@ def _found(fs: fsspec.AbstractFileSystem, found: list[tuple[str, dict]]) -> pa.T
     """Files named by a glob, a path or a generic walk, versioned as a walk of their store versions them."""
     protocol = protocol_of(fs)
     if protocol == "file":
-        return _local_files(canonical_uri(path) for path, _ in found)
+        return _concat(list(_local_files(canonical_uri(path) for path, _ in found)))
     infos = [info for _, info in found]
     times = pa.array([_timestamp(info.get("LastModified") or info.get("mtime")) for info in infos], TIMESTAMP_US)
     etags = pa.array([str(info.get("ETag") or info.get("etag") or "").strip('"') or None for info in infos],
@@ -232,15 +238,13 @@ def _found(fs: fsspec.AbstractFileSystem, found: list[tuple[str, dict]]) -> pa.T
                     _or_time_versions(etags, times), times)
 
 
-def _local_files(paths: Iterable[str]) -> pa.Table:
+def _local_files(paths: Iterable[str]) -> Iterator[pa.Table]:
     """Local files with size and mtime, turned into Arrow a chunk at a time."""
-    tables = []
     for chunk in _batched(paths, CHUNK_ROWS):
         stats = [_stat(path) for path in chunk]
         times = pa.array([mtime for _, mtime in stats], pa.int64()).cast(pa.timestamp("ns", "UTC"))
-        tables.append(_listing(pa.array(chunk, pa.string()), pa.array([size for size, _ in stats], pa.int64()),
-                               _time_versions(times), times))
-    return _concat(tables)
+        yield _listing(pa.array(chunk, pa.string()), pa.array([size for size, _ in stats], pa.int64()),
+                       _time_versions(times), times)
 
 
 def _stat(path: str) -> tuple[int, int | None]:
@@ -319,18 +323,26 @@ def _decimal_seconds(text: ArrowColumn) -> ArrowColumn:
     return pc.cast(nanoseconds, pa.int64()).cast(pa.timestamp("ns", "UTC"))
 
 
-def _read_list_file(fs: fsspec.AbstractFileSystem, spec: str, uri: str, path: str) -> pa.Table:
+def _read_list_file(fs: fsspec.AbstractFileSystem, spec: str, uri: str, path: str) -> Iterator[pa.Table]:
     """Images named in a list file, never looked up: the point of a list file for collections too large
     to list. Relative entries are relative to the list file's folder; size, version and modification
     time come from the file's columns where it has them (as an S3 Inventory report does), else they
-    read as unknown (-1, '', null) and every run finds those images new."""
+    read as unknown (-1, '', null) and every run finds those images new. The file is read a batch of
+    rows at a time."""
     kind = path.lower().rsplit(".", 1)[-1]
     try:
         with fs.open(path, "rb") as handle:
-            raw, roles = _read_table_list(handle, spec, kind) if kind != "txt" else _read_text_list(handle)
-        raw = _named_rows(raw, roles["image_uri"], comments=kind == "txt")
+            batches, roles = _read_table_list(handle, spec, kind) if kind != "txt" else _read_text_list(handle)
+            for batch in batches:
+                raw = _named_rows(pa.Table.from_batches([batch]), roles["image_uri"], comments=kind == "txt")
+                if raw.num_rows:
+                    yield _list_rows(raw, roles, spec, uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{spec}: cannot read list file ({_first_line(exc)})") from exc
+
+
+def _list_rows(raw: pa.Table, roles: dict[str, str], spec: str, uri: str) -> pa.Table:
+    """A batch of a list file's rows as a listing."""
     column = {role: raw.column(name) for role, name in roles.items()}
     sizes = _sizes(column["size"], spec, roles["size"]) if "size" in roles else None
     versions = _versions(column["version"], spec, roles["version"]) if "version" in roles else None
@@ -342,21 +354,20 @@ def _read_list_file(fs: fsspec.AbstractFileSystem, spec: str, uri: str, path: st
     return _listing(_canonical_uris(column["image_uri"], uri.rsplit("/", 1)[0]), sizes, versions, times)
 
 
-def _read_table_list(handle, spec: str, kind: str) -> tuple[pa.Table, dict[str, str]]:
-    """A .csv or .parquet list file's columns that matter (read as text from CSV), and which is which.
-    Parquet is read a batch at a time, so only one batch of pages is held beside the table."""
+def _read_table_list(handle, spec: str, kind: str) -> tuple[Iterator[pa.RecordBatch], dict[str, str]]:
+    """A .csv or .parquet list file's columns that matter (read as text from CSV) in batches, and which
+    is which."""
     if kind == "parquet":
         parquet = pq.ParquetFile(handle, pre_buffer=False)  # pre-buffering would hold the whole file
         roles = _list_columns(parquet.schema_arrow.names, spec, kind)
-        schema = pa.schema([field for field in parquet.schema_arrow if field.name in roles.values()])
-        batches = parquet.iter_batches(batch_size=CHUNK_ROWS, columns=schema.names, use_threads=False)
-        return pa.Table.from_batches(batches, schema=schema), roles
+        names = [field.name for field in parquet.schema_arrow if field.name in roles.values()]
+        return parquet.iter_batches(batch_size=CHUNK_ROWS, columns=names, use_threads=False), roles
     roles = _list_columns(next(csv.reader([handle.readline().decode("utf-8-sig")]), []), spec, kind)
     handle.seek(0)
     names = sorted(set(roles.values()))
     options = pacsv.ConvertOptions(include_columns=names, column_types={name: pa.string() for name in names},
                                    strings_can_be_null=True)
-    return pacsv.open_csv(handle, convert_options=options).read_all(), roles
+    return pacsv.open_csv(handle, convert_options=options), roles
 
 
 def _list_columns(names: list[str], spec: str, kind: str) -> dict[str, str]:
@@ -369,16 +380,15 @@ def _list_columns(names: list[str], spec: str, kind: str) -> dict[str, str]:
     return {role: name for role, name in roles.items() if name is not None}
 
 
-def _read_text_list(handle) -> tuple[pa.Table, dict[str, str]]:
+def _read_text_list(handle) -> tuple[Iterator[pa.RecordBatch], dict[str, str]]:
     """One URI a line, read by Arrow's CSV reader with no quoting and a separator no path holds."""
     roles = {"image_uri": "image_uri"}
     if not handle.read(1):
-        return pa.table({"image_uri": pa.array([], pa.string())}), roles
+        return iter([]), roles
     handle.seek(0)
-    table = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(column_names=["image_uri"]),
-                           parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False),
-                           convert_options=pacsv.ConvertOptions(column_types={"image_uri": pa.string()})).read_all()
-    return table, roles
+    return pacsv.open_csv(handle, read_options=pacsv.ReadOptions(column_names=["image_uri"]),
+                          parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False),
+                          convert_options=pacsv.ConvertOptions(column_types={"image_uri": pa.string()})), roles
 
 
 def _named_rows(raw: pa.Table, name: str, comments: bool) -> pa.Table:

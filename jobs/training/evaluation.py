@@ -13,7 +13,7 @@ from jobs.cluster.capacity import Resources, await_nodes, plan_resources, replic
 from jobs.cluster.connect import connect_ray
 from jobs.inference.config import EvaluateConfig
 from jobs.inference.model import ModelInfo, model_info
-from jobs.inference.pipeline import inference_of, segmented_dataset, with_model_mode
+from jobs.inference.pipeline import inference_of, listing_dataset, segmented_dataset, with_model_mode
 from jobs.inference.stages import letterbox_of
 from jobs.storage.files import filesystem, join, storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
@@ -55,7 +55,7 @@ def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int |
 
 def build_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, config: EvaluateConfig):
     """The segment job's own inference stages, then scoring against the true masks."""
-    return segmented_dataset(pairs, model, resources, inference_of(config)).map_batches(
+    return segmented_dataset(listing_dataset(pairs, resources.batch_size), model, resources, inference_of(config)).map_batches(
         score, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task, fn_kwargs={
             "model": model, "lookup": training_data.parse_mask_map(config.mask_map),
             "ignore_index": config.ignore_index, "max_pixels": config.max_pixels, "max_bytes": config.max_bytes})
