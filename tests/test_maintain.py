@@ -67,7 +67,7 @@ def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row
 def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> None:
     """The files delta-rs rewrote (merge, compaction) read the same through the project's readers,
     text filters included."""
-    from jobs.output.incremental import Selection, selected
+    from jobs.output.incremental import Selection, partitioned, selected
     from jobs.output.readers import connect, masks
     from jobs.storage.listing import iter_listing
 
@@ -79,7 +79,8 @@ def readers_agree_after_compaction(output: str, folder, model_sha256: str) -> No
     assert ours == [("background", theirs.column("n")[0].as_py())] and ours[0][1] > 0
     assert con.sql("SELECT count(*) FROM current_images WHERE status = 'ok'").fetchall() == [(2 * NIGHTS,)]
     with tempfile.TemporaryDirectory() as scratch:
-        picked = list(selected(iter_listing([str(folder)]), output, Selection(model_sha256, False), scratch))
+        picked = list(selected(partitioned(iter_listing([str(folder)]), scratch), output, Selection(model_sha256, False),
+                               scratch))
     assert [(listed, todo.num_rows) for listed, todo in picked] == [(2 * NIGHTS, 0)]  # every image done
     expected = delta_sql(output, f"SELECT run_id, image_id, mask_png FROM images WHERE run_id = '{PLAIN}'").to_pylist()
     found = masks(output, [(row["run_id"], row["image_id"]) for row in expected])

@@ -10,7 +10,7 @@ import pytest
 from deltalake import write_deltalake
 
 from jobs.output import incremental, plans
-from jobs.output.incremental import Selection, selected
+from jobs.output.incremental import Selection, partitioned, selected
 from jobs.output.plans import Plan, blocks, load_plan, make_plan, read_blocks, remaining
 from jobs.output.tables import SCHEMAS, delta_uri, ensure_tables
 from jobs.storage.listing import LISTING_SCHEMA
@@ -49,7 +49,7 @@ def earlier(uri_index: int, size: int, version: str, model: str = MODEL, status:
 
 def plan_of(chunks: list[pa.Table], output: str, selection: Selection | None, scratch) -> tuple[int, list[dict]]:
     scratch.mkdir()
-    picked = list(selected(iter(chunks), output, selection, str(scratch)))
+    picked = list(selected(partitioned(iter(chunks), str(scratch)), output, selection, str(scratch)))
     return sum(listed for listed, _ in picked), [row for _, todo in picked for row in todo.to_pylist()]
 
 
@@ -69,7 +69,7 @@ def test_a_long_listing_is_partitioned_and_plans_what_one_partition_plans(tmp_pa
     assert all(row["source_size"] == 900 + int(uri[-9:-4]) for uri, row in renamed.items())
     monkeypatch.setattr(incremental, "BATCH_ROWS", 7)
     monkeypatch.setattr(incremental, "PARTITIONS", 5)
-    picked = list(selected(iter(chunks), str(tmp_path / "out"), None, str(tmp_path)))
+    picked = list(selected(partitioned(iter(chunks), str(tmp_path)), str(tmp_path / "out"), None, str(tmp_path)))
     assert len(picked) == 5  # the listing went through every partition
     assert sum(listed for listed, _ in picked) == 60
     assert sorted(row["image_uri"] for _, todo in picked for row in todo.to_pylist()) == \
@@ -97,7 +97,7 @@ def test_the_partitioned_selection_skips_exactly_the_done_versions(tmp_path, sma
 
 def test_the_plan_is_written_in_shards_and_read_back_in_pieces(tmp_path, small_partitions, monkeypatch):
     monkeypatch.setattr(plans, "SHARD_ROWS", 16)
-    monkeypatch.setattr(plans, "ROW_GROUP_ROWS", 6)
+    monkeypatch.setattr(plans, "ROW_GROUP_ROWS", (6, 6))
     output = str(tmp_path / "out")
     header = Plan("night", inputs=0, skipped=0, planned=0, listed_at="", model_sha256=MODEL, sources=["list"],
                   shards=0)

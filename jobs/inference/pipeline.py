@@ -20,7 +20,7 @@ from jobs.cluster.capacity import ACTOR_RESTARTS, Resources
 from jobs.inference.config import ReplicaConfig
 from jobs.inference.model import ModelInfo
 from jobs.inference.stages import Segmenter, finalize, prepare, write_parts
-from jobs.output.plans import Todo, blocks, read_blocks
+from jobs.output.plans import MAX_BLOCKS, Todo, blocks, read_blocks
 from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core import (
     DEFAULT_MAX_PIXELS,
@@ -107,9 +107,6 @@ def build_dataset(todo: Todo, model: ModelInfo, resources: Resources, inference:
         .map_batches(write_parts, batch_size=rows_per_file,
                      fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
     )
-
-
-MAX_BLOCKS = 4096
 
 
 def listing_dataset(listing: pa.Table, batch_size: int):

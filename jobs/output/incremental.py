@@ -37,26 +37,30 @@ class Selection:
     """Every error is done again, not only transient ones."""
 
 
-def selected(listing: Iterable[pa.Table], output: str, selection: Selection | None,
+def partitioned(listing: Iterable[pa.Table], scratch: str) -> Partitions:
+    """The listing, streamed into partitions under `scratch`; a listing of one batch is one partition."""
+    batches = _numbered(_rebatched(listing, BATCH_ROWS))
+    head = list(itertools.islice(batches, 2))
+    listed = Partitions(scratch, "listed", 1 if len(head) < 2 else PARTITIONS)
+    for batch in itertools.chain(head, batches):
+        listed.add_listing(batch)
+    listed.close()
+    return listed
+
+
+def selected(listed: Partitions, output: str, selection: Selection | None,
              scratch: str) -> Iterator[tuple[int, pa.Table]]:
-    """The listing a partition at a time: (images listed in it, its rows to process, in listing order).
+    """The `partitioned` listing a partition at a time: (images listed in it, its rows to process, in
+    listing order).
 
     A file named more than once counts once, as last named. With a selection an image is done when
     its current row is for this very version (URI, size, version) and came from this model; an error
     counts as done unless it was transient (the store failed, not the file) or `retry_errors` asks
     for every error. An image listed without a version (a list file with no ETag, version or
     modification time column) is never done: nothing could tell that it was replaced."""
-    batches = _numbered(_rebatched(listing, BATCH_ROWS))
-    head = list(itertools.islice(batches, 2))
-    count = 1 if len(head) < 2 else PARTITIONS  # a listing of one batch is one partition
-    listed = Partitions(scratch, "listed", count)
-    for batch in itertools.chain(head, batches):
-        listed.add_listing(batch)
-    del head
-    listed.close()
-    done = _spill_done(output, selection, count, scratch) if selection else None
+    done = _spill_done(output, selection, listed.count, scratch) if selection else None
     con = duckdb.connect()
-    for index in range(count):
+    for index in range(listed.count):
         if listed.path(index):
             yield _select(con, listed.path(index), done.path(index) if done else None)
 

@@ -9,6 +9,7 @@ reads its counts.
 """
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import uuid
@@ -19,7 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.output.incremental import Selection, selected
+from jobs.output.incremental import Selection, partitioned, selected
 from jobs.output.tables import sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
 from jobs.storage.listing import LISTING_SCHEMA
@@ -27,8 +28,10 @@ from jobs.storage.listing import LISTING_SCHEMA
 FOLDER = "_plans"
 SHARD_ROWS = 1 << 20
 """Listing rows per plan shard."""
-ROW_GROUP_ROWS = 8192
-"""Rows per row group of a shard: the largest piece a read task takes from it."""
+MAX_BLOCKS = 4096
+"""Blocks a run's dataset starts from at most (more rows make larger blocks)."""
+ROW_GROUP_ROWS = (64, 8192)
+"""Bounds of a shard's row group size."""
 
 
 @dataclass(frozen=True)
@@ -66,22 +69,31 @@ def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection:
     """Select the run's images as the listing streams, write them as the plan's shards, then the marker
     that makes them the plan. The listing's partitions live on this machine's scratch disk until then."""
     folder = plan_folder(output, header.run_id)
-    with tempfile.TemporaryDirectory(prefix="plan-") as scratch, Shards(folder) as shards:
-        inputs = 0
-        for listed, todo in selected(listing, output, selection, scratch):
-            inputs += listed
-            shards.write(todo)
+    with tempfile.TemporaryDirectory(prefix="plan-") as scratch:
+        listed = partitioned(listing, scratch)
+        with Shards(folder, _row_group_rows(listed.rows)) as shards:
+            inputs = 0
+            for images, todo in selected(listed, output, selection, scratch):
+                inputs += images
+                shards.write(todo)
     whole = replace(header, inputs=inputs, skipped=inputs - shards.rows, planned=shards.rows, shards=shards.count)
     fs, root = filesystem(folder)
     fs.pipe_file(f"{root}/plan.json", json.dumps(asdict(whole)).encode())
     return whole
 
 
-class Shards:
-    """Listing rows written as shards of at most SHARD_ROWS rows, in row groups of ROW_GROUP_ROWS."""
+def _row_group_rows(images: int) -> int:
+    """Row groups about the size of the dataset's blocks (a block reads whole row groups), within bounds
+    that keep a shard's footer small."""
+    least, most = ROW_GROUP_ROWS
+    return min(most, max(least, -(-images // MAX_BLOCKS)))
 
-    def __init__(self, folder: str) -> None:
-        self.folder, self.rows, self.count = folder, 0, 0
+
+class Shards:
+    """Listing rows written as shards of at most SHARD_ROWS rows."""
+
+    def __init__(self, folder: str, row_group_rows: int) -> None:
+        self.folder, self.row_group_rows, self.rows, self.count = folder, row_group_rows, 0, 0
         self._fs, self._root = filesystem(folder)
         self._handle = self._writer = None
         self._in_shard = 0
@@ -101,7 +113,7 @@ class Shards:
                 self._writer = pq.ParquetWriter(self._handle, LISTING_SCHEMA, compression="zstd")
                 self.count += 1
             take = rows.slice(0, SHARD_ROWS - self._in_shard)
-            self._writer.write_table(take, row_group_size=ROW_GROUP_ROWS)
+            self._writer.write_table(take, row_group_size=self.row_group_rows)
             self._in_shard += take.num_rows
             self.rows += take.num_rows
             rows = rows.slice(take.num_rows)
@@ -135,7 +147,7 @@ def remaining(output: str, plan: Plan, done: pa.Array) -> Todo:
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
     con.register("done", pa.table({"image_uri": done}))
-    with Shards(join(folder, f"resumed-{uuid.uuid4().hex}")) as left:
+    with Shards(join(folder, f"resumed-{uuid.uuid4().hex}"), _row_group_rows(plan.planned)) as left:
         for shard in shards:
             left.write(con.sql(f"SELECT * FROM read_parquet([{sql_strings([shard])}]) ANTI JOIN done USING (image_uri)")
                        .to_arrow_table().cast(LISTING_SCHEMA))
@@ -147,9 +159,7 @@ def blocks(todo: Todo, rows_per_block: int) -> pa.Table:
     blocks a run's dataset starts from, so the driver hands out places in the shards, never rows."""
     pieces = []
     for shard in todo.shards:
-        fs, path = filesystem(shard)
-        with fs.open(path, "rb") as handle:
-            metadata = pq.ParquetFile(handle).metadata
+        metadata = _footer(shard)
         for group in range(metadata.num_row_groups):
             rows = metadata.row_group(group).num_rows
             pieces += [(shard, group, start, min(rows_per_block, rows - start))
@@ -166,8 +176,18 @@ def read_blocks(pieces: pa.Table) -> pa.Table:
     for shard, group, start, rows in zip(*(pieces.column(name).to_pylist() for name in pieces.column_names)):
         fs, path = filesystem(shard)
         with fs.open(path, "rb") as handle:
-            tables.append(pq.ParquetFile(handle).read_row_group(group).slice(start, rows))
+            parquet = pq.ParquetFile(handle, metadata=_footer(shard))
+            tables.append(parquet.read_row_group(group).slice(start, rows))
     return pa.concat_tables(tables) if tables else LISTING_SCHEMA.empty_table()
+
+
+@functools.lru_cache(maxsize=32)
+def _footer(shard: str) -> pq.FileMetaData:
+    """A shard's footer, read once per process: a worker reads many pieces of the same shard, and
+    shards never change once written."""
+    fs, path = filesystem(shard)
+    with fs.open(path, "rb") as handle:
+        return pq.ParquetFile(handle).metadata
 
 
 def remove_plan(output: str, run_id: str) -> None:

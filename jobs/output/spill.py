@@ -24,12 +24,14 @@ class Partitions:
 
     def __init__(self, folder: str, name: str, count: int) -> None:
         self.folder, self.name, self.count = folder, name, count
+        self.rows = 0
         self._writers: dict[int, pq.ParquetWriter] = {}
 
     def add(self, table: pa.Table) -> None:
         """Rows with a `partition` column (`partition_sql`), which is dropped on the way."""
         if not table.num_rows:
             return
+        self.rows += table.num_rows
         table = table.sort_by("partition")
         bounds = np.searchsorted(table.column("partition").to_numpy(), np.arange(self.count + 1))
         rows = table.drop_columns(["partition"])

@@ -65,6 +65,8 @@ buffers); jemalloc about 10% (measured with bench/driver_memory.py)."""
 
 LISTERS = 16
 """Listing requests in flight at once when a prefix is walked folder by folder."""
+PAGES_AHEAD = 64
+"""Pages of a walk (1,000 keys each) listed ahead of the consumer at most."""
 CHUNK_ROWS = 65_536
 """Rows handled in Python at a time while listing: bounds the Python objects alive at once."""
 
@@ -196,24 +198,42 @@ def _walk_s3(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[pa.Table]:
     requests in flight), so against a store whose latency dominates (AWS S3) a prefix of many
     folders overlaps its requests' waits; where parsing the replies dominates (a store on loopback)
     it gains little (bench/listing.py). Each page becomes Arrow at once (`fs.find` would hold every
-    key's info dict, and a listings cache). Folders come in key order; a single flat folder is still
-    one paginator."""
+    key's info dict, and a listings cache) and is handed on as it comes, at most PAGES_AHEAD pages
+    ahead of the consumer, so the walk holds pages, never the prefix. Pages come in the order
+    they arrive; a single flat folder is still one paginator."""
     bucket, key, _ = fs.split_path(root)
     prefix = f"{key.rstrip('/')}/" if key else ""
-    yield from fsspec.asyn.sync(fs.loop, _list_tree, fs, bucket, prefix, None)
+    pages: asyncio.Queue = asyncio.Queue(PAGES_AHEAD)
+    walk = asyncio.run_coroutine_threadsafe(_list_into(pages, fs, bucket, prefix), fs.loop)
+    try:
+        while (page := asyncio.run_coroutine_threadsafe(pages.get(), fs.loop).result()) is not None:
+            yield page
+        walk.result()  # the walk's error, if it ended in one
+    finally:
+        walk.cancel()
 
 
-async def _list_tree(fs: fsspec.AbstractFileSystem, bucket: str, prefix: str,
-                     limit: asyncio.Semaphore | None) -> list[pa.Table]:
-    """One folder's pages, then its subfolders' (listed concurrently), in key order of the folders."""
-    limit = limit or asyncio.Semaphore(LISTERS)
-    pages, folders = [], []
+async def _list_into(pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket: str, prefix: str) -> None:
+    """The walk, then its end marker (after an error too: the consumer then reads the error)."""
+    try:
+        await _list_tree(pages, fs, bucket, prefix, asyncio.Semaphore(LISTERS))
+    except asyncio.CancelledError:
+        raise  # the consumer stopped: nobody waits for the end
+    except Exception:
+        await pages.put(None)
+        raise
+    await pages.put(None)
+
+
+async def _list_tree(pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket: str, prefix: str,
+                     limit: asyncio.Semaphore) -> None:
+    """One folder's pages, then its subfolders' (listed concurrently)."""
+    folders = []
     async with limit:  # held while this folder's pages come, never while its subfolders are listed
         async for page in s3_pages(fs, "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            pages.append(_page_table(bucket, page))
+            await pages.put(_page_table(bucket, page))
             folders += [folder["Prefix"] for folder in page.get("CommonPrefixes", [])]
-    below = await asyncio.gather(*(_list_tree(fs, bucket, folder, limit) for folder in folders))
-    return pages + [table for tables in below for table in tables]
+    await asyncio.gather(*(_list_tree(pages, fs, bucket, folder, limit) for folder in folders))
 
 
 def _page_table(bucket: str, page: dict) -> pa.Table:
