@@ -21,11 +21,14 @@ from jobs.output.tables import committed_files, scan, sql_strings
 from jobs.storage.files import filesystem
 from jobs.storage.listing import LISTING_SCHEMA
 
-BATCH_ROWS = 1 << 19
-"""Listing rows gathered before they are cut into partitions: each partition file gets row groups of
-about BATCH_ROWS / PARTITIONS rows."""
+BATCH_ROWS = 1 << 18
+"""Listing rows gathered before they are cut into partitions (a file of about BATCH_ROWS / PARTITIONS
+rows each)."""
 PARTITIONS = 128
-"""Partitions of a listing longer than one batch: 20 million images make partitions of about 160,000."""
+"""Partitions of a listing longer than one batch."""
+PASS_ROWS = 1 << 15
+"""Listing rows joined at once at most, about: a larger partition is selected in several passes (by
+the rest of the URI's hash), so the join holds as much at 20 million images as at 2 million."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,6 @@ def partitioned(listing: Iterable[pa.Table], scratch: str) -> Partitions:
     listed = Partitions(scratch, "listed", 1 if len(head) < 2 else PARTITIONS)
     for batch in itertools.chain(head, batches):
         listed.add_listing(batch)
-    listed.close()
     return listed
 
 
@@ -59,10 +61,11 @@ def selected(listed: Partitions, output: str, selection: Selection | None,
     for every error. An image listed without a version (a list file with no ETag, version or
     modification time column) is never done: nothing could tell that it was replaced."""
     done = _spill_done(output, selection, listed.count, scratch) if selection else None
-    con = duckdb.connect()
+    con = duckdb.connect(config={"threads": 1})
     for index in range(listed.count):
-        if listed.path(index):
-            yield _select(con, listed.path(index), done.path(index) if done else None)
+        passes = -(-listed.rows_in(index) // PASS_ROWS)
+        for part in range(passes):
+            yield _select(con, listed.files(index), done.files(index) if done else [], f"rest % {passes} = {part}")
 
 
 def _rebatched(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
@@ -92,30 +95,29 @@ def _spill_done(output: str, selection: Selection, count: int, scratch: str) -> 
     files = committed_files(output, "current")
     if not files:
         return None
-    con = duckdb.connect()
+    con = duckdb.connect(config={"threads": 1})
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
     # an error row counts as done unless the store failed (transient) or every error is retried
     status = "AND status = 'ok'" if selection.retry_errors else "AND coalesce(error_kind, '') <> 'transient'"
     reader = con.sql(f"""
-        SELECT {partition_sql(count)} AS partition, {VERSION_KEY} FROM ({scan(con, "current", files)})
+        SELECT {partition_sql(count)}, {VERSION_KEY} FROM ({scan(con, "current", files)})
         WHERE model_sha256 = $model {status}""", params={"model": selection.model_sha256}).to_arrow_reader(BATCH_ROWS)
     done = Partitions(scratch, "done", count)
     for batch in reader:
         done.add(pa.Table.from_batches([batch]))
-    done.close()
     return done
 
 
-def _select(con: duckdb.DuckDBPyConnection, listed: str, done: str | None) -> tuple[int, pa.Table]:
-    """One partition: each URI as last named, and whether its version is done. Keys are a 128-bit
+def _select(con: duckdb.DuckDBPyConnection, listed: list[str], done: list[str], rows: str) -> tuple[int, pa.Table]:
+    """One pass over a partition (its `rows`): each URI as last named, and whether its version is done. Keys are a 128-bit
     hash (md5) of the version, so a partition's join holds 16 bytes per earlier row; an accidental
     collision (which would skip one image) has odds near 1e-24 even for 10 million images against
     10 million earlier rows."""
-    earlier = f"SELECT DISTINCT hi, lo FROM read_parquet([{sql_strings([done])}])" if done else \
+    earlier = f"SELECT DISTINCT hi, lo FROM read_parquet([{sql_strings(done)}]) WHERE {rows}" if done else \
         "SELECT 0::UBIGINT AS hi, 0::UBIGINT AS lo WHERE false"
     rows = con.sql(f"""
-        WITH listed AS (SELECT *, {VERSION_KEY} FROM read_parquet([{sql_strings([listed])}])
+        WITH listed AS (SELECT *, {VERSION_KEY} FROM read_parquet([{sql_strings(listed)}]) WHERE {rows}
                         QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY position DESC) = 1)
         SELECT image_uri, source_size, source_version, source_modified,
                source_version <> '' AND earlier.hi IS NOT NULL AS done

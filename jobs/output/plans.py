@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from jobs.output.incremental import Selection, partitioned, selected
 from jobs.output.tables import sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
-from jobs.storage.listing import LISTING_SCHEMA
+from jobs.storage.listing import LISTING_SCHEMA, listing_memory
 
 FOLDER = "_plans"
 SHARD_ROWS = 1 << 20
@@ -69,7 +69,7 @@ def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection:
     """Select the run's images as the listing streams, write them as the plan's shards, then the marker
     that makes them the plan. The listing's partitions live on this machine's scratch disk until then."""
     folder = plan_folder(output, header.run_id)
-    with tempfile.TemporaryDirectory(prefix="plan-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="plan-") as scratch, listing_memory():
         listed = partitioned(listing, scratch)
         with Shards(folder, _row_group_rows(listed.rows)) as shards:
             inputs = 0

@@ -15,47 +15,45 @@ import pyarrow.parquet as pq
 
 
 def partition_sql(count: int) -> str:
-    """The partition of a row, as DuckDB computes it from the row's image_uri."""
-    return f"hash(image_uri) % {count}"
+    """The partition of a row, and the rest of its hash (which splits a large partition into passes),
+    as DuckDB computes them from the row's image_uri."""
+    return f"hash(image_uri) % {count} AS partition, hash(image_uri) // {count} AS rest"
 
 
 class Partitions:
-    """Tables written into `count` Parquet files by their `partition` column, a row group per add."""
+    """Tables written by their `partition` column into Parquet files, one file per partition per add.
+    No writer stays open between adds: 128 open Parquet writers keep about 4 MiB of buffers each."""
 
     def __init__(self, folder: str, name: str, count: int) -> None:
         self.folder, self.name, self.count = folder, name, count
         self.rows = 0
-        self._writers: dict[int, pq.ParquetWriter] = {}
+        self._files: dict[int, list[str]] = {}
+        self._rows = np.zeros(count, np.int64)
 
     def add(self, table: pa.Table) -> None:
-        """Rows with a `partition` column (`partition_sql`), which is dropped on the way."""
+        """Rows with `partition_sql`'s columns; `partition` is dropped on the way."""
         if not table.num_rows:
             return
         self.rows += table.num_rows
         table = table.sort_by("partition")
         bounds = np.searchsorted(table.column("partition").to_numpy(), np.arange(self.count + 1))
         rows = table.drop_columns(["partition"])
+        self._rows += np.diff(bounds)
         for index in np.flatnonzero(np.diff(bounds)):
-            self._writer(int(index), rows.schema).write_table(rows.slice(bounds[index], bounds[index + 1] - bounds[index]))
+            files = self._files.setdefault(int(index), [])
+            path = os.path.join(self.folder, f"{self.name}-{index:05d}-{len(files):05d}.parquet")
+            pq.write_table(rows.slice(bounds[index], bounds[index + 1] - bounds[index]), path, compression="lz4")
+            files.append(path)
 
     def add_listing(self, table: pa.Table) -> None:
         """Rows with an image_uri column: their partition is computed here."""
-        con = duckdb.connect()
+        con = duckdb.connect(config={"threads": 1})
         con.register("rows", table)
-        self.add(con.sql(f"SELECT *, {partition_sql(self.count)} AS partition FROM rows").to_arrow_table())
+        self.add(con.sql(f"SELECT *, {partition_sql(self.count)} FROM rows").to_arrow_table())
 
-    def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
+    def files(self, index: int) -> list[str]:
+        """The partition's files (none where no row fell into it)."""
+        return self._files.get(index, [])
 
-    def path(self, index: int) -> str | None:
-        """The partition's file, or None where no row fell into it."""
-        return self._path(index) if index in self._writers else None
-
-    def _writer(self, index: int, schema: pa.Schema) -> pq.ParquetWriter:
-        if index not in self._writers:
-            self._writers[index] = pq.ParquetWriter(self._path(index), schema, compression="lz4")
-        return self._writers[index]
-
-    def _path(self, index: int) -> str:
-        return os.path.join(self.folder, f"{self.name}-{index:05d}.parquet")
+    def rows_in(self, index: int) -> int:
+        return int(self._rows[index])

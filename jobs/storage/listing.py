@@ -88,7 +88,7 @@ def is_image_name(name: str) -> bool:
 def list_inputs(inputs: list[str]) -> pa.Table:
     """Every input image as one LISTING_SCHEMA row, for listings a process may hold (a training set);
     a file named more than once is one row, as last named. A run's plan streams `iter_listing`."""
-    with _memory_pool(LISTING_POOL):
+    with listing_memory():
         return _without_repeats(_concat(list(iter_listing(inputs))))
 
 
@@ -107,11 +107,11 @@ def iter_listing(inputs: list[str]) -> Iterator[pa.Table]:
 
 
 @contextlib.contextmanager
-def _memory_pool(pool: pa.MemoryPool) -> Iterator[None]:
-    """Arrow's default pool switched for the duration (Parquet and CSV readers take no pool argument);
-    buffers remember the pool they came from, so switching back is safe."""
+def listing_memory() -> Iterator[None]:
+    """Arrow's default pool switched to LISTING_POOL for the duration (Parquet and CSV readers take no
+    pool argument); buffers remember the pool they came from, so switching back is safe."""
     previous = pa.default_memory_pool()
-    pa.set_memory_pool(pool)
+    pa.set_memory_pool(LISTING_POOL)
     try:
         yield
     finally:
