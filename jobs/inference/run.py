@@ -41,7 +41,8 @@ def segment(config: SegmentConfig) -> dict:
     run_id = config.run_id or leases.new_run_id()
     with storage_errors(config.output):
         resuming = config.run_id is not None and load_plan(config.output, run_id) is not None
-    # a fresh run starts its listing first: a wrong --input fails before anything is written under the output
+    # a fresh run starts its listing first: a wrong first --input fails before anything is written under
+    # the output (a later one while planning, under the lease)
     listing, began = (None, 0.0) if resuming else _listing(config)
     with storage_errors(config.output):
         check_writable(config.output)
@@ -57,7 +58,8 @@ def segment(config: SegmentConfig) -> dict:
             if listing is None:  # the plan seen before the lease was removed by hand since
                 listing, began = _listing(config)
             # when the listing began by the store's clock: orders image versions in `current`
-            plan = _make_plan(config, model, run_id, listing, began - host_ahead)
+            with storage_errors(config.output):
+                plan = _make_plan(config, model, run_id, listing, began - host_ahead)
         _check_resumable(plan, config, model)
         kept, kept_uris = kept_parts(config.output, run_id)
         todo = remaining(config.output, plan, kept_uris)

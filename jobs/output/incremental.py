@@ -27,8 +27,9 @@ rows each)."""
 PARTITIONS = 128
 """Partitions of a listing longer than one batch."""
 PASS_ROWS = 1 << 15
-"""Listing rows joined at once at most, about: a larger partition is selected in several passes (by
-the rest of the URI's hash), so the join holds as much at 20 million images as at 2 million."""
+"""Listing rows, or earlier rows, joined at once at most, about: a larger partition is selected in
+several passes (by the rest of the URI's hash), so the join holds as much at 20 million images as at
+2 million."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def selected(listed: Partitions, output: str, selection: Selection | None,
     done = _spill_done(output, selection, listed.count, scratch) if selection else None
     con = duckdb.connect(config={"threads": 1})
     for index in range(listed.count):
-        passes = -(-listed.rows_in(index) // PASS_ROWS)
+        passes = -(-max(listed.rows_in(index), done.rows_in(index) if done else 0) // PASS_ROWS)
         for part in range(passes):
             yield _select(con, listed.files(index), done.files(index) if done else [], f"rest % {passes} = {part}")
 
@@ -110,8 +111,8 @@ def _spill_done(output: str, selection: Selection, count: int, scratch: str) -> 
 
 
 def _select(con: duckdb.DuckDBPyConnection, listed: list[str], done: list[str], rows: str) -> tuple[int, pa.Table]:
-    """One pass over a partition (its `rows`): each URI as last named, and whether its version is done. Keys are a 128-bit
-    hash (md5) of the version, so a partition's join holds 16 bytes per earlier row; an accidental
+    """One pass over a partition (its `rows`): each URI as last named, and whether its version is
+    done. Keys are a 128-bit hash (md5) of the version, so a pass's join holds 16 bytes per earlier row; an accidental
     collision (which would skip one image) has odds near 1e-24 even for 10 million images against
     10 million earlier rows."""
     earlier = f"SELECT DISTINCT hi, lo FROM read_parquet([{sql_strings(done)}]) WHERE {rows}" if done else \

@@ -103,15 +103,15 @@ class Shards:
     def __enter__(self) -> "Shards":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._close_shard()
+    def __exit__(self, kind, *rest) -> None:
+        self._close_shard(abandon=kind is not None)
 
     def write(self, rows: pa.Table) -> None:
         while rows.num_rows:
-            if self._writer is None:
+            if self._handle is None:
                 self._handle = self._fs.open(f"{self._root}/{_shard(self.count)}", "wb")
-                self._writer = pq.ParquetWriter(self._handle, LISTING_SCHEMA, compression="zstd")
                 self.count += 1
+                self._writer = pq.ParquetWriter(self._handle, LISTING_SCHEMA, compression="zstd")
             take = rows.slice(0, SHARD_ROWS - self._in_shard)
             self._writer.write_table(take, row_group_size=self.row_group_rows)
             self._in_shard += take.num_rows
@@ -120,12 +120,21 @@ class Shards:
             if self._in_shard >= SHARD_ROWS:
                 self._close_shard()
 
-    def _close_shard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._handle.close()
+    def _close_shard(self, abandon: bool = False) -> None:
+        """Finish the open shard, or after an error abandon it (an S3 upload is aborted, never finished)."""
+        handle, writer = self._handle, self._writer
         self._handle = self._writer = None
         self._in_shard = 0
+        if handle is None:
+            return
+        try:
+            if writer is not None and not abandon:
+                writer.close()
+        finally:
+            if abandon and hasattr(handle, "discard"):
+                handle.discard()  # s3fs: the multipart upload is aborted, nothing is written
+            else:
+                handle.close()
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,9 @@ class Todo:
 
     shards: list[str]
     rows: int
+    written: str
+    """When, or by which attempt, the shards were written: shards at one path written again (a plan
+    removed by hand and made anew) are other files to a worker that read their footers before."""
 
 
 def remaining(output: str, plan: Plan, done: pa.Array) -> Todo:
@@ -142,16 +154,17 @@ def remaining(output: str, plan: Plan, done: pa.Array) -> Todo:
     folder = plan_folder(output, plan.run_id)
     shards = [join(folder, _shard(i)) for i in range(plan.shards)]
     if not len(done):
-        return Todo(shards, plan.planned)
+        return Todo(shards, plan.planned, plan.listed_at)
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
     con.register("done", pa.table({"image_uri": done}))
-    with Shards(join(folder, f"resumed-{uuid.uuid4().hex}"), _row_group_rows(plan.planned)) as left:
+    attempt = uuid.uuid4().hex
+    with Shards(join(folder, f"resumed-{attempt}"), _row_group_rows(plan.planned)) as left:
         for shard in shards:
             left.write(con.sql(f"SELECT * FROM read_parquet([{sql_strings([shard])}]) ANTI JOIN done USING (image_uri)")
                        .to_arrow_table().cast(LISTING_SCHEMA))
-    return Todo([join(left.folder, _shard(i)) for i in range(left.count)], left.rows)
+    return Todo([join(left.folder, _shard(i)) for i in range(left.count)], left.rows, attempt)
 
 
 def blocks(todo: Todo, rows_per_block: int) -> pa.Table:
@@ -159,32 +172,32 @@ def blocks(todo: Todo, rows_per_block: int) -> pa.Table:
     blocks a run's dataset starts from, so the driver hands out places in the shards, never rows."""
     pieces = []
     for shard in todo.shards:
-        metadata = _footer(shard)
+        metadata = _footer(shard, todo.written)
         for group in range(metadata.num_row_groups):
             rows = metadata.row_group(group).num_rows
-            pieces += [(shard, group, start, min(rows_per_block, rows - start))
+            pieces += [(shard, todo.written, group, start, min(rows_per_block, rows - start))
                        for start in range(0, rows, rows_per_block)]
-    names = ["shard", "row_group", "start", "rows"]
+    names = ["shard", "written", "row_group", "start", "rows"]
     return pa.table(dict(zip(names, map(list, zip(*pieces))))) if pieces else \
-        pa.table({"shard": pa.array([], pa.string()), "row_group": pa.array([], pa.int64()),
+        pa.table({"shard": pa.array([], pa.string()), "written": pa.array([], pa.string()),
+                  "row_group": pa.array([], pa.int64()),
                   "start": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())})
 
 
 def read_blocks(pieces: pa.Table) -> pa.Table:
     """The listing rows of `blocks` pieces (run in the dataset's read tasks)."""
     tables = []
-    for shard, group, start, rows in zip(*(pieces.column(name).to_pylist() for name in pieces.column_names)):
+    for shard, written, group, start, rows in zip(*(pieces.column(name).to_pylist() for name in pieces.column_names)):
         fs, path = filesystem(shard)
         with fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle, metadata=_footer(shard))
+            parquet = pq.ParquetFile(handle, metadata=_footer(shard, written))
             tables.append(parquet.read_row_group(group).slice(start, rows))
     return pa.concat_tables(tables) if tables else LISTING_SCHEMA.empty_table()
 
 
 @functools.lru_cache(maxsize=32)
-def _footer(shard: str) -> pq.FileMetaData:
-    """A shard's footer, read once per process: a worker reads many pieces of the same shard, and
-    shards never change once written."""
+def _footer(shard: str, written: str) -> pq.FileMetaData:
+    """A shard's footer, read once per process and writing: a worker reads many pieces of the same shard."""
     fs, path = filesystem(shard)
     with fs.open(path, "rb") as handle:
         return pq.ParquetFile(handle).metadata

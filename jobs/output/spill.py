@@ -13,11 +13,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.common.errors import UserError
+
 
 def partition_sql(count: int) -> str:
     """The partition of a row, and the rest of its hash (which splits a large partition into passes),
     as DuckDB computes them from the row's image_uri."""
     return f"hash(image_uri) % {count} AS partition, hash(image_uri) // {count} AS rest"
+
+
+def _write(rows: pa.Table, path: str) -> None:
+    try:
+        pq.write_table(rows, path, compression="lz4")
+    except OSError as exc:
+        raise UserError(f"planning cannot write its scratch file {path} ({exc.strerror or exc}); set TMPDIR to "
+                        "a disk with room for about 100 bytes per listed image") from exc
 
 
 class Partitions:
@@ -42,7 +52,7 @@ class Partitions:
         for index in np.flatnonzero(np.diff(bounds)):
             files = self._files.setdefault(int(index), [])
             path = os.path.join(self.folder, f"{self.name}-{index:05d}-{len(files):05d}.parquet")
-            pq.write_table(rows.slice(bounds[index], bounds[index + 1] - bounds[index]), path, compression="lz4")
+            _write(rows.slice(bounds[index], bounds[index + 1] - bounds[index]), path)
             files.append(path)
 
     def add_listing(self, table: pa.Table) -> None:

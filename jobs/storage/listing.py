@@ -233,7 +233,13 @@ async def _list_tree(pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket
         async for page in s3_pages(fs, "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/"):
             await pages.put(_page_table(bucket, page))
             folders += [folder["Prefix"] for folder in page.get("CommonPrefixes", [])]
-    await asyncio.gather(*(_list_tree(pages, fs, bucket, folder, limit) for folder in folders))
+    below = [asyncio.ensure_future(_list_tree(pages, fs, bucket, folder, limit)) for folder in folders]
+    try:
+        await asyncio.gather(*below)
+    except BaseException:
+        for task in below:  # one folder failed: the others stop too (gather leaves them running)
+            task.cancel()
+        raise
 
 
 def _page_table(bucket: str, page: dict) -> pa.Table:
