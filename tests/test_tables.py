@@ -108,8 +108,9 @@ def test_a_driver_killed_halfway_resumes_keeping_its_parts_and_strays_stay_hidde
     found = re.search(r"resuming: (\d+) parts of an earlier attempt hold (\d+) of the 24 planned images", again.stdout)
     assert found and int(found[1]) >= len(kept) and int(found[2]) == 2 * int(found[1]), again.stdout[-3000:]
     resumed = int(found[2])
-    assert re.search(r"run crash: \d+/24 images \(\d+\.\d%\), [\d.]+ images/s, ETA \S+, 0 errors so far",
-                     again.stdout), again.stdout[-3000:]
+    if resumed < 24:  # writes in flight at the kill can land every part; then there is nothing to show progress on
+        assert re.search(r"run crash: \d+/24 images \(\d+\.\d%\), [\d.]+ images/s, ETA \S+, 0 errors so far",
+                         again.stdout), again.stdout[-3000:]
     rows = run_rows(output, "crash")
     assert sorted(r["image_uri"] for r in rows) == sorted(crash) and len({r["image_id"] for r in rows}) == 24
     assert sorted(r["image_uri"] for r in run_rows(output, "base")) == sorted(base)
