@@ -117,15 +117,15 @@ def _select(con: duckdb.DuckDBPyConnection, listed: list[str], done: list[str], 
     10 million earlier rows."""
     earlier = f"SELECT DISTINCT hi, lo FROM read_parquet([{sql_strings(done)}]) WHERE {rows}" if done else \
         "SELECT 0::UBIGINT AS hi, 0::UBIGINT AS lo WHERE false"
-    rows = con.sql(f"""
+    found = con.sql(f"""
         WITH listed AS (SELECT *, {VERSION_KEY} FROM read_parquet([{sql_strings(listed)}]) WHERE {rows}
                         QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY position DESC) = 1)
         SELECT image_uri, source_size, source_version, source_modified,
                source_version <> '' AND earlier.hi IS NOT NULL AS done
         FROM listed LEFT JOIN ({earlier}) AS earlier USING (hi, lo)
         ORDER BY position""").to_arrow_table()
-    todo = rows.filter(pc.invert(rows.column("done"))).drop_columns(["done"])
-    return rows.num_rows, todo.cast(LISTING_SCHEMA)
+    todo = found.filter(pc.invert(found.column("done"))).drop_columns(["done"])
+    return found.num_rows, todo.cast(LISTING_SCHEMA)
 
 
 VERSION = "image_uri || chr(0) || source_size::VARCHAR || chr(0) || source_version"

@@ -32,6 +32,9 @@ MAX_BLOCKS = 4096
 """Blocks a run's dataset starts from at most (more rows make larger blocks)."""
 ROW_GROUP_ROWS = (64, 8192)
 """Bounds of a shard's row group size."""
+PIECE = pa.schema([("shard", pa.string()), ("written", pa.string()), ("row_group", pa.int64()),
+                   ("start", pa.int64()), ("rows", pa.int64())])
+"""A place in a todo's shards that a read task reads (`blocks`)."""
 
 
 @dataclass(frozen=True)
@@ -177,11 +180,7 @@ def blocks(todo: Todo, rows_per_block: int) -> pa.Table:
             rows = metadata.row_group(group).num_rows
             pieces += [(shard, todo.written, group, start, min(rows_per_block, rows - start))
                        for start in range(0, rows, rows_per_block)]
-    names = ["shard", "written", "row_group", "start", "rows"]
-    return pa.table(dict(zip(names, map(list, zip(*pieces))))) if pieces else \
-        pa.table({"shard": pa.array([], pa.string()), "written": pa.array([], pa.string()),
-                  "row_group": pa.array([], pa.int64()),
-                  "start": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())})
+    return pa.Table.from_pylist([dict(zip(PIECE.names, piece)) for piece in pieces], schema=PIECE)
 
 
 def read_blocks(pieces: pa.Table) -> pa.Table:

@@ -36,7 +36,6 @@ class Partitions:
 
     def __init__(self, folder: str, name: str, count: int) -> None:
         self.folder, self.name, self.count = folder, name, count
-        self.rows = 0
         self._files: dict[int, list[str]] = {}
         self._rows = np.zeros(count, np.int64)
 
@@ -44,7 +43,6 @@ class Partitions:
         """Rows with `partition_sql`'s columns; `partition` is dropped on the way."""
         if not table.num_rows:
             return
-        self.rows += table.num_rows
         table = table.sort_by("partition")
         bounds = np.searchsorted(table.column("partition").to_numpy(), np.arange(self.count + 1))
         rows = table.drop_columns(["partition"])
@@ -64,6 +62,10 @@ class Partitions:
     def files(self, index: int) -> list[str]:
         """The partition's files (none where no row fell into it)."""
         return self._files.get(index, [])
+
+    @property
+    def rows(self) -> int:
+        return int(self._rows.sum())
 
     def rows_in(self, index: int) -> int:
         return int(self._rows[index])
