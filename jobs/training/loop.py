@@ -21,7 +21,6 @@ import numpy as np
 
 from jobs.common.private_apis import quiet_ray_train_reports
 from jobs.training import data as training_data
-from unet_core.training import LossConfig, ModelConfig, OptimizerConfig
 
 if TYPE_CHECKING:
     from jobs.training.config import Plan, TrainConfig
@@ -44,7 +43,7 @@ def train_worker(loop_config: dict) -> None:
     import unet_core.quiet_tensorflow  # noqa: F401  (before keras loads TensorFlow: see its docstring)
     from unet_core.precision import resolve_precision
     from unet_core.predict import configure_tensorflow
-    from unet_core.training import DistributedTrainer
+    from unet_core.training import DistributedTrainer, LossConfig, ModelConfig, OptimizerConfig
 
     config: TrainConfig = loop_config["config"]
     plan: Plan = loop_config["plan"]
