@@ -12,7 +12,6 @@ is stretched past its start, so none of its files are touched.
 from __future__ import annotations
 
 import argparse
-import os
 
 from jobs.cli.flags import add_storage_flags
 from jobs.cli.main import run_main
@@ -58,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def entry() -> None:
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()
