@@ -62,9 +62,10 @@ def print_summary(record: dict) -> None:
     total = sum(record["class_pixels"]) or 1
     shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in zip(record["class_names"], record["class_pixels"]))
     resumed = f" ({record['resumed']} kept from an earlier attempt)" if record["resumed"] else ""
+    rate = f" ({record['images_per_second']} images/s)" if record["images_per_second"] else ""
     print(f"run {record['run_id']}: {record['inputs']} images, {record['skipped']} skipped, "
           f"{record['processed']} processed{resumed}: {record['ok']} ok, {record['errors']} errors "
-          f"in {record['wall_seconds']:.1f} s ({record['images_per_second']} images/s)")
+          f"in {record['wall_seconds']:.1f} s{rate}")
     print(f"class shares: {shares}")
     print(f"committed to the Delta tables under {record['output']}")
 
