@@ -13,3 +13,15 @@ def test_import_contracts_are_kept():
     done = subprocess.run([lint_imports, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout and "2 kept" in done.stdout
+
+
+def test_drivers_and_readers_load_no_tensorflow():
+    """Only model replicas and training workers pay TensorFlow's import (seconds per process): the
+    commands' drivers plan from the artifact's metadata, and Ray Train's data readers unpickle their
+    functions from the training workers' module."""
+    modules = ["jobs.segment", "jobs.evaluate", "jobs.query", "jobs.report", "jobs.export_masks", "jobs.maintain",
+               "jobs.training.loop"]
+    probe = f"import sys; import {', '.join(modules)}; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False"]
