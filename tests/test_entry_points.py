@@ -1,7 +1,11 @@
-"""The installed commands: every `[project.scripts]` entry names a function its module defines."""
+"""The installed commands: every `[project.scripts]` entry names a function its module defines, and
+the segment command's flags are all in its reference page."""
 import importlib
 import pathlib
+import re
 import tomllib
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -13,3 +17,15 @@ def test_every_entry_point_names_a_function_of_its_command():
     for name, target in scripts.items():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function, None)), f"{name} -> {target}"
+
+
+def test_every_segment_flag_is_in_the_reference(capsys):
+    """docs/segment.md's flag table is written by hand beside argparse's help; a flag added to one
+    and not the other is caught here."""
+    from jobs.segment import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out)) - {"--help"}
+    documented = set(re.findall(r"^\| `(--[a-z][a-z-]+)", (ROOT / "docs" / "segment.md").read_text(), re.M))
+    assert flags - documented == set()
