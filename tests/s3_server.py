@@ -32,6 +32,7 @@ PUBLIC_BUCKET = "public"
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str
+    master: str  # SeaweedFS' master, whose /dir/status tells how many volumes (one per bucket) it can still make
 
     def env(self, key: str = ADMIN[0], secret: str = ADMIN[1]) -> dict[str, str]:
         """Environment for a process that talks to this server through the AWS credential chain."""
@@ -89,6 +90,10 @@ def _command(workdir: Path, ports: list[int]) -> list[str]:
         "-admin.ui=false", "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
         f"-s3.localSocket={workdir / 's3.sock'}", f"-filer.localSocket={workdir / 'filer.sock'}",
         f"-s3.config={workdir / 's3.json'}",
+        # Every bucket is a collection with volumes of its own. Left to itself, `mini` sizes its volume count
+        # from the free disk, so a small disk runs out of volumes after a few dozen buckets; volumes are
+        # sparse files, so a fixed count of small ones costs no disk.
+        "-volume.max=10000", "-master.volumeSizeLimitMB=64",
     ]
 
 
@@ -116,7 +121,7 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
     log = workdir / "weed.out"
     with open(log, "w") as out:
         process = subprocess.Popen(_command(workdir, ports), stdout=out, stderr=subprocess.STDOUT)
-    server = S3Server(endpoint=f"http://127.0.0.1:{ports[6]}")
+    server = S3Server(endpoint=f"http://127.0.0.1:{ports[6]}", master=f"http://127.0.0.1:{ports[0]}")
     try:
         _wait_ready(server, process, log)
         server.filesystem().mkdir(PUBLIC_BUCKET)
