@@ -77,6 +77,27 @@ def test_roll_forward_takes_the_facts_of_the_commit_after_images_was_compacted(c
     assert "completed" in done.stdout and counts(output) == COUNTS
 
 
+def test_vacuum_keeps_the_class_stats_parts_of_a_run_committed_to_images_only(cut_root, tmp_path):
+    """Issue 27.1: maintenance rolls pending runs forward first, then compacts (longer than a lease's
+    expiry on a large root), then vacuums. A run whose driver died after its `images` commit in that
+    window, with parts older than the retention, lost its class_stats parts to vacuum (no class_stats
+    version named them yet); the roll-forward then committed missing files and every reader of
+    class_stats failed. Here the vacuum step meets that state: the run's lease long expired, its
+    files three hours old."""
+    from jobs.output import tables
+    from jobs.output.maintenance import Retention, vacuum
+    from test_tables import backdate
+
+    output = copy_of(cut_root, tmp_path)
+    backdate(output, hours=3)
+    lease = os.path.join(output, "_leases", "cut.json")
+    past = time.time() - 3 * 3600
+    os.utime(lease, (past, past))
+    assert vacuum(output, "class_stats", Retention(keep_hours=1, host_ahead_seconds=0.0)) == 0
+    assert tables.complete_pending(output) == ["cut"]
+    assert counts(output) == COUNTS
+
+
 def test_concurrent_completions_of_one_run_all_succeed_and_commit_it_once(cut_root, tmp_path):
     """Issue case 4: whoever loses a completion race finds the run completed, not an error."""
     from jobs.output import tables

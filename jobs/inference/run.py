@@ -76,13 +76,12 @@ def segment(config: SegmentConfig) -> dict:
         if record["processed"] != plan.planned:
             raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; "
                                "not committing")
-        lease.check()
         # the fencing token, and when the listing began by the store's clock (orders versions in `current`)
         record.update(lease_generation=lease.generation, listed_at=plan.listed_at)
         if parts:
-            record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts])
+            record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts], lease.check)
         else:
-            tables.append_empty_run(config.output, record)
+            tables.append_empty_run(config.output, record, lease.check)
         remove_plan(config.output, run_id)
     return {**record, "output": config.output}
 

@@ -44,7 +44,7 @@ LOCK_WAIT_SECONDS = 5.0
 """How long a compare-and-swap on disk waits for a lease's lock: a holder that does not let go by then
 is stalled (stopped, frozen, on a hung mount), and the write is given up as `LeaseBusy`, never waited
 on for ever."""
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class LeaseBusy(TimeoutError):
@@ -57,7 +57,7 @@ def new_run_id() -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id) or run_id.isdigit():
+    if not RUN_ID_PATTERN.fullmatch(run_id) or run_id.isdigit():
         raise UserError(f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (not only digits), at most 128",
                         "run_id")
     return run_id
@@ -389,11 +389,17 @@ class _S3Store:
             return []
 
     def delete_if(self, path: str, expected: str | None) -> bool:
-        found = self.read(path)
-        if found is None or (expected is not None and found[1] != expected):
-            return False
+        """A conditional delete (If-Match): a takeover that lands while the request is in flight keeps
+        its lease, where reading the ETag first and then deleting would remove it."""
         bucket, key, _ = self.fs.split_path(path)
-        s3_call(self.fs, "delete_object", Bucket=bucket, Key=key)
+        try:
+            s3_call(self.fs, "delete_object", Bucket=bucket, Key=key, **({"IfMatch": expected} if expected else {}))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise
         return True
 
     def _put(self, path: str, body: bytes, **condition: str) -> str | None:

@@ -40,8 +40,7 @@ def maintain(config: MaintainConfig) -> dict:
         report["compacted"] = {name: compact(config.output, name) for name in tables.TABLES}
         report["retention"] = retention_for(config.output, config.retention_hours)
         report["retention_hours"] = report["retention"].keep_hours
-        report["vacuumed"] = {name: vacuum(config.output, name, report["retention"].vacuum_hours)
-                              for name in tables.TABLES}
+        report["vacuumed"] = {name: vacuum(config.output, name, report["retention"]) for name in tables.TABLES}
         report["expired_leases"] = leases.remove_dead(config.output)
         report["removed_plans"] = remove_committed_plans(config.output)
     return report
@@ -102,11 +101,38 @@ def retention_for(output: str, hours: int) -> Retention:
     return Retention(keep, time.time() - store_now, live[0].record.run_id if live else None, oldest)
 
 
-def vacuum(output: str, table: str, retention_hours: int) -> int:
-    """Delete the table's unreferenced files older than the retention; returns how many."""
+def vacuum(output: str, table: str, retention: Retention) -> int:
+    """Delete the table's unreferenced files older than the retention, except those of a run that may
+    still be committed to it; returns how many were deleted.
+
+    Delta's own vacuum judges a file by its age alone. A run partition's file that no version lists
+    yet may still be committed: its run is in `images` but not yet in this table (a driver died
+    between the two commits and the next roll-forward commits its recorded parts), or its attempt's
+    lease was renewed within the retention (an attempt that stalled past its lease's expiry can
+    still wake up and commit, and a takeover resumes its parts). Those files are kept whatever their
+    age; delta-rs lists the candidates and the rest are deleted here."""
     delta = tables.open_table(output, table)
-    deleted = delta.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
-                           full=True)
+    candidates = delta.vacuum(retention_hours=retention.vacuum_hours, dry_run=True,
+                              enforce_retention_duration=False, full=True)
+    kept = pending_runs(output, table, retention.keep_hours) if table in tables.PARTITIONED else set()
+    doomed = [path for path in candidates if _run_of(path) not in kept]
+    if doomed:
+        fs, root = filesystem(tables.table_uri(output, table))
+        fs.rm([f"{root}/{path}" for path in doomed])
     delta.create_checkpoint()
     delta.cleanup_metadata()
-    return len(deleted)
+    return len(doomed)
+
+
+def pending_runs(output: str, table: str, keep_hours: float) -> set[str]:
+    """Run ids whose files in `table` no version lists yet but a commit may still list."""
+    committed = tables.open_table(output, table)
+    rollable = set(tables.committed_run_ids(output)) if table != "images" else set()
+    recent = {lease.record.run_id for lease in leases.all_leases(output) if lease.age <= keep_hours * 3600}
+    return {run_id for run_id in rollable | recent if committed.transaction_version(run_id) is None}
+
+
+def _run_of(path: str) -> str | None:
+    """The run id of a partition file's relative path (`run_id=<id>/...`)."""
+    head = path.split("/", 1)[0]
+    return head[len("run_id="):] if head.startswith("run_id=") else None

@@ -9,6 +9,7 @@ reads its counts.
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import tempfile
@@ -20,6 +21,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.common.errors import UserError
 from jobs.output.incremental import Selection, partitioned, selected
 from jobs.output.tables import sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
@@ -63,9 +65,44 @@ def load_plan(output: str, run_id: str) -> Plan | None:
     """The run id's whole plan, or None where no attempt finished writing one."""
     fs, path = filesystem(join(plan_folder(output, run_id), "plan.json"))
     try:
-        return Plan(**json.loads(fs.cat_file(path)))
+        text = fs.cat_file(path)
     except FileNotFoundError:
         return None
+    return _checked_plan(run_id, text, path)
+
+
+PLAN_TYPES = {"run_id": str, "inputs": int, "skipped": int, "planned": int, "listed_at": str, "model_sha256": str,
+              "sources": list, "shards": int}
+"""What each field of plan.json must be: read back from the store, it reaches SQL and the commit."""
+
+
+def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
+    """The plan, or one line saying which field is not what this job writes (a plan written by hand, or by
+    someone who can write under the root and would have the driver run SQL of their choosing)."""
+    def refuse(field: str) -> UserError:
+        return UserError(f"run {run_id}: its plan {path} is not one this job wrote (field {field}); remove its "
+                         "folder to plan the run anew")
+
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        raise refuse("(not JSON)") from None
+    if not isinstance(fields, dict) or set(fields) != set(PLAN_TYPES):
+        raise refuse("(the set of fields)")
+    for name, kind in PLAN_TYPES.items():
+        value = fields[name]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise refuse(name)
+    if fields["run_id"] != run_id:
+        raise refuse("run_id")
+    if not all(isinstance(source, str) for source in fields["sources"]):
+        raise refuse("sources")
+    try:
+        if dt.datetime.fromisoformat(fields["listed_at"]).tzinfo is None:
+            raise ValueError
+    except ValueError:
+        raise refuse("listed_at") from None
+    return Plan(**fields)
 
 
 def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection: Selection | None) -> Plan:

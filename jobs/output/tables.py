@@ -20,8 +20,10 @@ import datetime as dt
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import duckdb
 import numpy as np
@@ -190,21 +192,28 @@ def require_tables(output: str) -> None:
         raise UserError(f"{output}: no results here yet (no images table)")
 
 
-def commit_run(output: str, record: dict, parts: list[Part]) -> int:
+def commit_run(output: str, record: dict, parts: list[Part], fence: Callable[[], None] = lambda: None) -> int:
     """Commit a run: its `images` transaction, then the tables that follow from it. Returns the
-    `images` version that committed it (the run's place in commit order)."""
+    `images` version that committed it (the run's place in commit order).
+
+    The run id is checked and committed on one snapshot, with `fence` (the attempt's lease check)
+    between the two: delta-rs refuses a repeated app id only when a conflict makes it retry, so an
+    attempt that stalls after its fence and commits after a successor conflicts with that commit
+    and is refused, where a snapshot loaded later would have let it commit the run twice."""
     from deltalake import CommitProperties, Transaction
     from deltalake.exceptions import CommitFailedError
 
     run_id = record["run_id"]
-    check_not_committed(output, run_id)
     check_parts_exist(output, run_id, parts)
     table = open_table(output, "images")
+    if table.transaction_version(run_id) is not None or _committed_empty(output, run_id):
+        raise _already_committed(output, run_id)
     class_stats = [(p.name, p.class_stats_bytes, p.class_rows) for p in parts]
     facts = {**record, CLASS_STATS_PARTS: class_stats}
     properties = CommitProperties(custom_metadata={RUN_KEY: json.dumps(facts, default=str)},
                                   app_transactions=[Transaction(run_id, 1)], max_commit_retries=COMMIT_ATTEMPTS)
     actions = [_add_action(run_id, p.name, p.images_bytes, p.rows) for p in parts]
+    fence()
     try:
         table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=["run_id"],
                                        commit_properties=properties)
@@ -221,26 +230,39 @@ def check_parts_exist(output: str, run_id: str, parts: list[Part]) -> None:
     """Never commit a part that is gone (a vacuum that judged the run dead, a hand): readers would
     fail on every query from then on. One listing per table, not a request per part."""
     for table in PARTITIONED:
-        fs, folder = filesystem(join(output, table, f"run_id={run_id}"))
-        try:
-            present = {path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False, refresh=True)}
-        except FileNotFoundError:
-            present = set()
+        present = _present(output, table, run_id)
         missing = [part.name for part in parts if part.name not in present]
         if missing:
             raise UserError(f"run {run_id}: {len(missing)} of its {len(parts)} {table} parts are gone from storage "
                             f"(e.g. {missing[0]}); not committing, nothing is visible: run the same run id again")
 
 
+def _present(output: str, table: str, run_id: str) -> set[str]:
+    """The names of the files in the run's partition folder of `table`, as storage lists them now."""
+    fs, folder = filesystem(join(output, table, f"run_id={run_id}"))
+    try:
+        return {path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False, refresh=True)}
+    except FileNotFoundError:
+        return set()
+
+
 def check_not_committed(output: str, run_id: str) -> None:
     """A run id commits once, empty runs included: those commit only their `runs` row, under the same
     app transaction."""
     if is_committed(output, run_id):
-        raise UserError(f"run {run_id} is already committed in {output}; pick another run id", "run_id")
+        raise _already_committed(output, run_id)
+
+
+def _already_committed(output: str, run_id: str) -> UserError:
+    return UserError(f"run {run_id} is already committed in {output}; pick another run id", "run_id")
 
 
 def is_committed(output: str, run_id: str) -> bool:
-    return any(open_table(output, table).transaction_version(run_id) is not None for table in ("images", "runs"))
+    return open_table(output, "images").transaction_version(run_id) is not None or _committed_empty(output, run_id)
+
+
+def _committed_empty(output: str, run_id: str) -> bool:
+    return open_table(output, "runs").transaction_version(run_id) is not None
 
 
 def complete_pending(output: str) -> list[str]:
@@ -288,7 +310,13 @@ def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, in
     table = open_table(output, "class_stats")
     if table.transaction_version(run_id) is not None:
         return
-    actions = [_add_action(run_id, name, size, rows) for name, size, rows in files]
+    present = _present(output, "class_stats", run_id)
+    gone = [name for name, _, _ in files if name not in present]
+    if gone:  # a commit listing a missing file would fail every reader of the table from then on
+        print(f"run {run_id}: {len(gone)} of the {len(files)} class_stats parts its images commit names are gone "
+              f"from storage (e.g. {gone[0]}); committing the rest, those images have no class_stats rows",
+              file=sys.stderr, flush=True)
+    actions = [_add_action(run_id, name, size, rows) for name, size, rows in files if name in present]
     table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=["run_id"],
                                    commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)],
                                                                       max_commit_retries=0))
@@ -339,7 +367,7 @@ def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, cu
         con.register_filesystem(filesystem(output)[0])
     run_files = [f for f in committed_files(output, "images") if f"/run_id={run_id}/" in f]
     columns = ", ".join(f'"{n}"' for n in SCHEMAS["current"].names if n not in RUN_COLUMNS)
-    listed = f"TIMESTAMPTZ '{listed_at}'" if listed_at else "NULL::TIMESTAMPTZ"
+    listed = f"TIMESTAMPTZ '{_checked_time(run_id, listed_at).isoformat()}'" if listed_at else "NULL::TIMESTAMPTZ"
     con.execute(f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
                 f"{listed} AS listed_at FROM ({scan(con, 'images', run_files)})")
     rows, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM run_rows").fetchall()[0]
@@ -351,6 +379,19 @@ def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, cu
     con.execute(f"CREATE TEMP TABLE updated AS SELECT DISTINCT image_uri FROM run_rows SEMI JOIN ({known}) USING "
                 "(image_uri)", {"low": low, "high": high} if current_files else {})
     return con, rows
+
+
+def _checked_time(run_id: str, value: str) -> dt.datetime:
+    """A time stamp read from the store (a plan, a commit's metadata), parsed before it goes near SQL:
+    whoever can write under the root must not be able to make the driver run SQL of their choosing."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise UserError(f"run {run_id}: its record's listed_at {str(value)[:80]!r} is not a time stamp with a time "
+                        "zone; the store was written by something other than this job")
+    return parsed
 
 
 def _typed(relation: duckdb.DuckDBPyRelation) -> pa.RecordBatchReader:
@@ -365,13 +406,14 @@ def sql_strings(files: list[str]) -> str:
     return ", ".join("'" + uri.replace("'", "''") + "'" for uri in files)
 
 
-def _append_run(output: str, record: dict, version: int | None) -> None:
+def _append_run(output: str, record: dict, version: int | None, fence: Callable[[], None] = lambda: None) -> None:
     from deltalake import CommitProperties, Transaction, write_deltalake
 
     table = open_table(output, "runs")
     run_id = record["run_id"]
     if table.transaction_version(run_id) is not None:
         return
+    fence()
     row = {**{name: record.get(name) for name in SCHEMAS["runs"].names}, "commit_version": version}
     for key in ("started_at", "committed_at"):
         row[key] = dt.datetime.fromisoformat(row[key]) if isinstance(row[key], str) else row[key]
@@ -380,10 +422,11 @@ def _append_run(output: str, record: dict, version: int | None) -> None:
                                                        max_commit_retries=0))
 
 
-def append_empty_run(output: str, record: dict) -> None:
-    """A run that had nothing to process (an incremental night with no new images) is only a `runs` row."""
+def append_empty_run(output: str, record: dict, fence: Callable[[], None] = lambda: None) -> None:
+    """A run that had nothing to process (an incremental night with no new images) is only a `runs` row,
+    checked and committed on one snapshot of `runs` as `commit_run` does with `images`."""
     check_not_committed(output, record["run_id"])
-    retry_conflicts(lambda: _append_run(output, record, None))
+    retry_conflicts(lambda: _append_run(output, record, None, fence))
 
 
 def retry_conflicts(attempt) -> None:
@@ -418,6 +461,11 @@ def _add_action(run_id: str, name: str, size: int, rows: int):
 def add_actions(table) -> pa.Table:
     """The table's live files (path, size, partition values, ...) as an Arrow table."""
     return pa.table(table.get_add_actions(flatten=True))
+
+
+def committed_run_ids(output: str) -> list[str]:
+    """Run ids with rows in `images`: every run whose commit went through, empty runs aside."""
+    return _partition_run_ids(open_table(output, "images"))
 
 
 def _partition_run_ids(table) -> list[str]:
