@@ -130,8 +130,8 @@ def measure(list_file: str, output: str, incremental: bool) -> dict:
     from jobs.storage.listing import iter_listing
 
     run_id = f"bench-{os.getpid()}"
-    header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at="", model_sha256=MODEL_SHA256,
-                  sources=[list_file], shards=0)
+    header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00",
+                  model_sha256=MODEL_SHA256, sources=[list_file], shards=0)
     baseline = current_rss()
     started = time.perf_counter()
     plan = make_plan(output, header, iter_listing([list_file]), Selection(MODEL_SHA256, False) if incremental else None)

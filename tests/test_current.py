@@ -73,3 +73,16 @@ def test_runs_completing_at_once_with_the_same_new_images_leave_one_row_per_imag
     assert delta_sql(root, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM current").to_pylist() == [
         {"n": 120, "d": 120}]
     assert delta_sql(root, "SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 2}]
+
+
+def test_an_update_merge_reads_only_the_current_files_in_the_updated_key_range(root):
+    """Issue 27.6: delta-rs streams the merge's source, which turns off its pruning by the source's keys,
+    so a run updating 5 images read every file of `current` (12 of 12)."""
+    for night in range(12):
+        commit(root, f"night-{night:02d}", night * 100, 100)
+    commit(root, "updates", 300, 5, version="2")  # five images of night-03's range change
+    merge = next(e for e in delta_table(root, "current").history() if e["operation"] == "MERGE")
+    metrics = merge["operationMetrics"]
+    assert (metrics["num_target_files_scanned"], metrics["num_target_files_skipped_during_scan"]) == (1, 11), metrics
+    changed = delta_sql(root, "SELECT count(*) AS n FROM current WHERE source_version = '2'").column("n")[0].as_py()
+    assert changed == 5

@@ -201,3 +201,28 @@ def test_vacuum_keeps_the_parts_of_a_stalled_writer_whose_lease_expired_and_take
     tables.commit_run(root, run_record("frozen", 20), parts["frozen"])  # it wakes up and commits: readable
     assert rows_of(root, "frozen") == (20, 20)
     assert delta_sql(root, "SELECT count(*) AS n FROM class_stats WHERE run_id = 'frozen'").column("n")[0].as_py() > 0
+
+
+def test_a_resume_with_other_result_flags_is_refused_naming_them(tmp_path, tiny_artifact):
+    """Issue 27.11: a resume checked only the model and the inputs, so another --tta or --precision on
+    the same run id mixed parts of two settings in one run. The plan is the first attempt's, made as
+    the job makes it; the second attempt is the command, refused before Ray starts."""
+    from jobs.inference.config import SegmentConfig
+    from jobs.inference.model import model_info
+    from jobs.inference.pipeline import with_model_mode
+    from jobs.inference.run import _make_plan
+    from jobs.storage.listing import iter_listing
+    from test_segment_job import run_job
+    from test_tables import make_images
+
+    output, folder = str(tmp_path / "out"), str(tmp_path / "in")
+    make_images(tmp_path / "in", 3)
+    model = model_info(tiny_artifact, False)
+    first = with_model_mode(SegmentConfig(inputs=[folder], output=output, model=tiny_artifact, run_id="mixed"), model)
+    _make_plan(first, model, "mixed", iter_listing(first.inputs), time.time())
+    again = run_job("segment.py", "--input", folder, "--output", output, "--model", tiny_artifact, "--run-id", "mixed",
+                    "--tta", "flip", "--precision", "float32", env=dict(os.environ))
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert again.stderr.strip().splitlines() == [
+        "error: run mixed was started with --tta none --precision auto; this attempt asks for --tta flip "
+        "--precision float32: resume it with the same flags or pick another run id (--run-id)"], again.stderr

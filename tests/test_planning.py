@@ -102,7 +102,7 @@ def test_the_plan_is_written_in_shards_and_read_back_in_pieces(tmp_path, small_p
     monkeypatch.setattr(plans, "SHARD_ROWS", 16)
     monkeypatch.setattr(plans, "ROW_GROUP_ROWS", (6, 6))
     output = str(tmp_path / "out")
-    header = Plan("night", inputs=0, skipped=0, planned=0, listed_at="", model_sha256=MODEL, sources=["list"],
+    header = Plan("night", inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00", model_sha256=MODEL, sources=["list"],
                   shards=0)
     plan = make_plan(output, header, iter(listing_chunks(40, 8)), None)
     assert (plan.inputs, plan.planned, plan.shards) == (40, 40, 3) and load_plan(output, "night") == plan

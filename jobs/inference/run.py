@@ -100,7 +100,7 @@ def _make_plan(config: SegmentConfig, model: ModelInfo, run_id: str, listing: It
                listed_at: float) -> Plan:
     selection = Selection(model.sha256, config.retry_errors) if config.incremental else None
     header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at=_iso(listed_at), model_sha256=model.sha256,
-                  sources=list(config.inputs), shards=0)
+                  sources=list(config.inputs), shards=0, settings=result_settings(config))
     return make_plan(config.output, header, listing, selection)
 
 
@@ -109,9 +109,23 @@ def _check_resumable(plan: Plan, config: SegmentConfig, model: ModelInfo) -> Non
     if plan.model_sha256 != model.sha256:
         raise UserError(f"run {plan.run_id} was started with another model (sha256 {plan.model_sha256[:12]}, this "
                         f"one is {model.sha256[:12]}); resume it with that model or pick another run id", "model")
+    asked = result_settings(config)
+    differ = [flag for flag, value in plan.settings.items() if asked.get(flag) != value]
+    if differ:
+        planned = " ".join(f"{flag} {plan.settings[flag]}" for flag in differ)
+        raise UserError(f"run {plan.run_id} was started with {planned}; this attempt asks for "
+                        f"{' '.join(f'{flag} {asked.get(flag)}' for flag in differ)}: resume it with the same flags "
+                        "or pick another run id", "run_id")
     if plan.sources != list(config.inputs):
         print(f"run {plan.run_id}: resuming the plan of its first attempt ({plan.planned:,} images from "
               f"{' '.join(plan.sources)}); --input {' '.join(config.inputs)} is not listed again")
+
+
+def result_settings(config: SegmentConfig) -> dict[str, str | float | int | None]:
+    """The flags that shape each image's result (not how fast it is made): one run, one setting of each."""
+    inference = inference_of(config)
+    return {"--mode": config.mode, "--tile-overlap": inference.tile_overlap, "--tta": config.tta,
+            "--precision": config.precision, "--max-pixels": config.max_pixels, "--max-bytes": config.max_bytes}
 
 
 def run_record(config: SegmentConfig, model: ModelInfo, plan: Plan, parts: list[dict], resumed: int,

@@ -14,7 +14,7 @@ import functools
 import json
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
 import duckdb
@@ -55,6 +55,9 @@ class Plan:
     sources: list[str]
     """The --input arguments it listed."""
     shards: int
+    settings: dict = field(default_factory=dict)
+    """The flags that shape each image's result, as the first attempt was given them (flag -> value):
+    a resume that asks for others would mix two settings in one run. Empty in plans written before."""
 
 
 def plan_folder(output: str, run_id: str) -> str:
@@ -72,7 +75,7 @@ def load_plan(output: str, run_id: str) -> Plan | None:
 
 
 PLAN_TYPES = {"run_id": str, "inputs": int, "skipped": int, "planned": int, "listed_at": str, "model_sha256": str,
-              "sources": list, "shards": int}
+              "sources": list, "shards": int, "settings": dict}
 """What each field of plan.json must be: read back from the store, it reaches SQL and the commit."""
 
 
@@ -87,8 +90,9 @@ def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
         fields = json.loads(text)
     except ValueError:
         raise refuse("(not JSON)") from None
-    if not isinstance(fields, dict) or set(fields) != set(PLAN_TYPES):
+    if not isinstance(fields, dict) or not set(PLAN_TYPES) - {"settings"} <= set(fields) <= set(PLAN_TYPES):
         raise refuse("(the set of fields)")
+    fields.setdefault("settings", {})
     for name, kind in PLAN_TYPES.items():
         value = fields[name]
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
@@ -97,6 +101,8 @@ def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
         raise refuse("run_id")
     if not all(isinstance(source, str) for source in fields["sources"]):
         raise refuse("sources")
+    if not all(isinstance(value, (str, int, float, type(None))) for value in fields["settings"].values()):
+        raise refuse("settings")
     try:
         if dt.datetime.fromisoformat(fields["listed_at"]).tzinfo is None:
             raise ValueError

@@ -347,8 +347,9 @@ def _current_attempt(output: str, run_id: str, version: int, listed_at: str | No
     updated_rows = con.execute("SELECT count(*) FROM updated").fetchall()[0][0]
     new_rows = run_rows - updated_rows  # a run lists each URI once; were one named twice, this only over-counts
     if updated_rows:
+        bounds = con.execute("SELECT min(image_uri), max(image_uri) FROM updated").fetchall()[0]
         updates = _typed(con.sql("SELECT * FROM run_rows SEMI JOIN updated USING (image_uri)"))
-        (table.merge(updates, "t.image_uri = s.image_uri", source_alias="s", target_alias="t",
+        (table.merge(updates, _merge_predicate(*bounds), source_alias="s", target_alias="t",
                      commit_properties=CommitProperties(app_transactions=None if new_rows else done,
                                                         max_commit_retries=0))
          .when_matched_update_all(predicate=NEWER).execute())
@@ -356,6 +357,13 @@ def _current_attempt(output: str, run_id: str, version: int, listed_at: str | No
         inserts = _typed(con.sql("SELECT * FROM run_rows ANTI JOIN updated USING (image_uri)"))
         write_deltalake(table, inserts, mode="append",
                         commit_properties=CommitProperties(app_transactions=done, max_commit_retries=0))
+
+
+def _merge_predicate(low: str, high: str) -> str:
+    """The merge's match, bounded by the updated images' key range: delta-rs streams the source, which
+    turns off its own pruning by the source's keys, so without the bounds every file of `current` is
+    read; with them a file whose image_uri statistics lie outside the range is skipped unread."""
+    return f"t.image_uri = s.image_uri AND t.image_uri >= {sql_strings([low])} AND t.image_uri <= {sql_strings([high])}"
 
 
 def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, current_files: list[str]):
