@@ -87,7 +87,7 @@ def write_list_file(path: Path, rows: int) -> None:
                                row_group_size=ROW_GROUP_ROWS)
 
 
-def earlier_batches(rows: int):
+def earlier_batches(rows: int, model_sha256: str = MODEL_SHA256):
     """`current` rows of images 0..rows-1 from one model; every 100th for an earlier version (ETag)."""
     from jobs.output.tables import SCHEMAS
 
@@ -101,7 +101,7 @@ def earlier_batches(rows: int):
             "source_modified": info["last_modified"], "width": pa.repeat(pa.scalar(640, pa.int32()), count),
             "height": pa.repeat(pa.scalar(480, pa.int32()), count), "status": pa.repeat(pa.scalar("ok"), count),
             "model_name": pa.repeat(pa.scalar("seed"), count),
-            "model_sha256": pa.repeat(pa.scalar(MODEL_SHA256), count),
+            "model_sha256": pa.repeat(pa.scalar(model_sha256), count),
             "processed_at": info["last_modified"], "run_id": pa.repeat(pa.scalar("night-1"), count),
             "commit_version": pa.repeat(pa.scalar(1, pa.int64()), count),
         }

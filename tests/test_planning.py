@@ -81,7 +81,14 @@ def test_a_long_listing_is_partitioned_and_plans_what_one_partition_plans(tmp_pa
         {tuple(row.values()) for row in whole}
 
 
-def test_the_partitioned_selection_skips_exactly_the_done_versions(tmp_path, small_partitions):
+@pytest.mark.parametrize("path", ["partitioned", "one partition"])
+def test_the_selection_skips_exactly_the_done_versions(tmp_path, monkeypatch, path):
+    """Both paths: the listing of millions (both sides spilled into partitions) and the small night
+    (one partition, which meets `current` directly)."""
+    if path == "partitioned":
+        monkeypatch.setattr(incremental, "BATCH_ROWS", 7)
+        monkeypatch.setattr(incremental, "PARTITIONS", 5)
+        monkeypatch.setattr(incremental, "PASS_ROWS", 3)
     output = str(tmp_path / "out")
     write_current(output, [
         earlier(20, 120, "v20"),                                   # done: this version, this model

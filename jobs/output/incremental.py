@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.output.spill import Partitions, partition_sql
+from jobs.output.spill import Partitions, partition_sql, rest_sql
 from jobs.output.tables import committed_files, scan, sql_strings
 from jobs.storage.files import filesystem
 from jobs.storage.listing import LISTING_SCHEMA
@@ -60,13 +60,29 @@ def selected(listed: Partitions, output: str, selection: Selection | None,
     its current row is for this very version (URI, size, version) and came from this model; an error
     counts as done unless it was transient (the store failed, not the file) or `retry_errors` asks
     for every error. An image listed without a version (a list file with no ETag, version or
-    modification time column) is never done: nothing could tell that it was replaced."""
-    done = _spill_done(output, selection, listed.count, scratch) if selection else None
+    modification time column) is never done: nothing could tell that it was replaced.
+
+    Every join holds the listed side and streams the earlier one, so a pass is sized by the listing
+    alone: a night of a thousand images against a `current` of a hundred million reads `current`
+    once. A listing of one partition meets `current` itself, filtered by the listed URIs (nothing is
+    spilled, and only the rows of listed images are keyed); a longer one meets `current`'s done
+    versions spilled into the same partitions."""
     con = duckdb.connect(config={"threads": 1})
+    files = committed_files(output, "current") if selection else []
+    if files and "://" in output:
+        con.register_filesystem(filesystem(output)[0])
+    spilled = _spill_done(con, files, selection, listed.count, scratch) if files and listed.count > 1 else None
     for index in range(listed.count):
-        passes = -(-max(listed.rows_in(index), done.rows_in(index) if done else 0) // PASS_ROWS)
+        passes = -(-listed.rows_in(index) // PASS_ROWS) if listed.count > 1 else 1
+        if spilled is not None:
+            done = spilled.files(index)
+            earlier = f"SELECT hi, lo, rest FROM read_parquet([{sql_strings(done)}])" if done else None
+        else:
+            earlier = (f"SELECT hi, lo, {rest_sql(1)} FROM "
+                       f"({_done_sql(con, files, selection, 'image_uri IN (SELECT image_uri FROM listed)')})"
+                       if files else None)
         for part in range(passes):
-            yield _select(con, listed.files(index), done.files(index) if done else [], f"rest % {passes} = {part}")
+            yield _select(con, listed.files(index), earlier, f"rest % {passes} = {part}", selection)
 
 
 def _rebatched(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
@@ -90,40 +106,46 @@ def _numbered(batches: Iterable[pa.Table]) -> Iterator[pa.Table]:
         start += batch.num_rows
 
 
-def _spill_done(output: str, selection: Selection, count: int, scratch: str) -> Partitions | None:
-    """`current`'s versions that count as done for this model, as 128-bit keys (two 64-bit halves: an
-    unsigned 128-bit number does not survive Arrow), partitioned."""
-    files = committed_files(output, "current")
-    if not files:
-        return None
-    con = duckdb.connect(config={"threads": 1})
-    if "://" in output:
-        con.register_filesystem(filesystem(output)[0])
+def _done_sql(con: duckdb.DuckDBPyConnection, files: list[str], selection: Selection, where: str) -> str:
+    """SQL of `current`'s versions that count as done for this model (of the rows `where` keeps): each
+    row's image_uri and its version as a 128-bit key (two 64-bit halves: an unsigned 128-bit number
+    does not survive Arrow)."""
     # an error row counts as done unless the store failed (transient) or every error is retried
     status = "AND status = 'ok'" if selection.retry_errors else "AND coalesce(error_kind, '') <> 'transient'"
-    reader = con.sql(f"""
-        SELECT {partition_sql(count)}, {VERSION_KEY} FROM ({scan(con, "current", files)})
-        WHERE model_sha256 = $model {status}""", params={"model": selection.model_sha256}).to_arrow_reader(BATCH_ROWS)
+    return f"""
+        SELECT image_uri, {VERSION_KEY} FROM ({scan(con, "current", files)})
+        WHERE model_sha256 = $model {status} AND {where}"""
+
+
+def _spill_done(con: duckdb.DuckDBPyConnection, files: list[str], selection: Selection, count: int,
+                scratch: str) -> Partitions:
+    """`current`'s done versions cut into the listing's partitions."""
+    reader = con.sql(f"SELECT hi, lo, {partition_sql(count)} FROM ({_done_sql(con, files, selection, 'true')})",
+                     params={"model": selection.model_sha256}).to_arrow_reader(BATCH_ROWS)
     done = Partitions(scratch, "done", count)
     for batch in reader:
         done.add(pa.Table.from_batches([batch]))
     return done
 
 
-def _select(con: duckdb.DuckDBPyConnection, listed: list[str], done: list[str], rows: str) -> tuple[int, pa.Table]:
+def _select(con: duckdb.DuckDBPyConnection, listed: list[str], earlier: str | None, rows: str,
+            selection: Selection | None) -> tuple[int, pa.Table]:
     """One pass over a partition (its `rows`): each URI as last named, and whether its version is
-    done. Keys are a 128-bit hash (md5) of the version, so a pass's join holds 16 bytes per earlier row; an accidental
-    collision (which would skip one image) has odds near 1e-24 even for 10 million images against
-    10 million earlier rows."""
-    earlier = f"SELECT DISTINCT hi, lo FROM read_parquet([{sql_strings(done)}]) WHERE {rows}" if done else \
-        "SELECT 0::UBIGINT AS hi, 0::UBIGINT AS lo WHERE false"
+    done. Keys are a 128-bit hash (md5) of the version, so a pass's join holds 16 bytes per listed row;
+    an accidental collision (which would skip one image) has odds near 1e-24 even for 10 million
+    images against 10 million earlier rows. The earlier rows only stream through a semi join that
+    holds the pass's listed keys."""
+    if earlier is None:
+        earlier = "SELECT 0::UBIGINT AS hi, 0::UBIGINT AS lo, 0::UBIGINT AS rest WHERE false"
     found = con.sql(f"""
         WITH listed AS (SELECT *, {VERSION_KEY} FROM read_parquet([{sql_strings(listed)}]) WHERE {rows}
-                        QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY position DESC) = 1)
+                        QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY position DESC) = 1),
+             done AS (SELECT DISTINCT hi, lo FROM ({earlier}) WHERE {rows} AND (hi, lo) IN (SELECT hi, lo FROM listed))
         SELECT image_uri, source_size, source_version, source_modified,
-               source_version <> '' AND earlier.hi IS NOT NULL AS done
-        FROM listed LEFT JOIN ({earlier}) AS earlier USING (hi, lo)
-        ORDER BY position""").to_arrow_table()
+               source_version <> '' AND done.hi IS NOT NULL AS done
+        FROM listed LEFT JOIN done USING (hi, lo)
+        ORDER BY position""", params={"model": selection.model_sha256} if selection and "$model" in earlier else None
+    ).to_arrow_table()
     todo = found.filter(pc.invert(found.column("done"))).drop_columns(["done"])
     return found.num_rows, todo.cast(LISTING_SCHEMA)
 

@@ -19,7 +19,12 @@ from jobs.common.errors import UserError
 def partition_sql(count: int) -> str:
     """The partition of a row, and the rest of its hash (which splits a large partition into passes),
     as DuckDB computes them from the row's image_uri."""
-    return f"hash(image_uri) % {count} AS partition, hash(image_uri) // {count} AS rest"
+    return f"hash(image_uri) % {count} AS partition, {rest_sql(count)}"
+
+
+def rest_sql(count: int) -> str:
+    """The rest of a row's hash once its partition of `count` is taken."""
+    return f"hash(image_uri) // {count} AS rest"
 
 
 def _write(rows: pa.Table, path: str) -> None:
