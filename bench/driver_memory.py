@@ -10,9 +10,13 @@ its peak RSS (ru_maxrss) minus the baseline. For N listed images the cases are:
 
 - plain: the plan of a list file of N rows (each URI once, the plan's shards written);
 - incremental: the same against a `current` of N earlier rows, 1% of them for an earlier ETag, so
-  that 1% of the listed images are selected again.
+  that 1% of the listed images are selected again;
+- resume: an attempt resuming the plan of N images whose dead attempt left parts holding 95% of
+  them (parts of 2,048 images, as `--rows-per-file` writes): taking stock of the kept parts and
+  writing the shards of what is left (`kept_parts`, `remaining`).
 
-The target: growth at most 1 GiB at 20 million images, and at most 1.2x from 2 to 20 million.
+The target: growth at most 1 GiB at 20 million images, and at most 1.2x from 2 to 20 million (the
+resume's stock-taking: under 1 GiB at 19 million kept images).
 
 The inputs are synthetic and written once under --work: Parquet list files of S3 URIs (65
 characters) with `size`, `etag` and `last_modified` columns in row groups of DuckDB's size, rows in
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +125,52 @@ def write_output_root(root: Path, rows: int) -> None:
     write_deltalake(delta_uri(str(root), "current"), reader, mode="append")
 
 
+KEPT_SHARE = 0.95
+PART_ROWS = 2048
+
+
+def write_resume_root(root: Path, list_file: Path) -> None:
+    """A root with the plan of every image of `list_file` and a dead attempt's parts holding KEPT_SHARE of
+    them (images and class_stats files with the footer facts a part carries; a URI column is all the
+    resume reads of them)."""
+    from jobs.output.parts import write_part
+    from jobs.output.plans import Plan, make_plan
+    from jobs.storage.listing import iter_listing
+
+    header = Plan("resumed", inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00",
+                  model_sha256=MODEL_SHA256, sources=[str(list_file)], shards=0)
+    plan = make_plan(str(root), header, iter_listing([str(list_file)]), None)
+    keep = int(plan.planned * KEPT_SHARE)
+    written = 0
+    for shard in range(plan.shards):
+        uris = pq.read_table(root / "_plans" / "resumed" / f"shard-{shard:05d}.parquet", columns=["image_uri"])
+        for start in range(0, uris.num_rows, PART_ROWS):
+            rows = uris.slice(start, min(PART_ROWS, keep - written))
+            if not rows.num_rows:
+                return
+            write_part(str(root), "resumed", rows, rows, {"ok": rows.num_rows, "class_pixels": [0], "replicas": "[]"})
+            written += rows.num_rows
+
+
+def measure_resume(output: str) -> dict:
+    """In this fresh process: peak RSS growth of a resume's stock-taking over the post-import baseline."""
+    import duckdb  # noqa: F401
+
+    from jobs.output.parts import kept_files, kept_parts
+    from jobs.output.plans import load_plan, remaining
+
+    baseline = current_rss()
+    started = time.perf_counter()
+    plan = load_plan(output, "resumed")
+    kept = kept_parts(output, "resumed")
+    todo = remaining(output, plan, kept_files(output, "resumed", kept))
+    result = {"baseline": baseline, "peak": peak_rss(), "seconds": time.perf_counter() - started,
+              "listed": plan.planned, "planned": todo.rows, "kept": sum(int(row["rows"]) for row in kept)}
+    for folder in (Path(output) / "_plans" / "resumed").glob("resumed-*"):  # the next measurement starts alike
+        shutil.rmtree(folder)
+    return result
+
+
 def measure(list_file: str, output: str, incremental: bool) -> dict:
     """In this fresh process: peak RSS growth of planning over the post-import baseline."""
     import deltalake  # noqa: F401  (imported by the driver before it lists)
@@ -157,21 +208,24 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_case(list_file: Path, output: Path, incremental: bool, timeout: float) -> dict:
+CASES = ("plain", "incremental", "resume")
+
+
+def run_case(case: str, list_file: Path, output: Path, timeout: float) -> dict:
     """One case in a fresh process (started from this small one: a forked child starts with its
     parent's peak RSS). A case past `timeout` is reported as such, with what it printed."""
-    command = [sys.executable, __file__, "--measure", str(list_file), "--output", str(output)] + \
-        (["--incremental"] if incremental else [])
+    command = [sys.executable, __file__, "--measure", case, str(list_file), str(output)]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise SystemExit(f"{list_file.name}: stopped after {timeout:.0f} s; it printed:\n{exc.stderr or ''}") from exc
+        raise SystemExit(f"{list_file.name} {case}: stopped after {timeout:.0f} s; it printed:\n{exc.stderr or ''}") \
+            from exc
     if done.returncode != 0:
-        raise SystemExit(f"measuring {list_file} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"measuring {list_file} {case} failed:\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - started
     if wall > SLOW_CASE_SECONDS:
-        print(f"note: {list_file.name}{' incremental' if incremental else ''} took {wall:.0f} s", file=sys.stderr)
+        print(f"note: {list_file.name} {case} took {wall:.0f} s", file=sys.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -190,25 +244,36 @@ def prepare(work: Path, rows: list[int]) -> None:
             started = time.perf_counter()
             write_output_root(root, count)
             print(f"wrote {root.name}/current in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        resume = work / f"resume-{count}"
+        if not (resume / "ready").exists():
+            started = time.perf_counter()
+            write_resume_root(resume, path)
+            (resume / "ready").touch()
+            print(f"wrote {resume.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def describe(case: str, count: int, result: dict) -> str:
+    if case == "plain":
+        return f"plain, {count:,} listed"
+    if case == "incremental":
+        return f"incremental, {count:,} listed against {count:,} earlier"
+    return f"resume, {count:,} planned, {result['kept']:,} in kept parts"
 
 
 def report(args: argparse.Namespace) -> None:
     table, grown = [], {}
-    for incremental in (False, True):
+    for case in CASES:
         for count in args.rows:
-            case = run_case(args.work / f"list-{count}.parquet", args.work / f"output-{count}", incremental,
-                            args.timeout)
-            grown[incremental, count] = case["peak"] - case["baseline"]
-            name = f"{'incremental' if incremental else 'plain'}, {count:,} listed" + \
-                (f" against {count:,} earlier" if incremental else "")
-            table.append([name, f"{case['planned']:,}", grown[incremental, count] / 2 ** 20,
-                          grown[incremental, count] / count, case["seconds"]])
-    print(f"peak RSS growth of planning over the post-import baseline (baseline {case['baseline'] / 2 ** 20:.0f} MiB)")
-    print_table(["case", "planned", "MiB", "bytes per image", "seconds"], table)
+            output = args.work / (f"resume-{count}" if case == "resume" else f"output-{count}")
+            result = run_case(case, args.work / f"list-{count}.parquet", output, args.timeout)
+            grown[case, count] = result["peak"] - result["baseline"]
+            table.append([describe(case, count, result), f"{result['planned']:,}", grown[case, count] / 2 ** 20,
+                          grown[case, count] / count, result["seconds"]])
+    print(f"peak RSS growth over the post-import baseline (baseline {result['baseline'] / 2 ** 20:.0f} MiB)")
+    print_table(["case", "planned (left)", "MiB", "bytes per image", "seconds"], table)
     low, high = min(args.rows), max(args.rows)
-    for incremental in (False, True):
-        print(f"{'incremental' if incremental else 'plain'}: {high:,} / {low:,} images, peak growth "
-              f"{grown[incremental, high] / grown[incremental, low]:.2f}x")
+    for case in CASES:
+        print(f"{case}: {high:,} / {low:,} images, peak growth {grown[case, high] / grown[case, low]:.2f}x")
 
 
 def main() -> None:
@@ -216,13 +281,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 20_000_000])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-driver-memory")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per case (default: 1200)")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
-    parser.add_argument("--incremental", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.output, args.incremental)))
+        case, list_file, output = args.measure
+        result = measure_resume(output) if case == "resume" else measure(list_file, output, case == "incremental")
+        print(json.dumps(result))
     elif args.prepare:
         prepare(args.work, args.rows)
     else:

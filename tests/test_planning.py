@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import write_deltalake
 
@@ -113,13 +114,46 @@ def test_the_plan_is_written_in_shards_and_read_back_in_pieces(tmp_path, small_p
                   shards=0)
     plan = make_plan(output, header, iter(listing_chunks(40, 8)), None)
     assert (plan.inputs, plan.planned, plan.shards) == (40, 40, 3) and load_plan(output, "night") == plan
-    todo = remaining(output, plan, pa.array([], pa.string()))
+    todo = remaining(output, plan, [])
     pieces = blocks(todo, 4)
     assert max(pieces.column("rows").to_pylist()) <= 4
     rows = read_blocks(pieces).to_pylist()
     assert len(rows) == 40 and len({row["image_uri"] for row in rows}) == 40
-    kept = pa.array([row["image_uri"] for row in rows[:25]])
+    kept = [str(tmp_path / f"kept-{i}.parquet") for i in range(2)]  # the images files of two kept parts
+    for index, path in enumerate(kept):
+        pq.write_table(pa.table({"image_uri": [row["image_uri"] for row in rows[index * 12:(index + 1) * 12 + 1]]}),
+                       path)
     left = remaining(output, plan, kept)
     assert left.rows == 15
     assert sorted(r["image_uri"] for r in read_blocks(blocks(left, 4)).to_pylist()) == \
         sorted(row["image_uri"] for row in rows[25:])
+
+
+def test_a_resume_keeps_whole_parts_once_and_selects_what_none_holds(tmp_path):
+    """The resume's side of a plan: whole parts are kept (a cut-short file is not), a part repeating
+    an image of a part of an earlier name is skipped (an attempt that stalled, was taken over and
+    woke up to write one more), and the todo is the plan less what the kept parts hold, found by a
+    join that spills rather than holding the kept URIs."""
+    from jobs.output.parts import kept_files, kept_parts, part_folder, write_part
+
+    output = str(tmp_path / "out")
+    plan = make_plan(output, Plan("resumed", inputs=0, skipped=0, planned=0, listed_at=WHEN.isoformat(),
+                                  model_sha256=MODEL, sources=["list"], shards=0), iter(listing_chunks(40, 8)), None)
+    uris = [f"s3://b/img-{i:05d}.png" for i in range(40)]
+
+    def part(first: int, last: int) -> str:
+        images = pa.table({"image_uri": uris[first:last]})
+        return write_part(output, "resumed", images, pa.table({"image_uri": uris[first:last]}),
+                          {"ok": last - first})["part"]
+
+    written = [part(0, 10), part(5, 15), part(20, 30)]
+    folder = part_folder(output, "images", "resumed")
+    with open(f"{folder}/part-{'f' * 32}.parquet", "wb") as cut:
+        cut.write(b"PAR1 cut short")
+    kept = kept_parts(output, "resumed")
+    overlapping = sorted(written[:2])[1]  # of the two parts sharing images 5..9, the later name goes
+    assert sorted(row["part"] for row in kept) == sorted(set(written) - {overlapping})
+    held = {uri for row in kept for uri in pq.read_table(f"{folder}/{row['part']}").column("image_uri").to_pylist()}
+    todo = remaining(output, plan, kept_files(output, "resumed", kept))
+    assert todo.rows == 40 - len(held)
+    assert {row["image_uri"] for row in read_blocks(blocks(todo, 8)).to_pylist()} == set(uris) - held

@@ -25,7 +25,7 @@ from jobs.inference.pipeline import build_dataset, inference_of, with_model_mode
 from jobs.inference.progress import Progress
 from jobs.output import leases, tables
 from jobs.output.incremental import Selection
-from jobs.output.parts import kept_parts
+from jobs.output.parts import kept_files, kept_parts
 from jobs.output.plans import Plan, Todo, load_plan, make_plan, remaining, remove_plan
 from jobs.storage.files import check_writable, storage_errors
 from jobs.storage.listing import iter_listing
@@ -61,8 +61,8 @@ def segment(config: SegmentConfig) -> dict:
             with storage_errors(config.output):
                 plan = _make_plan(config, model, run_id, listing, began - host_ahead)
         _check_resumable(plan, config, model)
-        kept, kept_uris = kept_parts(config.output, run_id)
-        todo = remaining(config.output, plan, kept_uris)
+        kept = kept_parts(config.output, run_id)
+        todo = remaining(config.output, plan, kept_files(config.output, run_id, kept))
         resumed = sum(int(p["rows"]) for p in kept)
         lease.report_progress(plan.planned, resumed)
         lease.renew()  # `query.py live` shows the plan from now on, not from the next heartbeat

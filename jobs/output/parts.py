@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.output.spill import spilling_duckdb
+from jobs.output.tables import sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
 
 FACTS_KEY = b"unet_segment.part"
@@ -56,37 +58,49 @@ def _write_whole(uri: str, rows: pa.Table) -> int:
     return fs.size(path)
 
 
-def kept_parts(output: str, run_id: str) -> tuple[list[dict], pa.Array]:
-    """The complete parts that earlier attempts of this run id left, each as its commit row, and the
-    image URIs they hold. A file whose footer cannot be read (cut short by a store that does not
-    write whole objects) is skipped; so is a part holding an image that a part kept before it holds
-    (an attempt that stalled, was taken over, and woke up to write one more part)."""
+def kept_parts(output: str, run_id: str) -> list[dict]:
+    """The complete parts that earlier attempts of this run id left, each as its commit row (from its
+    footer: the image URIs stay in the files). A file whose footer cannot be read (cut short by a store
+    that does not write whole objects) is skipped; so is a part holding an image that a part of an
+    earlier name holds (an attempt that stalled, was taken over, and woke up to write one more part):
+    skipping a part only means processing its images again."""
     fs, folder = filesystem(part_folder(output, "images", run_id))
     try:
         names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False, refresh=True))
     except FileNotFoundError:
-        return [], pa.array([], pa.string())
+        return []
     complete = [n for n in names if n.startswith(PREFIX) and n.endswith(SUFFIX)]
     with ThreadPoolExecutor(READERS) as pool:
-        found = [(row, uris) for row, uris in pool.map(lambda name: _read_part(fs, f"{folder}/{name}", name), complete)
+        found = [row for row in pool.map(lambda name: _read_part(fs, f"{folder}/{name}", name), complete)
                  if row is not None]
-    kept, seen = [], set()
-    for row, uris in found:
-        held = uris.to_pylist()
-        if seen.isdisjoint(held):
-            kept.append((row, uris))
-            seen.update(held)
-    return [row for row, _ in kept], pa.concat_arrays([uris for _, uris in kept] or [pa.array([], pa.string())])
+    repeating = _repeating(output, [join(part_folder(output, "images", run_id), row["part"]) for row in found])
+    return [row for row in found if row["part"] not in repeating]
 
 
-def _read_part(fs, path: str, name: str) -> tuple[dict | None, pa.Array | None]:
-    """A part's commit row (from its footer) and its image URIs, or (None, None) if it is not whole."""
+def kept_files(output: str, run_id: str, kept: list[dict]) -> list[str]:
+    """The URIs of the kept parts' images files."""
+    return [join(part_folder(output, "images", run_id), row["part"]) for row in kept]
+
+
+def _repeating(output: str, files: list[str]) -> set[str]:
+    """Names of the parts that hold an image which a part of an earlier name holds too, found by a
+    query that spills to disk rather than holding every kept URI."""
+    if len(files) < 2:
+        return set()
+    with spilling_duckdb(output) as con:
+        repeats = con.sql(f"""
+            SELECT DISTINCT unnest(list_sort(files)[2:]) AS file FROM (
+                SELECT list(filename) AS files FROM read_parquet([{sql_strings(files)}], filename = true)
+                GROUP BY image_uri HAVING count(*) > 1)""").fetchall()
+    return {file.rsplit("/", 1)[-1] for (file,) in repeats}
+
+
+def _read_part(fs, path: str, name: str) -> dict | None:
+    """A part's commit row (from its footer), or None if it is not whole."""
     try:
         with fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            facts = json.loads(parquet.metadata.metadata[FACTS_KEY])
-            uris = parquet.read(columns=["image_uri"]).column("image_uri").combine_chunks()
-            rows = parquet.metadata.num_rows
+            metadata = pq.ParquetFile(handle).metadata
+            facts = json.loads(metadata.metadata[FACTS_KEY])
     except (OSError, KeyError, TypeError, ValueError):
-        return None, None
-    return {"part": name, "images_bytes": fs.size(path), "rows": rows, **facts}, uris
+        return None
+    return {"part": name, "images_bytes": fs.size(path), "rows": metadata.num_rows, **facts}

@@ -17,12 +17,12 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
 from jobs.output.incremental import Selection, partitioned, selected
+from jobs.output.spill import spilling_duckdb
 from jobs.output.tables import sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
 from jobs.storage.listing import LISTING_SCHEMA, listing_memory
@@ -194,22 +194,22 @@ class Todo:
     removed by hand and made anew) are other files to a worker that read their footers before."""
 
 
-def remaining(output: str, plan: Plan, done: pa.Array) -> Todo:
-    """The plan's rows whose image no kept part holds: the plan itself for a first attempt, else new
-    shards under the plan's folder (the kept parts' URIs are held while they are written)."""
+def remaining(output: str, plan: Plan, kept: list[str]) -> Todo:
+    """The plan's rows whose image no kept part (images files `kept`) holds: the plan itself for a first
+    attempt, else new shards under the plan's folder, chosen by a join that spills to disk rather than
+    holding the kept parts' URIs (19 million of them on a large resume)."""
     folder = plan_folder(output, plan.run_id)
     shards = [join(folder, _shard(i)) for i in range(plan.shards)]
-    if not len(done):
+    if not kept:
         return Todo(shards, plan.planned, plan.listed_at)
-    con = duckdb.connect()
-    if "://" in output:
-        con.register_filesystem(filesystem(output)[0])
-    con.register("done", pa.table({"image_uri": done}))
     attempt = uuid.uuid4().hex
-    with Shards(join(folder, f"resumed-{attempt}"), _row_group_rows(plan.planned)) as left:
-        for shard in shards:
-            left.write(con.sql(f"SELECT * FROM read_parquet([{sql_strings([shard])}]) ANTI JOIN done USING (image_uri)")
-                       .to_arrow_table().cast(LISTING_SCHEMA))
+    resumed = Shards(join(folder, f"resumed-{attempt}"), _row_group_rows(plan.planned))
+    with spilling_duckdb(output) as con, resumed as left:
+        rows = con.sql(f"""
+            SELECT * FROM read_parquet([{sql_strings(shards)}])
+            ANTI JOIN (SELECT image_uri FROM read_parquet([{sql_strings(kept)}])) USING (image_uri)""")
+        for batch in rows.to_arrow_reader(1 << 16):
+            left.write(pa.Table.from_batches([batch]).cast(LISTING_SCHEMA))
     return Todo([join(left.folder, _shard(i)) for i in range(left.count)], left.rows, attempt)
 
 

@@ -6,7 +6,10 @@ time it was named, its earlier result) lands in the same partition.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from typing import Iterator
 
 import duckdb
 import numpy as np
@@ -14,6 +17,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
+from jobs.storage.files import filesystem
+
+
+SPILL_MEMORY = "256MB"
+"""What a spilling DuckDB holds in memory at most before it writes to the scratch disk."""
+
+
+@contextlib.contextmanager
+def spilling_duckdb(output: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A one-thread DuckDB that reads the output's storage and spills joins and aggregates larger than
+    SPILL_MEMORY to a scratch folder (under TMPDIR), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="spill-") as scratch:
+        con = duckdb.connect(config={"threads": 1, "memory_limit": SPILL_MEMORY, "temp_directory": scratch})
+        if "://" in output:
+            con.register_filesystem(filesystem(output)[0])
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def partition_sql(count: int) -> str:
