@@ -48,6 +48,9 @@ def print_report(output: str, report: dict) -> None:
         print(f"removed {report['expired_leases']} leases of attempts that died")
     if report["removed_plans"]:
         print(f"removed the plans of {len(report['removed_plans'])} committed runs: {', '.join(report['removed_plans'])}")
+    if report["abandoned_plans"]:
+        print(f"removed the plans of {len(report['abandoned_plans'])} runs abandoned for longer than the retention "
+              f"(never committed, no attempt since): {', '.join(report['abandoned_plans'])}")
     print(f"maintained {output}")
 
 

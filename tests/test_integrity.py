@@ -226,3 +226,33 @@ def test_a_resume_with_other_result_flags_is_refused_naming_them(tmp_path, tiny_
     assert again.stderr.strip().splitlines() == [
         "error: run mixed was started with --tta none --precision auto; this attempt asks for --tta flip "
         "--precision float32: resume it with the same flags or pick another run id (--run-id)"], again.stderr
+
+
+def test_maintenance_removes_abandoned_plans_and_their_parts_and_keeps_the_rest(root, monkeypatch):
+    """Issue 27.10: plans of runs nobody resumed stayed for ever. A plan goes when its run never
+    committed, no attempt held the run id within the retention and the plan is older than it; its
+    parts go with it. A plan as old whose run was held recently stays, and so does a young one."""
+    from jobs.output.maintenance import MaintainConfig, maintain
+    from jobs.output.plans import Plan, make_plan, planned_run_ids
+    from test_planning import listing_chunks
+    from test_tables import backdate
+
+    monkeypatch.setattr(leases, "EXPIRY_SECONDS", 1.0)
+    for run_id in ("abandoned", "held", "young"):
+        make_plan(root, Plan(run_id, inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00",
+                             model_sha256="ab" * 32, sources=["list"], shards=0), iter(listing_chunks(20, 8)), None)
+        write_run(root, run_id, 0, 10, part_rows=5)
+    holder = leases.acquire(root, "held")
+    holder._stop.set()  # the attempt stopped renewing: its lease expires, but was held within the retention
+    time.sleep(1.5)
+    past = time.time() - 3 * 3600
+    backdate(root, hours=3)
+    for run_id in ("abandoned", "held"):
+        for folder, _, names in os.walk(os.path.join(root, "_plans", run_id)):
+            for name in names:
+                os.utime(os.path.join(folder, name), (past, past))
+    report = maintain(MaintainConfig(root, retention_hours=1))
+    assert report["abandoned_plans"] == ["abandoned"] and report["removed_plans"] == []
+    assert planned_run_ids(root) == ["held", "young"]
+    assert not os.listdir(os.path.join(root, "images", "run_id=abandoned"))
+    assert len(os.listdir(os.path.join(root, "images", "run_id=held"))) == 2

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from jobs.common.errors import UserError
 from jobs.output import leases, legacy, tables
-from jobs.output.plans import planned_run_ids, remove_plan
+from jobs.output.plans import plan_written, planned_run_ids, remove_plan
 from jobs.storage.files import filesystem, storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
 
@@ -42,16 +42,28 @@ def maintain(config: MaintainConfig) -> dict:
         report["retention_hours"] = report["retention"].keep_hours
         report["vacuumed"] = {name: vacuum(config.output, name, report["retention"]) for name in tables.TABLES}
         report["expired_leases"] = leases.remove_dead(config.output)
-        report["removed_plans"] = remove_committed_plans(config.output)
+        report["removed_plans"], report["abandoned_plans"] = remove_finished_plans(config.output, report["retention"])
     return report
 
 
-def remove_committed_plans(output: str) -> list[str]:
-    """Plans whose run committed but whose driver stopped before removing them."""
-    done = [run_id for run_id in planned_run_ids(output) if tables.is_committed(output, run_id)]
-    for run_id in done:
+def remove_finished_plans(output: str, retention: Retention) -> tuple[list[str], list[str]]:
+    """Remove the plans whose run committed (its driver stopped before removing the plan) and those of
+    runs abandoned: never committed, no attempt holding the run id within the retention, and the plan
+    itself older than it (vacuum took their parts by the same rule). Returns both lists of run ids.
+    The two tables' snapshots are loaded once, whatever the number of plans."""
+    images, runs = tables.open_table(output, "images"), tables.open_table(output, "runs")
+    held, now = _recently_held(output, retention.keep_hours), leases.store_now(output)
+    committed, abandoned = [], []
+    for run_id in planned_run_ids(output):
+        if images.transaction_version(run_id) is not None or runs.transaction_version(run_id) is not None:
+            committed.append(run_id)
+        elif run_id not in held:
+            written = plan_written(output, run_id)
+            if written is None or now - written > retention.keep_hours * 3600:
+                abandoned.append(run_id)
+    for run_id in committed + abandoned:
         remove_plan(output, run_id)
-    return done
+    return committed, abandoned
 
 
 def compact(output: str, table: str) -> tuple[int, int]:
@@ -128,8 +140,14 @@ def pending_runs(output: str, table: str, keep_hours: float) -> set[str]:
     """Run ids whose files in `table` no version lists yet but a commit may still list."""
     committed = tables.open_table(output, table)
     rollable = set(tables.committed_run_ids(output)) if table != "images" else set()
-    recent = {lease.record.run_id for lease in leases.all_leases(output) if lease.age <= keep_hours * 3600}
-    return {run_id for run_id in rollable | recent if committed.transaction_version(run_id) is None}
+    return {run_id for run_id in rollable | _recently_held(output, keep_hours)
+            if committed.transaction_version(run_id) is None}
+
+
+def _recently_held(output: str, keep_hours: float) -> set[str]:
+    """Run ids whose lease was renewed within `keep_hours`, by the store's clock: an attempt that held
+    one may have stalled past its lease's expiry and still wake up, or be taken over and resumed."""
+    return {lease.record.run_id for lease in leases.all_leases(output) if lease.age <= keep_hours * 3600}
 
 
 def _run_of(path: str) -> str | None:

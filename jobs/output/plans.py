@@ -253,6 +253,21 @@ def remove_plan(output: str, run_id: str) -> None:
         fs.rm(root, recursive=True)
 
 
+def plan_written(output: str, run_id: str) -> float | None:
+    """When the run's plan folder was last written, by the store's time stamps (None when it is empty)."""
+    fs, root = filesystem(plan_folder(output, run_id))
+    try:
+        found = fs.find(root, detail=True, withdirs=False)
+    except FileNotFoundError:
+        return None
+    return max((_modified(info) for info in found.values()), default=None)
+
+
+def _modified(info: dict) -> float:
+    """A file's time stamp from fsspec's info: `mtime` on disk, `LastModified` on S3."""
+    return float(info["mtime"]) if "mtime" in info else info["LastModified"].timestamp()
+
+
 def planned_run_ids(output: str) -> list[str]:
     """Run ids that have a plan folder (whole or not)."""
     fs, root = filesystem(join(output, FOLDER))
