@@ -7,12 +7,14 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import fsspec
 import pytest
-from delta_read import delta_sql
+from delta_read import delta_sql, delta_table
 from synthetic import run_record, write_run
 from test_error_kinds import DroppingProxy, ForwardRequest
 
@@ -256,3 +258,55 @@ def test_maintenance_removes_abandoned_plans_and_their_parts_and_keeps_the_rest(
     assert planned_run_ids(root) == ["held", "young"]
     assert not os.listdir(os.path.join(root, "images", "run_id=abandoned"))
     assert len(os.listdir(os.path.join(root, "images", "run_id=held"))) == 2
+
+
+CUT_COMMIT = """
+import sys
+sys.path.append(sys.argv[3])
+from synthetic import run_record, write_run
+from jobs.output import tables
+parts = write_run(sys.argv[1], sys.argv[2], 5000, 20, part_rows=10)
+print("written", flush=True)
+sys.stdin.readline()
+tables.commit_run(sys.argv[1], run_record(sys.argv[2], 20), parts)
+"""
+
+
+def commit_cut_after_images(output: str, run_id: str) -> None:
+    """A driver (at the lowest CPU priority, so the watcher wins the race) frozen the moment its `images`
+    commit landed, then killed: the run is in `images` and nowhere else."""
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    proc = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", CUT_COMMIT, output, run_id, bench],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(bench))
+    assert proc.stdout.readline().strip() == "written"
+    log = os.path.join(output, "images", "_delta_log")
+    commit = os.path.join(log, f"{len([n for n in os.listdir(log) if n.endswith('.json')]):020d}.json")
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    while not os.path.exists(commit) and proc.poll() is None:
+        time.sleep(0.0005)
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_run_starts_read_only_the_images_commits_since_the_last_complete_one(root):
+    """Issue 27.7: every run start read every add action of `images` and all of `runs` to find runs
+    left mid-commit. Now `runs` carries a watermark (an app transaction's version): the `images`
+    version through which every run is complete; a pass reads only the commits after it."""
+    for night in range(3):
+        tables.commit_run(root, run_record(f"night-{night}", 10), write_run(root, f"night-{night}", night * 10, 10,
+                                                                                part_rows=10))
+    assert tables.complete_pending(root) == []
+    images_version = delta_table(root, "images").version()
+    assert delta_table(root, "runs").transaction_version(tables.COMPLETE_THROUGH) == images_version
+    commit_cut_after_images(root, "cut")
+    if delta_sql(root, "SELECT count(*) AS n FROM runs WHERE run_id = 'cut'").column("n")[0].as_py():
+        pytest.skip("the kill came after the runs commit")
+    assert tables.complete_pending(root) == ["cut"]
+    assert delta_table(root, "runs").transaction_version(tables.COMPLETE_THROUGH) == images_version + 1
+    counts = delta_sql(root, "SELECT (SELECT count(*) FROM images) AS i, (SELECT count(*) FROM current) AS c, "
+                             "(SELECT count(*) FROM runs) AS r").to_pylist()
+    assert counts == [{"i": 50, "c": 50, "r": 4}]
+    assert tables.complete_pending(root) == []

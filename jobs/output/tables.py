@@ -267,21 +267,46 @@ def _committed_empty(output: str, run_id: str) -> bool:
 
 def complete_pending(output: str) -> list[str]:
     """Finish the runs whose `images` commit went through but whose driver died before the other
-    tables caught up (rare: the seconds between two commits). Returns their ids."""
-    images = open_table(output, "images")
-    runs = open_table(output, "runs")
+    tables caught up (rare: the seconds between two commits). Returns their ids.
+
+    Only the `images` commits after the watermark are read: `runs` records, as the version of its
+    COMPLETE_THROUGH app transaction, an `images` version through which every run is complete, so a
+    run start reads what was committed since the last one, not the root's history."""
+    images, runs = open_table(output, "images"), open_table(output, "runs")
     if images is None or runs is None:
         return []
-    committed = set(_partition_run_ids(images))
-    recorded = set(committed_dataset(output, "runs").to_table(columns=["run_id"]).column("run_id").to_pylist())
-    pending = sorted(committed - recorded)
-    if not pending:
+    through, newest = _complete_through(runs), images.version()
+    if newest <= through:
         return []
-    records = _run_records(images)
+    records = _run_records(images, since=through)
+    pending = sorted(run_id for run_id in records if runs.transaction_version(run_id) is None)
     for run_id in pending:
         version, record = records[run_id]
         _complete(output, record, version, _class_stats_parts(output, images, record))
+    retry_conflicts(lambda: _advance_complete_through(output, newest))
     return pending
+
+
+COMPLETE_THROUGH = "unet_segment.complete_through"
+"""App id of `runs` whose version is an `images` version through which every run is complete."""
+
+
+def _complete_through(runs) -> int:
+    through = runs.transaction_version(COMPLETE_THROUGH)
+    return -1 if through is None else through
+
+
+def _advance_complete_through(output: str, version: int) -> None:
+    """Raise the watermark to `version` (never lower it): a commit of nothing but the app transaction,
+    landing only on the version it read, as every write to these tables does."""
+    from deltalake import CommitProperties, Transaction
+
+    runs = open_table(output, "runs")
+    if _complete_through(runs) >= version:
+        return
+    runs.create_write_transaction([], mode="append", schema=runs.schema(), partition_by=None,
+                                  commit_properties=CommitProperties(
+                                      app_transactions=[Transaction(COMPLETE_THROUGH, version)], max_commit_retries=0))
 
 
 def _class_stats_parts(output: str, images, record: dict) -> list[tuple[str, int, int]]:
@@ -373,7 +398,8 @@ def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, cu
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
-    run_files = [f for f in committed_files(output, "images") if f"/run_id={run_id}/" in f]
+    run_files = [uri.removeprefix("file://")
+                 for uri in open_table(output, "images").file_uris(partition_filters=[("run_id", "=", run_id)])]
     columns = ", ".join(f'"{n}"' for n in SCHEMAS["current"].names if n not in RUN_COLUMNS)
     listed = f"TIMESTAMPTZ '{_checked_time(run_id, listed_at).isoformat()}'" if listed_at else "NULL::TIMESTAMPTZ"
     con.execute(f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
@@ -485,10 +511,11 @@ def _run_files(table, run_id: str) -> list[str]:
     return actions.filter(pc.equal(actions.column("partition.run_id"), run_id)).column("path").to_pylist()
 
 
-def _run_records(images) -> dict[str, tuple[int, dict]]:
-    """Every run record in the `images` log, by run id, with the version that committed it."""
+def _run_records(images, since: int = -1) -> dict[str, tuple[int, dict]]:
+    """The run records that `images` commits after version `since` carry, by run id, with the version
+    that committed each."""
     records = {}
-    for entry in images.history():
+    for entry in images.history(limit=images.version() - since):
         if RUN_KEY in entry:
             record = json.loads(entry[RUN_KEY])
             records.setdefault(record["run_id"], (entry["version"], record))
