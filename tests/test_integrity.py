@@ -310,3 +310,20 @@ def test_run_starts_read_only_the_images_commits_since_the_last_complete_one(roo
                              "(SELECT count(*) FROM runs) AS r").to_pylist()
     assert counts == [{"i": 50, "c": 50, "r": 4}]
     assert tables.complete_pending(root) == []
+
+
+@pytest.mark.parametrize("hostile", [{"class_stats_parts": [["../../current/x.parquet", 10, 1]]},
+                                     {"run_id": "../escape"}])
+def test_a_commit_record_naming_files_or_runs_this_job_never_writes_is_refused(root, hostile):
+    """The roll-forward takes a commit's facts from the store: a part name that leaves the run's folder,
+    or a run id that is no run id, must not become an add action."""
+    from deltalake import CommitProperties
+
+    images = delta_table(root, "images")
+    facts = {**run_record("forged", 0), "class_stats_parts": [], **hostile}
+    images.create_write_transaction([], mode="append", schema=images.schema(), partition_by=["run_id"],
+                                    commit_properties=CommitProperties(custom_metadata={
+                                        tables.RUN_KEY: json.dumps(facts)}))
+    with pytest.raises(UserError):
+        tables.complete_pending(root)
+    assert delta_sql(root, "SELECT count(*) AS n FROM class_stats").column("n")[0].as_py() == 0

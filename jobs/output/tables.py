@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
+from jobs.output.leases import check_run_id
 from jobs.storage.files import filesystem, join
 from jobs.storage.settings import arrow_filesystem, storage_options
 
@@ -46,6 +48,8 @@ the facts a roll-forward commits from."""
 CURRENT_BATCH_ROWS = 65_536
 """Rows per Arrow batch streamed into `current`: bounds the driver's memory on huge runs."""
 COMMIT_ATTEMPTS = 12
+PART_NAME = re.compile(r"part-[0-9a-f]{32}\.parquet")
+"""The name of every part file the job writes (a fresh uuid), and so of every file a commit's facts may name."""
 
 CLASS_FIELDS = [("class_id", pa.int16()), ("class_name", pa.string()), ("pixels", pa.int64()),
                 ("fraction", pa.float64()), ("mean_confidence", pa.float64())]
@@ -314,7 +318,11 @@ def _class_stats_parts(output: str, images, record: dict) -> list[tuple[str, int
     since (a compaction renames every file) changes them. Runs committed before the commit carried
     them are read from their `images` files, which compaction had not touched before this version."""
     if CLASS_STATS_PARTS in record:
-        return [tuple(part) for part in record[CLASS_STATS_PARTS]]
+        parts = [tuple(part) for part in record[CLASS_STATS_PARTS]]
+        if not all(len(part) == 3 and isinstance(part[0], str) and PART_NAME.fullmatch(part[0]) for part in parts):
+            raise UserError(f"run {record['run_id']}: its images commit names class_stats parts that this job "
+                            "never writes; the store was written by something other than this job")
+        return parts
     names = sorted(p.rsplit("/", 1)[-1] for p in _run_files(images, record["run_id"]))
     return [_class_stats_file(output, record["run_id"], name) for name in names]
 
@@ -518,6 +526,7 @@ def _run_records(images, since: int = -1) -> dict[str, tuple[int, dict]]:
     for entry in images.history(limit=images.version() - since):
         if RUN_KEY in entry:
             record = json.loads(entry[RUN_KEY])
+            check_run_id(str(record.get("run_id")))
             records.setdefault(record["run_id"], (entry["version"], record))
     return records
 
