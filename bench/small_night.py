@@ -9,7 +9,10 @@ shows), of which 100 were segmented by an earlier run and have since changed (a 
 redo, merged into `current`) and 900 are new (appended). It runs into copies of one root that holds
 those 100 results and `--earlier-runs` earlier runs of one image each (each a commit of `images`,
 `class_stats`, `current` and `runs`), and into copies to which `--others` rows of other images, done
-by the same model, were appended to `current` under its own schema. Each night's wall time and its
+by the same model, were appended to `current` under its own schema. The night names its images in a
+list file, and the other rows' URIs sort between them (`img_0042-<n>.png` beside `img_0042.png`):
+the hard case, where no key range of the night leaves any of `current` unread (a folder listed
+whole is one key range, which the job's readers skip around). Each night's wall time and its
 ratio to the first are printed (with `--vs`, also those of another checkout's job, each night run
 with both in turn). Target: at most 1.3x at 20 million.
 
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -61,13 +63,20 @@ def tiny_model(folder: Path) -> str:
     return uri
 
 
+def list_file(work: Path, name: str, count: int) -> Path:
+    """A list file naming images 0..count-1 of the images folder."""
+    path = work / f"{name}.txt"
+    path.write_text("".join(f"{work / 'images' / f'img_{index:04d}.png'}\n" for index in range(count)))
+    return path
+
+
 def segment(images: Path, output: Path, model: str, run_id: str, checkout: Path = ROOT) -> float:
-    """One `--incremental` run as a whole process (of `checkout`'s job); its wall time."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """One `--incremental` run as a whole process (of `checkout`'s job: a local Ray of its own, or the
+    cluster RAY_ADDRESS names); its wall time."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(checkout / "jobs" / "segment.py"), "--input", str(images), "--output",
                            str(output), "--model", model, "--incremental", "--run-id", run_id, "--batch-size", "32"],
-                          cwd=checkout, env=env, capture_output=True, text=True)
+                          cwd=checkout, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"segment.py into {output} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -86,14 +95,26 @@ def add_earlier_runs(output: Path, runs: int) -> None:
     tables.complete_pending(str(output))  # as the last of those nights' start did: the watermark is current
 
 
-def append_others(output: Path, rows: int, model_sha256: str) -> None:
-    """`rows` results of other images by the same model, appended to `current` in one commit."""
+def append_others(output: Path, rows: int, model_sha256: str, images: Path) -> None:
+    """`rows` results of other images by the same model, appended to `current` in one commit; their URIs
+    sort between the night's (`img_0042-<n>.png` beside `img_0042.png`)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     from deltalake import write_deltalake
 
     from jobs.output.tables import SCHEMAS, delta_uri
 
-    reader = pa.RecordBatchReader.from_batches(SCHEMAS["current"], earlier_batches(rows, model_sha256))
+    def interleaved():
+        start = 0
+        for batch in earlier_batches(rows, model_sha256):
+            ids = np.arange(start, start + batch.num_rows)
+            start += batch.num_rows
+            uris = pc.binary_join_element_wise(
+                f"{images}/img_", pc.utf8_lpad(pc.cast(pa.array(ids % NIGHT_IMAGES), pa.string()), 4, "0"), "-",
+                pc.cast(pa.array(ids), pa.string()), ".png", "")
+            yield batch.set_column(batch.schema.get_field_index("image_uri"), "image_uri", uris)
+
+    reader = pa.RecordBatchReader.from_batches(SCHEMAS["current"], interleaved())
     write_deltalake(delta_uri(str(output), "current"), reader, mode="append")
 
 
@@ -108,18 +129,19 @@ def prepare(work: Path, others: list[int], earlier_runs: int, planning_done: int
     if not (base / "runs" / "_delta_log").exists():
         shutil.rmtree(base, ignore_errors=True)
         prepare_images(images, version=1, count=UPDATED)
-        segment(images, base, model, "first")
+        segment(list_file(work, "first", UPDATED), base, model, "first")
         started = time.perf_counter()
         add_earlier_runs(base, earlier_runs)
         print(f"committed {earlier_runs} earlier runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         prepare_images(images, version=2, count=NIGHT_IMAGES)  # the 100 changed, 900 new
+    list_file(work, "night", NIGHT_IMAGES)
     for count in others:
         root = work / f"root-{count}"
         if count and not (root / "ready").exists():
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(base, root)
             started = time.perf_counter()
-            append_others(root, count, sha)
+            append_others(root, count, sha, images)
             (root / "ready").touch()
             print(f"appended {count:,} rows to current in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     planning = work / f"planning-{planning_done}"
@@ -128,7 +150,7 @@ def prepare(work: Path, others: list[int], earlier_runs: int, planning_done: int
         from jobs.output.tables import ensure_tables
 
         ensure_tables(str(planning))
-        append_others(planning, planning_done, sha)
+        append_others(planning, planning_done, sha, images)
         (planning / "ready").touch()
 
 
@@ -138,7 +160,7 @@ def night(work: Path, count: int, checkout: Path) -> float:
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         copy = Path(scratch) / "root"
         shutil.copytree(source, copy)
-        return segment(work / "images", copy, str(work / "tiny"), "night", checkout)
+        return segment(work / "night.txt", copy, str(work / "tiny"), "night", checkout)
 
 
 def measure_planning(images: str, output: str, model_sha256: str) -> dict:
@@ -193,7 +215,7 @@ def main() -> None:
     print_table(header, rows)
     if args.planning_done:
         sha = (args.work / "model.sha256").read_text()
-        done = subprocess.run([sys.executable, __file__, "--measure-planning", str(args.work / "images"),
+        done = subprocess.run([sys.executable, __file__, "--measure-planning", str(args.work / "night.txt"),
                                str(args.work / f"planning-{args.planning_done}"), sha], cwd=ROOT,
                               capture_output=True, text=True)
         if done.returncode != 0:

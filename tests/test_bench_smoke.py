@@ -282,3 +282,13 @@ def test_train_vs_keras(tmp_path):
     for row in rows:
         assert 0.0 <= float(row["held-out pixel error"]) <= 1.0, row
     assert re.match(r"keras fit \([1-9]\d* epochs, [1-9]\d* steps\)", rows[1]["arm"]), rows
+
+
+def test_small_night(tmp_path):
+    out = run_bench("small_night.py", "--others", "0", "--earlier-runs", "2", "--planning-done", "1000",
+                    "--work", str(tmp_path / "work"), tmp_path=tmp_path, timeout=WITH_RAY, shared_ray=True)
+    rows = table(out, ["other rows in current", "this wall s", "this ratio"])
+    assert [(r["other rows in current"], r["this ratio"]) for r in rows] == [("0", "1.000")]
+    numbers(rows, "this wall s", "this ratio")
+    assert re.search(r"planning alone: 1,000 listed against 1,000 done rows: [\d.]+ s, peak RSS growth \d+ MiB, "
+                     r"1,000 planned", out)

@@ -232,3 +232,35 @@ def test_credentials_never_reach_outputs_or_logs(tmp_path, tiny_artifact, mixed_
     for value in secrets.values():
         assert value not in logs
     assert scanned > 10
+
+
+def test_an_image_deleted_from_the_folder_leaves_current_and_the_summary_and_comes_back_when_restored(
+        tmp_path, tiny_artifact):
+    """Issue 27.9: `current` never forgot an image deleted from the collection, so the summary counted it
+    and every plan read it. A run that lists a folder whole marks what it did not find (deleted_at),
+    in the same update of `current`; a later listing that finds the file again clears the mark."""
+    from test_query import query_json
+
+    from jobs.output.readers import connect
+
+    folder = _images(tmp_path, 4)
+    output = str(tmp_path / "out")
+    args = ["--input", str(folder), "--output", output, "--model", tiny_artifact, "--incremental"]
+
+    def night(run_id: str) -> tuple[int, int, set[str]]:
+        done = run_job("segment.py", *args, "--run-id", run_id)
+        assert done.returncode == 0, done.stderr[-3000:]
+        pixels = sum(row["pixels"] for row in query_json(output, "summary"))
+        present = connect(output).sql("SELECT image_uri FROM current_images").fetchall()
+        marked = delta_sql(output, "SELECT count(*) AS n FROM current WHERE deleted_at IS NOT NULL").column("n")[0]
+        return pixels, marked.as_py(), {os.path.basename(uri) for (uri,) in present}
+
+    sizes = {f"img_{i:03d}.png": 48 * (48 + i % 7) for i in range(4)}
+    assert night("full") == (sum(sizes.values()), 0, set(sizes))
+    kept = (folder / "img_002.png").read_bytes()
+    (folder / "img_002.png").unlink()
+    assert night("after-delete") == (sum(sizes.values()) - sizes["img_002.png"], 1, set(sizes) - {"img_002.png"})
+    (folder / "img_002.png").write_bytes(kept)
+    assert night("restored") == (sum(sizes.values()), 0, set(sizes))
+    rows = delta_sql(output, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM current").to_pylist()
+    assert rows == [{"n": 4, "d": 4}]

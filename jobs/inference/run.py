@@ -28,7 +28,7 @@ from jobs.output.incremental import Selection
 from jobs.output.parts import kept_files, kept_parts
 from jobs.output.plans import Plan, Todo, load_plan, make_plan, remaining, remove_plan
 from jobs.storage.files import check_writable, storage_errors
-from jobs.storage.listing import iter_listing
+from jobs.storage.listing import iter_listing, whole_folders
 from jobs.storage.settings import StorageOptions, configure_storage
 
 
@@ -77,7 +77,7 @@ def segment(config: SegmentConfig) -> dict:
             raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; "
                                "not committing")
         # the fencing token, and when the listing began by the store's clock (orders versions in `current`)
-        record.update(lease_generation=lease.generation, listed_at=plan.listed_at)
+        record.update(lease_generation=lease.generation, listed_at=plan.listed_at, marks=bool(plan.gone or plan.back))
         if parts:
             record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts], lease.check)
         else:
@@ -101,7 +101,7 @@ def _make_plan(config: SegmentConfig, model: ModelInfo, run_id: str, listing: It
     selection = Selection(model.sha256, config.retry_errors) if config.incremental else None
     header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at=_iso(listed_at), model_sha256=model.sha256,
                   sources=list(config.inputs), shards=0, settings=result_settings(config))
-    return make_plan(config.output, header, listing, selection)
+    return make_plan(config.output, header, listing, selection, whole_folders(config.inputs))
 
 
 def _check_resumable(plan: Plan, config: SegmentConfig, model: ModelInfo) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.output.spill import Partitions, partition_sql, rest_sql
+from jobs.output.spill import Partitions, partition_sql, rest_sql, spilling_duckdb
 from jobs.output.tables import committed_files, scan, sql_strings
 from jobs.storage.files import filesystem
 from jobs.storage.listing import LISTING_SCHEMA
@@ -83,6 +83,28 @@ def selected(listed: Partitions, output: str, selection: Selection | None,
                        if files else None)
         for part in range(passes):
             yield _select(con, listed.files(index), earlier, f"rest % {passes} = {part}", selection)
+
+
+def marks(listed: Partitions, output: str, folders: list[str]) -> Iterator[pa.Table]:
+    """What the listing says of `current`'s rows, as (image_uri, gone) rows: gone where a row's image is
+    under a folder the run listed whole (`folders`, each ending in '/') and was not listed; back
+    (gone false) where a row marked gone was listed again. Joins that spill hold the listing."""
+    files = committed_files(output, "current")
+    if not files or not listed.rows:
+        return
+    everything = [path for index in range(listed.count) for path in listed.files(index)]
+    under = " OR ".join(f"starts_with(image_uri, $folder{i})" for i in range(len(folders))) or "false"
+    with spilling_duckdb(output) as con:
+        rows = con.sql(f"""
+            WITH earlier AS (SELECT image_uri, deleted_at FROM ({scan(con, "current", files)})),
+                 listed AS (SELECT DISTINCT image_uri FROM read_parquet([{sql_strings(everything)}]))
+            SELECT image_uri, true AS gone FROM earlier ANTI JOIN listed USING (image_uri)
+            WHERE deleted_at IS NULL AND ({under})
+            UNION ALL
+            SELECT image_uri, false AS gone FROM earlier SEMI JOIN listed USING (image_uri)
+            WHERE deleted_at IS NOT NULL""", params={f"folder{i}": folder for i, folder in enumerate(folders)})
+        for batch in rows.to_arrow_reader(BATCH_ROWS):
+            yield pa.Table.from_batches([batch])
 
 
 def _rebatched(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:

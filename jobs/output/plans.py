@@ -18,16 +18,18 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
-from jobs.output.incremental import Selection, partitioned, selected
+from jobs.output.incremental import Selection, marks, partitioned, selected
 from jobs.output.spill import spilling_duckdb
-from jobs.output.tables import sql_strings
+from jobs.output.tables import PLANS, marks_uri, sql_strings
 from jobs.storage.files import filesystem, join, protocol_of
 from jobs.storage.listing import LISTING_SCHEMA, listing_memory
 
-FOLDER = "_plans"
+FOLDER = PLANS
+MARKS_SCHEMA = pa.schema([("image_uri", pa.string()), ("gone", pa.bool_())])
 SHARD_ROWS = 1 << 20
 """Listing rows per plan shard."""
 MAX_BLOCKS = 4096
@@ -58,6 +60,10 @@ class Plan:
     settings: dict = field(default_factory=dict)
     """The flags that shape each image's result, as the first attempt was given them (flag -> value):
     a resume that asks for others would mix two settings in one run. Empty in plans written before."""
+    gone: int = 0
+    """Images of `current` under a folder listed whole that the listing did not find (`marks_uri`)."""
+    back: int = 0
+    """Images of `current` marked gone that the listing found again."""
 
 
 def plan_folder(output: str, run_id: str) -> str:
@@ -75,8 +81,12 @@ def load_plan(output: str, run_id: str) -> Plan | None:
 
 
 PLAN_TYPES = {"run_id": str, "inputs": int, "skipped": int, "planned": int, "listed_at": str, "model_sha256": str,
-              "sources": list, "shards": int, "settings": dict}
+              "sources": list, "shards": int, "settings": dict, "gone": int, "back": int}
 """What each field of plan.json must be: read back from the store, it reaches SQL and the commit."""
+
+
+LATER_FIELDS = {"settings": {}, "gone": 0, "back": 0}
+"""Fields that plans written by earlier versions lack, with the value they mean there."""
 
 
 def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
@@ -90,9 +100,9 @@ def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
         fields = json.loads(text)
     except ValueError:
         raise refuse("(not JSON)") from None
-    if not isinstance(fields, dict) or not set(PLAN_TYPES) - {"settings"} <= set(fields) <= set(PLAN_TYPES):
+    if not isinstance(fields, dict) or not set(PLAN_TYPES) - set(LATER_FIELDS) <= set(fields) <= set(PLAN_TYPES):
         raise refuse("(the set of fields)")
-    fields.setdefault("settings", {})
+    fields = {**LATER_FIELDS, **fields}
     for name, kind in PLAN_TYPES.items():
         value = fields[name]
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
@@ -111,9 +121,11 @@ def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
     return Plan(**fields)
 
 
-def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection: Selection | None) -> Plan:
-    """Select the run's images as the listing streams, write them as the plan's shards, then the marker
-    that makes them the plan. The listing's partitions live on this machine's scratch disk until then."""
+def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection: Selection | None,
+              folders: list[str] = ()) -> Plan:
+    """Select the run's images as the listing streams, write them as the plan's shards, then its
+    deletion marks (`folders`: those the listing walked whole), then the marker that makes them the
+    plan. The listing's partitions live on this machine's scratch disk until then."""
     folder = plan_folder(output, header.run_id)
     with tempfile.TemporaryDirectory(prefix="plan-") as scratch, listing_memory():
         listed = partitioned(listing, scratch)
@@ -122,10 +134,25 @@ def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection:
             for images, todo in selected(listed, output, selection, scratch):
                 inputs += images
                 shards.write(todo)
-    whole = replace(header, inputs=inputs, skipped=inputs - shards.rows, planned=shards.rows, shards=shards.count)
+        gone, back = _write_marks(output, header.run_id, marks(listed, output, list(folders)))
+    whole = replace(header, inputs=inputs, skipped=inputs - shards.rows, planned=shards.rows, shards=shards.count,
+                    gone=gone, back=back)
     fs, root = filesystem(folder)
     fs.pipe_file(f"{root}/plan.json", json.dumps(asdict(whole)).encode())
     return whole
+
+
+def _write_marks(output: str, run_id: str, rows: Iterable[pa.Table]) -> tuple[int, int]:
+    """Write the deletion marks where the commit finds them; returns (gone, back)."""
+    gone = back = 0
+    fs, path = filesystem(marks_uri(output, run_id))
+    with fs.open(path, "wb") as handle, pq.ParquetWriter(handle, MARKS_SCHEMA, compression="zstd") as writer:
+        for table in rows:
+            table = table.cast(MARKS_SCHEMA)
+            writer.write_table(table)
+            found = int(pc.sum(table.column("gone")).as_py() or 0)
+            gone, back = gone + found, back + table.num_rows - found
+    return gone, back
 
 
 def _row_group_rows(images: int) -> int:

@@ -8,7 +8,8 @@ Views:
     runs                 one row per committed run (counts, model, wall time)
     images, class_stats  every row of every committed run, with its `run_id`
     current_images       the `current` table: per image URI, the row of its newest image version
-                         (ties: the later commit); everything but the mask bytes
+                         (ties: the later commit); everything but the mask bytes; images a run
+                         found gone from their folder left out
     current_class_stats  the class_stats rows of those current rows
 """
 from __future__ import annotations
@@ -46,7 +47,9 @@ def connect(output: str) -> duckdb.DuckDBPyConnection:
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
     for table in TABLES:
-        con.execute(f"CREATE VIEW {_view(table)} AS {scan(con, table, committed_files(output, table))}")
+        rows = scan(con, table, committed_files(output, table))
+        con.execute(f"CREATE VIEW {_view(table)} AS "
+                    + (f"SELECT * FROM ({rows}) WHERE deleted_at IS NULL" if table == "current" else rows))
     con.execute("""
         CREATE VIEW current_class_stats AS
         SELECT c.* FROM class_stats c SEMI JOIN current_images k ON c.image_id = k.image_id AND c.run_id = k.run_id""")

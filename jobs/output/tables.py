@@ -69,7 +69,8 @@ SCHEMAS = {
     "images": IMAGES_FILE_SCHEMA.append(RUN_ID),
     "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID),
     "current": pa.schema([f for f in IMAGE_FIELDS if f[0] != "mask_png"]).append(RUN_ID)
-    .append(pa.field("commit_version", pa.int64())).append(pa.field("listed_at", pa.timestamp("us", tz="UTC"))),
+    .append(pa.field("commit_version", pa.int64())).append(pa.field("listed_at", pa.timestamp("us", tz="UTC")))
+    .append(pa.field("deleted_at", pa.timestamp("us", tz="UTC"))),
     "runs": pa.schema([
         ("run_id", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
         ("committed_at", pa.timestamp("us", tz="UTC")), ("commit_version", pa.int64()),
@@ -89,8 +90,19 @@ NEWER = (f"coalesce(s.listed_at, {EPOCH}) > coalesce(t.listed_at, {EPOCH}) OR "
 file has now, even when that version is older (a file restored from a backup); a run that listed
 earlier and committed later does not move `current` back. Rows of runs before `listed_at` existed
 read it as null: any later listing replaces them."""
-RUN_COLUMNS = ("commit_version", "listed_at")
+RUN_COLUMNS = ("commit_version", "listed_at", "deleted_at")
 """Columns of `current` that come from the run, not from its `images` rows."""
+GONE = (f"s.deleted_at IS NOT NULL AND t.deleted_at IS NULL AND s.listed_at > coalesce(t.listed_at, {EPOCH})")
+BACK = "s.deleted_at IS NULL AND t.deleted_at IS NOT NULL AND s.listed_at > t.deleted_at"
+"""When a run's listing marks a `current` row deleted (its file was not under a folder the run listed
+whole, and the row came from an earlier listing) or present again (listed after it was marked)."""
+PLANS = "_plans"
+"""The folder of the runs' plans under the root (`jobs.output.plans`)."""
+
+
+def marks_uri(output: str, run_id: str) -> str:
+    """The run's deletion marks, beside its plan: URIs its listing found gone from, or back in, storage."""
+    return join(output, PLANS, run_id, "marks.parquet")
 TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp", pa.int64(): "long"}
 """Delta's name for each type a column added to an existing table can have."""
 
@@ -333,8 +345,21 @@ def _complete(output: str, record: dict, version: int, class_stats_files: list[t
     number of processes completing one run at once all succeed, and each table takes it once."""
     run_id = record["run_id"]
     retry_conflicts(lambda: _commit_class_stats(output, run_id, class_stats_files))
-    _update_current(output, run_id, version, record.get("listed_at"))
+    _update_current(output, run_id, version, record.get("listed_at"), _marks_of(output, record))
     retry_conflicts(lambda: _append_run(output, record, version))
+
+
+def _marks_of(output: str, record: dict) -> str | None:
+    """The run's deletion marks file, where its record says it has one and it is still there."""
+    if not record.get("marks"):
+        return None
+    uri = marks_uri(output, record["run_id"])
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        return uri
+    print(f"run {record['run_id']}: its deletion marks ({uri}) are gone; current is brought up to the run "
+          "without them, the next listing of those folders marks them", file=sys.stderr, flush=True)
+    return None
 
 
 def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, int]]) -> None:
@@ -355,15 +380,15 @@ def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, in
                                                                       max_commit_retries=0))
 
 
-def _update_current(output: str, run_id: str, version: int, listed_at: str | None) -> None:
+def _update_current(output: str, run_id: str, version: int, listed_at: str | None, marks: str | None) -> None:
     """Bring `current` up to the run at a cost that grows with the run, not with the table: the run's
     new images are appended (no existing file read or rewritten), only the images it updates go
     through one merge, which rewrites each `current` file that holds one at most once. Which images
     are new is decided from the key column alone."""
-    retry_conflicts(lambda: _current_attempt(output, run_id, version, listed_at))
+    retry_conflicts(lambda: _current_attempt(output, run_id, version, listed_at, marks))
 
 
-def _current_attempt(output: str, run_id: str, version: int, listed_at: str | None) -> None:
+def _current_attempt(output: str, run_id: str, version: int, listed_at: str | None, marks: str | None) -> None:
     """One try against a freshly loaded `current`. Every write here commits with no delta-rs retry, so
     it lands only on the very version it read (a compare-and-swap on the table version): of two
     processes that judged the same images new, one commits and the other tries again against the
@@ -375,18 +400,23 @@ def _current_attempt(output: str, run_id: str, version: int, listed_at: str | No
     if table.transaction_version(run_id) is not None:
         return
     con, run_rows = _stage_run(output, run_id, version, listed_at,
-                               [u.removeprefix("file://") for u in table.file_uris()])
+                               [u.removeprefix("file://") for u in table.file_uris()], marks)
     done = [Transaction(run_id, 1)]
-    updated_rows = con.execute("SELECT count(*) FROM updated").fetchall()[0][0]
+    updated_rows, marked = con.execute("SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM marks)").fetchall()[0]
     new_rows = run_rows - updated_rows  # a run lists each URI once; were one named twice, this only over-counts
-    if updated_rows:
-        bounds = con.execute("SELECT min(image_uri), max(image_uri) FROM updated").fetchall()[0]
-        updates = _typed(con.sql("SELECT * FROM run_rows SEMI JOIN updated USING (image_uri)"))
-        (table.merge(updates, _merge_predicate(*bounds), source_alias="s", target_alias="t",
+    if updated_rows or marked:
+        bounds = con.execute("SELECT min(image_uri), max(image_uri) FROM (SELECT image_uri FROM updated UNION ALL "
+                             "SELECT image_uri FROM marks)").fetchall()[0]
+        source = _typed(con.sql("SELECT *, 'run' AS kind FROM run_rows SEMI JOIN updated USING (image_uri) "
+                                "UNION ALL BY NAME SELECT *, 'mark' AS kind FROM marks"), MERGE_SOURCE)
+        (table.merge(source, _merge_predicate(*bounds), source_alias="s", target_alias="t",
                      commit_properties=CommitProperties(app_transactions=None if new_rows else done,
                                                         max_commit_retries=0))
-         .when_matched_update_all(predicate=NEWER).execute())
-    if new_rows or not updated_rows:
+         .when_matched_update({name: f"s.{name}" for name in SCHEMAS["current"].names},
+                              predicate=f"s.kind = 'run' AND ({NEWER})")
+         .when_matched_update({"deleted_at": "s.deleted_at"}, predicate=f"s.kind = 'mark' AND (({GONE}) OR ({BACK}))")
+         .execute())
+    if new_rows or not (updated_rows or marked):
         inserts = _typed(con.sql("SELECT * FROM run_rows ANTI JOIN updated USING (image_uri)"))
         write_deltalake(table, inserts, mode="append",
                         commit_properties=CommitProperties(app_transactions=done, max_commit_retries=0))
@@ -399,10 +429,12 @@ def _merge_predicate(low: str, high: str) -> str:
     return f"t.image_uri = s.image_uri AND t.image_uri >= {sql_strings([low])} AND t.image_uri <= {sql_strings([high])}"
 
 
-def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, current_files: list[str]):
+def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, current_files: list[str],
+               marks: str | None):
     """A DuckDB connection with `run_rows` (a view: the run's `images` rows as `current` rows, read
-    from its committed files) and `updated` (a table: those of its image URIs that `current` holds,
-    found by reading that one column of `current`), and how many rows the run has."""
+    from its committed files), `updated` (a table: those of its image URIs that `current` holds,
+    found by reading that one column of `current`) and `marks` (a view: the run's deletion marks as
+    `current` rows, less the images it has rows for), and how many rows the run has."""
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
@@ -411,7 +443,11 @@ def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, cu
     columns = ", ".join(f'"{n}"' for n in SCHEMAS["current"].names if n not in RUN_COLUMNS)
     listed = f"TIMESTAMPTZ '{_checked_time(run_id, listed_at).isoformat()}'" if listed_at else "NULL::TIMESTAMPTZ"
     con.execute(f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
-                f"{listed} AS listed_at FROM ({scan(con, 'images', run_files)})")
+                f"{listed} AS listed_at, NULL::TIMESTAMPTZ AS deleted_at FROM ({scan(con, 'images', run_files)})")
+    marked = (f"SELECT image_uri, gone FROM read_parquet([{sql_strings([marks])}]) ANTI JOIN run_rows USING (image_uri)"
+              if marks and listed_at else "SELECT NULL::VARCHAR AS image_uri, NULL::BOOLEAN AS gone WHERE false")
+    con.execute(f"CREATE VIEW marks AS SELECT image_uri, {int(version)}::BIGINT AS commit_version, "
+                f"{listed} AS listed_at, CASE WHEN gone THEN {listed} END AS deleted_at FROM ({marked})")
     rows, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM run_rows").fetchall()[0]
     # the run's key range: row groups of `current` entirely outside it are skipped unread (a collection
     # whose new images sort after the old, by date or by number, reads nothing of `current` at all)
@@ -436,9 +472,12 @@ def _checked_time(run_id: str, value: str) -> dt.datetime:
     return parsed
 
 
-def _typed(relation: duckdb.DuckDBPyRelation) -> pa.RecordBatchReader:
+MERGE_SOURCE = SCHEMAS["current"].append(pa.field("kind", pa.string()))
+"""A merge into `current`: rows of the run (`kind` 'run') and its deletion marks ('mark')."""
+
+
+def _typed(relation: duckdb.DuckDBPyRelation, schema: pa.Schema = SCHEMAS["current"]) -> pa.RecordBatchReader:
     """A DuckDB query streamed as `current` rows, in the table's own types."""
-    schema = SCHEMAS["current"]
     batches = relation.to_arrow_reader(CURRENT_BATCH_ROWS)
     return pa.RecordBatchReader.from_batches(schema, (batch.cast(schema) for batch in batches))
 
@@ -465,10 +504,14 @@ def _append_run(output: str, record: dict, version: int | None, fence: Callable[
 
 
 def append_empty_run(output: str, record: dict, fence: Callable[[], None] = lambda: None) -> None:
-    """A run that had nothing to process (an incremental night with no new images) is only a `runs` row,
-    checked and committed on one snapshot of `runs` as `commit_run` does with `images`."""
+    """A run that had nothing to process (an incremental night with no new images) is a `runs` row,
+    checked and committed on one snapshot of `runs` as `commit_run` does with `images`, and then the
+    deletion marks its listing found."""
     check_not_committed(output, record["run_id"])
     retry_conflicts(lambda: _append_run(output, record, None, fence))
+    marks = _marks_of(output, record)
+    if marks:  # after the run's row: marks of a run that never committed would be the only trace of it
+        _update_current(output, record["run_id"], 0, record.get("listed_at"), marks)
 
 
 def retry_conflicts(attempt) -> None:

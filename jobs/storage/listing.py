@@ -147,6 +147,20 @@ def _resolve(base: str, relative: str) -> str:
     return f"{scheme}://{bucket}/{posixpath.normpath(posixpath.join('/', folder, relative)).lstrip('/')}"
 
 
+def whole_folders(inputs: list[str]) -> list[str]:
+    """The inputs that are folders or prefixes (not a glob, a list file or one image), as the prefix
+    every image under them starts with: the listing walks each whole, so what it did not find there is
+    gone."""
+    folders = []
+    for spec in inputs:
+        uri = canonical_uri(spec)
+        fs, path = filesystem(uri)
+        with storage_errors(spec):
+            if not any(ch in spec for ch in "*?[") and fs.isdir(path):
+                folders.append(uri.rstrip("/") + "/")
+    return folders
+
+
 def _expand(spec: str) -> Iterator[pa.Table]:
     uri = canonical_uri(spec)
     fs, path = filesystem(uri)
