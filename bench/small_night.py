@@ -102,7 +102,9 @@ def append_others(output: Path, rows: int, model_sha256: str, images: Path) -> N
     import pyarrow.compute as pc
     from deltalake import write_deltalake
 
-    from jobs.output.tables import SCHEMAS, delta_uri
+    from jobs.output.tables import SCHEMAS, delta_uri, ensure_tables
+
+    ensure_tables(str(output))  # a root written by an earlier version gets today's columns, as a run's start does
 
     def interleaved():
         start = 0

@@ -36,12 +36,15 @@ def test_new_images_are_appended_without_touching_the_files_current_holds(root):
     assert rows == [{"run_id": "first", "n": 200}, {"run_id": "second", "n": 150}]
 
 
-def test_a_run_that_updates_images_rewrites_each_current_file_once_and_adds_the_new(root):
+@pytest.mark.parametrize("path", ["replace", "merge"])
+def test_a_run_that_updates_images_rewrites_each_current_file_once_and_adds_the_new(root, path, monkeypatch):
+    """A run that updates a few images replaces their rows by key; one that updates many, by a merge."""
+    monkeypatch.setattr(tables, "REPLACE_MAX", 10_000 if path == "replace" else 0)
     commit(root, "first", 0, 200)
     versions_before = delta_table(root, "current").version()
     commit(root, "second", 100, 200, version="2")  # images 100..199 change, 200..299 are new
     history = [e for e in delta_table(root, "current").history() if e["version"] > versions_before]
-    assert sorted(e["operation"] for e in history) == ["MERGE", "WRITE"]
+    assert sorted(e["operation"] for e in history) == (["WRITE", "WRITE"] if path == "replace" else ["MERGE", "WRITE"])
     counts = delta_sql(root, "SELECT source_version, run_id, count(*) AS n FROM current "
                              "GROUP BY ALL ORDER BY run_id").to_pylist()
     assert counts == [{"source_version": "1", "run_id": "first", "n": 100},
@@ -75,14 +78,21 @@ def test_runs_completing_at_once_with_the_same_new_images_leave_one_row_per_imag
     assert delta_sql(root, "SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 2}]
 
 
-def test_an_update_merge_reads_only_the_current_files_in_the_updated_key_range(root):
+@pytest.mark.parametrize("path", ["replace", "merge"])
+def test_an_update_reads_and_rewrites_only_the_current_files_that_hold_the_updated_images(root, path, monkeypatch):
     """Issue 27.6: delta-rs streams the merge's source, which turns off its pruning by the source's keys,
-    so a run updating 5 images read every file of `current` (12 of 12)."""
+    so a run updating 5 images read every file of `current` (12 of 12). A merge now skips the files
+    outside the updated key range; a replace by key rewrites only the file that holds them."""
+    monkeypatch.setattr(tables, "REPLACE_MAX", 10_000 if path == "replace" else 0)
     for night in range(12):
         commit(root, f"night-{night:02d}", night * 100, 100)
     commit(root, "updates", 300, 5, version="2")  # five images of night-03's range change
-    merge = next(e for e in delta_table(root, "current").history() if e["operation"] == "MERGE")
-    metrics = merge["operationMetrics"]
-    assert (metrics["num_target_files_scanned"], metrics["num_target_files_skipped_during_scan"]) == (1, 11), metrics
+    latest = delta_table(root, "current").history(limit=1)[0]
+    metrics = latest["operationMetrics"]
+    if path == "merge":
+        assert latest["operation"] == "MERGE"
+        assert (metrics["num_target_files_scanned"], metrics["num_target_files_skipped_during_scan"]) == (1, 11)
+    else:
+        assert latest["operation"] == "WRITE" and (metrics["num_removed_files"], metrics["num_added_rows"]) == (1, 5)
     changed = delta_sql(root, "SELECT count(*) AS n FROM current WHERE source_version = '2'").column("n")[0].as_py()
     assert changed == 5
