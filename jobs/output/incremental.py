@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.output.spill import Partitions, partition_sql, rest_sql, spilling_duckdb
-from jobs.output.tables import committed_files, scan, sql_strings
+from jobs.output.tables import committed_files, files_holding, scan, sql_strings
 from jobs.storage.files import filesystem
 from jobs.storage.listing import LISTING_SCHEMA
 
@@ -78,9 +78,10 @@ def selected(listed: Partitions, output: str, selection: Selection | None,
             done = spilled.files(index)
             earlier = f"SELECT hi, lo, rest FROM read_parquet([{sql_strings(done)}])" if done else None
         else:
+            holding = files_holding(con, files, f"SELECT image_uri FROM read_parquet([{sql_strings(listed.files(0))}])")
             earlier = (f"SELECT hi, lo, {rest_sql(1)} FROM "
-                       f"({_done_sql(con, files, selection, 'image_uri IN (SELECT image_uri FROM listed)')})"
-                       if files else None)
+                       f"({_done_sql(con, holding, selection, 'image_uri IN (SELECT image_uri FROM listed)')})"
+                       if holding else None)
         for part in range(passes):
             yield _select(con, listed.files(index), earlier, f"rest % {passes} = {part}", selection)
 
