@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -70,13 +71,14 @@ def list_file(work: Path, name: str, count: int) -> Path:
     return path
 
 
-def segment(images: Path, output: Path, model: str, run_id: str, checkout: Path = ROOT) -> float:
+def segment(images: Path, output: Path, model: str, run_id: str, checkout: Path) -> float:
     """One `--incremental` run as a whole process (of `checkout`'s job: a local Ray of its own, or the
     cluster RAY_ADDRESS names); its wall time."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}  # its own `jobs`, not the one this environment installed
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(checkout / "jobs" / "segment.py"), "--input", str(images), "--output",
                            str(output), "--model", model, "--incremental", "--run-id", run_id, "--batch-size", "32"],
-                          cwd=checkout, capture_output=True, text=True)
+                          cwd=checkout, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"segment.py into {output} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -102,9 +104,11 @@ def append_others(output: Path, rows: int, model_sha256: str, images: Path) -> N
     import pyarrow.compute as pc
     from deltalake import write_deltalake
 
-    from jobs.output.tables import SCHEMAS, delta_uri, ensure_tables
+    from jobs.output.tables import delta_uri, open_table
 
-    ensure_tables(str(output))  # a root written by an earlier version gets today's columns, as a run's start does
+    # under the table's own schema: a root an earlier version wrote keeps its columns, so that version's
+    # job can run the night into it too (this one adds its new columns when a run starts)
+    schema = pa.schema(open_table(str(output), "current").schema().to_arrow())
 
     def interleaved():
         start = 0
@@ -114,13 +118,15 @@ def append_others(output: Path, rows: int, model_sha256: str, images: Path) -> N
             uris = pc.binary_join_element_wise(
                 f"{images}/img_", pc.utf8_lpad(pc.cast(pa.array(ids % NIGHT_IMAGES), pa.string()), 4, "0"), "-",
                 pc.cast(pa.array(ids), pa.string()), ".png", "")
-            yield batch.set_column(batch.schema.get_field_index("image_uri"), "image_uri", uris)
+            batch = batch.set_column(batch.schema.get_field_index("image_uri"), "image_uri", uris)
+            yield pa.RecordBatch.from_arrays([batch.column(f.name).cast(f.type) for f in schema], schema=schema)
 
-    reader = pa.RecordBatchReader.from_batches(SCHEMAS["current"], interleaved())
+    reader = pa.RecordBatchReader.from_batches(schema, interleaved())
     write_deltalake(delta_uri(str(output), "current"), reader, mode="append")
 
 
-def prepare(work: Path, others: list[int], earlier_runs: int, planning_done: int) -> None:
+def prepare(work: Path, others: list[int], earlier_runs: int, planning_done: int, writer: Path) -> None:
+    """The roots, written once by `writer`'s code (this process runs with its `jobs` first on the path)."""
     from jobs.inference.model import model_info
 
     work.mkdir(parents=True, exist_ok=True)
@@ -131,7 +137,7 @@ def prepare(work: Path, others: list[int], earlier_runs: int, planning_done: int
     if not (base / "runs" / "_delta_log").exists():
         shutil.rmtree(base, ignore_errors=True)
         prepare_images(images, version=1, count=UPDATED)
-        segment(list_file(work, "first", UPDATED), base, model, "first")
+        segment(list_file(work, "first", UPDATED), base, model, "first", writer)
         started = time.perf_counter()
         add_earlier_runs(base, earlier_runs)
         print(f"committed {earlier_runs} earlier runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -193,16 +199,21 @@ def main() -> None:
     parser.add_argument("--vs", type=Path, help="another checkout whose jobs/segment.py runs each night too")
     parser.add_argument("--measure-planning", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--writer", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_planning:
         print(json.dumps(measure_planning(*args.measure_planning)))
         return
     if args.prepare:
-        prepare(args.work, args.others, args.earlier_runs, args.planning_done)
+        sys.path.insert(0, str(args.writer))  # its `jobs` before the one common.py put on the path
+        prepare(args.work, args.others, args.earlier_runs, args.planning_done, args.writer)
         return
-    # in a child: this process stays small, so the planning measurement's child starts with a small peak RSS
+    # in a child: this process stays small, so the planning measurement's child starts with a small peak RSS;
+    # with --vs, the roots are written by that (earlier) checkout's code, whose tables this one's job upgrades
+    oldest = args.vs or ROOT
     subprocess.run([sys.executable, __file__, "--prepare", "--work", str(args.work), "--others", *map(str, args.others),
-                    "--earlier-runs", str(args.earlier_runs), "--planning-done", str(args.planning_done)],
+                    "--earlier-runs", str(args.earlier_runs), "--planning-done", str(args.planning_done),
+                    "--writer", str(oldest)],
                    cwd=ROOT, check=True)
     checkouts = {"this": ROOT, **({"vs": args.vs} if args.vs else {})}
     walls = {(name, count): night(args.work, count, checkout) for count in args.others

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.cli.flags import add_storage_flags, config_from
 from jobs.cli.main import run_main
 from jobs.results.export import INDEX_NAME, ExportConfig, export
 
@@ -24,8 +25,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
                         help="export one committed run (default: the current mask of every image)")
     parser.add_argument("--relative-to", default=None, metavar="URI",
                         help="input root whose layout is mirrored (default: the images' common folder)")
-    args = parser.parse_args(argv)
-    return ExportConfig(args.output, args.dest, args.run, args.relative_to)
+    add_storage_flags(parser)
+    return config_from(ExportConfig, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

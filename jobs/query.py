@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs.cli.flags import add_storage_flags
 from jobs.cli.main import run_main
 from jobs.cli.types import fraction, positive_int
 from jobs.common.errors import UserError
 from jobs.results.query import FORMATS, run_query, write_result
+from jobs.storage.files import storage_errors
+from jobs.storage.settings import StorageOptions, configure_storage
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="table (default: aligned, for people), csv, json (an array of objects) or parquet "
                              "(binary: --to FILE or a redirect)")
     common.add_argument("--to", metavar="FILE", help="write the result to this local file instead of stdout")
+    add_storage_flags(common)
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--run", metavar="ID", default=None, help="one committed run (default: current rows)")
 
@@ -53,14 +57,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "output" not in args:
         parser.error("the following arguments are required: --output")
     args.format, args.to = getattr(args, "format", "table"), getattr(args, "to", None)
+    args.s3_endpoint_url, args.anonymous = getattr(args, "s3_endpoint_url", None), getattr(args, "anonymous", False)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    table = run_query(args)
+    configure_storage(StorageOptions(args.s3_endpoint_url, args.anonymous))
+    with storage_errors(args.output):
+        table = run_query(args)
     if args.to:
-        with open(args.to, "wb") as out:
+        with storage_errors(args.to), open(args.to, "wb") as out:
             write_result(table, args.format, out)
     elif args.format == "parquet" and sys.stdout.isatty():
         raise UserError("--format parquet is binary: add --to FILE or redirect the output to a file")

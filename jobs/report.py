@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.cli.flags import add_storage_flags, config_from
 from jobs.cli.main import run_main
 from jobs.cli.types import int_between
 from jobs.results.report import ReportConfig, build_report, write_text
+from jobs.storage.files import storage_errors
 
 
 def parse_args(argv: list[str] | None = None) -> ReportConfig:
@@ -25,14 +27,15 @@ def parse_args(argv: list[str] | None = None) -> ReportConfig:
                         help="images in the gallery, 1..200 (default 24)")
     parser.add_argument("--thumb-size", type=int_between(32, 1024), default=240,
                         help="longest side of a gallery thumbnail in pixels (default 240)")
-    args = parser.parse_args(argv)
-    return ReportConfig(args.output, args.html, args.run, args.samples, args.thumb_size)
+    add_storage_flags(parser)
+    return config_from(ReportConfig, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     text = build_report(config)
-    write_text(config.html, text)
+    with storage_errors(config.html):
+        write_text(config.html, text)
     print(f"wrote {config.html} ({len(text.encode('utf-8')) / 1024:.0f} KiB)")
     return 0
 

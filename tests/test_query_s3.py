@@ -48,3 +48,44 @@ def test_an_s3_output_root_answers_like_the_local_one(s3_server, s3_bucket, loca
     done = run_with(env, "export_masks.py", "--output", remote, "--run", "first", "--dest", str(tmp_path / "m"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(os.listdir(tmp_path / "m" / "a")) == 4
+
+
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed, checked to be the only one and no traceback."""
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
+    return lines[0]
+
+
+READERS = {"query.py": ["runs"], "report.py": ["--html", "{tmp}/r.html"], "export_masks.py": ["--dest", "{tmp}/m"]}
+
+
+@pytest.mark.parametrize("script", sorted(READERS))
+def test_the_readers_take_the_storage_flags_and_answer_a_storage_failure_in_one_line(
+        script, s3_server, s3_bucket, local_output, tmp_path):
+    """Issue 30: on an s3:// output without credentials these three printed a 64-line traceback, and none
+    took --s3-endpoint-url."""
+    fs = s3_server.filesystem()
+    fs.put(local_output, f"{s3_bucket}/seg", recursive=True)
+    remote, args = f"s3://{s3_bucket}/seg", [arg.format(tmp=tmp_path) for arg in READERS[script]]
+    flagged = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}
+    done = run_with(flagged, script, "--output", remote, "--s3-endpoint-url", s3_server.endpoint, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    anonymous = {k: v for k, v in s3_server.env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    assert error_line(run_with(anonymous, script, "--output", remote, *args)).startswith(f"error: {remote}: ")
+    wrong = s3_server.env(s3_server.env()["AWS_ACCESS_KEY_ID"], "not-the-secret")
+    assert error_line(run_with(wrong, script, "--output", remote, *args)).startswith(f"error: {remote}: access denied")
+
+
+def test_a_local_destination_the_readers_cannot_write_is_one_line(local_output, tmp_path):
+    """`query --to DIR`, `report --html DIR` and `export --dest FILE` ended in tracebacks."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    folder, plain = tmp_path / "folder", tmp_path / "plain.txt"
+    folder.mkdir()
+    plain.write_text("a file, not a folder")
+    for script, args, where in (("query.py", ["runs", "--to", str(folder)], folder),
+                                ("report.py", ["--html", str(folder)], folder),
+                                ("export_masks.py", ["--dest", str(plain)], plain)):
+        line = error_line(run_with(env, script, "--output", local_output, *args))
+        assert line.startswith(f"error: {where}: "), line

@@ -22,7 +22,7 @@ def config_from(config_type: type[Config], args: argparse.Namespace, **overrides
 
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--s3-endpoint-url", metavar="URL", default=None,
+    parser.add_argument("--s3-endpoint-url", metavar="URL",
                         help="S3-compatible store to use instead of AWS (default: $AWS_ENDPOINT_URL if set)")
     parser.add_argument("--anonymous", action="store_true",
                         help="read S3 without credentials (public buckets)")

@@ -14,7 +14,8 @@ import pyarrow.dataset as pads
 from jobs.common.errors import UserError
 from jobs.output.readers import check_run, connect, select_scope
 from jobs.output.tables import committed_dataset, scan_field
-from jobs.storage.files import filesystem, join
+from jobs.storage.files import filesystem, join, storage_errors
+from jobs.storage.settings import StorageOptions, configure_storage
 
 INDEX_NAME = "masks.csv"
 
@@ -28,6 +29,8 @@ class ExportConfig:
     dest: str
     run: str | None = None
     relative_to: str | None = None
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
 
 
 def strip_scheme(uri: str) -> str:
@@ -74,21 +77,25 @@ def checked_target(dest: str, name: str) -> str:
 
 def export(config: ExportConfig) -> int:
     """Write the masks and the index; returns how many masks were written."""
-    con = connect(config.output)
-    check_run(con, config.run, config.output)
-    select_scope(con, config.run)
-    rows = con.sql("SELECT run_id, image_id, image_uri FROM scope_images WHERE status = 'ok' "
-                   "ORDER BY image_uri").fetchall()
+    configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
+    with storage_errors(config.output):
+        con = connect(config.output)
+        check_run(con, config.run, config.output)
+        select_scope(con, config.run)
+        rows = con.sql("SELECT run_id, image_id, image_uri FROM scope_images WHERE status = 'ok' "
+                       "ORDER BY image_uri").fetchall()
     root = strip_scheme(config.relative_to) if config.relative_to else common_folder([u for _, _, u in rows])
     names = mask_names([(image_id, uri) for _, image_id, uri in rows], root)
-    written = write_masks(config, rows, names)
+    with storage_errors(config.dest):  # the masks are read as they are written: a failure here is mostly the dest's
+        written = write_masks(config, rows, names)
     if written != len(rows):
         raise RuntimeError(f"wrote {written} masks for {len(rows)} ok images; the index is not written")
     index = io.StringIO()
     writer = csv.writer(index)
     writer.writerow(["image_uri", "mask_path"])
     writer.writerows((uri, names[image_id]) for _, image_id, uri in rows)
-    write_bytes(join(config.dest, INDEX_NAME), index.getvalue().encode("utf-8"))
+    with storage_errors(config.dest):
+        write_bytes(join(config.dest, INDEX_NAME), index.getvalue().encode("utf-8"))
     return len(rows)
 
 

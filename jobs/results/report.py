@@ -13,7 +13,8 @@ from PIL import Image
 
 from jobs.common.errors import UserError
 from jobs.output.readers import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, run_record, select_scope
-from jobs.storage.files import filesystem, read_bytes
+from jobs.storage.files import filesystem, read_bytes, storage_errors
+from jobs.storage.settings import StorageOptions, configure_storage
 from unet_core.image import DecodeError, decode_image
 from unet_core.masks import decode_mask_png, default_colors
 
@@ -30,6 +31,8 @@ class ReportConfig:
     run: str | None = None
     samples: int = 24
     thumb_size: int = 240
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,17 @@ class Sample:
 
 def build_report(config: ReportConfig) -> str:
     """The report's HTML text."""
-    con = connect(config.output)
-    check_run(con, config.run, config.output)
-    record = run_record(con, config.run)
-    if record is None:
-        raise UserError(f"{config.output}: no committed runs to report")
-    select_scope(con, record["run_id"])
-    classes = con.sql(SUMMARY_SQL).to_arrow_table().to_pylist()
-    errors = con.sql(f"{ERRORS_SQL} LIMIT {MAX_ERRORS_SHOWN}").to_arrow_table().to_pylist()
-    samples, palette = gallery(con, config.output, config.samples, config.thumb_size, len(record["class_names"]))
+    configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
+    with storage_errors(config.output):
+        con = connect(config.output)
+        check_run(con, config.run, config.output)
+        record = run_record(con, config.run)
+        if record is None:
+            raise UserError(f"{config.output}: no committed runs to report")
+        select_scope(con, record["run_id"])
+        classes = con.sql(SUMMARY_SQL).to_arrow_table().to_pylist()
+        errors = con.sql(f"{ERRORS_SQL} LIMIT {MAX_ERRORS_SHOWN}").to_arrow_table().to_pylist()
+        samples, palette = gallery(con, config.output, config.samples, config.thumb_size, len(record["class_names"]))
     return render(record, classes, palette, errors, samples)
 
 
