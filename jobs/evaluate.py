@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.cli.flags import add_replica_flags, config_from
+from jobs.cli.flags import add_replica_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
 from jobs.inference.config import EvaluateConfig
 from jobs.storage.files import join
@@ -22,6 +22,7 @@ from jobs.training.evaluation import METRICS_FILE, PER_IMAGE_FILE, evaluate
 def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--model", required=True, metavar="URI", help="model artifact folder")
     parser.add_argument("--images", required=True, metavar="URI", help="folder/prefix of labelled images")
     parser.add_argument("--masks", required=True, metavar="URI", help="their masks, paired by file stem")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.cli.flags import add_storage_flags, config_from
+from jobs.cli.flags import add_storage_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
 from jobs.results.export import INDEX_NAME, ExportConfig, export
 
@@ -19,6 +19,7 @@ from jobs.results.export import INDEX_NAME, ExportConfig, export
 def parse_args(argv: list[str] | None = None) -> ExportConfig:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--output", required=True, metavar="URI", help="output root of the segment job")
     parser.add_argument("--dest", required=True, metavar="URI", help="folder or prefix to write the masks under")
     parser.add_argument("--run", default=None, metavar="ID",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.cli.flags import add_storage_flags
+from jobs.cli.flags import add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
 from jobs.cli.types import positive_int
 from jobs.output import tables
@@ -23,6 +23,7 @@ from jobs.output.maintenance import MIN_RETENTION_HOURS, MaintainConfig, maintai
 def parse_args(argv: list[str] | None = None) -> MaintainConfig:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--output", required=True, metavar="URI", help="output root of the segment job")
     parser.add_argument("--retention-hours", type=positive_int, default=168,
                         help="delete unreferenced files once older than this (default: 168, a week; "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.cli.flags import add_storage_flags
+from jobs.cli.flags import add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
 from jobs.cli.types import fraction, positive_int
 from jobs.common.errors import UserError
@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__, parents=[common],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("runs", parents=[common], help="committed runs: counts, model, wall time")
     commands.add_parser("summary", parents=[common, run],

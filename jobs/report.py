@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.cli.flags import add_storage_flags, config_from
+from jobs.cli.flags import add_storage_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
 from jobs.cli.types import int_between
 from jobs.results.report import ReportConfig, build_report, write_text
@@ -20,6 +20,7 @@ from jobs.storage.files import storage_errors
 def parse_args(argv: list[str] | None = None) -> ReportConfig:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--output", required=True, metavar="URI", help="output root of the segment job")
     parser.add_argument("--html", required=True, metavar="FILE", help="where to write the report (local or s3://)")
     parser.add_argument("--run", default=None, metavar="ID", help="committed run to report (default: the latest)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.cli.flags import add_replica_flags, config_from
+from jobs.cli.flags import add_replica_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
 from jobs.cli.types import fraction, positive_float, positive_int
 from jobs.inference.config import SegmentConfig
@@ -19,6 +19,7 @@ from jobs.output import leases
 def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--input", nargs="+", metavar="URI", dest="inputs",
                         help="folders or prefixes (recursive), globs, single images, or list files "
                              "(.txt/.csv/.parquet of URIs: the way to pass millions of images)")
@@ -39,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "(without it only transient errors, where the store failed, are tried again)")
     parser.add_argument("--max-error-rate", type=fraction, default=1.0, metavar="R",
                         help="exit with status 3 when more than this fraction of the processed images failed; "
-                             "all rows are still written and committed (default: 1.0, never)")
+                             "all rows are still written and committed (default: 1.0: only a run in which every "
+                             "processed image failed fails, with status 4)")
     add_replica_flags(parser)
     parser.add_argument("--demo", action="store_true",
                         help="make synthetic scenes and a small model trained on them, segment them into "
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(config, segment, print_summary)
     record = segment(config)
     print_summary(record)
+    if record["processed"] and not record["ok"]:
+        print(f"error: every one of the {record['processed']} processed images failed; `python jobs/query.py "
+              f"--output {record['output']} errors --run {record['run_id']}` lists why", file=sys.stderr)
+        return 4
     if error_rate_exceeded(record, config.max_error_rate):
         print(f"error: {record['errors']} of {record['processed']} images failed, "
               f"above --max-error-rate {config.max_error_rate:g}", file=sys.stderr)

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from jobs.cli.flags import add_cluster_flags, add_limit_flags, add_storage_flags
+from jobs.cli.flags import add_cluster_flags, add_limit_flags, add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
 from jobs.cli.types import non_negative_float, open_fraction, positive_float, positive_int
 from jobs.common.errors import UserError
@@ -30,6 +30,7 @@ from unet_core.training import OPTIMIZERS, SCHEDULES
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--images", metavar="URI", help="folder/prefix of training images (local or s3://)")
     data.add_argument("--masks", metavar="URI", help="folder/prefix of masks, paired with images by file stem")

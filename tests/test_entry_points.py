@@ -29,3 +29,14 @@ def test_every_segment_flag_is_in_the_reference(capsys):
     flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out)) - {"--help"}
     documented = set(re.findall(r"^\| `(--[a-z][a-z-]+)", (ROOT / "docs" / "segment.md").read_text(), re.M))
     assert flags - documented == set()
+
+
+@pytest.mark.parametrize("command", ["segment", "train", "evaluate", "query", "report", "export_masks", "maintain"])
+def test_every_command_says_its_version(command, capsys):
+    """Issue 30: no command had --version."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(f"jobs.{command}").parse_args(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.split()[-1] == version("unet-segment")

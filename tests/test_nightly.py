@@ -134,13 +134,14 @@ def test_incremental_run_processes_only_new_and_changed_images(tmp_path, tiny_ar
     assert sorted(os.path.basename(u) for u in night2) == sorted(
         [f"img_{i:03d}.png" for i in range(20, 30)] + ["img_003.png", "img_007.png"])
 
-    third = run_job("segment.py", *args, "--run-id", "night-3", "--retry-errors", "--max-error-rate", "0.5")
-    assert third.returncode == 3, third.stderr[-3000:]  # the one retried image fails again: 1 of 1
-    assert "31 images, 30 skipped, 1 processed: 0 ok, 1 errors" in third.stdout
-    assert "above --max-error-rate 0.5" in third.stderr
+    _images(tmp_path, 1, start=30)
+    third = run_job("segment.py", *args, "--run-id", "night-3", "--retry-errors", "--max-error-rate", "0.4")
+    assert third.returncode == 3, third.stderr[-3000:]  # the retried image fails again: 1 of 2, above 0.4
+    assert "32 images, 30 skipped, 2 processed: 1 ok, 1 errors" in third.stdout
+    assert "above --max-error-rate 0.4" in third.stderr
     rows = _committed_rows(output)
     versions = [(r["image_uri"], r["source_size"], r["source_version"]) for r in rows if r["status"] == "ok"]
-    assert len(versions) == len(set(versions)) == 32  # 20 + 10 new + 2 changed versions, each once
+    assert len(versions) == len(set(versions)) == 33  # 20 + 10 + 1 new + 2 changed versions, each once
     assert sum(r["status"] == "error" for r in rows) == 2  # the broken file, in night-1 and (retried) night-3
 
 
@@ -264,3 +265,19 @@ def test_an_image_deleted_from_the_folder_leaves_current_and_the_summary_and_com
     assert night("restored") == (sum(sizes.values()), 0, set(sizes))
     rows = delta_sql(output, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM current").to_pylist()
     assert rows == [{"n": 4, "d": 4}]
+
+
+def test_a_run_in_which_every_processed_image_failed_exits_4_and_says_what_a_list_file_was_read_as(
+        tmp_path, tiny_artifact):
+    """Issue 30: `--input notes.txt` read a text file as a list, found one "image", committed a run with
+    every image failed, and exited 0, as if all was well."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("remember to segment the holiday photos\n")
+    done = run_job("segment.py", "--input", str(notes), "--output", str(tmp_path / "out"), "--model", tiny_artifact)
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert "1 images, 0 skipped, 1 processed: 0 ok, 1 errors" in done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.startswith((str(notes), "error:"))]
+    assert lines[0] == f"{notes}: read as a list file, one image URI a line; none of its first 1 entries names " \
+                       "an image file (.jpg, .png, ...)"
+    assert lines[1].startswith("error: every one of the 1 processed images failed; `python jobs/query.py --output ")
+    assert "Traceback" not in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 from typing import TypeVar
 
 from jobs.cli.types import non_negative_float, overlap, pool_size, positive_float, positive_int
@@ -19,6 +20,19 @@ def config_from(config_type: type[Config], args: argparse.Namespace, **overrides
     the command's own)."""
     fields = {field.name for field in dataclasses.fields(config_type)}
     return config_type(**{**{k: v for k, v in vars(args).items() if k in fields}, **overrides})
+
+
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
+                        help="print the version of unet-segment and exit")
+
+
+def installed_version() -> str:
+    """The package's version; a checkout shipped to a cluster with `--working-dir` is not installed."""
+    try:
+        return importlib.metadata.version("unet-segment")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: a source checkout)"
 
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ import itertools
 import os
 import posixpath
 import re
+import sys
 from typing import Iterable, Iterator, Union
 
 import duckdb
@@ -373,12 +374,25 @@ def _read_list_file(fs: fsspec.AbstractFileSystem, spec: str, uri: str, path: st
     try:
         with fs.open(path, "rb") as handle:
             batches, roles = _read_table_list(handle, spec, kind) if kind != "txt" else _read_text_list(handle)
+            first = True
             for batch in batches:
                 raw = _named_rows(pa.Table.from_batches([batch]), roles["image_uri"], comments=kind == "txt")
                 if raw.num_rows:
+                    if first:
+                        _say_if_no_image_is_named(spec, raw.column(roles["image_uri"]))
+                        first = False
                     yield _list_rows(raw, roles, spec, uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{spec}: cannot read list file ({_first_line(exc)})") from exc
+
+
+def _say_if_no_image_is_named(spec: str, entries: ArrowColumn) -> None:
+    """A list file whose first entries name no image file (a text file of notes given to --input by
+    mistake) is still read as a list, as asked; this line says what it was read as."""
+    first = entries.slice(0, 1000).to_pylist()
+    if not any(is_image_name(entry) for entry in first):
+        print(f"{spec}: read as a list file, one image URI a line; none of its first {len(first)} entries names an "
+              "image file (.jpg, .png, ...)", file=sys.stderr, flush=True)
 
 
 def _list_rows(raw: pa.Table, roles: dict[str, str], spec: str, uri: str) -> pa.Table:
