@@ -30,7 +30,7 @@ def output(paths) -> str:
 
 def query_json(output: str, *args: str) -> list[dict]:
     out = io.BytesIO()
-    write_result(run_query(parse_args(["--output", output, *args])), "json", out)
+    write_result(run_query(parse_args(["--output", output, "--format", "json", *args])), "json", out)
     return json.loads(out.getvalue())
 
 
@@ -42,8 +42,8 @@ def test_runs_lists_committed_runs_with_their_recorded_figures(output):
         run = recorded[row["run_id"]]
         counts = ("inputs", "skipped", "ok", "errors")
         assert [row[k] for k in counts] == [run[k] for k in counts]
-        assert row["model_name"] == "tiny" and run["model_sha256"].startswith(row["model_sha256"])
-        assert len(row["model_sha256"]) == 12
+        assert row["model_name"] == "tiny" and row["model_sha256"] == run["model_sha256"]  # whole, for machines
+        assert len(row["model_sha256"]) == 64
         assert row["wall_seconds"] == run["wall_seconds"] > 0
     assert (rows[0]["inputs"], rows[0]["errors"]) == (8, 2)
     assert (rows[1]["inputs"], rows[1]["errors"]) == (3, 0)

@@ -121,7 +121,10 @@ def test_list_file_input_and_second_run_beside_the_first(tmp_path, tiny_artifact
 
 @pytest.mark.parametrize("args, message", [
     (["--input", "/no/such/folder", "--output", "x", "--model", "MODEL"], "/no/such/folder: no such file or folder"),
-    (["--input", "INPUT", "--output", "x", "--model", "/no/model"], "no model artifact at /no/model"),
+    (["--input", "INPUT", "--output", "x", "--model", "/no/model"], "no model artifact at /no/model (missing "
+                                                                    "metadata.json) (--model)"),
+    (["--input", "INPUT", "--output", "x/notes.txt", "--model", "MODEL"],
+     "notes.txt: is a file; the output root is a folder (or an s3:// prefix) (--output)"),
     (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--actors", "3:1"], "--actors: '3:1': need 1 <= MIN"),
     (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--run-id", "../up"], "run id '../up': use letters, digits, '.', '_' or '-' (not only digits), at most 128 (--run-id)"),
     (["--input", "INPUT", "--output", "x"], "required: --model"),
@@ -130,14 +133,19 @@ def test_list_file_input_and_second_run_beside_the_first(tmp_path, tiny_artifact
 def test_user_errors_are_one_line_without_traceback(args, message, tiny_artifact, mixed_folder, tmp_path):
     folder = os.path.dirname(mixed_folder["grey.png"])
     output = tmp_path / "x"
-    args = [tiny_artifact if a == "MODEL" else folder if a == "INPUT" else str(output) if a == "x" else a for a in args]
+    args = [tiny_artifact if a == "MODEL" else folder if a == "INPUT" else a.replace("x", str(output), 1)
+            if a.startswith("x") else a for a in args]
+    if "--output" in args and args[args.index("--output") + 1].endswith("notes.txt"):
+        output.mkdir()
+        (output / "notes.txt").write_text("not a folder")
+    before = sorted(os.listdir(output)) if output.exists() else None
     done = run_job("segment.py", *args, timeout=120)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     ours = [line for line in done.stderr.splitlines() if line.startswith(("error: ", "segment.py: error: "))]
     assert len(ours) == 1 and message in ours[0]
-    assert not output.exists()  # a refused run leaves nothing behind
+    assert (sorted(os.listdir(output)) if output.exists() else None) == before  # a refused run leaves nothing
 
 
 def test_tile_mode_segments_at_full_resolution(tmp_path, tiny_artifact):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.common.errors import UserError
-from unet_core.errors import UnsafeModelError
+from unet_core.errors import ArtifactError, UnsafeModelError
 from unet_core.metadata import check_model_file, read_metadata
 
 
@@ -26,11 +26,13 @@ def model_info(uri: str, allow_unsafe: bool = False) -> ModelInfo:
     """The artifact's metadata, its model file checked against its sha256 and for code, so a refused,
     tampered or corrupt model is one clear error before any replica starts, and the driver never
     imports TensorFlow."""
-    meta = read_metadata(uri)
     try:
+        meta = read_metadata(uri)
         check_model_file(uri, meta, allow_unsafe)
     except UnsafeModelError as exc:
         raise UserError(str(exc), "unsafe_allow_code") from None
+    except ArtifactError as exc:  # missing, malformed, tampered: the flag that named it
+        raise UserError(str(exc), "model") from None
     height, width = meta.input_size
     if height != width:
         raise UserError(f"{uri}: letterboxing needs a square model input, this one is {height}x{width}")

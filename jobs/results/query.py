@@ -23,9 +23,10 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 RUNS_SQL = """
-SELECT run_id, committed_at, inputs, skipped, ok, errors, model_name, left(model_sha256, 12) AS model_sha256,
+SELECT run_id, committed_at, inputs, skipped, ok, errors, model_name, {sha} AS model_sha256,
        wall_seconds, images_per_second
 FROM runs ORDER BY committed_at, run_id"""
+"""`{sha}`: the model's sha256, cut to 12 characters in the table for people, whole for machines."""
 
 
 FIND_SQL = """
@@ -41,7 +42,8 @@ def run_query(args: argparse.Namespace) -> pa.Table:
         return live_runs(args.output)
     con = connect(args.output)
     if args.command == "runs":
-        return con.sql(RUNS_SQL).to_arrow_table()
+        sha = "left(model_sha256, 12)" if args.format == "table" else "model_sha256"
+        return con.sql(RUNS_SQL.format(sha=sha)).to_arrow_table()
     if args.command == "sql":
         try:
             return con.sql(args.query).to_arrow_table()

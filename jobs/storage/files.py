@@ -46,6 +46,8 @@ def check_writable(output: str) -> None:
     with storage_errors(output):
         fs, path = filesystem(probe)
         if protocol_of(fs) == "file":
+            if os.path.isfile(os.path.dirname(path)):
+                raise UserError(f"{output}: is a file; the output root is a folder (or an s3:// prefix)", "output")
             fs.makedirs(os.path.dirname(path), exist_ok=True)
         elif protocol_of(fs) in ("s3", "s3a") and not fs.exists(fs.split_path(path)[0]):
             raise UserError(f"{output}: bucket {fs.split_path(path)[0]!r} does not exist")
