@@ -12,15 +12,17 @@ is stretched past its start, so none of its files are touched.
 from __future__ import annotations
 
 import argparse
+import json
+import time
 
-from jobs.cli.flags import add_storage_flags, add_version_flag
+from jobs.cli.flags import add_json_flag, add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
 from jobs.cli.types import positive_int
 from jobs.output import tables
 from jobs.output.maintenance import MIN_RETENTION_HOURS, MaintainConfig, maintain
 
 
-def parse_args(argv: list[str] | None = None) -> MaintainConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[MaintainConfig, bool]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(parser)
@@ -31,8 +33,10 @@ def parse_args(argv: list[str] | None = None) -> MaintainConfig:
     parser.add_argument("--convert-legacy", action="store_true",
                         help="commit runs recorded by the earlier layout (runs/*.json manifests) into the tables")
     add_storage_flags(parser)
+    add_json_flag(parser)
     args = parser.parse_args(argv)
-    return MaintainConfig(args.output, args.retention_hours, args.convert_legacy, args.s3_endpoint_url, args.anonymous)
+    return MaintainConfig(args.output, args.retention_hours, args.convert_legacy, args.s3_endpoint_url,
+                          args.anonymous), args.json
 
 
 def print_report(output: str, report: dict) -> None:
@@ -55,9 +59,24 @@ def print_report(output: str, report: dict) -> None:
     print(f"maintained {output}")
 
 
+def machine_report(output: str, report: dict, seconds: float) -> dict:
+    """The report as `--json` gives it."""
+    return {"output": output, "seconds": round(seconds, 3), "converted": report["converted"],
+            "completed": report["completed"], "retention_hours": report["retention_hours"],
+            "compacted": {name: {"removed": removed, "added": added} for name, (removed, added)
+                          in report["compacted"].items()},
+            "vacuumed": report["vacuumed"], "expired_leases": report["expired_leases"],
+            "removed_plans": report["removed_plans"], "abandoned_plans": report["abandoned_plans"]}
+
+
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    print_report(config.output, maintain(config))
+    config, as_json = parse_args(argv)
+    started = time.time()
+    report = maintain(config)
+    if as_json:
+        print(json.dumps(machine_report(config.output, report, time.time() - started)))
+    else:
+        print_report(config.output, report)
     return 0
 
 

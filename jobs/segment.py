@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from jobs.cli.flags import add_replica_flags, add_version_flag, config_from
+from jobs.cli.flags import add_json_flag, add_replica_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
 from jobs.cli.types import fraction, positive_float, positive_int
 from jobs.inference.config import SegmentConfig
@@ -16,7 +17,7 @@ from jobs.inference.run import error_rate_exceeded, segment
 from jobs.output import leases
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool, bool]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(parser)
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
                              "all rows are still written and committed (default: 1.0: only a run in which every "
                              "processed image failed fails, with status 4)")
     add_replica_flags(parser)
+    add_json_flag(parser)
     parser.add_argument("--demo", action="store_true",
                         help="make synthetic scenes and a small model trained on them, segment them into "
                              "./demo-output/ and report the mIoU against the true masks")
@@ -57,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool]:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or use --demo)")
     if args.run_id:
         leases.check_run_id(args.run_id)
-    return config_from(SegmentConfig, args), args.demo
+    return config_from(SegmentConfig, args), args.demo, args.json
 
 
 def print_summary(record: dict) -> None:
@@ -72,14 +74,22 @@ def print_summary(record: dict) -> None:
     print(f"committed to the Delta tables under {record['output']}")
 
 
+SUMMARY_FIELDS = ("run_id", "output", "inputs", "skipped", "processed", "resumed", "ok", "errors", "wall_seconds",
+                  "images_per_second", "model_name", "model_sha256", "model_uri", "commit_version")
+"""What `--json` reports of a run (its whole record is the `runs` row)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    config, demo = parse_args(argv)
+    config, demo, as_json = parse_args(argv)
     if demo:
         from jobs.inference.demo import run_demo
 
         return run_demo(config, segment, print_summary)
     record = segment(config)
-    print_summary(record)
+    if as_json:
+        print(json.dumps({name: record.get(name) for name in SUMMARY_FIELDS}))
+    else:
+        print_summary(record)
     if record["processed"] and not record["ok"]:
         print(f"error: every one of the {record['processed']} processed images failed; `python jobs/query.py "
               f"--output {record['output']} errors --run {record['run_id']}` lists why", file=sys.stderr)

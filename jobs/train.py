@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
 
-from jobs.cli.flags import add_cluster_flags, add_limit_flags, add_storage_flags, add_version_flag
+from jobs.cli.flags import add_cluster_flags, add_json_flag, add_limit_flags, add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
 from jobs.cli.types import non_negative_float, open_fraction, positive_float, positive_int
 from jobs.common.errors import UserError
@@ -24,10 +25,11 @@ from jobs.training.driver import export_artifact, run_training
 from unet_core.image import PRECISIONS
 from unet_core.losses import LOSSES
 from unet_core.masks import VOC_CLASS_NAMES
+from unet_core.metadata import read_metadata
 from unet_core.training import OPTIMIZERS, SCHEDULES
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(parser)
@@ -94,10 +96,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     add_cluster_flags(run)
     add_storage_flags(run)
     parser.add_argument("--output", metavar="URI", required=True, help="where the model artifact is written")
+    add_json_flag(parser)
     args = vars(parser.parse_args(argv))
+    as_json = args.pop("json")
     args["class_names"] = tuple(args["class_names"].split(",")) if args["class_names"] else None
     args["class_weights"] = _weights(args["class_weights"])
-    return check_config(TrainConfig(**args))
+    return check_config(TrainConfig(**args)), as_json
 
 
 def check_config(config: TrainConfig) -> TrainConfig:
@@ -143,12 +147,17 @@ def _weights(text: str | None) -> tuple[float, ...] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, as_json = parse_args(argv)
     started = time.time()
     result, plan = run_training(config)
     source = export_artifact(result, config, plan)
-    print(f"{config.export} epoch {source['exported_epoch']}: val mIoU {source['val_miou']:.4f}; artifact written to "
-          f"{config.output} ({time.time() - started:.0f} s)")
+    if as_json:
+        print(json.dumps({"output": config.output, "export": config.export, "exported_epoch": source["exported_epoch"],
+                          "val_miou": source["val_miou"], "seconds": round(time.time() - started, 3),
+                          "model_sha256": read_metadata(config.output).sha256}))
+    else:
+        print(f"{config.export} epoch {source['exported_epoch']}: val mIoU {source['val_miou']:.4f}; artifact written "
+              f"to {config.output} ({time.time() - started:.0f} s)")
     return 0
 
 

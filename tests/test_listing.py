@@ -192,8 +192,8 @@ def incremental_run():
     def run(folder: Path, model: str, run_id: str, *inputs: str) -> tuple[int, int, int]:
         os.chdir(folder)
         try:
-            config, _ = parse_args(["--input", *inputs, "--output", str(folder / "out"), "--model", model,
-                                    "--incremental", "--run-id", run_id, "--actors", "1", "--cpus-per-actor", "1"])
+            config = parse_args(["--input", *inputs, "--output", str(folder / "out"), "--model", model,
+                                 "--incremental", "--run-id", run_id, "--actors", "1", "--cpus-per-actor", "1"])[0]
             record = segment(config)
         finally:
             os.chdir(cwd)

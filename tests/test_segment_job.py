@@ -165,3 +165,26 @@ def test_tile_mode_segments_at_full_resolution(tmp_path, tiny_artifact):
     predictor = Predictor(load_artifact(tiny_artifact), batch_size=8, precision="float32", tta=True)
     expected, _ = sliding_window(image, predictor.probabilities, 32, len(TINY_CLASSES), overlap=0.5)
     np.testing.assert_array_equal(decode_mask_png(row["mask_png"]), expected)
+
+
+def test_segment_and_maintain_end_with_one_json_object_for_a_scheduler(tmp_path, tiny_artifact):
+    """Issue 30: no machine-readable summary of a run."""
+    from test_tables import make_images
+
+    from jobs.inference.model import model_info
+
+    make_images(tmp_path / "in", 3)
+    output = str(tmp_path / "out")
+    done = run_job("segment.py", "--input", str(tmp_path / "in"), "--output", output, "--model", tiny_artifact,
+                   "--run-id", "scheduled", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {k: summary[k] for k in ("run_id", "output", "inputs", "processed", "ok", "errors", "commit_version")} == {
+        "run_id": "scheduled", "output": output, "inputs": 3, "processed": 3, "ok": 3, "errors": 0, "commit_version": 1}
+    assert summary["model_sha256"] == model_info(tiny_artifact).sha256 and summary["wall_seconds"] > 0
+    assert "class shares" not in done.stdout
+    done = run_job("maintain.py", "--output", output, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["output"] == output and report["completed"] == [] and set(report["vacuumed"]) == set(
+        ["images", "class_stats", "current", "runs"])

@@ -22,6 +22,12 @@ def config_from(config_type: type[Config], args: argparse.Namespace, **overrides
     return config_type(**{**{k: v for k, v in vars(args).items() if k in fields}, **overrides})
 
 
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="end with one JSON object on stdout (what was done, counts, seconds, the output, the "
+                             "model's whole sha256) instead of the lines for people: for schedulers")
+
+
 def add_version_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
                         help="print the version of unet-segment and exit")
