@@ -56,6 +56,12 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-for-nodes", type=non_negative_float, default=300.0, metavar="SECONDS",
                         help="on an autoscaling cluster, how long to wait for the nodes the job needs before "
                              "giving up with an error naming them (default: 300)")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", dest="verbosity", action="store_const", const="quiet", default="normal",
+                      help="only the job's own lines and errors: no Ray or TensorFlow log lines, no worker output")
+    talk.add_argument("--verbose", dest="verbosity", action="store_const", const="verbose",
+                      help="also Ray's own log lines and Ray Data's progress blocks (default: the job's own "
+                           "progress line, and Ray's warnings)")
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,14 +1,19 @@
 """Joining the Ray cluster a job was submitted to, or starting a local one."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 
-def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> None:
+def connect_ray(address: str | None, env_vars: dict[str, str] | None = None, verbosity: str = "normal") -> None:
     """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here.
 
     `env_vars` (the storage settings) go to every worker of the job through its runtime env.
+    `verbosity`: "verbose" keeps all of Ray's log lines and Ray Data's progress blocks (a block of a
+    dozen lines every 10 s when the output is not a terminal); "normal" keeps Ray's warnings and the
+    workers' output, the job's own progress line standing for the blocks; "quiet" keeps only the
+    job's own lines and errors (the workers' output too is dropped).
     """
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local" and "ray" not in sys.modules:
@@ -20,5 +25,12 @@ def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> 
     if ray.is_initialized():  # a program running several jobs in one process keeps its Ray
         return
     runtime_env = {"env_vars": env_vars} if env_vars else None
-    ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    level = {"verbose": logging.INFO, "normal": logging.WARNING}.get(verbosity, logging.ERROR)
+    ray.init(address=address, log_to_driver=verbosity != "quiet", runtime_env=runtime_env, logging_level=level)
+    # importing Ray Data configures its loggers, so this comes first; its session log file keeps everything
+    ray.data.DataContext.get_current().enable_progress_bars = verbosity == "verbose"
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(level)
+    if verbosity != "verbose":  # the job's own progress line stands for the blocks Ray Data warns it turned off
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

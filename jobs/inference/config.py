@@ -29,6 +29,7 @@ class ReplicaConfig:
     unsafe_allow_code: bool = False
     address: str | None = None
     wait_for_nodes: float = 300.0
+    verbosity: str = "normal"
     s3_endpoint_url: str | None = None
     anonymous: bool = False
 

@@ -49,6 +49,7 @@ class TrainConfig:
     storage: str | None = None
     address: str | None = None
     wait_for_nodes: float = 300.0
+    verbosity: str = "normal"
     s3_endpoint_url: str | None = None
     anonymous: bool = False
 
