@@ -93,17 +93,19 @@ def marks(listed: Partitions, output: str, folders: list[str]) -> Iterator[pa.Ta
     files = committed_files(output, "current")
     if not files or not listed.rows:
         return
-    everything = [path for index in range(listed.count) for path in listed.files(index)]
-    under = " OR ".join(f"starts_with(image_uri, $folder{i})" for i in range(len(folders))) or "false"
+    everything = sql_strings([path for index in range(listed.count) for path in listed.files(index)])
+    under = " OR ".join(f"starts_with(image_uri, $folder{i})" for i in range(len(folders)))
+    # back: the listing streams past the (few) rows marked gone; gone: only for folders listed whole,
+    # where one side of the join (the larger spills) is every row under them
+    back = f"""SELECT DISTINCT image_uri, false AS gone FROM read_parquet([{everything}])
+               WHERE image_uri IN (SELECT image_uri FROM earlier WHERE deleted_at IS NOT NULL)"""
+    gone = f"""SELECT image_uri, true AS gone FROM earlier
+               ANTI JOIN (SELECT image_uri FROM read_parquet([{everything}])) USING (image_uri)
+               WHERE deleted_at IS NULL AND ({under})"""
     with spilling_duckdb(output) as con:
-        rows = con.sql(f"""
-            WITH earlier AS (SELECT image_uri, deleted_at FROM ({scan(con, "current", files)})),
-                 listed AS (SELECT DISTINCT image_uri FROM read_parquet([{sql_strings(everything)}]))
-            SELECT image_uri, true AS gone FROM earlier ANTI JOIN listed USING (image_uri)
-            WHERE deleted_at IS NULL AND ({under})
-            UNION ALL
-            SELECT image_uri, false AS gone FROM earlier SEMI JOIN listed USING (image_uri)
-            WHERE deleted_at IS NOT NULL""", params={f"folder{i}": folder for i, folder in enumerate(folders)})
+        rows = con.sql(f"""WITH earlier AS (SELECT image_uri, deleted_at FROM ({scan(con, "current", files)}))
+                           {back} {f"UNION ALL {gone}" if folders else ""}""",
+                       params={f"folder{i}": folder for i, folder in enumerate(folders)})
         for batch in rows.to_arrow_reader(BATCH_ROWS):
             yield pa.Table.from_batches([batch])
 
