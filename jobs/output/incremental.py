@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.output.spill import Partitions, partition_sql, rest_sql, spilling_duckdb
-from jobs.output.tables import committed_files, files_holding, scan, sql_strings
+from jobs.output.tables import add_actions, committed_files, files_holding, open_table, scan, sql_strings
 from jobs.storage.files import filesystem
 from jobs.storage.listing import LISTING_SCHEMA
 
@@ -91,7 +91,7 @@ def marks(listed: Partitions, output: str, folders: list[str]) -> Iterator[pa.Ta
     under a folder the run listed whole (`folders`, each ending in '/') and was not listed; back
     (gone false) where a row marked gone was listed again. Joins that spill hold the listing."""
     files = committed_files(output, "current")
-    if not files or not listed.rows:
+    if not files or not listed.rows or not (folders or _any_marked_gone(output)):
         return
     everything = sql_strings([path for index in range(listed.count) for path in listed.files(index)])
     under = " OR ".join(f"starts_with(image_uri, $folder{i})" for i in range(len(folders)))
@@ -108,6 +108,17 @@ def marks(listed: Partitions, output: str, folders: list[str]) -> Iterator[pa.Ta
                        params={f"folder{i}": folder for i, folder in enumerate(folders)})
         for batch in rows.to_arrow_reader(BATCH_ROWS):
             yield pa.Table.from_batches([batch])
+
+
+def _any_marked_gone(output: str) -> bool:
+    """Whether a row of `current` has a `deleted_at`, from the file statistics in its log (no file is
+    read): a file with fewer nulls than rows holds one. Files written before the column have no
+    statistics for it, and no marks."""
+    actions = add_actions(open_table(output, "current"))
+    if "null_count.deleted_at" not in actions.column_names:
+        return False
+    nulls = actions.column("null_count.deleted_at").fill_null(actions.column("num_records"))
+    return pc.any(pc.less(nulls, actions.column("num_records"))).as_py() or False
 
 
 def _rebatched(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
