@@ -1,4 +1,4 @@
-"""Segment every image of a collection with a U-Net artifact; write masks and per-class statistics to Parquet.
+"""Segment every image of a collection with a U-Net artifact: masks and per-class statistics, committed to Delta Lake tables.
 
     python jobs/segment.py --input s3://bucket/photos/ --output s3://bucket/seg/ --model s3://bucket/models/v3
     python jobs/segment.py --demo
