@@ -86,9 +86,13 @@ class ForwardRequest(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = forward
 
 
-@contextlib.contextmanager
 def dropping_proxy(upstream: str):
-    proxy = DroppingProxy(upstream)
+    return serving(DroppingProxy(upstream))
+
+
+@contextlib.contextmanager
+def serving(proxy: http.server.ThreadingHTTPServer):
+    """The proxy answering on loopback for the block, shut down after it."""
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:

@@ -3,7 +3,6 @@ an attempt that stalls after its last lease check and wakes up after its success
 stamps from the store that carry SQL, a run id with a trailing newline, and an S3 lease delete that
 arrives after a takeover (a loopback proxy holds the request in flight). No Ray: runs of synthetic
 parts."""
-import contextlib
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import fsspec
 import pytest
 from delta_read import delta_sql, delta_table
 from synthetic import run_record, write_run
-from test_error_kinds import DroppingProxy, ForwardRequest
+from test_error_kinds import DroppingProxy, ForwardRequest, serving
 
 from jobs.common.errors import UserError
 from jobs.output import leases, tables
@@ -136,25 +135,12 @@ class HeldDelete(ForwardRequest):
         self.forward()
 
 
-@contextlib.contextmanager
-def holding_deletes(upstream: str):
-    proxy = HoldingDeletes(upstream)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield proxy
-    finally:
-        proxy.release.set()
-        proxy.shutdown()
-        proxy.server_close()
-
-
 @pytest.mark.ray  # the suite's S3 server
 def test_an_s3_lease_delete_that_arrives_after_a_takeover_leaves_the_new_lease(s3_server, s3_bucket, monkeypatch):
     """Issue 27.4: releasing a lease on S3 read its ETag, then deleted without a condition; a takeover
     whose write landed while the delete was in flight lost its new lease."""
     output = f"s3://{s3_bucket}/out"
-    with holding_deletes(s3_server.endpoint) as proxy:
+    with serving(HoldingDeletes(s3_server.endpoint)) as proxy:
         monkeypatch.setitem(fsspec.config.conf, "s3", {
             "endpoint_url": proxy.endpoint, "key": s3_server.env()["AWS_ACCESS_KEY_ID"],
             "secret": s3_server.env()["AWS_SECRET_ACCESS_KEY"], "skip_instance_cache": True})
@@ -169,6 +155,7 @@ def test_an_s3_lease_delete_that_arrives_after_a_takeover_leaves_the_new_lease(s
         assert taken is not None
         proxy.release.set()
         releasing.join(60)
+        assert not releasing.is_alive()
         found = store.read(leases.lease_uri(output, "released"))
     assert found is not None and found[1] == taken, "the takeover's lease was deleted"
 
