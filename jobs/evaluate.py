@@ -14,6 +14,7 @@ import argparse
 
 from jobs.cli.flags import add_replica_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
+from jobs.cli.types import mask_map
 from jobs.inference.config import EvaluateConfig
 from jobs.storage.files import join
 from jobs.training.evaluation import METRICS_FILE, PER_IMAGE_FILE, evaluate
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     parser.add_argument("--images", required=True, metavar="URI", help="folder/prefix of labelled images")
     parser.add_argument("--masks", required=True, metavar="URI", help="their masks, paired by file stem")
     parser.add_argument("--output", required=True, metavar="URI", help=f"folder for {METRICS_FILE} and {PER_IMAGE_FILE}")
-    parser.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1")
+    parser.add_argument("--mask-map", type=mask_map, metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1")
     parser.add_argument("--ignore-index", type=int, default=None, help="label left out of every metric")
     add_replica_flags(parser)
     return config_from(EvaluateConfig, parser.parse_args(argv))

@@ -18,15 +18,14 @@ from pathlib import Path
 
 from jobs.cli.flags import add_cluster_flags, add_json_flag, add_limit_flags, add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
-from jobs.cli.types import non_negative_float, open_fraction, positive_float, positive_int
+from jobs.cli.types import mask_map, non_negative_float, open_fraction, positive_float, positive_int
 from jobs.common.errors import UserError
 from jobs.training.config import TrainConfig
 from jobs.training.driver import export_artifact, run_training
 from unet_core.image import PRECISIONS
-from unet_core.losses import LOSSES
 from unet_core.masks import VOC_CLASS_NAMES
 from unet_core.metadata import read_metadata
-from unet_core.training import OPTIMIZERS, SCHEDULES
+from unet_core.recipe import LOSSES, OPTIMIZERS, SCHEDULES
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
@@ -42,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     data.add_argument("--val-masks", metavar="URI", help="validation masks")
     data.add_argument("--val-fraction", type=open_fraction, default=0.2,
                       help="share of pairs held out for validation when no validation set is given (default 0.2)")
-    data.add_argument("--mask-map", metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1 for 0/255 masks")
+    data.add_argument("--mask-map", type=mask_map, metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1 for 0/255 masks")
     add_limit_flags(data)
     data.add_argument("--ignore-index", type=int, default=None,
                       help="label excluded from loss and metrics (e.g. 11 for CamVid void, 255 for VOC borders)")

@@ -40,3 +40,12 @@ def test_every_command_says_its_version(command, capsys):
         importlib.import_module(f"jobs.{command}").parse_args(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.split()[-1] == version("unet-segment")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_bad_mask_map_is_refused_as_the_command_line_is_read(command, capsys):
+    """Issue 30: --mask-map was parsed inside the Ray Train workers (train) or after Ray started (evaluate)."""
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(f"jobs.{command}").parse_args(["--mask-map", "255-1", "--output", "out"])
+    assert done.value.code == 2
+    assert "argument --mask-map: '255-1': expected STORED:CLASS pairs such as 255:1,0:0" in capsys.readouterr().err

@@ -17,10 +17,10 @@ def test_import_contracts_are_kept():
 
 def test_drivers_and_readers_load_no_tensorflow():
     """Only model replicas and training workers pay TensorFlow's import (seconds per process): the
-    commands' drivers plan from the artifact's metadata, and Ray Train's data readers unpickle their
-    functions from the training workers' module."""
-    modules = ["jobs.segment", "jobs.evaluate", "jobs.query", "jobs.report", "jobs.export_masks", "jobs.maintain",
-               "jobs.training.loop"]
+    commands' drivers plan from the artifact's metadata (so `--help` answers at once, `train.py`'s
+    too), and Ray Train's data readers unpickle their functions from the training workers' module."""
+    modules = ["jobs.segment", "jobs.train", "jobs.evaluate", "jobs.query", "jobs.report", "jobs.export_masks",
+               "jobs.maintain", "jobs.training.loop"]
     probe = f"import sys; import {', '.join(modules)}; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

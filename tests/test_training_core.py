@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from unet_core.augment import PAD_LABEL, Augmentation, augment_pair
-from unet_core.losses import LOSSES, segmentation_loss
+from unet_core.losses import segmentation_loss
+from unet_core.recipe import LOSSES
 
 COLORS = np.array([[0, 0, 0], [200, 40, 40], [40, 200, 40]], np.uint8)
 

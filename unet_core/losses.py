@@ -12,7 +12,8 @@ from typing import Callable
 import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
 import tensorflow as tf
 
-LOSSES = ("ce", "dice", "ce+dice", "focal")
+from unet_core.recipe import LOSSES
+
 EPSILON = 1e-7
 DICE_SMOOTH = 1e-5
 """nnU-Net's: only keeps Dice finite; a large term (1.0) would discount the rare classes Dice is for."""

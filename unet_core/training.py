@@ -19,9 +19,8 @@ from unet_core.artifact import DEFAULT_NORMALIZATION, normalize
 from unet_core.losses import segmentation_loss
 from unet_core.model import build_unet
 from unet_core.precision import model_in_precision
+from unet_core.recipe import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "poly", "constant")
 
 
 @dataclass(frozen=True)

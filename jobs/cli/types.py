@@ -5,6 +5,7 @@ import argparse
 from typing import Callable
 
 from jobs.cluster.capacity import actor_bounds
+from jobs.common.errors import UserError
 
 
 def _checked(convert: Callable[[str], float], accept: Callable[[float], bool], rule: str) -> Callable[[str], float]:
@@ -45,3 +46,12 @@ def pool_size(text: str) -> str:
     return text
 
 
+def mask_map(text: str) -> str:
+    """A `--mask-map` value, checked as the command line is read rather than in the workers that use it."""
+    from jobs.training.data import parse_mask_map
+
+    try:
+        parse_mask_map(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
