@@ -56,6 +56,9 @@ def test_mask_map_and_pairing_by_stem(tmp_path):
     (tmp_path / "lbl" / "extra.png").write_bytes((tmp_path / "lbl" / "0.png").read_bytes())
     with pytest.raises(UserError, match=r"1 masks have no image .*extra"):
         pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl"))
+    # one file where a folder was meant (issue 30: this said "1 images have no mask")
+    with pytest.raises(UserError, match=r"0\.jpg: names one file; give the folder or prefix that holds the images"):
+        pair_by_stem(str(tmp_path / "img" / "0.jpg"), str(tmp_path / "lbl"))
 
 
 def test_masks_are_held_to_the_limits_of_images(tmp_path):

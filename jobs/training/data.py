@@ -18,7 +18,7 @@ from PIL import Image
 from jobs.common.errors import UserError
 from jobs.inference.stages import ragged
 from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_bytes, read_input
-from jobs.storage.listing import list_inputs
+from jobs.storage.listing import canonical_uri, list_inputs
 from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
 from unet_core.augment import PAD_LABEL, augment_batch
 from unet_core.image import refuse_oversized
@@ -43,6 +43,10 @@ def stem(uri: str) -> str:
 def pair_by_stem(images: str, masks: str) -> pa.Table:
     """Every image with the mask of the same stem; a partner missing on either side is an error."""
     image_listing, mask_listing = list_inputs([images]), list_inputs([masks])
+    for spec, listing, setting in ((images, image_listing, "images"), (masks, mask_listing, "masks")):
+        if listing.num_rows == 1 and listing.column("image_uri")[0].as_py() == canonical_uri(spec):
+            raise UserError(f"{spec}: names one file; give the folder or prefix that holds the {setting} (or a list "
+                            "file of them)", setting)
     by_stem = {}
     for side, listing, spec in (("image", image_listing, images), ("mask", mask_listing, masks)):
         found: dict[str, dict] = {}
