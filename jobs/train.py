@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
                        help="VGG16 ImageNet weights (.h5, e.g. Keras' ..._notop.h5) loaded into the encoder by "
                             "layer name; needs --base-filters 64. Nothing is downloaded.")
     fit = parser.add_argument_group("optimisation")
-    fit.add_argument("--epochs", type=positive_int, default=20)
+    fit.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set (default 20)")
     fit.add_argument("--validate-every", type=positive_int, default=None, metavar="N",
                      help="validate every N epochs and always the last (default: chosen after the second epoch, "
                           "the first two validated, so that validation takes under a tenth of the run); checkpoints "
@@ -72,16 +72,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     fit.add_argument("--loss", choices=LOSSES, default="ce+dice",
                      help="ce+dice (default) keeps rare classes from collapsing into background")
     fit.add_argument("--class-weights", metavar="W,W,...", help="one loss weight per class")
-    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    fit.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(default adam)")
+    fit.add_argument("--learning-rate", type=positive_float, default=1e-3, help="peak learning rate (default 0.001)")
     fit.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="decay to 0 over the run (default cosine)")
-    fit.add_argument("--warmup-epochs", type=non_negative_float, default=0.0, help="linear warm-up (cosine only)")
+    fit.add_argument("--warmup-epochs", type=non_negative_float, default=0.0,
+                     help="linear warm-up (cosine only; default 0)")
     fit.add_argument("--no-augment", dest="augment", action="store_false",
                      help="turn off random scale/crop, flip and brightness/contrast jitter")
     fit.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="auto (default): bfloat16 on CPUs with bf16 instructions, float16 with loss scaling on "
                           "GPUs, else float32; weights, softmax and loss stay float32")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seeds the validation split, the data order and the initialisation (default 0)")
     fit.add_argument("--export", choices=("best", "last"), default="best",
                      help="which epoch becomes the artifact: best validation mIoU (default) or the last one "
                           "(when the validation set is also your test set, so it must not pick the model)")
