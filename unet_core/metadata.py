@@ -55,13 +55,20 @@ def read_metadata(uri: str) -> ArtifactMetadata:
     path = f"{root.rstrip('/')}/{METADATA_FILE}"
     if not fs.exists(path):
         raise ArtifactError(f"no model artifact at {uri} (missing {METADATA_FILE})")
-    with fs.open(path, "r") as handle:
-        raw = json.load(handle)
-    if raw.get("format") != FORMAT:
-        raise ArtifactError(f"{uri}: unknown artifact format {raw.get('format')!r}, expected {FORMAT!r}")
-    raw["colors"] = [tuple(color) for color in raw["colors"]]
-    raw["input_size"] = tuple(raw["input_size"])
-    return ArtifactMetadata(**raw)
+    try:
+        with fs.open(path, "r") as handle:
+            raw = json.load(handle)
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        if raw.get("format") != FORMAT:
+            raise ArtifactError(f"{uri}: unknown artifact format {raw.get('format')!r}, expected {FORMAT!r}")
+        raw["colors"] = [tuple(color) for color in raw["colors"]]
+        raw["input_size"] = tuple(raw["input_size"])
+        return ArtifactMetadata(**raw)
+    except ArtifactError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:  # not JSON, or not the fields an artifact writes
+        raise ArtifactError(f"{uri}: {METADATA_FILE} is not a model artifact's metadata ({exc})") from None
 
 
 def check_model_file(uri: str, metadata: ArtifactMetadata, allow_unsafe: bool = False) -> None:
