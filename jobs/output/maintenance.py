@@ -36,7 +36,7 @@ def maintain(config: MaintainConfig) -> dict:
         leases.check_conditional_writes(config.output)
         converted = legacy.convert(config.output) if config.convert_legacy else []
         tables.require_tables(config.output)
-        report = {"converted": converted, "completed": tables.complete_pending(config.output)}
+        report = {"converted": converted, "completed": tables.complete_pending(config.output, lag=1)}
         report["compacted"] = {name: compact(config.output, name) for name in tables.TABLES}
         report["retention"] = retention_for(config.output, config.retention_hours)
         report["retention_hours"] = report["retention"].keep_hours

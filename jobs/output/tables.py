@@ -45,6 +45,8 @@ RUN_KEY = "unet_segment.run"
 CLASS_STATS_PARTS = "class_stats_parts"
 """Key of the run record, in its `images` commit only: [name, bytes, rows] of each class_stats part,
 the facts a roll-forward commits from."""
+WATERMARK_LAG = 100
+"""`images` commits a run start reads past the watermark before it moves it (see `complete_pending`)."""
 CURRENT_BATCH_ROWS = 65_536
 """Rows per Arrow batch streamed into `current`: bounds the driver's memory on huge runs."""
 COMMIT_ATTEMPTS = 12
@@ -281,13 +283,15 @@ def _committed_empty(output: str, run_id: str) -> bool:
     return open_table(output, "runs").transaction_version(run_id) is not None
 
 
-def complete_pending(output: str) -> list[str]:
+def complete_pending(output: str, lag: int = WATERMARK_LAG) -> list[str]:
     """Finish the runs whose `images` commit went through but whose driver died before the other
     tables caught up (rare: the seconds between two commits). Returns their ids.
 
     Only the `images` commits after the watermark are read: `runs` records, as the version of its
     COMPLETE_THROUGH app transaction, an `images` version through which every run is complete, so a
-    run start reads what was committed since the last one, not the root's history."""
+    run start reads what was committed since, not the root's history. The watermark moves (a commit
+    to `runs` of nothing else) once it is `lag` commits behind: maintenance moves it whenever it is
+    behind, a run start only past WATERMARK_LAG, so most runs write nothing here."""
     images, runs = open_table(output, "images"), open_table(output, "runs")
     if images is None or runs is None:
         return []
@@ -299,7 +303,8 @@ def complete_pending(output: str) -> list[str]:
     for run_id in pending:
         version, record = records[run_id]
         _complete(output, record, version, _class_stats_parts(output, images, record))
-    retry_conflicts(lambda: _advance_complete_through(output, newest))
+    if newest - through >= lag:
+        retry_conflicts(lambda: _advance_complete_through(output, newest))
     return pending
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import csv
 import datetime as dt
+import functools
 import decimal
 import itertools
 import os
@@ -55,13 +56,17 @@ LISTING_SCHEMA = pa.schema([
 ArrowColumn = Union[pa.Array, pa.ChunkedArray]
 
 
-try:
-    LISTING_POOL = pa.jemalloc_memory_pool()
-except NotImplementedError:  # a pyarrow build without jemalloc
-    LISTING_POOL = pa.system_memory_pool()
-"""The allocator listings are built with. Arrow's default, mimalloc, leaves the driver's resident memory
-about 50% above what it holds after reading a list file of 10 million rows (it keeps the freed decode
-buffers); jemalloc about 10% (measured with bench/driver_memory.py)."""
+@functools.cache
+def listing_pool() -> pa.MemoryPool:
+    """The allocator listings are built with. Arrow's default, mimalloc, leaves the driver's resident
+    memory about 50% above what it holds after reading a list file of 10 million rows (it keeps the
+    freed decode buffers); jemalloc about 10% (measured with bench/driver_memory.py). Made on first
+    use, in the driver: every Ray worker that unpickles a function of a module importing this one
+    would otherwise start jemalloc for nothing."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow build without jemalloc
+        return pa.system_memory_pool()
 
 
 LISTERS = 16
@@ -109,10 +114,10 @@ def iter_listing(inputs: list[str]) -> Iterator[pa.Table]:
 
 @contextlib.contextmanager
 def listing_memory() -> Iterator[None]:
-    """Arrow's default pool switched to LISTING_POOL for the duration (Parquet and CSV readers take no
-    pool argument); buffers remember the pool they came from, so switching back is safe."""
+    """Arrow's default pool switched to `listing_pool()` for the duration (Parquet and CSV readers take
+    no pool argument); buffers remember the pool they came from, so switching back is safe."""
     previous = pa.default_memory_pool()
-    pa.set_memory_pool(LISTING_POOL)
+    pa.set_memory_pool(listing_pool())
     try:
         yield
     finally:
