@@ -50,11 +50,16 @@ def remove_finished_plans(output: str, retention: Retention) -> tuple[list[str],
     """Remove the plans whose run committed (its driver stopped before removing the plan) and those of
     runs abandoned: never committed, no attempt holding the run id within the retention, and the plan
     itself older than it (vacuum took their parts by the same rule). Returns both lists of run ids.
-    The two tables' snapshots are loaded once, whatever the number of plans."""
+    A live run's plan stays: its driver may be between its `images` commit and the update of `current`
+    that reads the deletion marks beside the plan. The two tables' snapshots are loaded once, whatever
+    the number of plans."""
     images, runs = tables.open_table(output, "images"), tables.open_table(output, "runs")
     held, now = _recently_held(output, retention.keep_hours), leases.store_now(output)
+    live = {lease.record.run_id for lease in leases.live_leases(output)}
     committed, abandoned = [], []
     for run_id in planned_run_ids(output):
+        if run_id in live:
+            continue
         if images.transaction_version(run_id) is not None or runs.transaction_version(run_id) is not None:
             committed.append(run_id)
         elif run_id not in held:
