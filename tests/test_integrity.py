@@ -166,7 +166,7 @@ def test_vacuum_keeps_the_parts_of_a_stalled_writer_whose_lease_expired_and_take
     outlives its lease while maintenance runs; its parts are older than the retention. Vacuum must
     keep them (it may still wake up and commit, or a takeover resume them), and still delete the
     parts of a run nobody has held for longer than the retention."""
-    from jobs.output.maintenance import Retention, vacuum
+    from jobs.output.maintenance import retention_for, vacuum
     from test_leases import hold
     from test_tables import backdate
 
@@ -178,8 +178,8 @@ def test_vacuum_keeps_the_parts_of_a_stalled_writer_whose_lease_expired_and_take
         time.sleep(1.5)
         assert not leases.live_leases(root)  # expired by the store's clock
         backdate(root, hours=3)
-        vacuum(root, "images", Retention(keep_hours=1, host_ahead_seconds=0.0))
-        vacuum(root, "class_stats", Retention(keep_hours=1, host_ahead_seconds=0.0))
+        vacuum(root, "images", retention_for(root, 1))
+        vacuum(root, "class_stats", retention_for(root, 1))
     finally:
         writer.kill()
         writer.wait()

@@ -85,7 +85,7 @@ def test_vacuum_keeps_the_class_stats_parts_of_a_run_committed_to_images_only(cu
     class_stats failed. Here the vacuum step meets that state: the run's lease long expired, its
     files three hours old."""
     from jobs.output import tables
-    from jobs.output.maintenance import Retention, vacuum
+    from jobs.output.maintenance import retention_for, vacuum
     from test_tables import backdate
 
     output = copy_of(cut_root, tmp_path)
@@ -93,7 +93,7 @@ def test_vacuum_keeps_the_class_stats_parts_of_a_run_committed_to_images_only(cu
     lease = os.path.join(output, "_leases", "cut.json")
     past = time.time() - 3 * 3600
     os.utime(lease, (past, past))
-    assert vacuum(output, "class_stats", Retention(keep_hours=1, host_ahead_seconds=0.0)) == 0
+    assert vacuum(output, "class_stats", retention_for(output, 1)) == 0
     assert tables.complete_pending(output) == ["cut"]
     assert counts(output) == COUNTS
 

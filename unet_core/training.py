@@ -22,7 +22,6 @@ from unet_core.precision import model_in_precision
 from unet_core.recipe import OPTIMIZERS, SCHEDULES
 
 
-
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "adam"

@@ -54,15 +54,14 @@ def remove_finished_plans(output: str, retention: Retention) -> tuple[list[str],
     that reads the deletion marks beside the plan. The two tables' snapshots are loaded once, whatever
     the number of plans."""
     images, runs = tables.open_table(output, "images"), tables.open_table(output, "runs")
-    held, now = _recently_held(output, retention.keep_hours), leases.store_now(output)
-    live = {lease.record.run_id for lease in leases.live_leases(output)}
+    now = leases.store_now(output)
     committed, abandoned = [], []
     for run_id in planned_run_ids(output):
-        if run_id in live:
+        if run_id in retention.live:
             continue
         if images.transaction_version(run_id) is not None or runs.transaction_version(run_id) is not None:
             committed.append(run_id)
-        elif run_id not in held:
+        elif run_id not in retention.held:
             written = plan_written(output, run_id)
             if written is None or now - written > retention.keep_hours * 3600:
                 abandoned.append(run_id)
@@ -92,6 +91,11 @@ class Retention:
     oldest_live_run: str | None = None
     """The live run that started first, which holds the retention up while it runs."""
     oldest_live_hours: float = 0.0
+    held: frozenset[str] = frozenset()
+    """Run ids whose lease was renewed within `keep_hours`: an attempt that held one may have stalled
+    past its lease's expiry and still wake up, or be taken over and resumed."""
+    live: frozenset[str] = frozenset()
+    """Run ids whose lease is alive now."""
 
     @property
     def vacuum_hours(self) -> int:
@@ -111,11 +115,13 @@ class Retention:
 def retention_for(output: str, hours: int) -> Retention:
     """The retention to vacuum with, by the store's clock: at least the floor, and past the start of
     every live run (a live run's files are younger than its lease's start as the store dates both)."""
-    store_now = leases.store_now(output)
-    live = sorted(leases.live_leases(output), key=lambda lease: lease.record.started)
+    store_now, found = leases.store_now(output), leases.all_leases(output)
+    live = sorted((lease for lease in found if lease.alive()), key=lambda lease: lease.record.started)
     oldest = (store_now - live[0].record.started) / 3600 if live else 0.0
     keep = max(hours, MIN_RETENTION_HOURS, math.ceil(oldest) + 1)
-    return Retention(keep, time.time() - store_now, live[0].record.run_id if live else None, oldest)
+    return Retention(keep, time.time() - store_now, live[0].record.run_id if live else None, oldest,
+                     frozenset(lease.record.run_id for lease in found if lease.age <= keep * 3600),
+                     frozenset(lease.record.run_id for lease in live))
 
 
 def vacuum(output: str, table: str, retention: Retention) -> int:
@@ -131,7 +137,7 @@ def vacuum(output: str, table: str, retention: Retention) -> int:
     delta = tables.open_table(output, table)
     candidates = delta.vacuum(retention_hours=retention.vacuum_hours, dry_run=True,
                               enforce_retention_duration=False, full=True)
-    kept = pending_runs(output, table, retention.keep_hours) if table in tables.PARTITIONED else set()
+    kept = pending_runs(output, table, retention.held) if table in tables.PARTITIONED else set()
     doomed = [path for path in candidates if _run_of(path) not in kept]
     if doomed:
         fs, root = filesystem(tables.table_uri(output, table))
@@ -141,18 +147,12 @@ def vacuum(output: str, table: str, retention: Retention) -> int:
     return len(doomed)
 
 
-def pending_runs(output: str, table: str, keep_hours: float) -> set[str]:
-    """Run ids whose files in `table` no version lists yet but a commit may still list."""
+def pending_runs(output: str, table: str, held: frozenset[str]) -> set[str]:
+    """Run ids whose files in `table` no version lists yet but a commit may still list (the `held` ones
+    among them)."""
     committed = tables.open_table(output, table)
     rollable = set(tables.committed_run_ids(output)) if table != "images" else set()
-    return {run_id for run_id in rollable | _recently_held(output, keep_hours)
-            if committed.transaction_version(run_id) is None}
-
-
-def _recently_held(output: str, keep_hours: float) -> set[str]:
-    """Run ids whose lease was renewed within `keep_hours`, by the store's clock: an attempt that held
-    one may have stalled past its lease's expiry and still wake up, or be taken over and resumed."""
-    return {lease.record.run_id for lease in leases.all_leases(output) if lease.age <= keep_hours * 3600}
+    return {run_id for run_id in rollable | held if committed.transaction_version(run_id) is None}
 
 
 def _run_of(path: str) -> str | None:
