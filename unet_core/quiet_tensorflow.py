@@ -5,7 +5,9 @@ TF_CPP_MIN_LOG_LEVEL applies, that it found no CUDA runtime (under Abseil's "WAR
 messages before absl::InitializeLog()..." preamble), then an error once it fails to initialise
 CUDA. On a host with no NVIDIA driver, or in a process given no GPU (CUDA_VISIBLE_DEVICES=""),
 that is expected and no news, so those lines are dropped; on a GPU host they stay, since there
-they say why the GPU is not used. Every other line passes through.
+they say why the GPU is not used. Abseil's lines below TF_CPP_MIN_LOG_LEVEL (its `I` lines at 1,
+`W` at 2, `E` at 3), which TensorFlow prints as it loads whatever the level says, are dropped too.
+Every other line passes through.
 
 Modules that use TensorFlow import this one first; CUDA is probed here, inside the filter.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from typing import Iterator
@@ -26,8 +29,21 @@ def gpu_expected() -> bool:
     return os.environ.get("CUDA_VISIBLE_DEVICES") != "" and os.path.exists("/proc/driver/nvidia/version")
 
 
+ABSL_SEVERITY = re.compile(r"[IWE]\d{4} ")
+SEVERITIES = "IWE"
+
+
+def below_level(line: str) -> bool:
+    """Whether an Abseil line (`I0000 00:00:...`) is of a severity TF_CPP_MIN_LOG_LEVEL hides."""
+    if not ABSL_SEVERITY.match(line):
+        return False
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    return level.isdigit() and SEVERITIES.index(line[0]) < int(level)
+
+
 def noise(line: str, expect_gpu: bool) -> bool:
-    return ABSL_PREAMBLE in line or (not expect_gpu and any(text in line for text in NO_GPU_LINES))
+    return (ABSL_PREAMBLE in line or below_level(line)
+            or (not expect_gpu and any(text in line for text in NO_GPU_LINES)))
 
 
 @contextlib.contextmanager

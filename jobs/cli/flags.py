@@ -8,6 +8,7 @@ import importlib.metadata
 from typing import TypeVar
 
 from jobs.cli.types import non_negative_float, overlap, pool_size, positive_float, positive_int
+from jobs.cluster.connect import LOG_LEVELS
 from jobs.inference.pipeline import MODES
 from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core.image import DEFAULT_MAX_PIXELS, PRECISIONS
@@ -62,6 +63,9 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     talk.add_argument("--verbose", dest="verbosity", action="store_const", const="verbose",
                       help="also Ray's own log lines and Ray Data's progress blocks (default: the job's own "
                            "progress line, and Ray's warnings)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                        help="lowest level of Ray's, Ray Data's and TensorFlow's log lines to show (default: "
+                             "warning for Ray and error for TensorFlow; info with --verbose, error with --quiet)")
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:

@@ -158,7 +158,7 @@ def _part(row: dict) -> tables.Part:
 
 def _process(todo: Todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict,
              progress: Progress) -> list[dict]:
-    connect_ray(config.address, storage_env, config.verbosity)
+    connect_ray(config.address, storage_env, config.verbosity, config.log_level)
     resources = plan_resources(config)
     await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
                 config.wait_for_nodes, "model replicas")

@@ -50,6 +50,7 @@ class TrainConfig:
     address: str | None = None
     wait_for_nodes: float = 300.0
     verbosity: str = "normal"
+    log_level: str | None = None
     s3_endpoint_url: str | None = None
     anonymous: bool = False
 

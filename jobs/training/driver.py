@@ -92,7 +92,8 @@ def run_training(config: TrainConfig):
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     train_pairs, val_pairs = load_splits(config)
     backbone = read_backbone(config)
-    connect_ray(config.address, storage_env, config.verbosity)  # before Ray Train loads Ray: see connect_ray
+    # before Ray Train loads Ray: see connect_ray
+    connect_ray(config.address, storage_env, config.verbosity, config.log_level)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 

@@ -97,7 +97,7 @@ def evaluate(config: EvaluateConfig) -> dict:
         model = model_info(config.model, config.unsafe_allow_code)
     config = with_model_mode(config, model)
     pairs = training_data.pair_by_stem(config.images, config.masks)
-    connect_ray(config.address, storage_env, config.verbosity)
+    connect_ray(config.address, storage_env, config.verbosity, config.log_level)
     resources = plan_resources(config)
     await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
                 config.wait_for_nodes, "model replicas")
