@@ -13,6 +13,7 @@ from jobs.cli.flags import add_json_flag, add_replica_flags, add_version_flag, c
 from jobs.cli.main import run_main
 from jobs.cli.types import fraction, positive_float, positive_int
 from jobs.inference.config import SegmentConfig
+from jobs.inference.pipeline import MASK_RESOLUTIONS
 from jobs.inference.run import error_rate_exceeded, segment
 from jobs.output import leases
 
@@ -29,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool, bool
     parser.add_argument("--rows-per-file", type=positive_int, default=2048,
                         help="images per Parquet part (default: 2048, parts of tens of MB at typical mask sizes); "
                              "a run that dies keeps its finished parts")
+    parser.add_argument("--mask-resolution", choices=MASK_RESOLUTIONS, default="native",
+                        help="native (default): each mask PNG at its image's own size; model: at the model's "
+                             "resolution, the part of the model input the image filled (its size says the scale; an "
+                             "image smaller than that keeps its own), which costs the CPUs a fraction of a "
+                             "full-size mask. Tile mode is always native")
     parser.add_argument("--run-id", default=None,
                         help="name of this run (default: UTC time + random suffix). Run a dead attempt's id again to "
                              "resume it: its plan and finished parts are kept. A live or committed id is refused")

@@ -6,6 +6,7 @@ from PIL import Image
 
 from conftest import jpeg_with_orientation, png_bytes
 from unet_core import DecodeError, Letterbox, decode_image, letterbox, unletterbox
+from unet_core.image import decode_letterboxed
 
 RNG = np.random.default_rng(0)
 
@@ -107,3 +108,54 @@ def test_animated_gif_decodes_its_first_frame():
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     out = decode_image(buffer.getvalue())
     assert out.shape == (4, 6, 3) and out[0, 0, 0] > 200 and out[0, 0, 2] < 50
+
+
+def _gathered(values: np.ndarray, box: Letterbox) -> np.ndarray:
+    """The mapping back as it was first written: a gather at each original pixel's centre."""
+    def nearest(original: int, scaled: int) -> np.ndarray:
+        return np.minimum(((np.arange(original) + 0.5) * (scaled / original)).astype(np.int64), scaled - 1)
+    rows = box.top + nearest(box.height, box.inner_height)
+    cols = box.left + nearest(box.width, box.inner_width)
+    return values[rows[:, None], cols[None, :]]
+
+
+@pytest.mark.parametrize("height, width", [(480, 640), (3024, 4032), (37, 129), (1000, 31), (512, 512), (1, 1)])
+def test_repeating_rows_and_columns_is_the_gather_byte_for_byte(height, width):
+    box = Letterbox.fit(height, width, 512)
+    mask = RNG.integers(0, 21, (512, 512), dtype=np.uint8)
+    np.testing.assert_array_equal(unletterbox(mask, box), _gathered(mask, box))
+
+
+def _photo(height: int, width: int) -> np.ndarray:
+    """Smooth content a camera would take: gradients and a few soft blobs, not noise."""
+    rows, cols = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = [np.sin(rows * 7 + k) * np.cos(cols * 5 - k) for k in range(3)]
+    return ((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_is_decoded_at_the_scale_its_letterbox_needs(orientation):
+    """The DCT-scaled decode lands in the same box as a full decode and differs from it by rounding
+    of a downscale, not by content; a quarter turn in EXIF is applied to the size as to the pixels."""
+    data = jpeg_with_orientation(_photo(1500, 2000), orientation)
+    boxed, box = decode_letterboxed(data, 256)
+    full, full_box = letterbox(decode_image(data), 256)
+    assert box == full_box
+    assert (box.height, box.width) == ((1500, 2000) if orientation == 1 else (2000, 1500))
+    difference = np.abs(boxed.astype(int) - full.astype(int))
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 6
+
+
+def test_an_image_smaller_than_the_input_decodes_as_a_full_decode_would():
+    data = _encoded(Image.fromarray(_photo(60, 80)), "JPEG", quality=95)
+    boxed, box = decode_letterboxed(data, 256)
+    expected, expected_box = letterbox(decode_image(data), 256)
+    assert box == expected_box
+    np.testing.assert_array_equal(boxed, expected)
+
+
+def test_decoding_into_the_letterbox_refuses_what_a_full_decode_refuses():
+    with pytest.raises(DecodeError, match="empty file"):
+        decode_letterboxed(b"", 64)
+    with pytest.raises(DecodeError, match="above the max_pixels limit"):
+        decode_letterboxed(png_bytes(Image.new("L", (300, 200))), 64, max_pixels=59_999)

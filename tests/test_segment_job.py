@@ -203,3 +203,31 @@ def test_a_quiet_run_prints_only_the_jobs_own_lines(tmp_path, tiny_artifact):
     ours = [line for line in lines if line.startswith(("run hushed: ", "class shares: ", "committed to the Delta"))]
     assert len(ours) == 4 and len(lines) <= 5, lines  # Ray's core may add its warning of ray#53727
     assert not [line for line in lines if "(MapWorker" in line or "logging_progress" in line or "I0000" in line]
+
+
+def test_model_resolution_masks_are_the_native_ones_before_scaling_and_count_the_same(tmp_path, tiny_artifact):
+    """Issue 28: `--mask-resolution model` stores the part of the model's mask the image filled. Brought
+    to the image's size by repeating rows and columns, it is the native run's mask byte for byte, and
+    both runs' statistics (taken in model space, weighted) are the same figures."""
+    from test_tables import make_images
+
+    from unet_core import Letterbox
+
+    for index, size in enumerate([(40, 30), (24, 60), (90, 70)]):
+        make_images(tmp_path / "in", 1, start=index, size=size)
+    runs = {}
+    for resolution in ("native", "model"):
+        output = str(tmp_path / resolution)
+        done = run_job("segment.py", "--input", str(tmp_path / "in"), "--output", output, "--model", tiny_artifact,
+                       "--mask-resolution", resolution, "--precision", "float32", "--run-id", resolution)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[resolution] = {row["image_uri"]: row for row in read_dataset(output, "images").to_pylist()}
+    assert runs["native"].keys() == runs["model"].keys() and len(runs["native"]) == 3
+    for uri, native in runs["native"].items():
+        model = runs["model"][uri]
+        box = Letterbox.fit(native["height"], native["width"], 32)
+        small = decode_mask_png(model["mask_png"])
+        assert small.shape == (box.inner_height, box.inner_width)
+        rows, cols = box.repeats()
+        np.testing.assert_array_equal(np.repeat(np.repeat(small, rows, 0), cols, 1), decode_mask_png(native["mask_png"]))
+        assert model["classes"] == native["classes"]

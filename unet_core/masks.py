@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from unet_core.image import refuse_oversized
+from unet_core.image import Letterbox, refuse_oversized, unletterbox
 
 VOC_CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -36,6 +36,12 @@ def _hue_colors(count: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / count, 0.8, 0.9)) for i in range(count)]
 
 
+Z_RLE = 3
+"""zlib's run-length strategy: a class mask is runs of one value, which it codes 2-4x faster than
+the default strategy at level 6, in fewer bytes for clean masks and at most 2x more for speckled
+ones (docs/performance.md)."""
+
+
 def encode_mask_png(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> bytes:
     """Encode a class-index mask losslessly; the palette makes it viewable as a colour image."""
     if mask.ndim != 2:
@@ -45,7 +51,7 @@ def encode_mask_png(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> byt
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     image.putpalette([channel for color in colors for channel in color])
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    image.save(buffer, format="PNG", compress_level=1, compress_type=Z_RLE)
     return buffer.getvalue()
 
 
@@ -71,11 +77,32 @@ class ClassStats:
     """NaN where a class has no pixels."""
 
 
-def class_statistics(mask: np.ndarray, confidence: np.ndarray, num_classes: int) -> ClassStats:
-    """Pixel count, share of the image and mean softmax confidence of each class in one mask."""
+def class_statistics(mask: np.ndarray, confidence: np.ndarray, num_classes: int,
+                     weights: np.ndarray | None = None) -> ClassStats:
+    """Pixel count, share of the image and mean softmax confidence of each class in one mask.
+
+    `weights` (integers, the mask's shape) counts each pixel that many times: a model-space mask
+    with `Letterbox.weights` gives the figures of the full-size mask without building it. They are
+    exact, not close: counts are integers, and the confidence sums are of float16 values (multiples
+    of 2**-24) times integers, below 2**29 for any image under 500 megapixels, which float64 adds
+    without rounding in any order.
+    """
     labels = mask.ravel().astype(np.int64)
-    pixels = np.bincount(labels, minlength=num_classes)[:num_classes]
-    confidence_sum = np.bincount(labels, weights=confidence.ravel().astype(np.float64), minlength=num_classes)[:num_classes]
+    counts = None if weights is None else weights.ravel().astype(np.float64)
+    pixels = np.bincount(labels, weights=counts, minlength=num_classes)[:num_classes].astype(np.int64)
+    values = confidence.ravel().astype(np.float64)
+    confidence_sum = np.bincount(labels, weights=values if counts is None else values * counts,
+                                 minlength=num_classes)[:num_classes]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.where(pixels > 0, confidence_sum / np.maximum(pixels, 1), np.nan)
-    return ClassStats(pixels, pixels / max(labels.size, 1), mean_confidence)
+    total = labels.size if counts is None else int(weights.sum())
+    return ClassStats(pixels, pixels / max(total, 1), mean_confidence)
+
+
+def letterboxed_statistics(mask: np.ndarray, confidence: np.ndarray, box: Letterbox, num_classes: int) -> ClassStats:
+    """The statistics of a model-space mask and confidence brought back to their image's size, by
+    the cheaper of two exact ways: weighted in model space when the image has more pixels than its
+    box (a photo: 12 megapixels against 0.2), on the maps brought to full size when it has fewer."""
+    if box.height * box.width > box.inner_height * box.inner_width:
+        return class_statistics(box.inner(mask), box.inner(confidence), num_classes, box.weights())
+    return class_statistics(unletterbox(mask, box), unletterbox(confidence, box), num_classes)

@@ -40,6 +40,7 @@ class SegmentConfig(ReplicaConfig):
     inputs: list[str]
     output: str
     rows_per_file: int = 2048
+    mask_resolution: str = "native"
     run_id: str | None = None
     progress_every: float = 30.0
     incremental: bool = False

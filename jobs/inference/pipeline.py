@@ -28,6 +28,8 @@ from unet_core import (
 
 MODES = ("letterbox", "tile")
 """How images meet the model: scaled whole into one input, or in full-resolution tiles."""
+MASK_RESOLUTIONS = ("native", "model")
+"""The size of the stored mask: its image's, or the model's (the part of the input the image filled)."""
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,13 @@ def replica_env(gpus: float) -> dict[str, str]:
 
 
 def build_dataset(todo: Todo, model: ModelInfo, resources: Resources, inference: Inference, output: str,
-                  run_id: str, rows_per_file: int):
+                  run_id: str, rows_per_file: int, mask_resolution: str = "native"):
     """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
     tasks = {"num_cpus": resources.cpus_per_task}
     return (
         segmented_dataset(plan_dataset(todo, resources), model, resources, inference)
-        .map_batches(finalize, batch_size=resources.batch_size, fn_kwargs={"model": model}, **tasks)
+        .map_batches(finalize, batch_size=resources.batch_size,
+                     fn_kwargs={"model": model, "native_masks": mask_resolution == "native"}, **tasks)
         .map_batches(write_parts, batch_size=rows_per_file,
                      fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
     )

@@ -125,7 +125,8 @@ def result_settings(config: SegmentConfig) -> dict[str, str | float | int | None
     """The flags that shape each image's result (not how fast it is made): one run, one setting of each."""
     inference = inference_of(config)
     return {"--mode": config.mode, "--tile-overlap": inference.tile_overlap, "--tta": config.tta,
-            "--precision": config.precision, "--max-pixels": config.max_pixels, "--max-bytes": config.max_bytes}
+            "--precision": config.precision, "--max-pixels": config.max_pixels, "--max-bytes": config.max_bytes,
+            "--mask-resolution": config.mask_resolution}
 
 
 def run_record(config: SegmentConfig, model: ModelInfo, plan: Plan, parts: list[dict], resumed: int,
@@ -165,7 +166,8 @@ def _process(todo: Todo, model: ModelInfo, config: SegmentConfig, run_id: str, s
     print(f"run {run_id}: {todo.rows} images, model {model.name} ({model.sha256[:12]}), "
           f"{config.mode} mode, {resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
           + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""), flush=True)
-    dataset = build_dataset(todo, model, resources, inference_of(config), config.output, run_id, config.rows_per_file)
+    dataset = build_dataset(todo, model, resources, inference_of(config), config.output, run_id, config.rows_per_file,
+                            config.mask_resolution)
     parts = []
     for part in dataset.iter_rows():
         parts.append(part)

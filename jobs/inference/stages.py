@@ -6,6 +6,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+from functools import partial
+from typing import Callable, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +16,11 @@ from jobs.inference.model import ModelInfo
 from jobs.output.parts import write_part
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
 from jobs.storage.files import InputRefused, is_transient, read_input
-from unet_core.image import DecodeError, Letterbox, decode_image, letterbox, unletterbox
-from unet_core.masks import class_statistics, encode_mask_png
+from unet_core.image import DecodeError, Letterbox, decode_image, decode_letterboxed, unletterbox
+from unet_core.masks import encode_mask_png, letterboxed_statistics
+
+
+T = TypeVar("T")
 
 
 def image_id(uri: str) -> str:
@@ -38,7 +43,7 @@ class ImageError(Exception):
         self.kind = kind
 
 
-def load_image(uri: str, size: int, max_bytes: int, max_pixels: int) -> np.ndarray:
+def load_image(uri: str, size: int, max_bytes: int, decode: Callable[[bytes], T]) -> T:
     """Read and decode one image; every failure, whatever raised it, is an ImageError."""
     try:
         data = read_input(uri, size, max_bytes)
@@ -48,7 +53,7 @@ def load_image(uri: str, size: int, max_bytes: int, max_pixels: int) -> np.ndarr
         raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})",
                          TRANSIENT if is_transient(exc) else INVALID) from None
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return decode(data)
     except DecodeError as exc:
         raise ImageError(str(exc), INVALID) from None
     except Exception as exc:  # whatever else one file provokes stays that file's error
@@ -63,26 +68,30 @@ def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile:
     boxes = np.zeros((count, 4), np.int32)
     width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
     errors, kinds = np.full(count, "", dtype=object), np.full(count, "", dtype=object)
+    decode = (partial(whole_image, max_pixels=max_pixels) if tile
+              else partial(decode_letterboxed, size=input_size, max_pixels=max_pixels))
     for row, (uri, size) in enumerate(zip(batch["image_uri"], batch["source_size"])):
         try:
-            image = load_image(uri, int(size), max_bytes, max_pixels)
+            image, box = load_image(uri, int(size), max_bytes, decode)
         except ImageError as exc:
             errors[row], kinds[row] = str(exc), exc.kind
             images.append(np.zeros((1, 1, 3) if tile else (input_size, input_size, 3), np.uint8))
             continue
-        height[row], width[row] = image.shape[:2]
-        if tile:
-            images.append(image)
-            boxes[row] = (0, 0, height[row], width[row])
-        else:
-            boxed, box = letterbox(image, input_size)
-            images.append(boxed)
-            boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
+        images.append(image)
+        height[row], width[row] = box.height, box.width
+        boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
     return {
         **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
         "width": width, "height": height, "error": errors, "error_kind": kinds, "box": boxes,
         "pixels": ragged(images) if tile else np.stack(images),
     }
+
+
+def whole_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, Letterbox]:
+    """The image at full resolution, for tiling: its box is the whole image."""
+    image = decode_image(data, max_pixels=max_pixels)
+    height, width = image.shape[:2]
+    return image, Letterbox(height, width, max(height, width), 0, 0, height, width)
 
 
 def ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -162,8 +171,10 @@ def letterbox_of(batch: dict, row: int, input_size: int) -> Letterbox:
     return Letterbox(int(batch["height"][row]), int(batch["width"][row]), input_size, top, left, inner_h, inner_w)
 
 
-def finalize(batch: dict, model: ModelInfo) -> dict:
-    """Map each mask back to its image's own size, encode it and count its classes."""
+def finalize(batch: dict, model: ModelInfo, native_masks: bool = True) -> dict:
+    """Count each image's classes and encode its mask, at its image's own size (`native_masks`) or
+    at the model's. The statistics are taken in model space, each model pixel weighted by the image
+    pixels it stands for: those of the full-size mask, without building it (`class_statistics`)."""
     count, classes = len(batch["image_uri"]), len(model.class_names)
     stats = {name: np.zeros((count, classes), dtype) for name, dtype in
              (("pixels", np.int64), ("fraction", np.float64), ("mean_confidence", np.float64))}
@@ -172,13 +183,19 @@ def finalize(batch: dict, model: ModelInfo) -> dict:
         if batch["error"][row]:
             continue
         box = letterbox_of(batch, row, model.input_size)
-        mask = unletterbox(batch["mask"][row], box)
-        result = class_statistics(mask, unletterbox(batch["confidence"][row], box), classes)
-        mask_png[row] = encode_mask_png(mask, list(model.colors))
+        mask = batch["mask"][row]
+        result = letterboxed_statistics(mask, batch["confidence"][row], box, classes)
+        mask_png[row] = encode_mask_png(stored_mask(mask, box, native_masks), list(model.colors))
         stats["pixels"][row], stats["fraction"][row], stats["mean_confidence"][row] = (
             result.pixels, result.fraction, result.mean_confidence)
     out = {key: value for key, value in batch.items() if key not in ("mask", "confidence", "box")}
     return {**out, "mask_png": mask_png, **{f"stats_{k}": v for k, v in stats.items()}}
+
+
+def stored_mask(mask: np.ndarray, box: Letterbox, native: bool) -> np.ndarray:
+    """The mask as stored: at its image's size, or at the model's where that is the smaller."""
+    small = not native and box.inner_height * box.inner_width < box.height * box.width
+    return box.inner(mask) if small else unletterbox(mask, box)
 
 
 def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict:
