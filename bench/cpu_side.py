@@ -152,6 +152,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vs", metavar="CHECKOUT", help="also time another checkout's job stages")
+    parser.add_argument("--model-rate", type=float, metavar="IMAGES_PER_S",
+                        help="a replica's measured rate (bench/gpu_check.sh passes the GPU's): print the cores "
+                             "per GPU the CPU side needs at it")
     parser.add_argument("--job-stages", metavar="MASKS.npy", help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,6 +183,11 @@ def main() -> None:
                 stages.append([args.vs, job_stages_elsewhere(args.vs, paths, masks, args.repeats, Path(work))])
             print(f"\n{width}x{height}: the job's prepare + finalize, batches of 8")
             print_table(["checkout", "ms per image", "x floor"], [[name, ms, ms / floor] for name, ms in stages])
+            if args.model_rate:
+                cores = {path: sum(times[path].values()) / 1000 * args.model_rate for path in times}
+                print(f"\n{width}x{height} at {args.model_rate:g} images/s per replica: cores per GPU for its CPU "
+                      f"side: {cores['today']:.1f} ({cores['model-res']:.1f} with --mask-resolution model, "
+                      f"{cores['previous']:.1f} on the previous path)")
 
 
 if __name__ == "__main__":

@@ -73,15 +73,19 @@ def print_summary(record: dict) -> None:
     shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in zip(record["class_names"], record["class_pixels"]))
     resumed = f" ({record['resumed']} kept from an earlier attempt)" if record["resumed"] else ""
     rate = f" ({record['images_per_second']} images/s)" if record["images_per_second"] else ""
+    bound = (f"; bound by {record['bound_by']} ({record['cpus_per_replica']:.2g} CPUs per replica keep it busy)"
+             if record["bound_by"] else "")
     print(f"run {record['run_id']}: {record['inputs']} images, {record['skipped']} skipped, "
           f"{record['processed']} processed{resumed}: {record['ok']} ok, {record['errors']} errors "
-          f"in {record['wall_seconds']:.1f} s{rate}")
+          f"in {record['wall_seconds']:.1f} s{rate}{bound}")
     print(f"class shares: {shares}")
     print(f"committed to the Delta tables under {record['output']}")
 
 
 SUMMARY_FIELDS = ("run_id", "output", "inputs", "skipped", "processed", "resumed", "ok", "errors", "wall_seconds",
-                  "images_per_second", "model_name", "model_sha256", "model_uri", "commit_version")
+                  "images_per_second", "model_name", "model_sha256", "model_uri", "commit_version", "read_seconds",
+                  "decode_seconds", "model_seconds", "postprocess_seconds", "write_seconds", "cpus_per_replica",
+                  "bound_by")
 """What `--json` reports of a run (its whole record is the `runs` row)."""
 
 

@@ -79,6 +79,9 @@ def test_gpu_check(tmp_path):
     assert "== bare model, XLA on, batch 2" in done.stdout and "== job, XLA on, bfloat16, batch 2" in done.stdout
     numbers(table(done.stdout, ["precision", "input", "images/s", "GFLOP/s", "peak GFLOP/s", "of peak"]), "images/s")
     numbers(table(done.stdout, ["what", "images", "seconds", "images/s", "efficiency"]), "images/s")
+    numbers(table(done.stdout, ["stage", "previous", "today", "model-res"]), "previous", "today", "model-res")
+    assert re.search(r"64x48 at [\d.]+ images/s per replica: cores per GPU for its CPU side: [\d.]+ \([\d.]+ with "
+                     r"--mask-resolution model, [\d.]+ on the previous path\)", done.stdout), done.stdout[-2000:]
 
 
 def test_every_bench_script_has_a_smoke_test():
@@ -292,3 +295,15 @@ def test_small_night(tmp_path):
     numbers(rows, "this wall s", "this ratio")
     assert re.search(r"planning alone: 1,000 listed against 1,000 done rows: [\d.]+ s, peak RSS growth \d+ MiB, "
                      r"1,000 planned", out)
+
+
+def test_cpu_side(tmp_path):
+    out = run_bench("cpu_side.py", "--sizes", "64x48", "--images", "2", "--repeats", "1", "--vs", str(ROOT),
+                    tmp_path=tmp_path, timeout=QUICK)
+    rows = table(out, ["stage", "previous", "today", "model-res"])
+    assert [row["stage"] for row in rows] == ["decode + letterbox", "mask to full size", "class statistics",
+                                              "mask PNG", "total", "total / floor"]
+    numbers(rows, "previous", "today", "model-res")
+    stages = table(out, ["checkout", "ms per image", "x floor"])
+    assert [row["checkout"] for row in stages] == ["this checkout", str(ROOT)]
+    numbers(stages, "ms per image", "x floor")

@@ -90,6 +90,10 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
     assert [(r["run_id"], r["inputs"], r["skipped"], r["processed"], r["ok"], r["errors"]) for r in run] == [
         ("mixed-1", 7, 0, 7, 6, 1)]
     assert [r["cuda_visible_devices"] for r in json.loads(run[0]["replicas"])] == [""]  # a CPU replica sees no GPU
+    # issue 28: where the time went, and which stage bounds the run
+    assert all(run[0][f"{stage}_seconds"] > 0 for stage in ("read", "decode", "model", "postprocess", "write"))
+    assert run[0]["bound_by"] in ("model", "read", "decode", "postprocess", "write") and run[0]["cpus_per_replica"] > 0
+    assert f"bound by {run[0]['bound_by']} (" in done.stdout
     committed = delta_table(output, "images").file_uris()
     assert len(committed) == len(list((tmp_path / "out" / "images" / "run_id=mixed-1").glob("*.parquet")))
 

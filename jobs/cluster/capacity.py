@@ -159,3 +159,37 @@ class Resources:
 def actor_bounds(text: str) -> tuple[int, int]:
     low, _, high = text.partition(":")
     return int(low), int(high or low)
+
+
+STAGES = ("read", "decode", "model", "postprocess", "write")
+"""A run's stages, as its `runs` row and progress line time them (`<stage>_seconds`)."""
+CPU_STAGES = ("read", "decode", "postprocess", "write")
+
+
+def spare_cpus_per_replica(resources: Resources) -> float:
+    """The cluster's CPUs that no replica reserves, per replica: what reads, decodes and encodes for each."""
+    cpus = sum(node.get("CPU", 0.0) for node in alive_nodes())
+    return max(0.0, cpus - resources.max_actors * resources.cpus_per_actor) / resources.max_actors
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Which stage limits a run: the model, or the CPU stage that costs most when the CPU side of each
+    image needs more CPUs per replica than the cluster has to spare."""
+
+    stage: str
+    cpus_per_replica: float
+    """CPU-seconds of the CPU stages per second of a replica's model time: the CPUs that keep one busy."""
+    spare: float
+
+    def line(self) -> str:
+        need = f"{self.cpus_per_replica:.2g} CPUs per replica keep it busy, {self.spare:.2g} are spare"
+        return f"bound by the model ({need})" if self.stage == "model" else f"bound by {self.stage}: {need}"
+
+
+def bound(seconds: dict[str, float], spare: float) -> Bound | None:
+    """None until the model has run."""
+    if seconds.get("model", 0.0) <= 0:
+        return None
+    need = sum(seconds.get(stage, 0.0) for stage in CPU_STAGES) / seconds["model"]
+    return Bound("model" if need <= spare else max(CPU_STAGES, key=lambda s: seconds.get(s, 0.0)), need, spare)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from jobs.cluster.capacity import STAGES, bound
+
 
 class Progress:
     """Counts the parts as they come back from the pipeline (so the counts move a part at a time) and
@@ -16,6 +18,9 @@ class Progress:
         self.report = report
         """Called with (planned, done) on every part: the lease carries the latest in its next renewal."""
         self.processed = self.errors = 0
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.spare: float | None = None
+        """CPUs per replica that no replica reserves, once the pool is laid out (`spare_cpus_per_replica`)."""
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, name=f"progress-{run_id}", daemon=True)
@@ -35,6 +40,8 @@ class Progress:
     def add(self, part: dict) -> None:
         self.processed += int(part["rows"])
         self.errors += int(part["rows"]) - int(part["ok"])
+        for stage in STAGES:
+            self.seconds[stage] += float(part.get(f"seconds_{stage}", 0.0))
         if self.report is not None:
             self.report(self.planned, self.done)
 
@@ -48,8 +55,14 @@ class Progress:
         left = self.planned - self.done
         eta = _duration(left / rate) if rate > 0 else "unknown"
         share = self.done / self.planned if self.planned else 1.0
+        limit = bound(self.seconds, self.spare) if self.spare is not None else None
         return (f"run {self.run_id}: {self.done:,}/{self.planned:,} images ({share:.1%}), {rate:.1f} images/s, "
-                f"ETA {eta}, {self.errors:,} errors so far")
+                f"ETA {eta}, {self.errors:,} errors so far" + (f"; {self.stages()}, {limit.line()}" if limit else ""))
+
+    def stages(self) -> str:
+        """Per image, what each stage cost so far (the model's in replica time)."""
+        per = {stage: value / max(self.processed, 1) * 1000 for stage, value in self.seconds.items()}
+        return "per image " + ", ".join(f"{stage} {ms:.3g} ms" for stage, ms in per.items())
 
 
 def _duration(seconds: float) -> str:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import time
 from functools import partial
 from typing import Callable, TypeVar
 
@@ -43,15 +44,19 @@ class ImageError(Exception):
         self.kind = kind
 
 
-def load_image(uri: str, size: int, max_bytes: int, decode: Callable[[bytes], T]) -> T:
-    """Read and decode one image; every failure, whatever raised it, is an ImageError."""
+def read_image(uri: str, size: int, max_bytes: int) -> bytes:
+    """Read one image's bytes; every failure, whatever raised it, is an ImageError."""
     try:
-        data = read_input(uri, size, max_bytes)
+        return read_input(uri, size, max_bytes)
     except InputRefused as exc:
         raise ImageError(str(exc), INVALID) from None
     except Exception as exc:  # missing or denied, or the store gave up after its own retries
         raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})",
                          TRANSIENT if is_transient(exc) else INVALID) from None
+
+
+def decode_bytes(data: bytes, decode: Callable[[bytes], T]) -> T:
+    """Decode one image's bytes; every failure, whatever raised it, is an ImageError."""
     try:
         return decode(data)
     except DecodeError as exc:
@@ -68,22 +73,28 @@ def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile:
     boxes = np.zeros((count, 4), np.int32)
     width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
     errors, kinds = np.full(count, "", dtype=object), np.full(count, "", dtype=object)
+    read_s, decode_s = np.zeros(count), np.zeros(count)
     decode = (partial(whole_image, max_pixels=max_pixels) if tile
               else partial(decode_letterboxed, size=input_size, max_pixels=max_pixels))
     for row, (uri, size) in enumerate(zip(batch["image_uri"], batch["source_size"])):
+        started = time.perf_counter()
         try:
-            image, box = load_image(uri, int(size), max_bytes, decode)
+            data = read_image(uri, int(size), max_bytes)
+            read = time.perf_counter()
+            image, box = decode_bytes(data, decode)
         except ImageError as exc:
             errors[row], kinds[row] = str(exc), exc.kind
             images.append(np.zeros((1, 1, 3) if tile else (input_size, input_size, 3), np.uint8))
+            read_s[row] = time.perf_counter() - started  # a failed image's time counts as reading, whatever failed
             continue
+        read_s[row], decode_s[row] = read - started, time.perf_counter() - read
         images.append(image)
         height[row], width[row] = box.height, box.width
         boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
     return {
         **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
         "width": width, "height": height, "error": errors, "error_kind": kinds, "box": boxes,
-        "pixels": ragged(images) if tile else np.stack(images),
+        "pixels": ragged(images) if tile else np.stack(images), "seconds_read": read_s, "seconds_decode": decode_s,
     }
 
 
@@ -117,13 +128,15 @@ class Segmenter:
         print(f"model replica placed: {self.placement}")
 
     def __call__(self, batch: dict) -> dict:
+        started = time.perf_counter()
         ok = batch["error"] == ""
         out = {key: value for key, value in batch.items() if key != "pixels"}
         if self.tile_overlap is None:
             masks, confidence = self._letterboxed(batch["pixels"], ok)
         else:
             masks, confidence = self._tiled(batch["pixels"], ok)
-        return {**out, "mask": masks, "confidence": confidence, "replica": np.full(len(ok), self.placement, object)}
+        return {**out, "mask": masks, "confidence": confidence, "replica": np.full(len(ok), self.placement, object),
+                "seconds_model": np.full(len(ok), (time.perf_counter() - started) / len(ok))}
 
     def _letterboxed(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         masks = np.zeros(pixels.shape[:3], np.uint8)
@@ -179,17 +192,20 @@ def finalize(batch: dict, model: ModelInfo, native_masks: bool = True) -> dict:
     stats = {name: np.zeros((count, classes), dtype) for name, dtype in
              (("pixels", np.int64), ("fraction", np.float64), ("mean_confidence", np.float64))}
     mask_png = np.full(count, None, dtype=object)
+    seconds = np.zeros(count)
     for row in range(count):
         if batch["error"][row]:
             continue
+        started = time.perf_counter()
         box = letterbox_of(batch, row, model.input_size)
         mask = batch["mask"][row]
         result = letterboxed_statistics(mask, batch["confidence"][row], box, classes)
         mask_png[row] = encode_mask_png(stored_mask(mask, box, native_masks), list(model.colors))
         stats["pixels"][row], stats["fraction"][row], stats["mean_confidence"][row] = (
             result.pixels, result.fraction, result.mean_confidence)
+        seconds[row] = time.perf_counter() - started
     out = {key: value for key, value in batch.items() if key not in ("mask", "confidence", "box")}
-    return {**out, "mask_png": mask_png, **{f"stats_{k}": v for k, v in stats.items()}}
+    return {**out, "mask_png": mask_png, **{f"stats_{k}": v for k, v in stats.items()}, "seconds_postprocess": seconds}
 
 
 def stored_mask(mask: np.ndarray, box: Letterbox, native: bool) -> np.ndarray:
@@ -203,13 +219,21 @@ def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict
 
     The files stay invisible until the driver's Delta commit lists them. Names are fresh UUIDs,
     never derived from input names."""
+    started = time.perf_counter()
     class_stats = _class_stats_table(batch, model)
     ok = batch["error"] == ""
     facts = {"ok": int(ok.sum()), "class_pixels": batch["stats_pixels"][ok].sum(axis=0).tolist(),
-             "replicas": json.dumps(sorted(set(batch["replica"])))}
-    row = write_part(output, run_id, _images_table(batch, model, class_stats), class_stats, facts)
-    return {key: np.array([value], dtype=object if isinstance(value, str) else np.int64)
+             "replicas": json.dumps(sorted(set(batch["replica"]))),
+             **{f"seconds_{stage}": float(np.sum(batch[f"seconds_{stage}"])) for stage in MEASURED_AHEAD}}
+    images = _images_table(batch, model, class_stats)
+    row = write_part(output, run_id, images, class_stats, {**facts, "seconds_write": time.perf_counter() - started})
+    return {key: np.array([value], dtype=object if isinstance(value, str) else
+                          np.float64 if isinstance(value, float) else np.int64)
             for key, value in row.items()}
+
+
+MEASURED_AHEAD = ("read", "decode", "model", "postprocess")
+"""The stages whose seconds reach `write_parts` as columns of the batch (`seconds_<stage>`)."""
 
 
 def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Table:

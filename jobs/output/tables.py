@@ -83,6 +83,9 @@ SCHEMAS = {
         ("wall_seconds", pa.float64()), ("images_per_second", pa.float64()),
         ("replicas", pa.string()), ("config", pa.string()),
         ("resumed", pa.int64()),
+        ("read_seconds", pa.float64()), ("decode_seconds", pa.float64()), ("model_seconds", pa.float64()),
+        ("postprocess_seconds", pa.float64()), ("write_seconds", pa.float64()),
+        ("cpus_per_replica", pa.float64()), ("bound_by", pa.string()),
     ]),
 }
 EPOCH = "TIMESTAMP '1970-01-01T00:00:00Z'"
@@ -105,7 +108,7 @@ PLANS = "_plans"
 def marks_uri(output: str, run_id: str) -> str:
     """The run's deletion marks, beside its plan: URIs its listing found gone from, or back in, storage."""
     return join(output, PLANS, run_id, "marks.parquet")
-TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp", pa.int64(): "long"}
+TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp", pa.int64(): "long", pa.float64(): "double"}
 """Delta's name for each type a column added to an existing table can have."""
 
 

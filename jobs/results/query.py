@@ -24,7 +24,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 RUNS_SQL = """
 SELECT run_id, committed_at, inputs, skipped, ok, errors, model_name, {sha} AS model_sha256,
-       wall_seconds, images_per_second
+       wall_seconds, images_per_second, bound_by, cpus_per_replica
 FROM runs ORDER BY committed_at, run_id"""
 """`{sha}`: the model's sha256, cut to 12 characters in the table for people, whole for machines."""
 
