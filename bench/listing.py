@@ -1,14 +1,17 @@
 """Benchmark: listing an S3 prefix of many folders, folder by folder with several listers at once
 (what `list_inputs` does) against one paginator over the whole prefix (what it did before).
 
-    python bench/listing.py [--keys 100000] [--folders 100]
+    python bench/listing.py [--keys 100000] [--folders 100] [--latency-ms 0 25]
 
 Runs the test suite's S3 server (SeaweedFS on loopback) and fills a bucket with tiny objects named
-like images, spread evenly over the folders. Both listings must return the same rows.
+like images, spread evenly over the folders. Both listings must return the same rows. Each is run
+straight against the server and through `tests/delaying_proxy.py` holding every request for each
+`--latency-ms` (AWS S3 answers a list page in tens of milliseconds; loopback in well under one).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -19,11 +22,12 @@ from common import ROOT, print_table
 
 sys.path.append(str(ROOT / "tests"))
 
+from delaying_proxy import delaying  # noqa: E402
 from s3_server import seaweedfs  # noqa: E402
 
 from jobs.common.private_apis import s3_pages  # noqa: E402
 from jobs.storage import listing  # noqa: E402
-from jobs.storage.settings import StorageOptions, configure_storage  # noqa: E402
+from jobs.storage.settings import S3_ENV_VAR, StorageOptions, configure_storage  # noqa: E402
 
 UPLOAD_BATCH = 2000
 
@@ -59,24 +63,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--folders", type=int, default=100)
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 25.0])
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as work, seaweedfs(Path(work)) as server:
         os.environ.update({k: v for k, v in server.env().items() if k.startswith("AWS_")})
-        configure_storage(StorageOptions(server.endpoint, False))
         fs = server.filesystem()
         fs.mkdir("bench")
         started = time.perf_counter()
         fill(fs, "bench", args.keys, args.folders)
         print(f"uploaded {args.keys:,} objects in {args.folders} folders in {time.perf_counter() - started:.1f} s")
-        fs.invalidate_cache()
-        single, single_cpu, expected = timed(lambda: one_paginator(fs, "bench"))
-        fanned, fanned_cpu, listed = timed(lambda: listing.list_inputs(["s3://bench/photos/"]))
-        same = sorted(listed.column("image_uri").to_pylist()) == sorted(expected.column("image_uri").to_pylist())
-        print(f"same {listed.num_rows:,} keys from both: {same}")
-        rows = [["one paginator", single, single_cpu, args.keys / single, 1.0],
-                [f"{listing.LISTERS} listers, folder by folder", fanned, fanned_cpu, args.keys / fanned,
-                 single / fanned]]
-        print_table(["listing", "seconds", "client CPU s", "keys/s", "speed-up"], rows)
+        for latency in args.latency_ms:
+            with delaying(server.endpoint, latency / 1000) as endpoint:
+                rows += both_listings(dataclasses.replace(server, endpoint=endpoint), args.keys, latency)
+    print_table(["latency ms", "listing", "seconds", "client CPU s", "keys/s", "speed-up"], rows)
+
+
+def both_listings(server, keys: int, latency: float) -> list[list]:
+    """One paginator and the listers, through `server.endpoint`, checked to list the same keys."""
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
+    os.environ.pop(S3_ENV_VAR, None)  # the previous latency's endpoint: each pass is configured afresh
+    configure_storage(StorageOptions(server.endpoint, False))
+    fs = server.filesystem()
+    single, single_cpu, expected = timed(lambda: one_paginator(fs, "bench"))
+    fanned, fanned_cpu, listed = timed(lambda: listing.list_inputs(["s3://bench/photos/"]))
+    same = sorted(listed.column("image_uri").to_pylist()) == sorted(expected.column("image_uri").to_pylist())
+    print(f"latency {latency:g} ms: same {listed.num_rows:,} keys from both: {same}")
+    return [[latency, "one paginator", single, single_cpu, keys / single, 1.0],
+            [latency, f"{listing.LISTERS} listers, folder by folder", fanned, fanned_cpu, keys / fanned,
+             single / fanned]]
 
 
 if __name__ == "__main__":

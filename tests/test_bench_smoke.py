@@ -114,10 +114,13 @@ def test_commit_scale(tmp_path):
 
 
 def test_listing(tmp_path):
-    out = run_bench("listing.py", "--keys", "60", "--folders", "6", tmp_path=tmp_path, timeout=QUICK)
-    assert "same 60 keys from both: True" in out
-    rows = table(out, ["listing", "seconds", "client CPU s", "keys/s", "speed-up"])
-    assert [r["listing"] for r in rows] == ["one paginator", "16 listers, folder by folder"]
+    out = run_bench("listing.py", "--keys", "60", "--folders", "6", "--latency-ms", "0", "5", tmp_path=tmp_path,
+                    timeout=QUICK)
+    assert "latency 0 ms: same 60 keys from both: True" in out and "latency 5 ms: same 60 keys from both: True" in out
+    rows = table(out, ["latency ms", "listing", "seconds", "client CPU s", "keys/s", "speed-up"])
+    assert [(r["latency ms"], r["listing"]) for r in rows] == [
+        ("0.000", "one paginator"), ("0.000", "16 listers, folder by folder"),
+        ("5.000", "one paginator"), ("5.000", "16 listers, folder by folder")]
     numbers(rows, "seconds", "client CPU s", "keys/s", "speed-up")
 
 
