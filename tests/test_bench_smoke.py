@@ -310,3 +310,10 @@ def test_cpu_side(tmp_path):
     stages = table(out, ["checkout", "ms per image", "x floor"])
     assert [row["checkout"] for row in stages] == ["this checkout", str(ROOT)]
     numbers(stages, "ms per image", "x floor")
+
+
+def test_job_overhead(tmp_path):
+    out = run_bench("job_overhead.py", "--counts", "8:64x48", "--sample", "8", tmp_path=tmp_path, timeout=WITH_RAY)
+    rows = table(out, ["images", "N", "one process ms/image", "x cores: images/s", "job steady images/s", "ratio"])
+    assert [(r["images"], r["N"]) for r in rows] == [("64x48", "8")]
+    numbers(rows, "one process ms/image", "x cores: images/s")  # the steady state of 8 tiny images may be noise

@@ -37,7 +37,7 @@ def test_statistics_in_model_space_are_those_of_the_full_size_maps_exactly(heigh
     mask = rng.integers(0, 5, (512, 512), dtype=np.uint8)
     confidence = rng.random((512, 512)).astype(np.float16)
     full = class_statistics(unletterbox(mask, box), unletterbox(confidence, box), 6)
-    model = class_statistics(box.inner(mask), box.inner(confidence), 6, box.weights())
+    model = class_statistics(box.inner(mask), box.inner(confidence), 6, box.repeats())
     assert full.pixels.sum() == height * width
     np.testing.assert_array_equal(model.pixels, full.pixels)
     np.testing.assert_array_equal(model.fraction, full.fraction)

@@ -154,12 +154,6 @@ class Letterbox:
         return (np.bincount(_nearest_index(self.height, self.inner_height), minlength=self.inner_height),
                 np.bincount(_nearest_index(self.width, self.inner_width), minlength=self.inner_width))
 
-    def weights(self) -> np.ndarray:
-        """Per pixel of the inner box, how many of the image's pixels map to it: statistics taken in
-        model space with these weights are those of the full-size maps, exactly."""
-        rows, cols = self.repeats()
-        return np.outer(rows, cols)
-
 
 def letterbox(image: np.ndarray, size: int, resample: int = Image.BILINEAR) -> tuple[np.ndarray, Letterbox]:
     """Scale an image to fit a size x size square, keeping its aspect ratio, padded with black."""

@@ -77,26 +77,36 @@ class ClassStats:
     """NaN where a class has no pixels."""
 
 
+ROWS_PER_BLOCK = 32
+"""Rows counted at a time: temporaries this small are reused by the allocator, where whole-map ones
+are handed back to the system and faulted in again on every image (4x the counting itself at 512x384)."""
+
+
 def class_statistics(mask: np.ndarray, confidence: np.ndarray, num_classes: int,
-                     weights: np.ndarray | None = None) -> ClassStats:
+                     repeats: tuple[np.ndarray, np.ndarray] | None = None) -> ClassStats:
     """Pixel count, share of the image and mean softmax confidence of each class in one mask.
 
-    `weights` (integers, the mask's shape) counts each pixel that many times: a model-space mask
-    with `Letterbox.weights` gives the figures of the full-size mask without building it. They are
-    exact, not close: counts are integers, and the confidence sums are of float16 values (multiples
-    of 2**-24) times integers, below 2**29 for any image under 500 megapixels, which float64 adds
+    `repeats` (per row, per column: `Letterbox.repeats`) counts pixel (i, j) rows[i] * cols[j] times:
+    a model-space mask gives the figures of the full-size mask without building it. They are exact,
+    not close: counts are integers, and the confidence sums are of float16 values (multiples of
+    2**-24) times integers, below 2**29 for any image under 500 megapixels, which float64 adds
     without rounding in any order.
     """
-    labels = mask.ravel().astype(np.int64)
-    counts = None if weights is None else weights.ravel().astype(np.float64)
-    pixels = np.bincount(labels, weights=counts, minlength=num_classes)[:num_classes].astype(np.int64)
-    values = confidence.ravel().astype(np.float64)
-    confidence_sum = np.bincount(labels, weights=values if counts is None else values * counts,
-                                 minlength=num_classes)[:num_classes]
+    height, width = mask.shape
+    rows, cols = repeats if repeats is not None else (np.ones(height, np.int64), np.ones(width, np.int64))
+    cols = cols.astype(np.float64)
+    pixels, confidence_sum = np.zeros(num_classes), np.zeros(num_classes)
+    for top in range(0, height, ROWS_PER_BLOCK):
+        block = slice(top, top + ROWS_PER_BLOCK)
+        labels = mask[block].ravel()
+        counts = rows[block, None] * cols[None, :]
+        pixels += np.bincount(labels, weights=counts.ravel(), minlength=num_classes)[:num_classes]
+        confidence_sum += np.bincount(labels, weights=(confidence[block] * counts).ravel(),
+                                      minlength=num_classes)[:num_classes]
+    pixels = pixels.astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.where(pixels > 0, confidence_sum / np.maximum(pixels, 1), np.nan)
-    total = labels.size if counts is None else int(weights.sum())
-    return ClassStats(pixels, pixels / max(total, 1), mean_confidence)
+    return ClassStats(pixels, pixels / max(int(rows.sum()) * int(cols.sum()), 1), mean_confidence)
 
 
 def letterboxed_statistics(mask: np.ndarray, confidence: np.ndarray, box: Letterbox, num_classes: int) -> ClassStats:
@@ -104,5 +114,5 @@ def letterboxed_statistics(mask: np.ndarray, confidence: np.ndarray, box: Letter
     the cheaper of two exact ways: weighted in model space when the image has more pixels than its
     box (a photo: 12 megapixels against 0.2), on the maps brought to full size when it has fewer."""
     if box.height * box.width > box.inner_height * box.inner_width:
-        return class_statistics(box.inner(mask), box.inner(confidence), num_classes, box.weights())
+        return class_statistics(box.inner(mask), box.inner(confidence), num_classes, box.repeats())
     return class_statistics(unletterbox(mask, box), unletterbox(confidence, box), num_classes)
