@@ -235,3 +235,17 @@ def test_model_resolution_masks_are_the_native_ones_before_scaling_and_count_the
         rows, cols = box.repeats()
         np.testing.assert_array_equal(np.repeat(np.repeat(small, rows, 0), cols, 1), decode_mask_png(native["mask_png"]))
         assert model["classes"] == native["classes"]
+
+
+def test_an_auto_pool_of_cpu_replicas_leaves_cpus_for_the_decode_tasks(tmp_path, tiny_artifact):
+    """Replicas of half the machine's CPUs each: the pool used to take both halves, leaving the read
+    and decode tasks no CPU, and the run waited for them forever. One replica now, and it finishes."""
+    from test_tables import make_images
+
+    make_images(tmp_path / "in", 3)
+    half = str((os.cpu_count() or 2) / 2)
+    own_ray = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = run_job("segment.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                   "--model", tiny_artifact, "--cpus-per-actor", half, "--run-id", "halves", env=own_ray, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run halves: 3 images, model tiny" in done.stdout and f"1-1 replicas x {float(half):g} CPU" in done.stdout

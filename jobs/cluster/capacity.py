@@ -29,7 +29,9 @@ def plan_resources(config: PoolFlags) -> Resources:
     cpus = config.cpus_per_actor or (1.0 if gpus else max(0.5, largest_node_cpus() - 0.5))
     bundle = replica_bundle(cpus, gpus)
     if config.actors == "auto":
-        now, most = capacity(bundle)
+        # a CPU replica is counted with the task share that feeds it: a pool that took every CPU would
+        # leave the read and decode tasks none, and the run would wait for them forever
+        now, most = capacity(bundle if gpus else replica_bundle(cpus + TASK_CPUS, 0))
         low, high, settings = 1, max(1, most or now), replica_settings(config)
     else:
         (low, high), settings = actor_bounds(config.actors), ("actors",)
@@ -139,6 +141,8 @@ def cluster_summary() -> str:
     return f"{now}; the autoscaler's node types: {types}" if declared else now
 
 
+TASK_CPUS = 0.5
+"""CPUs of each decode, post-processing and write task: a fraction, so reads never starve beside the actors."""
 ACTOR_RESTARTS = 4
 """A replica that dies (OOM, node loss, crash) is restarted and its batch retried this many times."""
 
@@ -152,8 +156,7 @@ class Resources:
     cpus_per_actor: float
     gpus_per_actor: float
     batch_size: int
-    cpus_per_task: float = 0.5
-    """Decode and post-processing tasks: a fraction, so reads never starve beside the actors."""
+    cpus_per_task: float = TASK_CPUS
 
 
 def actor_bounds(text: str) -> tuple[int, int]:
