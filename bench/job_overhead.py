@@ -12,7 +12,8 @@ model, `finalize`, `write_parts` into a scratch root), per image, with no Ray at
 machine's cores, the rate a scheduler with no overhead would reach with the same work. The job (`jobs/segment.py` as a
 whole process, local Ray) runs on N and on 2N images; the difference is its steady state, free of
 start-up. N images are hard links to a few distinct scenes, so making them costs little. Target:
-the job's steady state at least 0.8 of the reference.
+the job's steady state at least 0.8 of the reference. The 2N run's own `runs` row says where its
+time went: the replica's model seconds and the CPU stages' seconds per image, and its bound.
 """
 from __future__ import annotations
 
@@ -104,19 +105,23 @@ def main() -> None:
             scenes = write_images(work / f"scenes-{size}", DISTINCT, height, width)
             per_image = one_process_seconds(artifact, collection(work / f"sample-{size}", args.sample, width, height,
                                                                  scenes), work)
-            walls = {}
+            walls, records = {}, {}
             for n in (count, 2 * count):
                 images = collection(work / f"in-{size}-{n}", n, width, height, scenes)
-                walls[n], _ = run_segment("--input", str(images), "--output", str(work / f"out-{size}-{n}"),
+                walls[n], records[n] = run_segment("--input", str(images), "--output", str(work / f"out-{size}-{n}"),
                                           "--model", artifact, "--precision", "float32", "--quiet",
                                           "--cpus-per-actor", args.cpus_per_actor)
             steady = walls[2 * count] - walls[count]
             ideal = cores / per_image
-            rows.append([size, count, per_image * 1000, ideal, count / steady, count / steady / ideal])
+            record = records[2 * count]
+            cpu_side = sum(record[f"{stage}_seconds"] for stage in ("read", "decode", "postprocess", "write"))
+            rows.append([size, count, per_image * 1000, ideal, count / steady, count / steady / ideal,
+                         record["model_seconds"] / record["processed"] * 1000, cpu_side / record["processed"] * 1000,
+                         record["bound_by"]])
         print(f"one 1x1 convolution at {INPUT}x{INPUT}, {CLASSES} classes; {cores} cores; the replica holds "
               f"{args.cpus_per_actor} CPU")
-        print_table(["images", "N", "one process ms/image", "x cores: images/s", "job steady images/s", "ratio"],
-                    rows)
+        print_table(["images", "N", "one process ms/image", "x cores: images/s", "job steady images/s", "ratio",
+                     "job model ms/image", "job CPU side ms/image", "bound by"], rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -314,6 +314,8 @@ def test_cpu_side(tmp_path):
 
 def test_job_overhead(tmp_path):
     out = run_bench("job_overhead.py", "--counts", "8:64x48", "--sample", "8", tmp_path=tmp_path, timeout=WITH_RAY)
-    rows = table(out, ["images", "N", "one process ms/image", "x cores: images/s", "job steady images/s", "ratio"])
+    rows = table(out, ["images", "N", "one process ms/image", "x cores: images/s", "job steady images/s", "ratio",
+                       "job model ms/image", "job CPU side ms/image", "bound by"])
     assert [(r["images"], r["N"]) for r in rows] == [("64x48", "8")]
-    numbers(rows, "one process ms/image", "x cores: images/s")  # the steady state of 8 tiny images may be noise
+    numbers(rows, "one process ms/image", "x cores: images/s", "job model ms/image", "job CPU side ms/image")
+    assert rows[0]["bound by"] in ("model", "read", "decode", "postprocess", "write")
