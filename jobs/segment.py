@@ -73,8 +73,8 @@ def print_summary(record: dict) -> None:
     shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in zip(record["class_names"], record["class_pixels"]))
     resumed = f" ({record['resumed']} kept from an earlier attempt)" if record["resumed"] else ""
     rate = f" ({record['images_per_second']} images/s)" if record["images_per_second"] else ""
-    bound = (f"; bound by {record['bound_by']} ({record['cpus_per_replica']:.2g} CPUs per replica keep it busy)"
-             if record["bound_by"] else "")
+    stage = "the model" if record["bound_by"] == "model" else record["bound_by"]
+    bound = f"; bound by {stage} ({record['cpus_per_replica']:.2g} CPUs per replica keep it busy)" if stage else ""
     print(f"run {record['run_id']}: {record['inputs']} images, {record['skipped']} skipped, "
           f"{record['processed']} processed{resumed}: {record['ok']} ok, {record['errors']} errors "
           f"in {record['wall_seconds']:.1f} s{rate}{bound}")
