@@ -100,7 +100,8 @@ def stage_times(paths: list[Path], masks: list[np.ndarray], repeats: int) -> dic
     }
     stages["model-res"] = {**stages["today"], "mask to full size": lambda i: None,
                            "mask PNG": lambda i: encode_mask_png(stored_mask(masks[i], boxes[i], False), colors)}
-    kib = {path: np.mean([len(calls["mask PNG"](i)) for i in range(len(data))]) / 1024 for path, calls in stages.items()}
+    kib = {path: np.mean([len(calls["mask PNG"](i)) for i in range(len(data))]) / 1024
+           for path, calls in stages.items()}
     print(f"mask PNG, KiB per image: previous (zlib level 6) {kib['previous']:.1f}, today (RLE) {kib['today']:.1f}, "
           f"model-res {kib['model-res']:.1f}")
     return {path: {stage: per_image(call, len(data), repeats) for stage, call in calls.items()}

@@ -88,7 +88,8 @@ def one_process_seconds(artifact: str, folder: Path, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", nargs="+", default=["2000:640x480", "300:4032x3024"], metavar="N:WxH")
-    parser.add_argument("--cpus-per-actor", default="1", help="the replica's CPUs (default 1: the rest decode and encode)")
+    parser.add_argument("--cpus-per-actor", default="1",
+                        help="the replica's CPUs (default 1: the rest decode and encode)")
     parser.add_argument("--sample", type=int, default=64, help="images the one-process reference times")
     args = parser.parse_args()
     from unet_core.predict import configure_tensorflow

@@ -233,7 +233,8 @@ def test_model_resolution_masks_are_the_native_ones_before_scaling_and_count_the
         small = decode_mask_png(model["mask_png"])
         assert small.shape == (box.inner_height, box.inner_width)
         rows, cols = box.repeats()
-        np.testing.assert_array_equal(np.repeat(np.repeat(small, rows, 0), cols, 1), decode_mask_png(native["mask_png"]))
+        native_mask = decode_mask_png(native["mask_png"])
+        np.testing.assert_array_equal(np.repeat(np.repeat(small, rows, 0), cols, 1), native_mask)
         assert model["classes"] == native["classes"]
 
 
