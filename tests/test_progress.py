@@ -30,3 +30,16 @@ def test_parts_written_by_an_earlier_version_carry_no_seconds_and_count_as_none(
     progress.spare = 1.0
     progress.add({"rows": 5, "ok": 5})
     assert "bound by" not in progress.line()
+
+
+def test_replicas_that_wait_on_the_cpu_side_are_told_once(capsys):
+    """Issue 28: a run whose replicas wait on decode says so once, with the remedy."""
+    progress = Progress("night", planned=100, resumed=0, every_seconds=60)
+    progress.spare = 0.5
+    progress.add(part(10, read=0.1, decode=0.2, model=1.0, postprocess=0.1, write=0.1))
+    assert capsys.readouterr().out == ""  # bound by the model: nothing to say
+    for _ in range(3):
+        progress.add(part(10, read=0.1, decode=9.0, model=1.0, postprocess=0.5, write=0.1))
+    assert capsys.readouterr().out.splitlines() == [
+        "run night: the replicas wait on decode: 5.1 CPUs per replica would keep each busy, 0.5 are spare; "
+        "give the CPU side more CPUs (docs/cluster.md#cpus-per-gpu)"]

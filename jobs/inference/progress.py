@@ -21,6 +21,7 @@ class Progress:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.spare: float | None = None
         """CPUs per replica that no replica reserves, once the pool is laid out (`spare_cpus_per_replica`)."""
+        self._told_bound = False
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, name=f"progress-{run_id}", daemon=True)
@@ -42,8 +43,20 @@ class Progress:
         self.errors += int(part["rows"]) - int(part["ok"])
         for stage in STAGES:
             self.seconds[stage] += float(part.get(f"seconds_{stage}", 0.0))
+        self._tell_a_cpu_bound()
         if self.report is not None:
             self.report(self.planned, self.done)
+
+    def _tell_a_cpu_bound(self) -> None:
+        """Once per run, as soon as its first parts show it: replicas that wait on the CPU side are
+        GPUs paid for and idle, and the remedy (more CPUs per replica) is the user's to take."""
+        limit = bound(self.seconds, self.spare) if self.spare is not None else None
+        if limit is None or limit.stage == "model" or self._told_bound:
+            return
+        self._told_bound = True
+        print(f"run {self.run_id}: the replicas wait on {limit.stage}: {limit.cpus_per_replica:.2g} CPUs per replica "
+              f"would keep each busy, {limit.spare:.2g} are spare; give the CPU side more CPUs "
+              "(docs/cluster.md#cpus-per-gpu)", flush=True)
 
     @property
     def done(self) -> int:
