@@ -151,3 +151,21 @@ def test_patch_batches_are_full_resolution_crops_seeded_by_batch(tmp_path):
     other = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=True, seed=[0, 2, 0, 0])
     assert np.array_equal(again["image"], same["image"]) and np.array_equal(again["mask"], same["mask"])
     assert not np.array_equal(again["image"], other["image"])
+
+
+def test_training_sees_each_image_as_segment_does(tmp_path):
+    """A letterboxed pair's image is the very input segment.py gives the model (a JPEG decoded at the
+    scale its letterbox needs), so training and inference never differ in preprocessing."""
+    from unet_core.image import decode_letterboxed
+
+    for folder in ("img", "lbl"):
+        (tmp_path / folder).mkdir()
+    rows, cols = np.mgrid[0:600, 0:800]
+    photo = np.stack([(rows * 255 // 600), (cols * 255 // 800), (rows + cols) % 256], -1).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "img" / "a.jpg", quality=90)
+    Image.fromarray((rows > 300).astype(np.uint8)).save(tmp_path / "lbl" / "a.png")
+    loaded = load_pairs(pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl")).to_pydict(), 64,
+                        parse_mask_map(None))
+    expected, box = decode_letterboxed((tmp_path / "img" / "a.jpg").read_bytes(), 64)
+    np.testing.assert_array_equal(loaded["image"][0], expected)
+    assert (box.height, box.width) == (600, 800) and set(np.unique(box.inner(loaded["mask"][0]))) == {0, 1}

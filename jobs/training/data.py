@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import posixpath
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +20,9 @@ from jobs.common.errors import UserError
 from jobs.inference.stages import ragged
 from jobs.storage.files import DEFAULT_MAX_BYTES, InputRefused, filesystem, join, read_bytes, read_input
 from jobs.storage.listing import canonical_uri, list_inputs
-from unet_core import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_mask_png, letterbox
+from unet_core import DEFAULT_MAX_PIXELS, DecodeError, Letterbox, decode_image, decode_mask_png
 from unet_core.augment import PAD_LABEL, augment_batch
-from unet_core.image import refuse_oversized
+from unet_core.image import decode_letterboxed, refuse_oversized
 from unet_core.patches import sample_patches
 
 PAIRS_SCHEMA = pa.schema([
@@ -163,21 +164,41 @@ def read_mask(uri: str, lookup: np.ndarray, size: int = -1, max_pixels: int = DE
 
 
 def read_pair(batch: dict, row: int, lookup: np.ndarray, max_pixels: int, max_bytes: int):
-    """One pair's image and mask; a file that cannot be used is a UserError naming it: training
-    cannot go on without it, and a traceback would not say more."""
-    image_uri, mask_uri = batch["image_uri"][row], batch["mask_uri"][row]
+    """One pair's image and mask at full resolution; a file that cannot be used is a UserError naming
+    it: training cannot go on without it, and a traceback would not say more."""
+    image = _read_image(batch, row, partial(decode_image, max_pixels=max_pixels), max_bytes)
+    return image, _pair_mask(batch, row, lookup, image.shape[:2], max_pixels, max_bytes)
+
+
+def read_letterboxed_pair(batch: dict, row: int, input_size: int, lookup: np.ndarray, max_pixels: int,
+                          max_bytes: int) -> tuple[np.ndarray, Letterbox, np.ndarray]:
+    """One pair's image letterboxed into the model input, decoded as segment.py decodes it (a JPEG at
+    the DCT scale its letterbox needs), its box, and its mask at full resolution."""
+    boxed, box = _read_image(batch, row, partial(decode_letterboxed, size=input_size, max_pixels=max_pixels),
+                             max_bytes)
+    return boxed, box, _pair_mask(batch, row, lookup, (box.height, box.width), max_pixels, max_bytes)
+
+
+def _read_image(batch: dict, row: int, decode, max_bytes: int):
+    image_uri = batch["image_uri"][row]
     try:
-        image = decode_image(read_input(image_uri, int(batch["source_size"][row]), max_bytes), max_pixels)
+        return decode(read_input(image_uri, int(batch["source_size"][row]), max_bytes))
     except (DecodeError, InputRefused, OSError) as exc:
         raise UserError(f"{image_uri}: cannot read image ({exc})") from None
+
+
+def _pair_mask(batch: dict, row: int, lookup: np.ndarray, shape: tuple[int, int], max_pixels: int,
+               max_bytes: int) -> np.ndarray:
+    """The pair's mask, which must be its image's size."""
+    image_uri, mask_uri = batch["image_uri"][row], batch["mask_uri"][row]
     try:
         mask = read_mask(mask_uri, lookup, int(batch["mask_size"][row]), max_pixels, max_bytes)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if mask.shape != image.shape[:2]:
+    if mask.shape != shape:
         raise UserError(f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                        f"its image {image_uri} is {image.shape[1]}x{image.shape[0]}")
-    return image, mask
+                        f"its image {image_uri} is {shape[1]}x{shape[0]}")
+    return mask
 
 
 def header_facts(batch: dict, max_pixels: int, max_bytes: int) -> dict:
@@ -224,16 +245,15 @@ def _image_facts(uri: str, size: int, what: str, max_pixels: int, max_bytes: int
 
 def load_pairs(batch: dict, input_size: int, lookup: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
-    """Decode each pair and letterbox it to the model input; padding is labelled PAD_LABEL (ignored)."""
+    """Decode each pair into the model input as segment.py decodes it; padding is labelled PAD_LABEL (ignored)."""
     count = len(batch["image_uri"])
     images = np.zeros((count, input_size, input_size, 3), np.uint8)
     masks = np.zeros((count, input_size, input_size), np.uint8)
     for row in range(count):
-        image, mask = read_pair(batch, row, lookup, max_pixels, max_bytes)
-        images[row], box = letterbox(image, input_size)
+        images[row], box, mask = read_letterboxed_pair(batch, row, input_size, lookup, max_pixels, max_bytes)
         masks[row] = PAD_LABEL
-        inner = np.asarray(Image.fromarray(mask).resize((box.inner_width, box.inner_height), Image.NEAREST))
-        masks[row, box.top:box.top + box.inner_height, box.left:box.left + box.inner_width] = inner
+        box.inner(masks[row])[...] = np.asarray(Image.fromarray(mask).resize((box.inner_width, box.inner_height),
+                                                                              Image.NEAREST))
     return {"index": batch["index"], "image": images, "mask": masks}
 
 
