@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from jobs.cli.types import mask_map, non_negative_float, open_fraction, positive
 from jobs.common.errors import UserError
 from jobs.training.config import TrainConfig
 from jobs.training.driver import export_artifact, run_training
+from jobs.training.loop import COLLAPSE_CAUSES
 from unet_core.image import PRECISIONS
 from unet_core.masks import VOC_CLASS_NAMES
 from unet_core.metadata import read_metadata
@@ -84,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
                           "GPUs, else float32; weights, softmax and loss stay float32")
     fit.add_argument("--seed", type=int, default=0,
                      help="seeds the validation split, the data order and the initialisation (default 0)")
+    fit.add_argument("--stop-on-collapse", action="store_true",
+                     help="end the run with status 5 when the model predicts one class for the whole validation "
+                          "set a third of the way in or later (default: say so once and train on)")
     fit.add_argument("--export", choices=("best", "last"), default="best",
                      help="which epoch becomes the artifact: best validation mIoU (default) or the last one "
                           "(when the validation set is also your test set, so it must not pick the model)")
@@ -147,10 +152,19 @@ def _weights(text: str | None) -> tuple[float, ...] | None:
         raise UserError(f"--class-weights {text!r}: expected comma-separated numbers") from None
 
 
+COLLAPSED = 5
+"""Exit status of a run --stop-on-collapse ended."""
+
+
 def main(argv: list[str] | None = None) -> int:
     config, as_json = parse_args(argv)
     started = time.time()
     result, plan = run_training(config)
+    collapsed_to = (result.metrics or {}).get("collapsed_to")
+    if config.stop_on_collapse and collapsed_to:
+        print(f"error: training collapsed at epoch {result.metrics['epoch']}/{config.epochs}: every validation pixel "
+              f"is predicted {collapsed_to}; no artifact written. {COLLAPSE_CAUSES}", file=sys.stderr)
+        return COLLAPSED
     source = export_artifact(result, config, plan)
     if as_json:
         print(json.dumps({"output": config.output, "export": config.export, "exported_epoch": source["exported_epoch"],

@@ -215,3 +215,27 @@ def test_patch_training_validates_in_tiles_and_the_artifact_runs_in_tile_mode(tm
     # training validated exactly as evaluate.py scores: the same tiles of the same full-resolution images
     assert metrics["mean_iou"] == pytest.approx(metadata.source["val_miou"], abs=1e-6)
     assert metrics["images"] == len(truth)
+
+
+def test_a_collapsed_run_is_named_and_stop_on_collapse_ends_it_with_status_5(tmp_path):
+    """Issue 32: a run that predicts one class everywhere is called collapsed, with the flags to change;
+    with --stop-on-collapse it ends with status 5 and exports nothing. Collapse is forced by a loss that
+    weighs only the background."""
+    from jobs.training.loop import COLLAPSE_CAUSES
+
+    write_scenes(tmp_path / "train", 32, seed=6)
+    write_scenes(tmp_path / "val", 8, seed=7)
+    args = [arg for arg in TRAIN_ARGS if arg not in ("--workers", "2")]
+    done = run_job("train.py", "--images", str(tmp_path / "train" / "images"), "--masks",
+                   str(tmp_path / "train" / "masks"), "--val-images", str(tmp_path / "val" / "images"),
+                   "--val-masks", str(tmp_path / "val" / "masks"), "--storage", str(tmp_path / "checkpoints"),
+                   "--output", str(tmp_path / "model"), *args, "--loss", "ce", "--class-weights", "1,0,0,0",
+                   "--epochs", "3", "--validate-every", "1", "--stop-on-collapse", timeout=600)
+    assert done.returncode == 5, done.stdout[-2000:] + done.stderr[-3000:]
+    assert ("warning: training collapsed: every validation pixel is predicted background at epoch 2/3 (train loss "
+            in done.stdout), done.stdout[-3000:]
+    assert "epoch 3/3" not in done.stdout
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: training collapsed at epoch 2/3: every validation pixel is predicted background; no artifact written. "
+        + COLLAPSE_CAUSES]
+    assert not (tmp_path / "model").exists()

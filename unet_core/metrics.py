@@ -44,6 +44,13 @@ def unlearnt_classes(confusion: np.ndarray) -> np.ndarray:
     return np.flatnonzero((confusion.sum(1) > 0) & (np.diag(confusion) == 0))
 
 
+def collapsed_to(confusion: np.ndarray) -> int | None:
+    """The one class predicted for every pixel when the truth holds more than one: a model that has
+    collapsed (all-background, typically, on sparse foreground); None otherwise."""
+    predicted = np.flatnonzero(confusion.sum(0))
+    return int(predicted[0]) if len(predicted) == 1 and np.count_nonzero(confusion.sum(1)) > 1 else None
+
+
 def pixel_accuracy(confusion: np.ndarray) -> float:
     return float(np.trace(confusion) / max(confusion.sum(), 1))
 

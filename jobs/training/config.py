@@ -38,6 +38,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
+    stop_on_collapse: bool = False
     augment: bool = True
     precision: str = "auto"
     seed: int = 0

@@ -94,6 +94,7 @@ def run_training(config: TrainConfig):
     backbone = read_backbone(config)
     # before Ray Train loads Ray: see connect_ray
     connect_ray(config.address, storage_env, config.verbosity, config.log_level)
+    import unet_core.quiet_tensorflow  # noqa: F401  (Ray Train's TensorFlow trainer loads TensorFlow: see its docstring)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 

@@ -67,11 +67,13 @@ def train_worker(loop_config: dict) -> None:
     progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
     train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
     reader = start_reader(world)
-    warned, every, warm = False, config.validate_every, progress["epoch"] + 2
+    warned, told_collapse, every, warm = False, False, config.validate_every, progress["epoch"] + 2
+    first_loss = None
     validation_seconds = 0.0
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.time()
         loss, waited = train_epoch(trainer, epoch_batches(reader, train_pairs, plan, config, epoch, rank, world))
+        first_loss = loss if first_loss is None else first_loss
         validating = time.time()
         confusion = None
         if validates(epoch, every, config.epochs):
@@ -89,16 +91,24 @@ def train_worker(loop_config: dict) -> None:
             if rank == 0:
                 say(f"validation took {validation_seconds:.1f} s against {train_seconds:.1f} s of training in "
                     f"epoch {epoch}: validating every {every} epochs and the last (--validate-every N sets it)")
-        metrics = epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index)
+        # the confusion is summed over the ranks: every rank reaches the same verdict
+        collapse = None if confusion is None else collapsed(confusion, config, epoch, first_loss, loss)
+        metrics = {**epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index),
+                   "collapsed_to": collapsed_class(confusion, config) if collapse else None}
         if rank == 0:
             say(format_epoch(metrics, config))
             warning = None if confusion is None else not_learning(confusion, config, epoch)
+            if collapse and not told_collapse:
+                say(collapse)
+                told_collapse = warned = True
             if warning and not warned:
                 say(warning)
                 warned = True
             if epoch == warm and epoch < config.epochs:
                 say(estimate(epoch, config.epochs, every, validating - started, validation_seconds))
         report(trainer, metrics, rank, plan)
+        if collapse and config.stop_on_collapse:
+            return
 
 
 VALIDATION_SHARE = 0.1
@@ -290,6 +300,32 @@ def not_learning(confusion: np.ndarray, config: TrainConfig, epoch: int) -> str 
             "though present in its masks. Usual causes: too few steps (--epochs, --patches-per-image), a "
             "--mask-map that maps the class away in training, or a class too rare for the loss "
             "(--class-weights)")
+
+
+def collapsed(confusion: np.ndarray, config: TrainConfig, epoch: int, first_loss: float, loss: float) -> str | None:
+    """One line when, from a share of the run on, the model predicts one class for every validation
+    pixel though the validation truth holds more: it has collapsed, and more epochs rarely bring it
+    back; None otherwise."""
+    only = collapsed_class(confusion, config)
+    if epoch < max(2, NOT_LEARNING_SHARE * config.epochs) or only is None:
+        return None
+    then = "" if config.stop_on_collapse else "; --stop-on-collapse ends such a run with status 5"
+    return (f"warning: training collapsed: every validation pixel is predicted {only} at epoch {epoch}/"
+            f"{config.epochs} (train loss {first_loss:.4f} as this attempt began, {loss:.4f} now). {COLLAPSE_CAUSES}"
+            f"{then}")
+
+
+COLLAPSE_CAUSES = ("Likely causes: a foreground too sparse for the recipe, a learning rate too high for a model "
+                   "trained from scratch. Change --learning-rate (lower) or --warmup-epochs, --loss ce+dice, "
+                   "--class-weights, or --patches-per-image")
+
+
+def collapsed_class(confusion: np.ndarray, config: TrainConfig) -> str | None:
+    """The name of the one class the model predicts everywhere, if it has collapsed to one."""
+    from unet_core.metrics import collapsed_to
+
+    only = collapsed_to(np.asarray(confusion))
+    return None if only is None else config.class_names[only]
 
 
 def format_epoch(metrics: dict, config: TrainConfig) -> str:
