@@ -319,3 +319,11 @@ def test_job_overhead(tmp_path):
     assert [(r["images"], r["N"]) for r in rows] == [("64x48", "8")]
     numbers(rows, "one process ms/image", "x cores: images/s", "job model ms/image", "job CPU side ms/image")
     assert rows[0]["bound by"] in ("model", "read", "decode", "postprocess", "write")
+
+
+def test_init_scale(tmp_path):
+    out = run_bench("init_scale.py", "--base-filters", "2", "--size", "32", "--seeds", "1", tmp_path=tmp_path,
+                    timeout=QUICK)
+    rows = table(out, ["initialisation", "block 1", "block 2", "block 3", "block 4", "block 5", "block 5 / block 1"])
+    assert [row["initialisation"] for row in rows] == ["as built (Glorot-uniform encoder)", "He-normal encoder"]
+    numbers(rows, "block 1", "block 5", "block 5 / block 1")
