@@ -41,5 +41,5 @@ def test_replicas_that_wait_on_the_cpu_side_are_told_once(capsys):
     for _ in range(3):
         progress.add(part(10, read=0.1, decode=9.0, model=1.0, postprocess=0.5, write=0.1))
     assert capsys.readouterr().out.splitlines() == [
-        "run night: the replicas wait on decode: 5.1 CPUs per replica would keep each busy, 0.5 are spare; "
+        "run night: the replicas wait: bound by decode: 5.1 CPUs per replica keep it busy, 0.5 are spare; "
         "give the CPU side more CPUs (docs/cluster.md#cpus-per-gpu)"]

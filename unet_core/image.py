@@ -44,19 +44,14 @@ def decode_letterboxed(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIX
     image = _open(data, max_pixels)
     try:
         image.seek(0)
-        width, height = upright_size(image)
+        turned = _turned(image)
+        width, height = reversed(image.size) if turned else image.size  # upright
         box = Letterbox.fit(height, width, size)
-        stored = (box.inner_height, box.inner_width) if _turned(image) else (box.inner_width, box.inner_height)
+        stored = (box.inner_height, box.inner_width) if turned else (box.inner_width, box.inner_height)
         image.draft(None, stored)  # formats without DCT scaling ignore it
         return place(_upright_rgb(image), box), box
     except Exception as exc:  # see the module docstring
         raise DecodeError(f"corrupt or truncated image data ({_reason(exc)})") from exc
-
-
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) once its EXIF orientation is applied."""
-    width, height = image.size
-    return (height, width) if _turned(image) else (width, height)
 
 
 def _turned(image: Image.Image) -> bool:

@@ -29,8 +29,9 @@ def gpu_expected() -> bool:
     return os.environ.get("CUDA_VISIBLE_DEVICES") != "" and os.path.exists("/proc/driver/nvidia/version")
 
 
-ABSL_SEVERITY = re.compile(r"[IWE]\d{4} ")
 SEVERITIES = "IWE"
+"""Abseil's severity letters, in the order TF_CPP_MIN_LOG_LEVEL counts them."""
+ABSL_SEVERITY = re.compile(f"[{SEVERITIES}]\\d{{4}} ")
 
 
 def below_level(line: str) -> bool:

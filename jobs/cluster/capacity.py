@@ -190,9 +190,9 @@ class Bound:
         return f"bound by the model ({need})" if self.stage == "model" else f"bound by {self.stage}: {need}"
 
 
-def bound(seconds: dict[str, float], spare: float) -> Bound | None:
-    """None until the model has run."""
-    if seconds.get("model", 0.0) <= 0:
+def bound(seconds: dict[str, float], spare: float | None) -> Bound | None:
+    """None until the pool is laid out (`spare` known) and the model has run."""
+    if spare is None or seconds.get("model", 0.0) <= 0:
         return None
     need = sum(seconds.get(stage, 0.0) for stage in CPU_STAGES) / seconds["model"]
     return Bound("model" if need <= spare else max(CPU_STAGES, key=lambda s: seconds.get(s, 0.0)), need, spare)

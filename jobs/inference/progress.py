@@ -50,12 +50,11 @@ class Progress:
     def _tell_a_cpu_bound(self) -> None:
         """Once per run, as soon as its first parts show it: replicas that wait on the CPU side are
         GPUs paid for and idle, and the remedy (more CPUs per replica) is the user's to take."""
-        limit = bound(self.seconds, self.spare) if self.spare is not None else None
+        limit = bound(self.seconds, self.spare)
         if limit is None or limit.stage == "model" or self._told_bound:
             return
         self._told_bound = True
-        print(f"run {self.run_id}: the replicas wait on {limit.stage}: {limit.cpus_per_replica:.2g} CPUs per replica "
-              f"would keep each busy, {limit.spare:.2g} are spare; give the CPU side more CPUs "
+        print(f"run {self.run_id}: the replicas wait: {limit.line()}; give the CPU side more CPUs "
               "(docs/cluster.md#cpus-per-gpu)", flush=True)
 
     @property
@@ -68,7 +67,7 @@ class Progress:
         left = self.planned - self.done
         eta = _duration(left / rate) if rate > 0 else "unknown"
         share = self.done / self.planned if self.planned else 1.0
-        limit = bound(self.seconds, self.spare) if self.spare is not None else None
+        limit = bound(self.seconds, self.spare)
         return (f"run {self.run_id}: {self.done:,}/{self.planned:,} images ({share:.1%}), {rate:.1f} images/s, "
                 f"ETA {eta}, {self.errors:,} errors so far" + (f"; {self.stages()}, {limit.line()}" if limit else ""))
 

@@ -16,9 +16,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from jobs.cluster.capacity import (
-    STAGES, await_nodes, bound, plan_resources, replica_bundle, spare_cpus_per_replica,
-)
+from jobs.cluster.capacity import await_nodes, bound, plan_resources, replica_bundle, spare_cpus_per_replica
 from jobs.cluster.connect import connect_ray
 from jobs.common.errors import UserError
 from jobs.inference.config import SegmentConfig
@@ -74,7 +72,7 @@ def segment(config: SegmentConfig) -> dict:
         started = time.time()
         with Progress(run_id, plan.planned, resumed, config.progress_every, lease.report_progress) as progress:
             parts = kept + (_process(todo, model, config, run_id, storage_env, progress) if todo.rows else [])
-        record = run_record(config, model, plan, parts, resumed, started, progress.spare)
+        record = run_record(config, model, plan, parts, resumed, started, progress)
         if record["processed"] != plan.planned:
             raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; "
                                "not committing")
@@ -132,16 +130,16 @@ def result_settings(config: SegmentConfig) -> dict[str, str | float | int | None
 
 
 def run_record(config: SegmentConfig, model: ModelInfo, plan: Plan, parts: list[dict], resumed: int,
-               started: float, spare: float | None) -> dict:
-    """The run's row in the `runs` table (also carried in its `images` commit)."""
+               started: float, progress: Progress) -> dict:
+    """The run's row in the `runs` table (also carried in its `images` commit); its stage seconds are
+    those of the images this attempt processed, as its progress summed them."""
     wall = time.time() - started
     rows = sum(int(p["rows"]) for p in parts)
     ok = sum(int(p["ok"]) for p in parts)
     fresh = rows - resumed
-    seconds = stage_seconds(parts)
-    limit = bound(seconds, spare) if spare is not None else None
+    limit = bound(progress.seconds, progress.spare)
     return {
-        **{f"{stage}_seconds": round(value, 3) for stage, value in seconds.items()},
+        **{f"{stage}_seconds": round(value, 3) for stage, value in progress.seconds.items()},
         "cpus_per_replica": round(limit.cpus_per_replica, 3) if limit else None,
         "bound_by": limit.stage if limit else None,
         "run_id": plan.run_id, "started_at": _iso(started), "committed_at": _iso(time.time()),
@@ -153,12 +151,6 @@ def run_record(config: SegmentConfig, model: ModelInfo, plan: Plan, parts: list[
         "wall_seconds": round(wall, 3), "images_per_second": round(fresh / wall, 3) if fresh and wall > 0 else None,
         "replicas": json.dumps(replicas_used(parts)), "config": json.dumps(dataclasses.asdict(config)),
     }
-
-
-def stage_seconds(parts: list[dict]) -> dict[str, float]:
-    """Seconds each stage spent on the parts' images (parts kept from an attempt by an earlier
-    version of the job carry none)."""
-    return {stage: sum(float(part.get(f"seconds_{stage}", 0.0)) for part in parts) for stage in STAGES}
 
 
 def _iso(seconds: float) -> str:

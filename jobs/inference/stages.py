@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from jobs.cluster.capacity import STAGES
 from jobs.inference.model import ModelInfo
 from jobs.output.parts import write_part
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
@@ -232,7 +233,7 @@ def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict
             for key, value in row.items()}
 
 
-MEASURED_AHEAD = ("read", "decode", "model", "postprocess")
+MEASURED_AHEAD = tuple(stage for stage in STAGES if stage != "write")
 """The stages whose seconds reach `write_parts` as columns of the batch (`seconds_<stage>`)."""
 
 
