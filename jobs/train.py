@@ -27,7 +27,7 @@ from jobs.training.loop import COLLAPSE_CAUSES
 from unet_core.image import PRECISIONS
 from unet_core.masks import VOC_CLASS_NAMES
 from unet_core.metadata import read_metadata
-from unet_core.recipe import LOSSES, OPTIMIZERS, SCHEDULES
+from unet_core.recipe import LOSSES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
                        help="with --patch-size, crops of each image per epoch (default: the image's area in patches, "
                             "at least 1, so that an epoch covers about every pixel once)")
     model.add_argument("--base-filters", type=positive_int, default=64, help="width; 64 is the seed model (default 64)")
+    model.add_argument("--normalization", choices=NORMALIZATIONS, default="none",
+                       help="batch or group normalization after every 3x3 convolution, for training from scratch "
+                            "(not the seed's graph; default none: the seed's)")
     model.add_argument("--backbone-weights", metavar="FILE",
                        help="VGG16 ImageNet weights (.h5, e.g. Keras' ..._notop.h5) loaded into the encoder by "
                             "layer name; needs --base-filters 64. Nothing is downloaded.")
@@ -162,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     result, plan = run_training(config)
     collapsed_to = (result.metrics or {}).get("collapsed_to")
     if config.stop_on_collapse and collapsed_to:
-        print(f"error: training collapsed at epoch {result.metrics['epoch']}/{config.epochs}: every validation pixel "
-              f"is predicted {collapsed_to}; no artifact written. {COLLAPSE_CAUSES}", file=sys.stderr)
+        print(f"error: training collapsed at epoch {result.metrics['epoch']}/{config.epochs}: no validation pixel of "
+              f"any class but {collapsed_to} is found; no artifact written. {COLLAPSE_CAUSES}", file=sys.stderr)
         return COLLAPSED
     source = export_artifact(result, config, plan)
     if as_json:

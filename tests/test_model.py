@@ -31,6 +31,29 @@ def test_tiny_replica_output_shape_and_probabilities():
     np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
 
 
+def test_every_3x3_kernel_is_drawn_he_normal():
+    """Issue 32: Glorot-uniform encoder kernels let the signal fade 100x through the ReLU encoder."""
+    model = build_unet(num_classes=3, input_shape=(32, 32, 3), base_filters=2)
+    kernels = [layer for layer in model.layers if "_conv" in layer.name and layer.kernel_size == (3, 3)]
+    assert len(kernels) == 13 + 8
+    assert {type(layer.kernel_initializer).__name__ for layer in kernels} == {"HeNormal"}
+
+
+@pytest.mark.parametrize("normalization", ["batch", "group"])
+def test_normalization_sits_between_each_3x3_convolution_and_its_relu(normalization):
+    plain = build_unet(num_classes=3, input_shape=(32, 48, 3), base_filters=4)
+    model = build_unet(num_classes=3, input_shape=(32, 48, 3), base_filters=4, normalization=normalization)
+    convolutions = [layer.name for layer in plain.layers if "_conv" in layer.name and layer.name != "final_conv"]
+    assert [layer.name for layer in model.layers if layer.name in convolutions] == convolutions  # VGG16 names
+    for name in convolutions:
+        assert model.get_layer(name).activation.__name__ == "linear"
+        assert model.get_layer(f"{name}_relu").input is model.get_layer(f"{name}_norm").output
+    out = model(np.random.default_rng(0).random((2, 32, 48, 3), dtype=np.float32), training=True).numpy()
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="normalization must be one of none, batch, group"):
+        build_unet(num_classes=3, input_shape=(32, 32, 3), base_filters=2, normalization="layer")
+
+
 @pytest.mark.parametrize("shape", [(100, 128, 3), (128, 8, 3)])
 def test_input_sides_must_be_multiples_of_16(shape):
     with pytest.raises(ValueError, match="multiples of 16"):

@@ -218,7 +218,7 @@ def test_patch_training_validates_in_tiles_and_the_artifact_runs_in_tile_mode(tm
 
 
 def test_a_collapsed_run_is_named_and_stop_on_collapse_ends_it_with_status_5(tmp_path):
-    """Issue 32: a run that predicts one class everywhere is called collapsed, with the flags to change;
+    """Issue 32: a run that finds only one class is called collapsed, with the flags to change;
     with --stop-on-collapse it ends with status 5 and exports nothing. Collapse is forced by a loss that
     weighs only the background."""
     from jobs.training.loop import COLLAPSE_CAUSES
@@ -232,10 +232,12 @@ def test_a_collapsed_run_is_named_and_stop_on_collapse_ends_it_with_status_5(tmp
                    "--output", str(tmp_path / "model"), *args, "--loss", "ce", "--class-weights", "1,0,0,0",
                    "--epochs", "3", "--validate-every", "1", "--stop-on-collapse", timeout=600)
     assert done.returncode == 5, done.stdout[-2000:] + done.stderr[-3000:]
-    assert ("warning: training collapsed: every validation pixel is predicted background at epoch 2/3 (train loss "
+    assert ("warning: training collapsed: no validation pixel of any class but background is found at epoch 2/3 (train "
+            "loss "
             in done.stdout), done.stdout[-3000:]
     assert "epoch 3/3" not in done.stdout
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
-        "error: training collapsed at epoch 2/3: every validation pixel is predicted background; no artifact written. "
+        "error: training collapsed at epoch 2/3: no validation pixel of any class but background is found; no artifact "
+        "written. "
         + COLLAPSE_CAUSES]
     assert not (tmp_path / "model").exists()

@@ -57,15 +57,17 @@ def test_the_estimate_counts_the_validations_the_rhythm_leaves():
     assert "validation not yet timed" in estimate(2, 10, 3, train_seconds=40.0, validation_seconds=0.0)
 
 
-def test_a_model_predicting_one_class_everywhere_is_called_collapsed_from_a_third_of_the_run():
+def test_a_model_finding_one_class_only_is_called_collapsed_from_a_third_of_the_run():
     """Issue 32: a sparse-foreground run sat at all-background for a whole run with only the not-learning
     warning; a collapse is now named as such, with the flags to change."""
     config = CONFIG
     all_background = np.array([[90, 0, 0], [8, 0, 0], [2, 0, 0]])
     assert collapsed(all_background, config, 2, 0.84, 0.80) is None  # a third of 9 epochs is 3
     line = collapsed(all_background, config, 3, 0.84, 0.80)
-    assert line.startswith("warning: training collapsed: every validation pixel is predicted background at epoch 3/9 "
+    assert line.startswith("warning: training collapsed: no validation pixel of any class but background is found at epoch 3/9 "
                            "(train loss 0.8400 as this attempt began, 0.8000 now).")
     assert "--learning-rate" in line and line.endswith("--stop-on-collapse ends such a run with status 5")
-    assert collapsed(np.array([[90, 0, 0], [4, 4, 0], [2, 0, 0]]), config, 5, 0.84, 0.5) is None  # two classes
+    strays = np.array([[88, 2, 0], [8, 0, 0], [1, 1, 0]])  # a few pixels predicted elsewhere, none found
+    assert "any class but background is found" in collapsed(strays, config, 5, 0.84, 0.80)
+    assert collapsed(np.array([[90, 0, 0], [4, 4, 0], [2, 0, 0]]), config, 5, 0.84, 0.5) is None  # two classes found
     assert collapsed(np.array([[100, 0, 0], [0, 0, 0], [0, 0, 0]]), config, 5, 0.8, 0.8) is None  # truth of one

@@ -45,10 +45,12 @@ def unlearnt_classes(confusion: np.ndarray) -> np.ndarray:
 
 
 def collapsed_to(confusion: np.ndarray) -> int | None:
-    """The one class predicted for every pixel when the truth holds more than one: a model that has
-    collapsed (all-background, typically, on sparse foreground); None otherwise."""
-    predicted = np.flatnonzero(confusion.sum(0))
-    return int(predicted[0]) if len(predicted) == 1 and np.count_nonzero(confusion.sum(1)) > 1 else None
+    """The one class the model gets any pixel of right when the truth holds more than one: a model that
+    has collapsed (all-background, typically, on sparse foreground); None otherwise. A collapsed model
+    may still scatter a few pixels of other classes where they are not, so what it predicts does not
+    decide; what it finds does."""
+    found = np.flatnonzero(np.diag(confusion))
+    return int(found[0]) if len(found) == 1 and np.count_nonzero(confusion.sum(1)) > 1 else None
 
 
 def pixel_accuracy(confusion: np.ndarray) -> float:

@@ -4,15 +4,29 @@ Layer names follow Keras' VGG16 (`block{i}_conv{j}`) so ImageNet VGG16 weights l
 """
 from __future__ import annotations
 
+import math
+
 import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
 import keras
 from keras import layers
+
+from unet_core.recipe import NORMALIZATIONS
 
 ENCODER_BLOCKS = ((1, 2), (2, 2), (4, 3), (8, 3), (8, 3))
 """(width multiple of base_filters, convolutions) for VGG16 blocks 1..5."""
 
 DECODER_WIDTHS = (8, 4, 2, 1)
 """Width multiples of the decoder stages fusing feat4, feat3, feat2, feat1."""
+
+GROUPS = 8
+"""Channel groups of group normalization (fewer where a layer has fewer channels)."""
+
+KERNEL_INITIALIZER = "he_normal"
+"""Every 3x3 kernel of encoder and decoder. The ReLU stack has no normalization in the seed's graph, and
+Keras' default Glorot-uniform shrinks the signal about 100x through the five encoder blocks
+(bench/init_scale.py), so training from scratch on sparse foreground could start from an all-background
+model and stay there; He-normal keeps the scale block to block. Pretrained VGG16 weights replace the
+encoder's draw."""
 
 
 def build_unet(
@@ -21,10 +35,13 @@ def build_unet(
     base_filters: int = 64,
     activation: str = "relu",
     name: str = "unet",
+    normalization: str = "none",
 ) -> keras.Model:
     """Build the seed U-Net; the defaults give the seed's exact 24,892,437-parameter model.
 
     `base_filters` scales every block, so tests run a narrow replica of the same graph.
+    `normalization` adds a batch or group normalization after every 3x3 convolution (not the seed's
+    graph, for training from scratch where the seed would load ImageNet weights).
     """
     height, width = input_shape[0], input_shape[1]
     if height % 16 or width % 16:
@@ -33,37 +50,50 @@ def build_unet(
         )
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2; got {num_classes}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
     inputs = keras.Input(shape=input_shape, name="image")
-    features = _encoder(inputs, base_filters, activation)
-    outputs = _decoder(features, base_filters, activation, num_classes)
+    conv = _conv_unit(activation, normalization)
+    features = _encoder(inputs, base_filters, conv)
+    outputs = _decoder(features, base_filters, conv, num_classes)
     return keras.Model(inputs, outputs, name=name)
 
 
-def _encoder(x, base_filters: int, activation: str) -> list:
+def _conv_unit(activation: str, normalization: str):
+    """A 3x3 convolution and its activation, with the normalization between them when there is one;
+    the convolution keeps its VGG16 name so ImageNet weights load by name either way."""
+    def unit(x, filters: int, name: str):
+        if normalization == "none":
+            return layers.Conv2D(filters, 3, activation=activation, padding="same",
+                                 kernel_initializer=KERNEL_INITIALIZER, name=name)(x)
+        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=KERNEL_INITIALIZER, name=name)(x)
+        if normalization == "batch":
+            x = layers.BatchNormalization(synchronized=True, name=f"{name}_norm")(x)
+        else:
+            x = layers.GroupNormalization(math.gcd(filters, GROUPS), name=f"{name}_norm")(x)
+        return layers.Activation(activation, name=f"{name}_{activation}")(x)
+    return unit
+
+
+def _encoder(x, base_filters: int, conv) -> list:
     features = []
     for block, (multiple, convs) in enumerate(ENCODER_BLOCKS, start=1):
         if block > 1:
             x = layers.MaxPooling2D(2, strides=2, name=f"block{block - 1}_pool")(x)
-        for conv in range(1, convs + 1):
-            x = layers.Conv2D(
-                base_filters * multiple, 3, activation=activation, padding="same",
-                name=f"block{block}_conv{conv}",
-            )(x)
+        for index in range(1, convs + 1):
+            x = conv(x, base_filters * multiple, f"block{block}_conv{index}")
         features.append(x)
     return features
 
 
-def _decoder(features: list, base_filters: int, activation: str, num_classes: int):
+def _decoder(features: list, base_filters: int, conv, num_classes: int):
     x = features[-1]
     for stage, (skip, multiple) in enumerate(zip(reversed(features[:-1]), DECODER_WIDTHS)):
         level = 4 - stage
         x = layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
         x = layers.Concatenate(axis=-1, name=f"up{level}_concat")([skip, x])
-        for conv in (1, 2):
-            x = layers.Conv2D(
-                base_filters * multiple, 3, activation=activation, padding="same",
-                kernel_initializer="he_normal", name=f"up{level}_conv{conv}",
-            )(x)
+        for index in (1, 2):
+            x = conv(x, base_filters * multiple, f"up{level}_conv{index}")
     return layers.Conv2D(
         num_classes, 1, activation="softmax", dtype="float32", name="final_conv"
     )(x)

@@ -39,6 +39,7 @@ class ModelConfig:
     base_filters: int = 64
     precision: str = "float32"
     """float32, or bfloat16/float16 compute on float32 master weights (softmax and loss in float32)."""
+    normalization: str = "none"
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class DistributedTrainer:
         size = model_config.input_size
         with strategy.scope():
             self.model = model_in_precision(
-                build_unet(model_config.num_classes, (size, size, 3), model_config.base_filters),
+                build_unet(model_config.num_classes, (size, size, 3), model_config.base_filters,
+                           normalization=model_config.normalization),
                 model_config.precision)
             self.optimizer = make_optimizer(optimizer_config, total_steps)
             if model_config.precision == "float16":  # float16 gradients underflow without loss scaling

@@ -27,6 +27,7 @@ class TrainConfig:
     patches_per_image: int | None = None
     """With patch_size: crops of each image per epoch; None: its area in patches (`crops_per_image`)."""
     base_filters: int = 64
+    normalization: str = "none"
     backbone_weights: str | None = None
     epochs: int = 20
     validate_every: int | None = None

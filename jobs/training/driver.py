@@ -27,7 +27,8 @@ def read_backbone(config: TrainConfig) -> dict[str, list[np.ndarray]] | None:
     from unet_core import build_unet
     from unet_core.model import load_vgg16_weights
 
-    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters)
+    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters,
+                       normalization=config.normalization)
     try:
         loaded = load_vgg16_weights(model, config.backbone_weights)
     except (OSError, ValueError) as exc:  # OSError: not an HDF5 file
@@ -163,7 +164,8 @@ def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
         with np.load(os.path.join(folder, STATE_FILE)) as arrays:
             weights = weights_from_state(dict(arrays))
         digests = sorted({Path(p).read_text() for p in Path(folder).glob("replica-*.sha256")})
-    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters)
+    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters,
+                       normalization=config.normalization)
     model.set_weights(weights)
     source = {
         "trained_by": "jobs/train.py", "run_name": config.name, "checkpoint": checkpoint.path,

@@ -59,7 +59,8 @@ def train_worker(loop_config: dict) -> None:
     if rank == 0:
         say(f"training in {precision} on {world} workers")
     trainer = DistributedTrainer(
-        strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters, precision),
+        strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters, precision,
+                               config.normalization),
         LossConfig(config.loss, config.class_weights, config.ignore_index),
         OptimizerConfig(config.optimizer, config.learning_rate, config.schedule,
                         round(config.warmup_epochs * plan.steps_per_epoch)),
@@ -303,14 +304,14 @@ def not_learning(confusion: np.ndarray, config: TrainConfig, epoch: int) -> str 
 
 
 def collapsed(confusion: np.ndarray, config: TrainConfig, epoch: int, first_loss: float, loss: float) -> str | None:
-    """One line when, from a share of the run on, the model predicts one class for every validation
-    pixel though the validation truth holds more: it has collapsed, and more epochs rarely bring it
+    """One line when, from a share of the run on, the model finds no validation pixel of any class
+    but one though the validation truth holds more: it has collapsed, and more epochs rarely bring it
     back; None otherwise."""
     only = collapsed_class(confusion, config)
     if epoch < max(2, NOT_LEARNING_SHARE * config.epochs) or only is None:
         return None
     then = "" if config.stop_on_collapse else "; --stop-on-collapse ends such a run with status 5"
-    return (f"warning: training collapsed: every validation pixel is predicted {only} at epoch {epoch}/"
+    return (f"warning: training collapsed: no validation pixel of any class but {only} is found at epoch {epoch}/"
             f"{config.epochs} (train loss {first_loss:.4f} as this attempt began, {loss:.4f} now). {COLLAPSE_CAUSES}"
             f"{then}")
 
@@ -321,7 +322,7 @@ COLLAPSE_CAUSES = ("Likely causes: a foreground too sparse for the recipe, a lea
 
 
 def collapsed_class(confusion: np.ndarray, config: TrainConfig) -> str | None:
-    """The name of the one class the model predicts everywhere, if it has collapsed to one."""
+    """The name of the one class the model finds, if it has collapsed to one."""
     from unet_core.metrics import collapsed_to
 
     only = collapsed_to(np.asarray(confusion))
