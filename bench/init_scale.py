@@ -2,14 +2,14 @@
 
     python bench/init_scale.py [--base-filters 8] [--size 256] [--seeds 3]
 
-Training from scratch on sparse foreground can sit at all-background for a whole run. One suspect
-is the initialisation: the encoder's 13 ReLU convolutions are drawn with Keras' default
-Glorot-uniform (the decoder's with He-normal) and there is no normalisation layer, so the signal
-may shrink block by block. This prints, per encoder block, the RMS of its last convolution's output
-on random inputs, for the model as built and for the same
-graph with every encoder kernel redrawn He-normal (biases zero, as built): the mean over `--seeds`
-draws. The inputs are random pixels normalised as training and inference normalise them. Nothing is
-trained.
+Training from scratch on sparse foreground could sit at all-background for a whole run. One cause
+was the initialisation: the encoder's 13 ReLU convolutions were drawn with Keras' default
+Glorot-uniform and there is no normalisation layer in the seed's graph, so the signal shrank block by
+block. This prints, per encoder block, the RMS of its last convolution's output on random inputs, for
+the model as built (every kernel He-normal), for the same graph with its encoder kernels redrawn
+Glorot-uniform as releases before drew them (biases zero, as built), and for the two
+`--normalization` options: the mean over `--seeds` draws. The inputs are random pixels normalised as
+training and inference normalise them. Nothing is trained.
 """
 from __future__ import annotations
 
@@ -21,22 +21,24 @@ from common import print_table
 
 
 def block_rms(model, images: np.ndarray) -> list[float]:
-    """RMS of each encoder block's output (its last convolution)."""
+    """RMS of each encoder block's output (its last convolution's activation)."""
     import keras
 
-    outputs = [model.get_layer(f"block{b}_conv{c}").output for b, c in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))]
+    names = {layer.name for layer in model.layers}
+    last = [f"block{b}_conv{c}" for b, c in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))]
+    outputs = [model.get_layer(f"{name}_relu" if f"{name}_relu" in names else name).output for name in last]
     probe = keras.Model(model.input, outputs)
     return [float(np.sqrt(np.mean(np.square(out)))) for out in probe.predict(images, verbose=0)]
 
 
-def he_encoder(model, seed: int) -> None:
-    """Redraw every encoder kernel He-normal, in place."""
+def glorot_encoder(model, seed: int) -> None:
+    """Redraw every encoder kernel Glorot-uniform (Keras' default), as releases before drew them, in place."""
     import keras
 
     for layer in model.layers:
-        if layer.name.startswith("block") and "_conv" in layer.name:
+        if layer.name.startswith("block") and "_conv" in layer.name and not layer.name.endswith(("_norm", "_relu")):
             kernel, bias = layer.get_weights()
-            draw = keras.initializers.HeNormal(seed=seed + hash(layer.name) % 1000)
+            draw = keras.initializers.GlorotUniform(seed=seed + hash(layer.name) % 1000)
             layer.set_weights([np.asarray(draw(kernel.shape)), np.zeros_like(bias)])
 
 
@@ -51,15 +53,18 @@ def main() -> None:
     from unet_core import build_unet
     from unet_core.artifact import DEFAULT_NORMALIZATION, normalize
 
-    scales = {"as built (Glorot-uniform encoder)": [], "He-normal encoder": []}
+    scales = {"Glorot-uniform encoder (releases before)": [], "as built (He-normal)": [],
+              "as built, --normalization batch": [], "as built, --normalization group": []}
     for seed in range(args.seeds):
-        keras.utils.set_random_seed(seed)
         pixels = np.random.default_rng(seed).integers(0, 256, (2, args.size, args.size, 3), dtype=np.uint8)
         images = normalize(pixels, DEFAULT_NORMALIZATION)
-        model = build_unet(2, (args.size, args.size, 3), base_filters=args.base_filters)
-        scales["as built (Glorot-uniform encoder)"].append(block_rms(model, images))
-        he_encoder(model, seed)
-        scales["He-normal encoder"].append(block_rms(model, images))
+        for name, runs in scales.items():
+            keras.utils.set_random_seed(seed)
+            normalization = name.split("--normalization ")[1] if "--normalization" in name else "none"
+            model = build_unet(2, (args.size, args.size, 3), base_filters=args.base_filters, normalization=normalization)
+            if name.startswith("Glorot"):
+                glorot_encoder(model, seed)
+            runs.append(block_rms(model, images))
     print(f"RMS activation per encoder block at initialisation: base width {args.base_filters}, "
           f"{args.size}x{args.size} random normalised pixels, mean of {args.seeds} seeds")
     print_table(["initialisation", *(f"block {b}" for b in range(1, 6)), "block 5 / block 1"],

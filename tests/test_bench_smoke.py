@@ -325,5 +325,7 @@ def test_init_scale(tmp_path):
     out = run_bench("init_scale.py", "--base-filters", "2", "--size", "32", "--seeds", "1", tmp_path=tmp_path,
                     timeout=QUICK)
     rows = table(out, ["initialisation", "block 1", "block 2", "block 3", "block 4", "block 5", "block 5 / block 1"])
-    assert [row["initialisation"] for row in rows] == ["as built (Glorot-uniform encoder)", "He-normal encoder"]
+    assert [row["initialisation"] for row in rows] == [
+        "Glorot-uniform encoder (releases before)", "as built (He-normal)", "as built, --normalization batch",
+        "as built, --normalization group"]
     numbers(rows, "block 1", "block 5", "block 5 / block 1")
