@@ -2,13 +2,13 @@
 
     python bench/init_scale.py [--base-filters 8] [--size 256] [--seeds 3]
 
-Training from scratch on sparse foreground could sit at all-background for a whole run. One cause
-was the initialisation: the encoder's 13 ReLU convolutions were drawn with Keras' default
-Glorot-uniform and there is no normalisation layer in the seed's graph, so the signal shrank block by
-block. This prints, per encoder block, the RMS of its last convolution's output on random inputs, for
-the model as built (every kernel He-normal), for the same graph with its encoder kernels redrawn
-Glorot-uniform as releases before drew them (biases zero, as built), and for the two
-`--normalization` options: the mean over `--seeds` draws. The inputs are random pixels normalised as
+Training from scratch on sparse foreground can sit at all-background for a whole run. One suspect
+is the initialisation: the encoder's 13 ReLU convolutions are drawn with Keras' default
+Glorot-uniform and there is no normalisation layer in the seed's graph, so the signal shrinks block
+by block. This prints, per encoder block, the RMS of its last convolution's output on random inputs, for
+the seed's graph as built (the seed's draw), for the same graph with its encoder kernels redrawn
+He-normal (biases zero, as built), and for the two `--normalization` options (every kernel
+He-normal): the mean over `--seeds` draws. The inputs are random pixels normalised as
 training and inference normalise them. Nothing is trained.
 """
 from __future__ import annotations
@@ -31,14 +31,14 @@ def block_rms(model, images: np.ndarray) -> list[float]:
     return [float(np.sqrt(np.mean(np.square(out)))) for out in probe.predict(images, verbose=0)]
 
 
-def glorot_encoder(model, seed: int) -> None:
-    """Redraw every encoder kernel Glorot-uniform (Keras' default), as releases before drew them, in place."""
+def he_encoder(model, seed: int) -> None:
+    """Redraw every encoder kernel He-normal, in place."""
     import keras
 
     for layer in model.layers:
         if layer.name.startswith("block") and "_conv" in layer.name and not layer.name.endswith(("_norm", "_relu")):
             kernel, bias = layer.get_weights()
-            draw = keras.initializers.GlorotUniform(seed=seed + hash(layer.name) % 1000)
+            draw = keras.initializers.HeNormal(seed=seed + hash(layer.name) % 1000)
             layer.set_weights([np.asarray(draw(kernel.shape)), np.zeros_like(bias)])
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     from unet_core import build_unet
     from unet_core.artifact import DEFAULT_NORMALIZATION, normalize
 
-    scales = {"Glorot-uniform encoder (releases before)": [], "as built (He-normal)": [],
+    scales = {"as built, --normalization none": [], "He-normal encoder, no normalization": [],
               "as built, --normalization batch": [], "as built, --normalization group": []}
     for seed in range(args.seeds):
         pixels = np.random.default_rng(seed).integers(0, 256, (2, args.size, args.size, 3), dtype=np.uint8)
@@ -62,8 +62,8 @@ def main() -> None:
             keras.utils.set_random_seed(seed)
             normalization = name.split("--normalization ")[1] if "--normalization" in name else "none"
             model = build_unet(2, (args.size, args.size, 3), base_filters=args.base_filters, normalization=normalization)
-            if name.startswith("Glorot"):
-                glorot_encoder(model, seed)
+            if name.startswith("He-normal"):
+                he_encoder(model, seed)
             runs.append(block_rms(model, images))
     print(f"RMS activation per encoder block at initialisation: base width {args.base_filters}, "
           f"{args.size}x{args.size} random normalised pixels, mean of {args.seeds} seeds")

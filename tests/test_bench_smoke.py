@@ -326,6 +326,6 @@ def test_init_scale(tmp_path):
                     timeout=QUICK)
     rows = table(out, ["initialisation", "block 1", "block 2", "block 3", "block 4", "block 5", "block 5 / block 1"])
     assert [row["initialisation"] for row in rows] == [
-        "Glorot-uniform encoder (releases before)", "as built (He-normal)", "as built, --normalization batch",
+        "as built, --normalization none", "He-normal encoder, no normalization", "as built, --normalization batch",
         "as built, --normalization group"]
     numbers(rows, "block 1", "block 5", "block 5 / block 1")

