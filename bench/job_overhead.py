@@ -77,8 +77,8 @@ def one_process_seconds(artifact: str, folder: Path, work: Path) -> float:
                  "source_modified": np.array([dt.datetime.now(dt.timezone.utc)] * len(rows), dtype=object)}
         prepared = prepare(batch, INPUT, 100_000_000, 1 << 30)
         clock = time.perf_counter()
-        masks, confidence = predictor.predict(prepared.pop("pixels"))
-        segmented = {**prepared, "mask": masks, "confidence": confidence.astype(np.float16),
+        masks, confidence, signals = predictor.predict(prepared.pop("pixels"), prepared["box"])
+        segmented = {**prepared, "mask": masks, "confidence": confidence.astype(np.float16), "signals": signals,
                      "replica": np.full(len(rows), "this process", dtype=object),
                      "seconds_model": np.full(len(rows), (time.perf_counter() - clock) / len(rows))}
         write_parts(finalize(segmented, model), output, "reference", model)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.output import tables
+from unet_core.quality import SIGNALS
 
 CLASSES = ("background", "thing", "stuff")
 
@@ -35,6 +36,7 @@ def write_part(output: str, run_id: str, first: int, rows: int, version: str = "
         "mask_png": [b"\x89PNG" * 8] * rows,
         "classes": tables.nested_classes(flat, np.ones(rows, bool), len(CLASSES)),
         "model_name": ["bench"] * rows, "model_sha256": ["0" * 64] * rows, "processed_at": [now] * rows,
+        **{name: np.random.default_rng(first).random(rows) for name in SIGNALS},
     }, schema=tables.IMAGES_FILE_SCHEMA)
     name = f"part-{uuid.uuid4().hex}.parquet"
     sizes = {}

@@ -49,7 +49,7 @@ def measure(artifact: str, height: int, width: int, overlap: float) -> dict:
     baseline = peak_bytes()
     started = time.perf_counter()
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    mask, confidence = sliding_window(image, predictor.probabilities, tile, predictor.num_classes, overlap)
+    mask, confidence, _ = sliding_window(image, predictor.probabilities, tile, predictor.num_classes, overlap)
     confidence = confidence.astype(np.float16)
     seconds = time.perf_counter() - started
     assert mask.shape == confidence.shape == (height, width)

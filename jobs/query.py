@@ -6,10 +6,12 @@
     python jobs/query.py --output s3://bucket/seg/ errors [--run ID]
     python jobs/query.py --output s3://bucket/seg/ sql "SELECT status, count(*) FROM images GROUP BY status"
     python jobs/query.py --output s3://bucket/seg/ live
+    python jobs/query.py --output s3://bucket/seg/ review [--run ID] [--class NAME] [--limit 20]
+    python jobs/query.py --output s3://bucket/seg/ drift --run ID [--baseline-runs 7] [--max-shift 0.05]
 
-Without --run, summary/find/errors read the current rows: for each image, its row from the run
+Without --run, summary/find/errors/review read the current rows: for each image, its row from the run
 that processed its newest version (the `current` table). Output is an aligned table, or
---format csv|json|parquet.
+--format csv|json|parquet. `drift` ends with status 6 when the run moved past a limit.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import sys
 
 from jobs.cli.flags import add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
-from jobs.cli.types import fraction, positive_int
+from jobs.cli.types import fraction, positive_float, positive_int
 from jobs.common.errors import UserError
-from jobs.results.query import FORMATS, run_query, write_result
+from jobs.results.query import FORMATS, drift_lines, run_drift, run_query, run_review, write_result
 from jobs.storage.files import storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
 
@@ -54,6 +56,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sql.add_argument("query", metavar="SQL")
     commands.add_parser("live", parents=[common],
                         help="runs in progress (planned, done, host) and dead attempts that can be resumed")
+    review = commands.add_parser("review", parents=[common, run],
+                                 help="the images whose masks are least to be trusted first, by their quality signals")
+    review.add_argument("--class", dest="class_name", metavar="NAME", help="only images where this class is found")
+    review.add_argument("--limit", type=positive_int, default=20, metavar="N", help="at most N images (default 20)")
+    drift = commands.add_parser("drift", parents=[common],
+                                help="a run's class shares and quality signals against the runs before it; status 6 "
+                                     "when one moved past its limit")
+    drift.add_argument("--run", metavar="ID", required=True, help="the committed run to check")
+    drift.add_argument("--baseline-runs", type=positive_int, default=7, metavar="K",
+                       help="compare with the K committed runs before it, pooled (default 7)")
+    drift.add_argument("--max-shift", type=fraction, default=0.05, metavar="X",
+                       help="a class moved when its share of pixels or of images changed by more than X (default "
+                            "0.05: five points)")
+    drift.add_argument("--max-psi", type=positive_float, default=0.25, metavar="P",
+                       help="a quality signal moved when its population stability index exceeds P (default 0.25)")
     args = parser.parse_args(argv)
     if "output" not in args:
         parser.error("the following arguments are required: --output")
@@ -65,8 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_storage(StorageOptions(args.s3_endpoint_url, args.anonymous))
+    notes, status = [], 0
     with storage_errors(args.output):
-        table = run_query(args)
+        if args.command == "review":
+            table, unsignalled = run_review(args)
+            if unsignalled:
+                notes = [f"note: {unsignalled} images of the scope carry no quality signals (written before they were "
+                         "recorded) and are not ranked"]
+        elif args.command == "drift":
+            found = run_drift(args)
+            table, notes, status = found.rows, drift_lines(found, args.run), DRIFTED if found.moved else 0
+        else:
+            table = run_query(args)
     if args.to:
         with storage_errors(args.to), open(args.to, "wb") as out:
             write_result(table, args.format, out)
@@ -74,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--format parquet is binary: add --to FILE or redirect the output to a file")
     else:
         write_result(table, args.format, sys.stdout.buffer)
-    return 0
+    sys.stdout.flush()
+    for line in notes:
+        print(line, file=sys.stderr)
+    return status
+
+
+DRIFTED = 6
+"""Exit status of `drift` when the run moved past a limit: for a cron or a RayJob to alert on."""
 
 
 def entry() -> None:

@@ -46,12 +46,12 @@ def test_missing_artifact_says_so(tmp_path):
 def test_predictor_pads_the_last_batch_and_bfloat16_agrees(tiny_artifact):
     artifact = load_artifact(tiny_artifact)
     images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
-    masks, confidence = Predictor(artifact, batch_size=4, precision="float32").predict(images)
-    assert masks.shape == (5, 32, 32) and confidence.shape == (5, 32, 32)
+    masks, confidence, signals = Predictor(artifact, batch_size=4, precision="float32").predict(images)
+    assert masks.shape == (5, 32, 32) and confidence.shape == (5, 32, 32) and signals.shape == (5, 5)
     reference = artifact.model(images.astype(np.float32) / 255.0).numpy()
     np.testing.assert_array_equal(masks, reference.argmax(-1))
     np.testing.assert_allclose(confidence, reference.max(-1), rtol=1e-5)
     bf16 = model_in_precision(artifact.model, "bfloat16")
     assert bf16.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
-    bf16_masks, _ = Predictor(artifact, batch_size=4, precision="bfloat16").predict(images)
+    bf16_masks = Predictor(artifact, batch_size=4, precision="bfloat16").predict(images).masks
     assert (bf16_masks == masks).mean() > 0.9

@@ -14,6 +14,7 @@ from delta_read import delta_sql, delta_table
 from ray_head import shared_head
 
 from unet_core import decode_mask_png
+from unet_core.quality import SIGNALS, quality_signals
 
 pytestmark = pytest.mark.ray
 
@@ -62,6 +63,10 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
     assert {row["run_id"] for row in images} == {"mixed-1"}
     corrupt = by_name.pop("corrupt.png")
     assert corrupt["status"] == "error" and "truncated" in corrupt["error"] and corrupt["mask_png"] is None
+    assert [corrupt[name] for name in SIGNALS] == [None] * len(SIGNALS)
+    for row in by_name.values():  # issue 31: every mask's signals; no flip pass, so no flip disagreement
+        assert 0 < row["confidence_p05"] <= row["confidence_mean"] <= 1 and 0 <= row["uncertain_share"] <= 1
+        assert 0 <= row["entropy_mean"] <= 1 and row["flip_disagreement"] is None
     expected_sizes = {"grey.png": (50, 40), "rgba.png": (65, 33), "palette.png": (129, 37), "grey16.png": (19, 21),
                       "nested/rotated.jpg": (37, 129), "nested/deeper/odd.png": (257, 513)}
     for name, row in by_name.items():
@@ -167,8 +172,11 @@ def test_tile_mode_segments_at_full_resolution(tmp_path, tiny_artifact):
     assert done.returncode == 0, done.stderr[-3000:]
     row = read_dataset(output, "images").to_pylist()[0]
     predictor = Predictor(load_artifact(tiny_artifact), batch_size=8, precision="float32", tta=True)
-    expected, _ = sliding_window(image, predictor.probabilities, 32, len(TINY_CLASSES), overlap=0.5)
-    np.testing.assert_array_equal(decode_mask_png(row["mask_png"]), expected)
+    expected = sliding_window(image, predictor.probabilities, 32, len(TINY_CLASSES), overlap=0.5)
+    np.testing.assert_array_equal(decode_mask_png(row["mask_png"]), expected.mask)
+    signals = quality_signals(expected.confidence, expected.entropy)  # tile mode has no flip disagreement
+    assert [row[name] for name in SIGNALS[:4]] == pytest.approx(list(signals[:4]), rel=1e-3)
+    assert row["flip_disagreement"] is None
 
 
 def test_segment_and_maintain_end_with_one_json_object_for_a_scheduler(tmp_path, tiny_artifact):

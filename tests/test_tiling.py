@@ -22,9 +22,10 @@ def test_constant_model_gives_a_seamless_constant_mask():
         probs[..., 0] = 0.3
         return probs
 
-    mask, confidence = sliding_window(np.zeros((150, 333, 3), np.uint8), constant, tile=64, num_classes=3)
+    mask, confidence, entropy = sliding_window(np.zeros((150, 333, 3), np.uint8), constant, tile=64, num_classes=3)
     assert mask.shape == (150, 333) and (mask == 2).all()
     np.testing.assert_allclose(confidence, 0.7, rtol=1e-6)
+    np.testing.assert_allclose(entropy, -(0.7 * np.log(0.7) + 0.3 * np.log(0.3)) / np.log(3), rtol=1e-3)
 
 
 def test_gaussian_weights_peak_in_the_centre():
@@ -42,8 +43,8 @@ def predictor(tmp_path_factory):
 
 def test_one_tile_agrees_with_a_direct_prediction(predictor):
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    mask, confidence = sliding_window(image, predictor.probabilities, 32, 3)
-    direct_mask, direct_confidence = predictor.predict(image[None])
+    mask, confidence, _ = sliding_window(image, predictor.probabilities, 32, 3)
+    direct_mask, direct_confidence, _ = predictor.predict(image[None])
     np.testing.assert_array_equal(mask, direct_mask[0])
     np.testing.assert_allclose(confidence, direct_confidence[0], rtol=1e-5)
 
@@ -51,9 +52,9 @@ def test_one_tile_agrees_with_a_direct_prediction(predictor):
 def test_tiles_agree_with_direct_predictions_away_from_their_seams(predictor):
     """Where only one tile covers a pixel the blend must equal that tile's own prediction."""
     image = np.random.default_rng(1).integers(0, 255, (32, 80, 3), dtype=np.uint8)
-    mask, _ = sliding_window(image, predictor.probabilities, 32, 3, overlap=0.25)
+    mask = sliding_window(image, predictor.probabilities, 32, 3, overlap=0.25).mask
     starts = tile_starts(80, 32, 0.25)
-    first, _ = predictor.predict(image[None, :, :32])
+    first = predictor.predict(image[None, :, :32]).masks
     only_first = starts[1]
     np.testing.assert_array_equal(mask[:, :only_first], first[0][:, :only_first])
     assert mask.shape == (32, 80)

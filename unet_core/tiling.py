@@ -7,9 +7,20 @@ its mask and its confidence are whole, so memory grows with the area too (measur
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
+
+from unet_core.quality import normalized_entropy
+
+
+class Tiled(NamedTuple):
+    mask: np.ndarray
+    """(H, W) uint8 class ids."""
+    confidence: np.ndarray
+    """(H, W) float32: the blended winning probability."""
+    entropy: np.ndarray
+    """(H, W) float16: the blended probabilities' normalized entropy (`unet_core.quality`)."""
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -35,8 +46,8 @@ def sliding_window(
     tile: int,
     num_classes: int,
     overlap: float = 0.25,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Segment an (H, W, 3) uint8 image of any size; returns the (H, W) mask and its confidence.
+) -> Tiled:
+    """Segment an (H, W, 3) uint8 image of any size.
 
     `probabilities` maps (N, tile, tile, 3) uint8 to (N, tile, tile, C) softmax outputs.
     """
@@ -45,6 +56,7 @@ def sliding_window(
     weights = gaussian_weights(tile)[..., None]
     mask = np.zeros(padded.shape[:2], np.uint8)
     confidence = np.zeros(padded.shape[:2], np.float32)
+    entropy = np.zeros(padded.shape[:2], np.float16)
     band_top = 0
     band = np.zeros((tile, padded.shape[1], num_classes), np.float32)
     band_weight = np.zeros((tile, padded.shape[1], 1), np.float32)
@@ -58,7 +70,8 @@ def sliding_window(
         blended = band[:done] / band_weight[:done]
         mask[band_top:band_top + done] = blended.argmax(-1)
         confidence[band_top:band_top + done] = blended.max(-1)
-    return mask[:height, :width], confidence[:height, :width]
+        entropy[band_top:band_top + done] = normalized_entropy(blended)
+    return Tiled(mask[:height, :width], confidence[:height, :width], entropy[:height, :width])
 
 
 def _shift_band(band: np.ndarray, weight: np.ndarray, band_top: int, top: int):

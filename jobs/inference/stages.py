@@ -20,6 +20,7 @@ from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nest
 from jobs.storage.files import InputRefused, is_transient, read_input
 from unet_core.image import DecodeError, Letterbox, decode_image, decode_letterboxed, unletterbox
 from unet_core.masks import encode_mask_png, letterboxed_statistics
+from unet_core.quality import SIGNALS
 
 
 T = TypeVar("T")
@@ -132,34 +133,40 @@ class Segmenter:
         started = time.perf_counter()
         ok = batch["error"] == ""
         out = {key: value for key, value in batch.items() if key != "pixels"}
+        signals = np.full((len(ok), len(SIGNALS)), np.nan)
         if self.tile_overlap is None:
-            masks, confidence = self._letterboxed(batch["pixels"], ok)
+            masks, confidence = self._letterboxed(batch["pixels"], batch["box"], ok, signals)
         else:
-            masks, confidence = self._tiled(batch["pixels"], ok)
-        return {**out, "mask": masks, "confidence": confidence, "replica": np.full(len(ok), self.placement, object),
+            masks, confidence = self._tiled(batch["pixels"], ok, signals)
+        return {**out, "mask": masks, "confidence": confidence, "signals": signals,
+                "replica": np.full(len(ok), self.placement, object),
                 "seconds_model": np.full(len(ok), (time.perf_counter() - started) / len(ok))}
 
-    def _letterboxed(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _letterboxed(self, pixels: np.ndarray, boxes: np.ndarray, ok: np.ndarray,
+                     signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         masks = np.zeros(pixels.shape[:3], np.uint8)
         confidence = np.zeros(pixels.shape[:3], np.float16)
         if ok.any():
-            predicted, probability = self.predictor.predict(pixels[ok])
-            masks[ok], confidence[ok] = predicted, probability.astype(np.float16)
+            predicted = self.predictor.predict(pixels[ok], boxes[ok])
+            masks[ok], confidence[ok], signals[ok] = (
+                predicted.masks, predicted.confidence.astype(np.float16), predicted.signals)
         return masks, confidence
 
-    def _tiled(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _tiled(self, pixels: np.ndarray, ok: np.ndarray, signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from unet_core.quality import quality_signals
         from unet_core.tiling import sliding_window
 
         masks, confidence = [], []
-        for image, good in zip(pixels, ok):
+        for row, (image, good) in enumerate(zip(pixels, ok)):
             if not good:
                 masks.append(np.zeros((1, 1), np.uint8))
                 confidence.append(np.zeros((1, 1), np.float16))
                 continue
-            mask, probability = sliding_window(image, self.predictor.probabilities, self.predictor.input_size,
-                                               self.predictor.num_classes, self.tile_overlap)
-            masks.append(mask)
-            confidence.append(probability.astype(np.float16))
+            tiled = sliding_window(image, self.predictor.probabilities, self.predictor.input_size,
+                                   self.predictor.num_classes, self.tile_overlap)
+            masks.append(tiled.mask)
+            confidence.append(tiled.confidence.astype(np.float16))
+            signals[row] = quality_signals(tiled.confidence, tiled.entropy)
         return ragged(masks), ragged(confidence)
 
 
@@ -258,6 +265,8 @@ def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Ta
         "model_name": pa.array([model.name] * count, pa.string()),
         "model_sha256": pa.array([model.sha256] * count, pa.string()),
         "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
+        **{name: pa.array(values, pa.float64(), mask=np.isnan(values))
+           for name, values in zip(SIGNALS, np.asarray(batch["signals"], np.float64).T)},
     }, schema=IMAGES_FILE_SCHEMA)
 
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from jobs.output import tables
 from jobs.storage.files import filesystem, join
+from unet_core.quality import SIGNALS
 
 
 def convert(output: str) -> list[str]:
@@ -63,6 +64,8 @@ def _convert_part(output: str, run_id: str, name: str, classes: int) -> tables.P
     images = images.append_column("classes", tables.nested_classes(flat, ok, classes))
     images = images.append_column("source_modified", pa.nulls(images.num_rows, pa.timestamp("us", tz="UTC")))
     images = images.append_column("error_kind", pa.nulls(images.num_rows, pa.string()))  # not recorded then
+    for name in SIGNALS:  # nor were these
+        images = images.append_column(name, pa.nulls(images.num_rows, pa.float64()))
     converted = {"images": images.select(tables.IMAGES_FILE_SCHEMA.names).cast(tables.IMAGES_FILE_SCHEMA),
                  "class_stats": flat.select(tables.CLASS_STATS_FILE_SCHEMA.names).cast(tables.CLASS_STATS_FILE_SCHEMA)}
     new_name = f"part-{uuid.uuid4().hex}.parquet"

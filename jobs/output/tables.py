@@ -37,6 +37,7 @@ from jobs.common.errors import UserError
 from jobs.output.leases import check_run_id
 from jobs.storage.files import filesystem, join
 from jobs.storage.settings import arrow_filesystem, storage_options
+from unet_core.quality import SIGNALS
 
 TABLES = ("images", "class_stats", "current", "runs")
 PARTITIONED = ("images", "class_stats")
@@ -62,6 +63,7 @@ IMAGE_FIELDS = [
     ("error_kind", pa.string()),
     ("mask_png", pa.binary()), ("classes", pa.list_(pa.struct(CLASS_FIELDS))),
     ("model_name", pa.string()), ("model_sha256", pa.string()), ("processed_at", pa.timestamp("us", tz="UTC")),
+    *((name, pa.float64()) for name in SIGNALS),
 ]
 IMAGES_FILE_SCHEMA = pa.schema(IMAGE_FIELDS)
 """What a worker writes into an `images` part; `run_id` lives in the partition path."""

@@ -18,6 +18,7 @@ from jobs.common.errors import UserError
 from jobs.output.leases import all_leases
 from jobs.output.readers import ERRORS_SQL, SUMMARY_SQL, check_run, connect, select_scope
 from jobs.output.tables import require_tables
+from jobs.results.quality import Drift, drift, review
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -40,6 +41,10 @@ def run_query(args: argparse.Namespace) -> pa.Table:
     """The subcommand's result as an Arrow table."""
     if args.command == "live":
         return live_runs(args.output)
+    if args.command == "review":
+        return run_review(args)[0]
+    if args.command == "drift":
+        return run_drift(args).rows
     con = connect(args.output)
     if args.command == "runs":
         sha = "left(model_sha256, 12)" if args.format == "table" else "model_sha256"
@@ -58,6 +63,38 @@ def run_query(args: argparse.Namespace) -> pa.Table:
     check_class(con, args.run, args.class_name)
     params = {"class": args.class_name, "min_fraction": args.min_fraction, "limit": args.limit}
     return con.sql(FIND_SQL, params=params).to_arrow_table()
+
+
+def run_review(args: argparse.Namespace) -> tuple[pa.Table, int]:
+    """The scope's images, least trustworthy first, and how many carry no signals to rank by."""
+    con = connect(args.output)
+    check_run(con, args.run, args.output)
+    select_scope(con, args.run)
+    if args.class_name:
+        check_class(con, args.run, args.class_name)
+    return review(con, args.class_name, args.limit)
+
+
+def run_drift(args: argparse.Namespace) -> Drift:
+    con = connect(args.output)
+    check_run(con, args.run, args.output)
+    return drift(con, args.run, args.baseline_runs, args.max_shift, args.max_psi)
+
+
+def drift_lines(found: Drift, run_id: str) -> list[str]:
+    """What a person or a cron mail needs: one line per measure past its limit, and what was not compared."""
+    before = f"the {len(found.baseline_runs)} run{'s' if len(found.baseline_runs) > 1 else ''} before"
+    lines = [f"note: quality signals not recorded in {', '.join(found.unsignalled_runs)} (written before they "
+             "were): compared where recorded"] if found.unsignalled_runs else []
+    for row in found.moved:
+        if row["measure"] == "signal PSI":
+            lines.append(f"drift: signal {row['name']}: mean {row['baseline']:.3f} in {before}, {row['run']:.3f} in "
+                         f"{run_id} (PSI {row['shift']:.2f} > --max-psi {row['limit']:g})")
+        else:
+            lines.append(f"drift: class {row['name']}: {row['measure']} {row['baseline']:.1%} in {before}, "
+                         f"{row['run']:.1%} in {run_id} ({100 * row['shift']:+.1f} points, past --max-shift "
+                         f"{row['limit']:g})")
+    return lines
 
 
 LIVE_SCHEMA = pa.schema([

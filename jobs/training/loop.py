@@ -259,7 +259,7 @@ def validation_confusion(trainer, batches: Iterator[dict], config: TrainConfig) 
             confusion += confusion_matrix(batch["mask"], predicted, config.num_classes, config.ignore_index)
             continue
         for image, mask in zip(batch["image"], batch["mask"]):
-            predicted, _ = sliding_window(image, trainer.probabilities, config.input_size, config.num_classes)
+            predicted = sliding_window(image, trainer.probabilities, config.input_size, config.num_classes).mask
             confusion += confusion_matrix(mask, predicted, config.num_classes, config.ignore_index)
     return confusion
 

@@ -1,0 +1,138 @@
+"""Which masks to look at first, and whether tonight's images still look like the nights before.
+
+`review` ranks a scope's images by a score of their quality signals (`unet_core.quality`); `drift`
+compares one run's class shares and signal distributions with the committed runs before it.
+Both read only the columns they need, in DuckDB, so they cost the same on a million images as on a
+thousand.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from jobs.common.errors import UserError
+from unet_core.quality import SIGNALS
+
+SCORE_SQL = """(uncertain_share + entropy_mean + (1 - confidence_mean) + coalesce(flip_disagreement, 0))
+    / (3 + (flip_disagreement IS NOT NULL)::INTEGER)"""
+"""The review score, 0 (trust it) to 1 (look at it): the mean of the share of uncertain pixels, the
+mean normalized entropy, one less the mean confidence and, with flip TTA, the flip disagreement."""
+
+REVIEW_SQL = f"""
+SELECT image_uri, {SCORE_SQL} AS review_score, confidence_mean, confidence_p05, uncertain_share, entropy_mean,
+       flip_disagreement, run_id, image_id
+FROM scope_images
+WHERE status = 'ok' AND confidence_mean IS NOT NULL {{having_class}}
+ORDER BY review_score DESC, image_uri LIMIT $limit"""
+
+HAVING_CLASS = "AND len(list_filter(classes, lambda c: c.class_name = $class AND c.pixels > 0)) > 0"
+
+UNSIGNALLED_SQL = "SELECT count(*) FROM scope_images WHERE status = 'ok' AND confidence_mean IS NULL"
+
+
+def review(con: duckdb.DuckDBPyConnection, class_name: str | None, limit: int) -> tuple[pa.Table, int]:
+    """The scope's least trustworthy images first, and how many of its images carry no signals
+    (written before they were recorded), which the ranking cannot hold."""
+    sql = REVIEW_SQL.format(having_class=HAVING_CLASS if class_name else "")
+    params = {"limit": limit, **({"class": class_name} if class_name else {})}
+    return con.sql(sql, params=params).to_arrow_table(), con.execute(UNSIGNALLED_SQL).fetchall()[0][0]
+
+
+PSI_BINS = 10
+PSI_FLOOR = 1e-4
+"""A bin's share is at least this in the PSI, so an empty bin weighs much but not infinitely."""
+
+DRIFT_SCHEMA = pa.schema([
+    ("measure", pa.string()), ("name", pa.string()), ("baseline", pa.float64()), ("run", pa.float64()),
+    ("shift", pa.float64()), ("limit", pa.float64()), ("moved", pa.bool_()),
+])
+
+
+@dataclass(frozen=True)
+class Drift:
+    rows: pa.Table
+    """DRIFT_SCHEMA: per class its share of pixels and of images, per signal its PSI."""
+    baseline_runs: list[str]
+    unsignalled_runs: list[str]
+    """Runs in the comparison written before the signals were recorded."""
+
+    @property
+    def moved(self) -> list[dict]:
+        return [row for row in self.rows.to_pylist() if row["moved"]]
+
+
+def drift(con: duckdb.DuckDBPyConnection, run_id: str, baseline_runs: int, max_shift: float, max_psi: float) -> Drift:
+    """Compare `run_id` with the `baseline_runs` committed runs before it, pooled."""
+    baseline = [row[0] for row in con.execute(
+        "SELECT run_id FROM runs WHERE committed_at < (SELECT committed_at FROM runs WHERE run_id = $run) "
+        "ORDER BY committed_at DESC LIMIT $k", {"run": run_id, "k": baseline_runs}).fetchall()]
+    if not baseline:
+        raise UserError(f"run {run_id}: no committed run before it to compare with", "run")
+    con.execute("CREATE OR REPLACE TEMP TABLE compared AS SELECT unnest($runs) AS run_id", {"runs": [run_id, *baseline]})
+    rows = _class_rows(con, run_id, max_shift) + _signal_rows(con, run_id, max_psi)
+    unsignalled = [row[0] for row in con.execute(
+        "SELECT run_id FROM images SEMI JOIN compared USING (run_id) WHERE status = 'ok' "
+        "GROUP BY run_id HAVING count(confidence_mean) = 0 ORDER BY run_id").fetchall()]
+    return Drift(pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA), baseline, unsignalled)
+
+
+CLASS_SHARES_SQL = """
+WITH per_class AS (
+    SELECT run_id = $run AS tonight, class_name, sum(pixels) AS pixels,
+           count(*) FILTER (WHERE pixels > 0) AS images, count(*) AS of_images
+    FROM class_stats SEMI JOIN compared USING (run_id) GROUP BY ALL)
+SELECT class_name, tonight, pixels / sum(pixels) OVER (PARTITION BY tonight) AS pixel_share,
+       images / of_images AS image_share
+FROM per_class ORDER BY class_name"""
+
+
+def _class_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_shift: float) -> list[dict]:
+    shares: dict[tuple[str, str], dict[bool, float]] = {}
+    for name, tonight, pixel_share, image_share in con.execute(CLASS_SHARES_SQL, {"run": run_id}).fetchall():
+        shares.setdefault(("pixel share", name), {})[tonight] = pixel_share
+        shares.setdefault(("image share", name), {})[tonight] = image_share
+    rows = []
+    for (measure, name), value in sorted(shares.items(), key=lambda item: (item[0][1], item[0][0])):
+        before, now = value.get(False, 0.0), value.get(True, 0.0)
+        rows.append({"measure": measure, "name": name, "baseline": before, "run": now, "shift": now - before,
+                     "limit": max_shift, "moved": abs(now - before) > max_shift})
+    return rows
+
+
+SIGNAL_BINS_SQL = """
+SELECT run_id = $run AS tonight, least(floor({signal} * {bins}), {bins} - 1)::INTEGER AS bin, count(*) AS images,
+       sum({signal}) AS total
+FROM images SEMI JOIN compared USING (run_id) WHERE {signal} IS NOT NULL GROUP BY ALL"""
+
+
+def _signal_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_psi: float) -> list[dict]:
+    rows = []
+    for signal in SIGNALS:
+        counts = {True: [0] * PSI_BINS, False: [0] * PSI_BINS}
+        totals = {True: 0.0, False: 0.0}
+        for tonight, bin_, images, total in con.execute(
+                SIGNAL_BINS_SQL.format(signal=signal, bins=PSI_BINS), {"run": run_id}).fetchall():
+            counts[tonight][bin_] += images
+            totals[tonight] += total
+        if not sum(counts[True]) or not sum(counts[False]):
+            continue  # not recorded (an older run, or flip disagreement without --tta flip)
+        before, now = (totals[side] / sum(counts[side]) for side in (False, True))
+        psi = population_stability(counts[False], counts[True])
+        rows.append({"measure": "signal PSI", "name": signal, "baseline": before, "run": now, "shift": psi,
+                     "limit": max_psi, "moved": psi > max_psi})
+    return rows
+
+
+def population_stability(expected: list[int], actual: list[int]) -> float:
+    """The population stability index of two histograms over the same bins: the sum over bins of
+    (a - e) ln(a / e) of their shares. Below 0.1 is usually read as no shift, above 0.25 as a major one."""
+    total_e, total_a = sum(expected), sum(actual)
+    psi = 0.0
+    for e, a in zip(expected, actual):
+        e, a = max(e / total_e, PSI_FLOOR), max(a / total_a, PSI_FLOOR)
+        psi += (a - e) * math.log(a / e)
+    return psi
+
