@@ -7,7 +7,7 @@
     python jobs/query.py --output s3://bucket/seg/ sql "SELECT status, count(*) FROM images GROUP BY status"
     python jobs/query.py --output s3://bucket/seg/ live
     python jobs/query.py --output s3://bucket/seg/ review [--run ID] [--class NAME] [--limit 20]
-    python jobs/query.py --output s3://bucket/seg/ drift --run ID [--baseline-runs 7] [--max-shift 0.05]
+    python jobs/query.py --output s3://bucket/seg/ drift [--run ID] [--baseline-runs 7] [--max-shift 0.05]
 
 Without --run, summary/find/errors/review read the current rows: for each image, its row from the run
 that processed its newest version (the `current` table). Output is an aligned table, or
@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     drift = commands.add_parser("drift", parents=[common],
                                 help="a run's class shares and quality signals against the runs before it; status 6 "
                                      "when one moved past its limit")
-    drift.add_argument("--run", metavar="ID", required=True, help="the committed run to check")
+    drift.add_argument("--run", metavar="ID", default=None,
+                       help="the committed run to check (default: the latest that segmented any image)")
     drift.add_argument("--baseline-runs", type=positive_int, default=7, metavar="K",
                        help="compare with the K committed runs before it, pooled (default 7)")
     drift.add_argument("--max-shift", type=fraction, default=0.05, metavar="X",
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                          "recorded) and are not ranked"]
         elif args.command == "drift":
             found = run_drift(args)
-            table, notes, status = found.rows, drift_lines(found, args.run), DRIFTED if found.moved else 0
+            table, notes, status = found.rows, drift_lines(found), DRIFTED if found.moved else 0
         else:
             table = run_query(args)
     if args.to:

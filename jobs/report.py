@@ -1,6 +1,6 @@
 """Write one self-contained HTML report of a committed run: figures, class chart, errors, mask overlays.
 
-    python jobs/report.py --output s3://bucket/seg/ --html report.html [--run ID] [--samples 24]
+    python jobs/report.py --output s3://bucket/seg/ --html report.html [--run ID] [--samples 24] [--review]
 
 Everything is inline (CSS, an SVG bar chart, JPEG thumbnails as data URIs) and the page's
 Content-Security-Policy forbids any network fetch, so the file can be mailed or archived as is.
@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> ReportConfig:
                         help="images in the gallery, 1..200 (default 24)")
     parser.add_argument("--thumb-size", type=int_between(32, 1024), default=240,
                         help="longest side of a gallery thumbnail in pixels (default 240)")
+    parser.add_argument("--review", action="store_true",
+                        help="the gallery shows the run's least trustworthy masks first, by review score (the order "
+                             "of query.py review), instead of a sample")
     add_storage_flags(parser)
     return config_from(ReportConfig, parser.parse_args(argv))
 

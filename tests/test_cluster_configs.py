@@ -97,10 +97,13 @@ def test_rayjobs_and_the_nightly_schedule_have_the_fields_kuberay_needs():
     minute, hour, day, month, weekday = nightly["schedule"].split()
     assert minute.isdigit() and hour.isdigit() and (day, month, weekday) == ("*", "*", "*")  # once a day
     assert nightly["suspend"] is False and nightly["timeZone"] == "Etc/UTC"
-    segment, maintain = [command for name, command in job_commands() if name == "raycronjob-nightly-segment.yaml"]
+    segment, maintain, drift = [command for name, command in job_commands()
+                                if name == "raycronjob-nightly-segment.yaml"]
     one_off = dataclasses.asdict(parsed(kinds["rayjob-segment.yaml"]["spec"]["entrypoint"]))
     assert dataclasses.asdict(parsed(segment)) == {**one_off, "incremental": True}  # the one-off run, incremental
     assert parsed(maintain).output == one_off["output"]  # then the same tables compacted and vacuumed
+    checked = parsed(drift)  # then the night compared with the nights before: status 6 fails the RayJob
+    assert (checked.command, checked.output, checked.run) == ("drift", one_off["output"], None)
     assert nightly["jobTemplate"]["shutdownAfterJobFinishes"] is True
 
 

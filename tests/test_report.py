@@ -1,5 +1,6 @@
 """report.py: the HTML report of a real run, rendered in headless Chromium."""
 import base64
+import html
 import io
 import re
 import shutil
@@ -11,6 +12,7 @@ from conftest import TINY_CLASSES
 from delta_read import delta_sql
 from PIL import Image
 from run_output import make_output, read_run
+from test_query import query_json
 
 from jobs.common.errors import UserError
 from jobs.output import tables
@@ -102,6 +104,34 @@ def test_report_renders_in_headless_chromium(output, tmp_path, tmp_path_factory)
     assert [m for m in re.findall(r'<g class="bar" data-class="([^"]+)"', chart)] == TINY_CLASSES
     assert len(re.findall(r"<rect ", chart)) == len(TINY_CLASSES)
     assert dom.count("<tr><td>") == 2 and "empty file (0 bytes)" in dom
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed here (.ci/run installs Debian's chromium "
+                                             "package; without it the browser check cannot run)")
+def test_the_review_report_shows_the_review_queue_in_headless_chromium(output, tmp_path, tmp_path_factory):
+    """Issue 31: report.py --review shows the masks query.py review lists first, in its order, escaped
+    and fetching nothing."""
+    report = tmp_path / "review.html"
+    assert main(["--output", output, "--run", "first", "--html", str(report), "--review", "--samples", "4"]) == 0
+    text = report.read_text()
+    assert "default-src 'none'" in text and not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", text)
+    shot = tmp_path / "review.png"
+    done = chromium(tmp_path / "profile-shot", "--window-size=1200,1000", f"--screenshot={shot}", report.as_uri())
+    assert shot.exists(), done.stderr[-3000:]
+    artefact = tmp_path_factory.getbasetemp() / "artefacts" / "report-review-first.png"
+    artefact.parent.mkdir(exist_ok=True)
+    shutil.copy(shot, artefact)
+    print(f"review report screenshot: {artefact}")
+    pixels = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    assert pixels.std() > 20 and len(np.unique(pixels[400:800, :1000].reshape(-1, 3).astype(np.uint8), axis=0)) > 300
+
+    dom = chromium(tmp_path / "profile-dom", "--dump-dom", report.as_uri()).stdout
+    assert "Least trustworthy masks first (4 of 6 ok, by review score)" in dom
+    shown = re.findall(r'<figcaption title="([^"]+)">', dom)
+    queue = query_json(output, "review", "--run", "first", "--limit", "4")
+    assert [html.unescape(uri) for uri in shown] == [row["image_uri"] for row in queue]
+    assert re.findall(r"review score ([0-9.]+)", dom) == [f"{row['review_score']:.3f}" for row in queue]
+    assert "<b>name" not in dom and len(re.findall(r'<figure class="sample"><img src="data:image/jpeg;base64,', dom)) == 4
 
 
 def test_a_source_gone_since_the_run_still_shows_its_mask(tmp_path):

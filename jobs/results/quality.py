@@ -53,6 +53,7 @@ DRIFT_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class Drift:
+    run_id: str
     rows: pa.Table
     """DRIFT_SCHEMA: per class its share of pixels and of images, per signal its PSI."""
     baseline_runs: list[str]
@@ -64,19 +65,31 @@ class Drift:
         return [row for row in self.rows.to_pylist() if row["moved"]]
 
 
-def drift(con: duckdb.DuckDBPyConnection, run_id: str, baseline_runs: int, max_shift: float, max_psi: float) -> Drift:
-    """Compare `run_id` with the `baseline_runs` committed runs before it, pooled."""
+def drift(con: duckdb.DuckDBPyConnection, run_id: str | None, baseline_runs: int, max_shift: float,
+          max_psi: float) -> Drift:
+    """Compare `run_id` (default: the latest run that segmented any image) with the `baseline_runs`
+    committed runs before it that did, pooled. Nights with nothing new are no one's baseline."""
+    run_id = run_id or latest_segmenting_run(con)
+    if not con.execute("SELECT ok FROM runs WHERE run_id = $run", {"run": run_id}).fetchall()[0][0]:
+        raise UserError(f"run {run_id}: segmented no image, so it has nothing to compare", "run")
     baseline = [row[0] for row in con.execute(
-        "SELECT run_id FROM runs WHERE committed_at < (SELECT committed_at FROM runs WHERE run_id = $run) "
+        "SELECT run_id FROM runs WHERE ok > 0 AND committed_at < (SELECT committed_at FROM runs WHERE run_id = $run) "
         "ORDER BY committed_at DESC LIMIT $k", {"run": run_id, "k": baseline_runs}).fetchall()]
     if not baseline:
-        raise UserError(f"run {run_id}: no committed run before it to compare with", "run")
+        raise UserError(f"run {run_id}: no committed run before it segmented any image to compare with", "run")
     con.execute("CREATE OR REPLACE TEMP TABLE compared AS SELECT unnest($runs) AS run_id", {"runs": [run_id, *baseline]})
     rows = _class_rows(con, run_id, max_shift) + _signal_rows(con, run_id, max_psi)
     unsignalled = [row[0] for row in con.execute(
         "SELECT run_id FROM images SEMI JOIN compared USING (run_id) WHERE status = 'ok' "
         "GROUP BY run_id HAVING count(confidence_mean) = 0 ORDER BY run_id").fetchall()]
-    return Drift(pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA), baseline, unsignalled)
+    return Drift(run_id, pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA), baseline, unsignalled)
+
+
+def latest_segmenting_run(con: duckdb.DuckDBPyConnection) -> str:
+    found = con.execute("SELECT run_id FROM runs WHERE ok > 0 ORDER BY committed_at DESC LIMIT 1").fetchall()
+    if not found:
+        raise UserError("no committed run segmented any image yet: nothing to compare", "run")
+    return found[0][0]
 
 
 CLASS_SHARES_SQL = """

@@ -81,8 +81,9 @@ def run_drift(args: argparse.Namespace) -> Drift:
     return drift(con, args.run, args.baseline_runs, args.max_shift, args.max_psi)
 
 
-def drift_lines(found: Drift, run_id: str) -> list[str]:
+def drift_lines(found: Drift) -> list[str]:
     """What a person or a cron mail needs: one line per measure past its limit, and what was not compared."""
+    run_id = found.run_id
     before = f"the {len(found.baseline_runs)} run{'s' if len(found.baseline_runs) > 1 else ''} before"
     lines = [f"note: quality signals not recorded in {', '.join(found.unsignalled_runs)} (written before they "
              "were): compared where recorded"] if found.unsignalled_runs else []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import html
 import io
@@ -13,6 +14,7 @@ from PIL import Image
 
 from jobs.common.errors import UserError
 from jobs.output.readers import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, run_record, select_scope
+from jobs.results.quality import SCORE_SQL
 from jobs.storage.files import filesystem, read_bytes, storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
 from unet_core.image import DecodeError, decode_image
@@ -31,6 +33,8 @@ class ReportConfig:
     run: str | None = None
     samples: int = 24
     thumb_size: int = 240
+    review: bool = False
+    """The gallery shows the run's least trustworthy masks, by review score, instead of a sample."""
     s3_endpoint_url: str | None = None
     anonymous: bool = False
 
@@ -45,6 +49,7 @@ class Sample:
     overlay_jpeg: bytes
     top_classes: list[tuple[str, float]]
     note: str = ""
+    review_score: float | None = None
 
 
 def build_report(config: ReportConfig) -> str:
@@ -59,28 +64,36 @@ def build_report(config: ReportConfig) -> str:
         select_scope(con, record["run_id"])
         classes = con.sql(SUMMARY_SQL).to_arrow_table().to_pylist()
         errors = con.sql(f"{ERRORS_SQL} LIMIT {MAX_ERRORS_SHOWN}").to_arrow_table().to_pylist()
-        samples, palette = gallery(con, config.output, config.samples, config.thumb_size, len(record["class_names"]))
-    return render(record, classes, palette, errors, samples)
+        samples, palette = gallery(con, config, len(record["class_names"]))
+    return render(record, classes, palette, errors, samples, config.review)
 
 
-def gallery(con: duckdb.DuckDBPyConnection, output: str, count: int, thumb_size: int,
+SAMPLE_SQL = """SELECT run_id, image_id, image_uri, width, height, NULL AS score FROM scope_images
+WHERE status = 'ok' ORDER BY image_id LIMIT $count"""
+"""A stable sample of ok images: the lowest image ids (ids are hashes, so spread over the collection)."""
+
+REVIEW_QUEUE_SQL = f"""SELECT run_id, image_id, image_uri, width, height, {SCORE_SQL} AS score FROM scope_images
+WHERE status = 'ok' AND confidence_mean IS NOT NULL ORDER BY score DESC, image_uri LIMIT $count"""
+"""The images `query.py review` lists first."""
+
+
+def gallery(con: duckdb.DuckDBPyConnection, config: ReportConfig,
             num_classes: int) -> tuple[list[Sample], list[tuple[int, int, int]]]:
-    """A stable sample of ok images (lowest image ids: ids are hashes, so the sample is spread
-    over the collection) with their overlays, and the class colours the masks carry. Only the
-    sampled masks are read: a run's masks are most of its bytes."""
-    rows = con.sql("SELECT run_id, image_id, image_uri, width, height FROM scope_images WHERE status = 'ok' "
-                   f"ORDER BY image_id LIMIT {int(count)}").fetchall()
+    """The gallery's images (a sample, or the review queue's head) with their overlays, and the class
+    colours the masks carry. Only the shown masks are read: a run's masks are most of its bytes."""
+    rows = con.execute(REVIEW_QUEUE_SQL if config.review else SAMPLE_SQL, {"count": config.samples}).fetchall()
     if not rows:
         return [], default_colors(num_classes)
-    pngs = masks(output, [(run_id, image_id) for run_id, image_id, *_ in rows])
+    pngs = masks(config.output, [(run_id, image_id) for run_id, image_id, *_ in rows])
     fractions = con.execute("SELECT image_id, class_name, fraction FROM scope_class_stats "
                             "WHERE image_id IN (SELECT unnest($ids)) AND pixels > 0 ORDER BY fraction DESC",
                             {"ids": [row[1] for row in rows]}).fetchall()
     palette = mask_palette(pngs[rows[0][:2]], num_classes)
     samples = []
-    for run_id, image_id, uri, width, height in rows:
+    for run_id, image_id, uri, width, height, score in rows:
         top = [(name, fraction) for iid, name, fraction in fractions if iid == image_id][:3]
-        samples.append(make_sample(uri, width, height, pngs[(run_id, image_id)], palette, thumb_size, top))
+        sample = make_sample(uri, width, height, pngs[(run_id, image_id)], palette, config.thumb_size, top)
+        samples.append(dataclasses.replace(sample, review_score=score))
     return samples, palette
 
 
@@ -129,13 +142,14 @@ dl.figures dt { color: #666; } dl.figures dd { margin: 0; font-variant-numeric: 
 figure.sample { margin: 0; background: #fff; border: 1px solid #ddd; padding: 6px; max-width: 260px; }
 figure.sample img { display: block; image-rendering: pixelated; }
 figcaption { font-size: 12px; word-break: break-all; margin-top: 4px; } figcaption .note { color: #b00; }
+figcaption .score { color: #a60; font-variant-numeric: tabular-nums; }
 table.errors { border-collapse: collapse; font-size: 13px; }
 table.errors td, table.errors th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 """
 
 
 def render(record: dict, classes: list[dict], palette: list[tuple[int, int, int]], errors: list[dict],
-           samples: list[Sample]) -> str:
+           samples: list[Sample], review: bool = False) -> str:
     """The page, from the run's row of `runs` and what was read for its scope."""
     figures = [
         ("images", record["inputs"]), ("skipped", record["skipped"]), ("ok", record["ok"]),
@@ -153,7 +167,8 @@ def render(record: dict, classes: list[dict], palette: list[tuple[int, int, int]
         f"<h1>Segmentation run {e(record['run_id'])}</h1>",
         '<dl class="figures">' + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in figures) + "</dl>",
         "<h2>Pixels per class</h2>", class_chart(classes, palette), legend(classes, palette),
-        f"<h2>Sample images ({len(samples)} of {record['ok']} ok)</h2>",
+        (f"<h2>Least trustworthy masks first ({len(samples)} of {record['ok']} ok, by review score)</h2>" if review
+         else f"<h2>Sample images ({len(samples)} of {record['ok']} ok)</h2>"),
         '<section id="gallery">' + "".join(sample_figure(s) for s in samples) + "</section>",
         error_section(errors, record["errors"] or 0), "</body></html>",
     ]
@@ -197,6 +212,8 @@ def sample_figure(sample: Sample) -> str:
     data = base64.b64encode(sample.overlay_jpeg).decode("ascii")
     classes = ", ".join(f"{html.escape(name)} {fraction:.0%}" for name, fraction in sample.top_classes)
     note = f'<br><span class="note">{html.escape(sample.note)}</span>' if sample.note else ""
+    if sample.review_score is not None:
+        note = f'<br><span class="score">review score {sample.review_score:.3f}</span>{note}'
     name = sample.image_uri.rsplit("/", 1)[-1]
     return (f'<figure class="sample"><img src="data:image/jpeg;base64,{data}" alt="{html.escape(name)} with its mask">'
             f'<figcaption title="{html.escape(sample.image_uri)}">{html.escape(name)} ({sample.width}x{sample.height})'
