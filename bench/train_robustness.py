@@ -1,7 +1,7 @@
 """Benchmark: does a from-scratch recipe learn sparse foreground whatever the seed, or fall into all-background?
 
     python bench/train_robustness.py [--vs CHECKOUT] [--normalizations none,group] [--seeds 5]
-                                     [--sets camvid-rare,sparse-shapes]
+                                     [--sets camvid-rare,sparse-shapes] [train.py flags]
 
 Trains the same recipe once per seed (each a different initialisation and data order) on two
 sparse-foreground sets built here from what is at hand:
@@ -16,7 +16,7 @@ The arms: each --normalization of this checkout (default none, the seed's graph,
 epoch; the table gives, per seed, the held-out foreground IoU of that last epoch, then the mean, the
 best, and how many runs ended collapsed (no held-out foreground pixel found). Not a test: it needs
 CamVid (default ../shared/data) and trains arms x seeds x sets models, one to three minutes each on
-two cores.
+two cores. Flags it does not know go to every train.py after the recipe's, so they override it.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=ROOT / "bench-work" / "robustness")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
     arms = [(f"--vs {args.vs.name}", args.vs.resolve(), [])] if args.vs else []
     arms += [(f"--normalization {n}", ROOT, ["--normalization", n]) for n in args.normalizations.split(",")]
     rows = []
@@ -128,8 +128,8 @@ def main() -> None:
             results = []
             for seed in range(args.seeds):
                 output = work / "models" / f"arm{index}-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}"
-                results.append(train_once(checkout, flags + SETS[name]["extra"], splits, SETS[name]["names"],
-                                          seed, output))
+                results.append(train_once(checkout, flags + SETS[name]["extra"] + extra, splits,
+                                          SETS[name]["names"], seed, output))
                 print(f"{name}, {arm}, seed {seed}: foreground IoU {results[-1]['iou']:.3f} "
                       f"({results[-1]['seconds']:.0f} s)", flush=True)
             ious = [r["iou"] for r in results]

@@ -329,3 +329,22 @@ def test_init_scale(tmp_path):
         "as built, --normalization none", "He-normal encoder, no normalization", "as built, --normalization batch",
         "as built, --normalization group"]
     numbers(rows, "block 1", "block 5", "block 5 / block 1")
+
+
+def test_train_robustness(tmp_path):
+    out = run_bench("train_robustness.py", "--seeds", "1", "--sets", "sparse-shapes", "--normalizations", "group",
+                    "--work", str(tmp_path / "work"), "--epochs", "1", "--patch-size", "32", "--patches-per-image", "1",
+                    "--base-filters", "4", "--batch-size", "4", tmp_path=tmp_path, timeout=WITH_RAY, shared_ray=True)
+    rows = table(out, ["set", "arm", "seed 0", "mean", "best", "collapsed"])
+    assert [(row["set"], row["arm"]) for row in rows] == [("sparse-shapes", "--normalization group")]
+    numbers(rows, "seed 0", "mean", "best")
+    assert rows[0]["collapsed"] in ("0/1", "1/1")
+
+
+def test_review_drift(tmp_path, tiny_artifact):
+    out = run_bench("review_drift.py", "--images", "3", "--novel", "1", "--model", tiny_artifact, "--no-tta-run",
+                    "--work", str(tmp_path / "work"), tmp_path=tmp_path, timeout=WITH_RAY, shared_ray=True)
+    assert re.search(r"review --run mixed --limit 10: [0-1] of the top 10 hold the star \(1 of the night's 3 do\)", out)
+    rows = table(out, ["run", "baseline runs", "drift status", "measures moved"])
+    assert [(row["run"], row["baseline runs"]) for row in rows] == [("ordinary-2", "1"), ("novel", "2")]
+    assert all(row["drift status"] in ("0", "6") for row in rows)

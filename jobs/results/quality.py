@@ -41,13 +41,15 @@ def review(con: duckdb.DuckDBPyConnection, class_name: str | None, limit: int) -
     return con.sql(sql, params=params).to_arrow_table(), con.execute(UNSIGNALLED_SQL).fetchall()[0][0]
 
 
-PSI_BINS = 10
 PSI_FLOOR = 1e-4
 """A bin's share is at least this in the PSI, so an empty bin weighs much but not infinitely."""
+NOISE_SES = 3.0
+"""A class share moved only past this many standard errors of the difference: what the nights' sizes
+leave to chance (a few hundred images move a share by several points on their own)."""
 
 DRIFT_SCHEMA = pa.schema([
     ("measure", pa.string()), ("name", pa.string()), ("baseline", pa.float64()), ("run", pa.float64()),
-    ("shift", pa.float64()), ("limit", pa.float64()), ("moved", pa.bool_()),
+    ("shift", pa.float64()), ("noise", pa.float64()), ("limit", pa.float64()), ("moved", pa.bool_()),
 ])
 
 
@@ -93,49 +95,69 @@ def latest_segmenting_run(con: duckdb.DuckDBPyConnection) -> str:
 
 
 CLASS_SHARES_SQL = """
-WITH per_class AS (
-    SELECT run_id = $run AS tonight, class_name, sum(pixels) AS pixels,
-           count(*) FILTER (WHERE pixels > 0) AS images, count(*) AS of_images
-    FROM class_stats SEMI JOIN compared USING (run_id) GROUP BY ALL)
-SELECT class_name, tonight, pixels / sum(pixels) OVER (PARTITION BY tonight) AS pixel_share,
-       images / of_images AS image_share
-FROM per_class ORDER BY class_name"""
+WITH per_image AS (
+    SELECT run_id = $run AS tonight, class_name, pixels, sum(pixels) OVER (PARTITION BY run_id, image_id) AS total
+    FROM class_stats SEMI JOIN compared USING (run_id)),
+shares AS (
+    SELECT tonight, class_name, sum(pixels) / sum(total) AS pixel_share, count(*) AS images,
+           count(*) FILTER (WHERE pixels > 0) / count(*) AS image_share, avg(total) AS mean_total
+    FROM per_image GROUP BY ALL)
+SELECT class_name, tonight, pixel_share, image_share, image_share * (1 - image_share) / images AS image_variance,
+       sum((pixels - pixel_share * total) ^ 2) / (images * greatest(images - 1, 1) * mean_total ^ 2) AS pixel_variance
+FROM per_image JOIN shares USING (tonight, class_name)
+GROUP BY class_name, tonight, pixel_share, image_share, images, mean_total ORDER BY class_name"""
+"""Per class and side (the run, or the baseline pooled): its share of the pixels with the variance of
+that ratio over images (the ratio estimator's), and its share of the images with a binomial variance."""
 
 
 def _class_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_shift: float) -> list[dict]:
-    shares: dict[tuple[str, str], dict[bool, float]] = {}
-    for name, tonight, pixel_share, image_share in con.execute(CLASS_SHARES_SQL, {"run": run_id}).fetchall():
-        shares.setdefault(("pixel share", name), {})[tonight] = pixel_share
-        shares.setdefault(("image share", name), {})[tonight] = image_share
+    sides: dict[tuple[str, str], dict[bool, tuple[float, float]]] = {}
+    for name, tonight, pixel_share, image_share, image_variance, pixel_variance in con.execute(
+            CLASS_SHARES_SQL, {"run": run_id}).fetchall():
+        sides.setdefault(("pixel share", name), {})[tonight] = (pixel_share, pixel_variance)
+        sides.setdefault(("image share", name), {})[tonight] = (image_share, image_variance)
     rows = []
-    for (measure, name), value in sorted(shares.items(), key=lambda item: (item[0][1], item[0][0])):
-        before, now = value.get(False, 0.0), value.get(True, 0.0)
-        rows.append({"measure": measure, "name": name, "baseline": before, "run": now, "shift": now - before,
-                     "limit": max_shift, "moved": abs(now - before) > max_shift})
+    for (measure, name), side in sorted(sides.items(), key=lambda item: (item[0][1], item[0][0])):
+        (before, before_variance), (now, now_variance) = side.get(False, (0.0, 0.0)), side.get(True, (0.0, 0.0))
+        noise = NOISE_SES * math.sqrt(before_variance + now_variance)
+        shift = now - before
+        rows.append({"measure": measure, "name": name, "baseline": before, "run": now, "shift": shift,
+                     "noise": noise, "limit": max_shift, "moved": abs(shift) > max(max_shift, noise)})
     return rows
 
 
+BASELINE_DECILES_SQL = """
+SELECT quantile_cont({signal}, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]) FROM images SEMI JOIN compared USING (run_id)
+WHERE run_id != $run AND {signal} IS NOT NULL"""
+"""The PSI's bin edges: the baseline's deciles, so each bin holds a tenth of the nights before (signals
+crowd near 0 or 1, where equal-width bins would put nearly every image in one); equal deciles merge."""
+
 SIGNAL_BINS_SQL = """
-SELECT run_id = $run AS tonight, least(floor({signal} * {bins}), {bins} - 1)::INTEGER AS bin, count(*) AS images,
+SELECT run_id = $run AS tonight, len(list_filter($edges, lambda edge: edge < {signal})) AS bin, count(*) AS images,
        sum({signal}) AS total
 FROM images SEMI JOIN compared USING (run_id) WHERE {signal} IS NOT NULL GROUP BY ALL"""
+"""Per side, how many images fall in each bin between the edges (a value on an edge goes below it)."""
 
 
 def _signal_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_psi: float) -> list[dict]:
     rows = []
     for signal in SIGNALS:
-        counts = {True: [0] * PSI_BINS, False: [0] * PSI_BINS}
+        deciles = con.execute(BASELINE_DECILES_SQL.format(signal=signal), {"run": run_id}).fetchall()[0][0]
+        if deciles is None:
+            continue  # not recorded before (older runs, or flip disagreement without --tta flip)
+        edges = sorted(set(deciles))
+        counts = {True: [0] * (len(edges) + 1), False: [0] * (len(edges) + 1)}
         totals = {True: 0.0, False: 0.0}
         for tonight, bin_, images, total in con.execute(
-                SIGNAL_BINS_SQL.format(signal=signal, bins=PSI_BINS), {"run": run_id}).fetchall():
+                SIGNAL_BINS_SQL.format(signal=signal), {"run": run_id, "edges": edges}).fetchall():
             counts[tonight][bin_] += images
             totals[tonight] += total
-        if not sum(counts[True]) or not sum(counts[False]):
-            continue  # not recorded (an older run, or flip disagreement without --tta flip)
+        if not sum(counts[True]):
+            continue  # not recorded tonight
         before, now = (totals[side] / sum(counts[side]) for side in (False, True))
         psi = population_stability(counts[False], counts[True])
         rows.append({"measure": "signal PSI", "name": signal, "baseline": before, "run": now, "shift": psi,
-                     "limit": max_psi, "moved": psi > max_psi})
+                     "noise": None, "limit": max_psi, "moved": psi > max_psi})
     return rows
 
 

@@ -94,7 +94,7 @@ def drift_lines(found: Drift) -> list[str]:
         else:
             lines.append(f"drift: class {row['name']}: {row['measure']} {row['baseline']:.1%} in {before}, "
                          f"{row['run']:.1%} in {run_id} ({100 * row['shift']:+.1f} points, past --max-shift "
-                         f"{row['limit']:g})")
+                         f"{row['limit']:g} and the {100 * row['noise']:.1f} points chance allows)")
     return lines
 
 
