@@ -61,7 +61,7 @@ def run_segment(inputs: str, output: str, model: str, run_id: str, env: dict) ->
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{run_id} failed:\n{done.stderr[-3000:]}")
-    line = next(l for l in done.stdout.splitlines() if l.startswith("run ") and "images/s" in l)
+    line = next(text for text in done.stdout.splitlines() if text.startswith("run ") and "images/s" in text)
     return wall, float(line.split(" in ")[1].split(" s ")[0])
 
 

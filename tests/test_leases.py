@@ -117,12 +117,12 @@ def test_of_attempts_racing_to_take_over_a_dead_lease_exactly_one_wins(tmp_path,
     for run_id in run_ids:
         start, won, refused = threading.Barrier(3), [], []
 
-        def take() -> None:
-            start.wait()
+        def take() -> None:  # the racers are joined within this iteration, so its variables are theirs
+            start.wait()  # noqa: B023
             try:
-                won.append(leases.acquire(output, run_id))
+                won.append(leases.acquire(output, run_id))  # noqa: B023
             except UserError as exc:
-                refused.append(str(exc))
+                refused.append(str(exc))  # noqa: B023
 
         racers = [threading.Thread(target=take) for _ in range(3)]
         for racer in racers:

@@ -29,7 +29,7 @@ def cut_root(tmp_path_factory, tiny_artifact) -> str:
     """A root whose run `cut` committed `images`, and nothing else: its driver (at the lowest CPU
     priority, so the watcher wins the race) was frozen the moment the `images` commit landed, then
     killed. A kill that came too late (the driver had committed `class_stats` too) is tried again."""
-    for attempt in range(3):
+    for _ in range(3):
         output = str(tmp_path_factory.mktemp("cut") / "out")
         make_images(Path(output).parent / "in", 6)
         if cut_after_the_images_commit(output, tiny_artifact):

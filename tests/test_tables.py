@@ -163,7 +163,7 @@ def test_concurrent_runs_into_one_root_commit_every_image_exactly_once(tmp_path,
                              "--model", tiny_artifact, "--run-id", name, "--batch-size", "2", "--rows-per-file", "2",
                              "--actors", "1", "--cpus-per-actor", "0.5")
              for name in own}
-    for name, proc in procs.items():
+    for proc in procs.values():
         out, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, out[-3000:]
     for name in own:

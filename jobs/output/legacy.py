@@ -29,7 +29,7 @@ def convert(output: str) -> list[str]:
     for _, manifest in manifests:
         if manifest.get("status") == "committed" and _convert_run(output, manifest):
             converted.append(manifest["run_id"])
-    for path, manifest in manifests:
+    for path, _ in manifests:
         fs, _ = filesystem(output)
         target = filesystem(join(output, "_legacy", "runs", path.rsplit("/", 1)[-1]))[1]
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
