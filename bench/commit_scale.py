@@ -12,6 +12,7 @@ each run's URIs fall between those already committed and `current`'s key column 
 "appended" runs take the next N numbers, as a collection organised by date does, and the run's key
 range skips every earlier file. The ratio is against the first commit of the same order.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ from jobs.output import tables
 RUNS = 5
 
 
-def commit(root: str, run_id: str, first: int, images: int, part_rows: int, version: str = "1",
-           stride: int = 1) -> float:
+def commit(
+    root: str, run_id: str, first: int, images: int, part_rows: int, version: str = "1", stride: int = 1
+) -> float:
     parts = write_run(root, run_id, first, images, part_rows, version, stride)
     started = time.perf_counter()
     tables.commit_run(root, run_record(run_id, images), parts)
@@ -41,13 +43,19 @@ def new_runs(n: int, part_rows: int, interleaved: bool) -> list[list]:
         tables.ensure_tables(root)
         for index in range(RUNS):
             first, stride = (index, RUNS) if interleaved else (index * n, 1)
-            rows.append([f"{n:,} new, {order}", f"{index * n:,}",
-                         commit(root, f"new{index}", first, n, part_rows, stride=stride)])
+            rows.append(
+                [
+                    f"{n:,} new, {order}",
+                    f"{index * n:,}",
+                    commit(root, f"new{index}", first, n, part_rows, stride=stride),
+                ]
+            )
         if interleaved:
             held = RUNS * n  # run 0 holds 0, 5, 10, ...: update its first N, then N/2 of it and N/2 new
             rows.append([f"{n:,} updated", f"{held:,}", commit(root, "updated", 0, n, part_rows, "2", RUNS)])
-            rows.append([f"{n:,}, half new", f"{held:,}",
-                         commit(root, "half", RUNS * (n - n // 2), n, part_rows, "3", RUNS)])
+            rows.append(
+                [f"{n:,}, half new", f"{held:,}", commit(root, "half", RUNS * (n - n // 2), n, part_rows, "3", RUNS)]
+            )
     return [[*row, row[2] / rows[0][2]] for row in rows]
 
 
@@ -60,7 +68,9 @@ def main() -> None:
     appended = new_runs(args.images, args.part_rows, interleaved=False)
     print_table(["run", "root holds", "seconds", "vs first"], interleaved + appended)
     for name, rows in (("interleaved", interleaved), ("appended", appended)):
-        print(f"new images, {name}: last/first (root {(RUNS - 1) * args.images:,} against empty) {rows[RUNS - 1][3]:.2f}")
+        print(
+            f"new images, {name}: last/first (root {(RUNS - 1) * args.images:,} against empty) {rows[RUNS - 1][3]:.2f}"
+        )
 
 
 if __name__ == "__main__":

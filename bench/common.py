@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: the seed model as an artifact, generated images, timing and tables."""
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def run_segment(*args: str) -> tuple[float, dict]:
     record: its row of the output's `runs` Delta table, with `config` parsed)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "segment.py"), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "segment.py"), *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"segment.py failed:\n{done.stderr[-4000:]}")

@@ -20,6 +20,7 @@ Then the job's own stages, `prepare` + `finalize` as Ray Data calls them on batc
 and against the floor; with --vs, another checkout's stages as well, in a process of its own.
 Targets: today's total at most 2x the floor at both sizes, model-res at most 1.3x.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,17 +51,22 @@ def scenes(folder: Path, width: int, height: int, count: int) -> tuple[list[Path
         paths.append(folder / f"scene_{width}x{height}_{index}.jpg")
         Image.fromarray(image).save(paths[-1], quality=90)
         mask, _ = letterbox(truth, INPUT, Image.NEAREST)
-        masks.append(np.where(rng.random(mask.shape) < SPECKLE, rng.integers(0, CLASSES, mask.shape), mask)
-                     .astype(np.uint8))
+        masks.append(
+            np.where(rng.random(mask.shape) < SPECKLE, rng.integers(0, CLASSES, mask.shape), mask).astype(np.uint8)
+        )
     return paths, masks
 
 
 def gathered(values: np.ndarray, box) -> np.ndarray:
     """The mapping back as it was: a gather at each original pixel's centre."""
+
     def nearest(original: int, scaled: int) -> np.ndarray:
         return np.minimum(((np.arange(original) + 0.5) * (scaled / original)).astype(np.int64), scaled - 1)
-    return values[(box.top + nearest(box.height, box.inner_height))[:, None],
-                  (box.left + nearest(box.width, box.inner_width))[None, :]]
+
+    return values[
+        (box.top + nearest(box.height, box.inner_height))[:, None],
+        (box.left + nearest(box.width, box.inner_width))[None, :],
+    ]
 
 
 def png_level_6(mask: np.ndarray, palette: list[int]) -> bytes:
@@ -98,14 +104,22 @@ def stage_times(paths: list[Path], masks: list[np.ndarray], repeats: int) -> dic
             "mask PNG": lambda i: encode_mask_png(full[i], colors),
         },
     }
-    stages["model-res"] = {**stages["today"], "mask to full size": lambda i: None,
-                           "mask PNG": lambda i: encode_mask_png(stored_mask(masks[i], boxes[i], False), colors)}
-    kib = {path: np.mean([len(calls["mask PNG"](i)) for i in range(len(data))]) / 1024
-           for path, calls in stages.items()}
-    print(f"mask PNG, KiB per image: previous (zlib level 6) {kib['previous']:.1f}, today (RLE) {kib['today']:.1f}, "
-          f"model-res {kib['model-res']:.1f}")
-    return {path: {stage: per_image(call, len(data), repeats) for stage, call in calls.items()}
-            for path, calls in stages.items()}
+    stages["model-res"] = {
+        **stages["today"],
+        "mask to full size": lambda i: None,
+        "mask PNG": lambda i: encode_mask_png(stored_mask(masks[i], boxes[i], False), colors),
+    }
+    kib = {
+        path: np.mean([len(calls["mask PNG"](i)) for i in range(len(data))]) / 1024 for path, calls in stages.items()
+    }
+    print(
+        f"mask PNG, KiB per image: previous (zlib level 6) {kib['previous']:.1f}, today (RLE) {kib['today']:.1f}, "
+        f"model-res {kib['model-res']:.1f}"
+    )
+    return {
+        path: {stage: per_image(call, len(data), repeats) for stage, call in calls.items()}
+        for path, calls in stages.items()
+    }
 
 
 def per_image(call, count: int, repeats: int) -> float:
@@ -125,15 +139,18 @@ def job_stages(paths: list[str], masks_file: str, repeats: int) -> float:
     from unet_core.masks import default_colors
 
     masks = np.load(masks_file)
-    model = ModelInfo("model", "bench", "0" * 64, tuple(f"class_{i}" for i in range(CLASSES)),
-                      tuple(default_colors(CLASSES)), INPUT)
+    model = ModelInfo(
+        "model", "bench", "0" * 64, tuple(f"class_{i}" for i in range(CLASSES)), tuple(default_colors(CLASSES)), INPUT
+    )
     confidence = np.random.default_rng(0).uniform(0.3, 1, masks.shape).astype(np.float16)
 
     def one_pass() -> None:
         for start in range(0, len(paths), 8):
             rows = slice(start, start + 8)
-            batch = {"image_uri": np.array(paths[rows], dtype=object),
-                     "source_size": np.array([os.path.getsize(p) for p in paths[rows]], np.int64)}
+            batch = {
+                "image_uri": np.array(paths[rows], dtype=object),
+                "source_size": np.array([os.path.getsize(p) for p in paths[rows]], np.int64),
+            }
             prepared = prepare(batch, INPUT, 100_000_000, 1 << 30)
             finalize({**prepared, "mask": masks[rows], "confidence": confidence[rows]}, model)
 
@@ -145,8 +162,14 @@ def job_stages_elsewhere(checkout: str, paths: list[Path], masks: list[np.ndarra
     masks_file = work / "masks.npy"
     np.save(masks_file, np.stack(masks))
     env = {**os.environ, "PYTHONPATH": checkout}
-    done = subprocess.run([sys.executable, __file__, "--job-stages", str(masks_file), "--repeats", str(repeats),
-                           *map(str, paths)], env=env, cwd=checkout, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--job-stages", str(masks_file), "--repeats", str(repeats), *map(str, paths)],
+        env=env,
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])["ms_per_image"]
 
 
@@ -156,9 +179,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vs", metavar="CHECKOUT", help="also time another checkout's job stages")
-    parser.add_argument("--model-rate", type=float, metavar="IMAGES_PER_S",
-                        help="a replica's measured rate (bench/gpu_check.sh passes the GPU's): print the cores "
-                             "per GPU the CPU side needs at it")
+    parser.add_argument(
+        "--model-rate",
+        type=float,
+        metavar="IMAGES_PER_S",
+        help="a replica's measured rate (bench/gpu_check.sh passes the GPU's): print the cores "
+        "per GPU the CPU side needs at it",
+    )
     parser.add_argument("--job-stages", metavar="MASKS.npy", help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,21 +204,26 @@ def main() -> None:
             rows = [[stage, *(times[path][stage] for path in times)] for stage in times["today"]]
             totals = [sum(times[path].values()) for path in times]
             rows += [["total", *totals], ["total / floor", *(total / floor for total in totals)]]
-            print(f"\n{width}x{height} JPEG, {args.images} images, {INPUT} input, {CLASSES} classes: ms per image "
-                  f"(floor: decode at the needed scale + resize into the input = {floor:.2f} ms)")
+            print(
+                f"\n{width}x{height} JPEG, {args.images} images, {INPUT} input, {CLASSES} classes: ms per image "
+                f"(floor: decode at the needed scale + resize into the input = {floor:.2f} ms)"
+            )
             print_table(["stage", "previous", "today", "model-res"], rows)
             np.save(Path(work) / "masks.npy", np.stack(masks))
-            stages = [["this checkout", job_stages([str(p) for p in paths], str(Path(work) / "masks.npy"),
-                                                   args.repeats)]]
+            stages = [
+                ["this checkout", job_stages([str(p) for p in paths], str(Path(work) / "masks.npy"), args.repeats)]
+            ]
             if args.vs:
                 stages.append([args.vs, job_stages_elsewhere(args.vs, paths, masks, args.repeats, Path(work))])
             print(f"\n{width}x{height}: the job's prepare + finalize, batches of 8")
             print_table(["checkout", "ms per image", "x floor"], [[name, ms, ms / floor] for name, ms in stages])
             if args.model_rate:
                 cores = {path: sum(times[path].values()) / 1000 * args.model_rate for path in times}
-                print(f"\n{width}x{height} at {args.model_rate:g} images/s per replica: cores per GPU for its CPU "
-                      f"side: {cores['today']:.1f} ({cores['model-res']:.1f} with --mask-resolution model, "
-                      f"{cores['previous']:.1f} on the previous path)")
+                print(
+                    f"\n{width}x{height} at {args.model_rate:g} images/s per replica: cores per GPU for its CPU "
+                    f"side: {cores['today']:.1f} ({cores['model-res']:.1f} with --mask-resolution model, "
+                    f"{cores['previous']:.1f} on the previous path)"
+                )
 
 
 if __name__ == "__main__":

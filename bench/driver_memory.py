@@ -24,6 +24,7 @@ a scrambled order, and real Delta `current` tables under output roots (written b
 the job's schema), which the selection reads from their committed Parquet files just as it reads a
 real one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,19 +57,34 @@ HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 def uris(ids: np.ndarray) -> pa.Array:
     """s3://acme-photo-archive/raw/2024/MM/DD/cam-CCCC/IMG_NNNNNNNNN.jpg (65 characters)."""
+
     def padded(values: np.ndarray, width: int) -> pa.Array:
         return pc.utf8_lpad(pc.cast(pa.array(values), pa.string()), width, "0")
 
     return pc.binary_join_element_wise(
-        "s3://acme-photo-archive/raw/2024/", padded(1 + ids % 12, 2), "/", padded(1 + ids // 12 % 28, 2),
-        "/cam-", padded(ids // 336 % 10_000, 4), "/IMG_", padded(ids, 9), ".jpg", "")
+        "s3://acme-photo-archive/raw/2024/",
+        padded(1 + ids % 12, 2),
+        "/",
+        padded(1 + ids // 12 % 28, 2),
+        "/cam-",
+        padded(ids // 336 % 10_000, 4),
+        "/IMG_",
+        padded(ids, 9),
+        ".jpg",
+        "",
+    )
 
 
 def etags(ids: np.ndarray, salt: int = 0) -> pa.Array:
     """32 hex digits per image, a different one for each salt (a new version of the object)."""
     keys, salts = ids.astype(np.uint64), np.asarray(salt).astype(np.uint64)
-    words = np.stack([keys * np.uint64(0x9E3779B97F4A7C15) + salts,
-                      keys * np.uint64(0xC2B2AE3D27D4EB4F) + salts * np.uint64(7) + np.uint64(1)], axis=1)
+    words = np.stack(
+        [
+            keys * np.uint64(0x9E3779B97F4A7C15) + salts,
+            keys * np.uint64(0xC2B2AE3D27D4EB4F) + salts * np.uint64(7) + np.uint64(1),
+        ],
+        axis=1,
+    )
     nibbles = words.astype(">u8").view(np.uint8).reshape(len(ids), 16)
     text = np.stack([HEX[nibbles >> 4], HEX[nibbles & 15]], axis=2).reshape(-1)
     offsets = np.arange(0, 32 * len(ids) + 1, 32, dtype=np.int32)
@@ -76,20 +92,30 @@ def etags(ids: np.ndarray, salt: int = 0) -> pa.Array:
 
 
 def about(ids: np.ndarray) -> dict[str, pa.Array]:
-    return {"size": pa.array(100_000 + ids * 7_919 % 4_000_000),
-            "last_modified": pa.array(1_700_000_000_000_000 + ids * 1_000_000).cast(pa.timestamp("us", "UTC"))}
+    return {
+        "size": pa.array(100_000 + ids * 7_919 % 4_000_000),
+        "last_modified": pa.array(1_700_000_000_000_000 + ids * 1_000_000).cast(pa.timestamp("us", "UTC")),
+    }
 
 
 def write_list_file(path: Path, rows: int) -> None:
     """A list file with the columns the README's inventory recipe writes: image_uri, size, etag, last_modified."""
-    schema = pa.schema([("image_uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
-                        ("last_modified", pa.timestamp("us", "UTC"))])
+    schema = pa.schema(
+        [
+            ("image_uri", pa.string()),
+            ("size", pa.int64()),
+            ("etag", pa.string()),
+            ("last_modified", pa.timestamp("us", "UTC")),
+        ]
+    )
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, rows, CHUNK):
             ids = np.arange(start, min(start + CHUNK, rows), dtype=np.int64) * SCRAMBLE % rows
             info = about(ids)
-            writer.write_table(pa.table([uris(ids), info["size"], etags(ids), info["last_modified"]], schema=schema),
-                               row_group_size=ROW_GROUP_ROWS)
+            writer.write_table(
+                pa.table([uris(ids), info["size"], etags(ids), info["last_modified"]], schema=schema),
+                row_group_size=ROW_GROUP_ROWS,
+            )
 
 
 def earlier_batches(rows: int, model_sha256: str = MODEL_SHA256):
@@ -101,17 +127,23 @@ def earlier_batches(rows: int, model_sha256: str = MODEL_SHA256):
         ids = np.arange(start, min(start + CHUNK, rows), dtype=np.int64)
         count, info = len(ids), about(ids)
         columns = {
-            "image_id": pc.utf8_slice_codeunits(etags(ids, salt=99), 0, 20), "image_uri": uris(ids),
-            "source_size": info["size"], "source_version": etags(ids, salt=(ids % 100 == 0).astype(np.int64)),
-            "source_modified": info["last_modified"], "width": pa.repeat(pa.scalar(640, pa.int32()), count),
-            "height": pa.repeat(pa.scalar(480, pa.int32()), count), "status": pa.repeat(pa.scalar("ok"), count),
+            "image_id": pc.utf8_slice_codeunits(etags(ids, salt=99), 0, 20),
+            "image_uri": uris(ids),
+            "source_size": info["size"],
+            "source_version": etags(ids, salt=(ids % 100 == 0).astype(np.int64)),
+            "source_modified": info["last_modified"],
+            "width": pa.repeat(pa.scalar(640, pa.int32()), count),
+            "height": pa.repeat(pa.scalar(480, pa.int32()), count),
+            "status": pa.repeat(pa.scalar("ok"), count),
             "model_name": pa.repeat(pa.scalar("seed"), count),
             "model_sha256": pa.repeat(pa.scalar(model_sha256), count),
-            "processed_at": info["last_modified"], "run_id": pa.repeat(pa.scalar("night-1"), count),
+            "processed_at": info["last_modified"],
+            "run_id": pa.repeat(pa.scalar("night-1"), count),
             "commit_version": pa.repeat(pa.scalar(1, pa.int64()), count),
         }
         yield pa.RecordBatch.from_arrays(
-            [columns[f.name] if f.name in columns else pa.nulls(count, f.type) for f in schema], schema=schema)
+            [columns[f.name] if f.name in columns else pa.nulls(count, f.type) for f in schema], schema=schema
+        )
 
 
 def write_output_root(root: Path, rows: int) -> None:
@@ -137,8 +169,16 @@ def write_resume_root(root: Path, list_file: Path) -> None:
     from jobs.output.plans import Plan, make_plan
     from jobs.storage.listing import iter_listing
 
-    header = Plan("resumed", inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00",
-                  model_sha256=MODEL_SHA256, sources=[str(list_file)], shards=0)
+    header = Plan(
+        "resumed",
+        inputs=0,
+        skipped=0,
+        planned=0,
+        listed_at="2026-01-01T00:00:00+00:00",
+        model_sha256=MODEL_SHA256,
+        sources=[str(list_file)],
+        shards=0,
+    )
     plan = make_plan(str(root), header, iter_listing([str(list_file)]), None)
     keep = int(plan.planned * KEPT_SHARE)
     written = 0
@@ -164,8 +204,14 @@ def measure_resume(output: str) -> dict:
     plan = load_plan(output, "resumed")
     kept = kept_parts(output, "resumed")
     todo = remaining(output, plan, kept_files(output, "resumed", kept))
-    result = {"baseline": baseline, "peak": peak_rss(), "seconds": time.perf_counter() - started,
-              "listed": plan.planned, "planned": todo.rows, "kept": sum(int(row["rows"]) for row in kept)}
+    result = {
+        "baseline": baseline,
+        "peak": peak_rss(),
+        "seconds": time.perf_counter() - started,
+        "listed": plan.planned,
+        "planned": todo.rows,
+        "kept": sum(int(row["rows"]) for row in kept),
+    }
     for folder in (Path(output) / "_plans" / "resumed").glob("resumed-*"):  # the next measurement starts alike
         shutil.rmtree(folder)
     return result
@@ -181,13 +227,26 @@ def measure(list_file: str, output: str, incremental: bool) -> dict:
     from jobs.storage.listing import iter_listing
 
     run_id = f"bench-{os.getpid()}"
-    header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00",
-                  model_sha256=MODEL_SHA256, sources=[list_file], shards=0)
+    header = Plan(
+        run_id,
+        inputs=0,
+        skipped=0,
+        planned=0,
+        listed_at="2026-01-01T00:00:00+00:00",
+        model_sha256=MODEL_SHA256,
+        sources=[list_file],
+        shards=0,
+    )
     baseline = current_rss()
     started = time.perf_counter()
     plan = make_plan(output, header, iter_listing([list_file]), Selection(MODEL_SHA256, False) if incremental else None)
-    result = {"baseline": baseline, "peak": peak_rss(), "seconds": time.perf_counter() - started,
-              "listed": plan.inputs, "planned": plan.planned}
+    result = {
+        "baseline": baseline,
+        "peak": peak_rss(),
+        "seconds": time.perf_counter() - started,
+        "listed": plan.inputs,
+        "planned": plan.planned,
+    }
     remove_plan(output, run_id)
     return result
 
@@ -219,8 +278,9 @@ def run_case(case: str, list_file: Path, output: Path, timeout: float) -> dict:
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise SystemExit(f"{list_file.name} {case}: stopped after {timeout:.0f} s; it printed:\n{exc.stderr or ''}") \
-            from exc
+        raise SystemExit(
+            f"{list_file.name} {case}: stopped after {timeout:.0f} s; it printed:\n{exc.stderr or ''}"
+        ) from exc
     if done.returncode != 0:
         raise SystemExit(f"measuring {list_file} {case} failed:\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - started
@@ -267,9 +327,16 @@ def report(args: argparse.Namespace) -> None:
             output = args.work / (f"resume-{count}" if case == "resume" else f"output-{count}")
             result = run_case(case, args.work / f"list-{count}.parquet", output, args.timeout)
             grown[case, count] = result["peak"] - result["baseline"]
-            table.append([describe(case, count, result), f"{result['planned']:,}", grown[case, count] / 2 ** 20,
-                          grown[case, count] / count, result["seconds"]])
-    print(f"peak RSS growth over the post-import baseline (baseline {result['baseline'] / 2 ** 20:.0f} MiB)")
+            table.append(
+                [
+                    describe(case, count, result),
+                    f"{result['planned']:,}",
+                    grown[case, count] / 2**20,
+                    grown[case, count] / count,
+                    result["seconds"],
+                ]
+            )
+    print(f"peak RSS growth over the post-import baseline (baseline {result['baseline'] / 2**20:.0f} MiB)")
     print_table(["case", "planned (left)", "MiB", "bytes per image", "seconds"], table)
     low, high = min(args.rows), max(args.rows)
     for case in CASES:

@@ -11,6 +11,7 @@ He-normal (biases zero, as built), and for the two `--normalization` options (ev
 He-normal): the mean over `--seeds` draws. The inputs are random pixels normalised as
 training and inference normalise them. Nothing is trained.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,23 +54,35 @@ def main() -> None:
     from unet_core import build_unet
     from unet_core.artifact import DEFAULT_NORMALIZATION, normalize
 
-    scales = {"as built, --normalization none": [], "He-normal encoder, no normalization": [],
-              "as built, --normalization batch": [], "as built, --normalization group": []}
+    scales = {
+        "as built, --normalization none": [],
+        "He-normal encoder, no normalization": [],
+        "as built, --normalization batch": [],
+        "as built, --normalization group": [],
+    }
     for seed in range(args.seeds):
         pixels = np.random.default_rng(seed).integers(0, 256, (2, args.size, args.size, 3), dtype=np.uint8)
         images = normalize(pixels, DEFAULT_NORMALIZATION)
         for name, runs in scales.items():
             keras.utils.set_random_seed(seed)
             normalization = name.split("--normalization ")[1] if "--normalization" in name else "none"
-            model = build_unet(2, (args.size, args.size, 3), base_filters=args.base_filters, normalization=normalization)
+            model = build_unet(
+                2, (args.size, args.size, 3), base_filters=args.base_filters, normalization=normalization
+            )
             if name.startswith("He-normal"):
                 he_encoder(model, seed)
             runs.append(block_rms(model, images))
-    print(f"RMS activation per encoder block at initialisation: base width {args.base_filters}, "
-          f"{args.size}x{args.size} random normalised pixels, mean of {args.seeds} seeds")
-    print_table(["initialisation", *(f"block {b}" for b in range(1, 6)), "block 5 / block 1"],
-                [[name, *np.mean(runs, axis=0), float(np.mean(runs, axis=0)[4] / np.mean(runs, axis=0)[0])]
-                 for name, runs in scales.items()])
+    print(
+        f"RMS activation per encoder block at initialisation: base width {args.base_filters}, "
+        f"{args.size}x{args.size} random normalised pixels, mean of {args.seeds} seeds"
+    )
+    print_table(
+        ["initialisation", *(f"block {b}" for b in range(1, 6)), "block 5 / block 1"],
+        [
+            [name, *np.mean(runs, axis=0), float(np.mean(runs, axis=0)[4] / np.mean(runs, axis=0)[0])]
+            for name, runs in scales.items()
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ start-up. N images are hard links to a few distinct scenes, so making them costs
 the job's steady state at least 0.8 of the reference. The 2N run's own `runs` row says where its
 time went: the replica's model seconds and the CPU stages' seconds per image, and its bound.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,17 +71,24 @@ def one_process_seconds(artifact: str, folder: Path, work: Path) -> float:
     predictor.predict(np.zeros((BATCH, INPUT, INPUT, 3), np.uint8))  # traced before the clock starts
     started = time.perf_counter()
     for start in range(0, len(paths), BATCH):
-        rows = paths[start:start + BATCH]
-        batch = {"image_uri": np.array([str(p) for p in rows], dtype=object),
-                 "source_size": np.array([p.stat().st_size for p in rows], np.int64),
-                 "source_version": np.array(["1"] * len(rows), dtype=object),
-                 "source_modified": np.array([dt.datetime.now(dt.timezone.utc)] * len(rows), dtype=object)}
+        rows = paths[start : start + BATCH]
+        batch = {
+            "image_uri": np.array([str(p) for p in rows], dtype=object),
+            "source_size": np.array([p.stat().st_size for p in rows], np.int64),
+            "source_version": np.array(["1"] * len(rows), dtype=object),
+            "source_modified": np.array([dt.datetime.now(dt.timezone.utc)] * len(rows), dtype=object),
+        }
         prepared = prepare(batch, INPUT, 100_000_000, 1 << 30)
         clock = time.perf_counter()
         masks, confidence, signals = predictor.predict(prepared.pop("pixels"), prepared["box"])
-        segmented = {**prepared, "mask": masks, "confidence": confidence.astype(np.float16), "signals": signals,
-                     "replica": np.full(len(rows), "this process", dtype=object),
-                     "seconds_model": np.full(len(rows), (time.perf_counter() - clock) / len(rows))}
+        segmented = {
+            **prepared,
+            "mask": masks,
+            "confidence": confidence.astype(np.float16),
+            "signals": signals,
+            "replica": np.full(len(rows), "this process", dtype=object),
+            "seconds_model": np.full(len(rows), (time.perf_counter() - clock) / len(rows)),
+        }
         write_parts(finalize(segmented, model), output, "reference", model)
     return (time.perf_counter() - started) / len(paths)
 
@@ -88,8 +96,9 @@ def one_process_seconds(artifact: str, folder: Path, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", nargs="+", default=["2000:640x480", "300:4032x3024"], metavar="N:WxH")
-    parser.add_argument("--cpus-per-actor", default="1",
-                        help="the replica's CPUs (default 1: the rest decode and encode)")
+    parser.add_argument(
+        "--cpus-per-actor", default="1", help="the replica's CPUs (default 1: the rest decode and encode)"
+    )
     parser.add_argument("--sample", type=int, default=64, help="images the one-process reference times")
     args = parser.parse_args()
     from unet_core.predict import configure_tensorflow
@@ -104,25 +113,60 @@ def main() -> None:
             count, size = spec.split(":")
             count, (width, height) = int(count), map(int, size.split("x"))
             scenes = write_images(work / f"scenes-{size}", DISTINCT, height, width)
-            per_image = one_process_seconds(artifact, collection(work / f"sample-{size}", args.sample, width, height,
-                                                                 scenes), work)
+            per_image = one_process_seconds(
+                artifact, collection(work / f"sample-{size}", args.sample, width, height, scenes), work
+            )
             walls, records = {}, {}
             for n in (count, 2 * count):
                 images = collection(work / f"in-{size}-{n}", n, width, height, scenes)
-                walls[n], records[n] = run_segment("--input", str(images), "--output", str(work / f"out-{size}-{n}"),
-                                          "--model", artifact, "--precision", "float32", "--quiet",
-                                          "--cpus-per-actor", args.cpus_per_actor)
+                walls[n], records[n] = run_segment(
+                    "--input",
+                    str(images),
+                    "--output",
+                    str(work / f"out-{size}-{n}"),
+                    "--model",
+                    artifact,
+                    "--precision",
+                    "float32",
+                    "--quiet",
+                    "--cpus-per-actor",
+                    args.cpus_per_actor,
+                )
             steady = walls[2 * count] - walls[count]
             ideal = cores / per_image
             record = records[2 * count]
             cpu_side = sum(record[f"{stage}_seconds"] for stage in ("read", "decode", "postprocess", "write"))
-            rows.append([size, count, per_image * 1000, ideal, count / steady, count / steady / ideal,
-                         record["model_seconds"] / record["processed"] * 1000, cpu_side / record["processed"] * 1000,
-                         record["bound_by"]])
-        print(f"one 1x1 convolution at {INPUT}x{INPUT}, {CLASSES} classes; {cores} cores; the replica holds "
-              f"{args.cpus_per_actor} CPU")
-        print_table(["images", "N", "one process ms/image", "x cores: images/s", "job steady images/s", "ratio",
-                     "job model ms/image", "job CPU side ms/image", "bound by"], rows)
+            rows.append(
+                [
+                    size,
+                    count,
+                    per_image * 1000,
+                    ideal,
+                    count / steady,
+                    count / steady / ideal,
+                    record["model_seconds"] / record["processed"] * 1000,
+                    cpu_side / record["processed"] * 1000,
+                    record["bound_by"],
+                ]
+            )
+        print(
+            f"one 1x1 convolution at {INPUT}x{INPUT}, {CLASSES} classes; {cores} cores; the replica holds "
+            f"{args.cpus_per_actor} CPU"
+        )
+        print_table(
+            [
+                "images",
+                "N",
+                "one process ms/image",
+                "x cores: images/s",
+                "job steady images/s",
+                "ratio",
+                "job model ms/image",
+                "job CPU side ms/image",
+                "bound by",
+            ],
+            rows,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -8,6 +8,7 @@ like images, spread evenly over the folders. Both listings must return the same 
 straight against the server and through `tests/delaying_proxy.py` holding every request for each
 `--latency-ms` (AWS S3 answers a list page in tens of milliseconds; loopback in well under one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ UPLOAD_BATCH = 2000
 def fill(fs, bucket: str, keys: int, folders: int) -> None:
     names = [f"{bucket}/photos/f{index % folders:04d}/img_{index:08d}.jpg" for index in range(keys)]
     for start in range(0, keys, UPLOAD_BATCH):
-        fs.pipe({name: b"x" for name in names[start:start + UPLOAD_BATCH]})
+        fs.pipe({name: b"x" for name in names[start : start + UPLOAD_BATCH]})
 
 
 def one_paginator(fs, bucket: str):
@@ -89,9 +90,10 @@ def both_listings(server, keys: int, latency: float) -> list[list]:
     fanned, fanned_cpu, listed = timed(lambda: listing.list_inputs(["s3://bench/photos/"]))
     same = sorted(listed.column("image_uri").to_pylist()) == sorted(expected.column("image_uri").to_pylist())
     print(f"latency {latency:g} ms: same {listed.num_rows:,} keys from both: {same}")
-    return [[latency, "one paginator", single, single_cpu, keys / single, 1.0],
-            [latency, f"{listing.LISTERS} listers, folder by folder", fanned, fanned_cpu, keys / fanned,
-             single / fanned]]
+    return [
+        [latency, "one paginator", single, single_cpu, keys / single, 1.0],
+        [latency, f"{listing.LISTERS} listers, folder by folder", fanned, fanned_cpu, keys / fanned, single / fanned],
+    ]
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Memory is the sum of the proportional set size (PSS: shared pages split between 
 share them, so the object store is not counted once per process) of the job's process tree,
 sampled every 0.2 s. Streaming means it should not grow with the number of images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ def peak_memory(args: list[str]) -> tuple[int, float]:
     """(peak bytes, wall seconds) of one segment.py run."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "segment.py"), *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     peak, root = 0, psutil.Process(proc.pid)
     stop = threading.Event()
 
@@ -69,9 +76,11 @@ def main() -> None:
     for count in (args.count, 10 * args.count):
         images = write_images(work / f"images-{count}", count, 480, 640, seed=count)
         peak, wall = peak_memory(["--input", str(images), "--output", str(work / f"out-{count}"), "--model", artifact])
-        rows.append([count, peak / 2 ** 20, wall])
-    print(f"segment.py, seed U-Net {args.size}x{args.size} base {args.base_filters}, default flags; "
-          f"memory ratio 10N/N = {rows[1][1] / rows[0][1]:.3f}")
+        rows.append([count, peak / 2**20, wall])
+    print(
+        f"segment.py, seed U-Net {args.size}x{args.size} base {args.base_filters}, default flags; "
+        f"memory ratio 10N/N = {rows[1][1] / rows[0][1]:.3f}"
+    )
     print_table(["images", "peak PSS MiB", "seconds"], rows)
 
 

@@ -5,6 +5,7 @@
 The peak is a large matmul in the same precision, measured in the same run: the fraction of peak
 says how much of what this machine can do the U-Net actually gets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ def _matmul_rate(dtype: tf.DType, n: int, repeats: int) -> float:
     a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
     step = tf.function(lambda: tf.reduce_sum(tf.cast(tf.linalg.matmul(a, b), tf.float32)))
     step()
-    return 2 * n ** 3 / median_time(lambda: step().numpy(), repeats) / 1e9
+    return 2 * n**3 / median_time(lambda: step().numpy(), repeats) / 1e9
 
 
 def model_throughput(artifact: str, precision: str, batch: int, repeats: int) -> float:
@@ -47,8 +48,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--base-filters", type=int, default=64, help="model width (default 64, the seed)")
-    parser.add_argument("--matmul-sides", type=int, nargs="+", default=[2048, 4096],
-                        help="square matmuls tried for the peak (default 2048 4096)")
+    parser.add_argument(
+        "--matmul-sides",
+        type=int,
+        nargs="+",
+        default=[2048, 4096],
+        help="square matmuls tried for the peak (default 2048 4096)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-model-"))
     rows = []
@@ -58,9 +64,11 @@ def main() -> None:
             rate = model_throughput(seed_artifact(work, size, args.base_filters), precision, args.batch, args.repeats)
             achieved = rate * gflop_per_image(size, args.base_filters)
             rows.append([precision, f"{size}x{size}", rate, achieved, peak, achieved / peak])
-    print(f"seed U-Net base {args.base_filters} forward (batch {args.batch}, median of {args.repeats}) vs the best of "
-          f"{' and '.join(f'{n}^2' for n in args.matmul_sides)} matmuls, "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")
+    print(
+        f"seed U-Net base {args.base_filters} forward (batch {args.batch}, median of {args.repeats}) vs the best of "
+        f"{' and '.join(f'{n}^2' for n in args.matmul_sides)} matmuls, "
+        f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads"
+    )
     print_table(["precision", "input", "images/s", "GFLOP/s", "peak GFLOP/s", "of peak"], rows)
 
 

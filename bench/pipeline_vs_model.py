@@ -8,6 +8,7 @@ already decoded and letterboxed in memory, with the same batch size and precisio
 on N and 2N images: the difference is its steady-state cost of N images, free of the fixed start-up
 (Ray, replica start, tracing) that a million-image run pays once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ def bare_model_seconds(artifact: str, folder: Path, precision: str, batch: int, 
     from unet_core.predict import Predictor
 
     predictor = Predictor(load_artifact(artifact), batch, precision)
-    images = np.stack([letterbox(decode_image(p.read_bytes()), predictor.input_size)[0]
-                       for p in sorted(folder.glob("*.jpg"))])
+    images = np.stack(
+        [letterbox(decode_image(p.read_bytes()), predictor.input_size)[0] for p in sorted(folder.glob("*.jpg"))]
+    )
     predictor.predict(images[:batch])
     return median_time(lambda: predictor.predict(images), repeats)
 
@@ -45,8 +47,16 @@ def main() -> None:
     artifact = seed_artifact(work, args.size, args.base_filters)
     small = write_images(work / "n", args.count, 480, 640, seed=1)
     large = write_images(work / "2n", 2 * args.count, 480, 640, seed=2)
-    flags = ["--model", artifact, "--precision", args.precision, "--batch-size", str(args.batch_size),
-             "--gpus-per-actor", str(args.gpus_per_actor)]
+    flags = [
+        "--model",
+        artifact,
+        "--precision",
+        args.precision,
+        "--batch-size",
+        str(args.batch_size),
+        "--gpus-per-actor",
+        str(args.gpus_per_actor),
+    ]
     bare = bare_model_seconds(artifact, small, args.precision, args.batch_size, args.repeats)
     wall_n, manifest_n = run_segment("--input", str(small), "--output", str(work / "out-n"), *flags)
     wall_2n, _ = run_segment("--input", str(large), "--output", str(work / "out-2n"), *flags)
@@ -56,9 +66,11 @@ def main() -> None:
         ["job, end to end (N)", args.count, wall_n, args.count / wall_n, bare / wall_n],
         ["job, steady state (2N - N)", args.count, steady, args.count / steady, bare / steady],
     ]
-    print(f"seed U-Net {args.size}x{args.size} base {args.base_filters}, precision {args.precision}, "
-          f"batch {args.batch_size}, {manifest_n['config']['cpus_per_actor'] or 'auto'} CPUs per replica; "
-          "images 640x480 JPEG")
+    print(
+        f"seed U-Net {args.size}x{args.size} base {args.base_filters}, precision {args.precision}, "
+        f"batch {args.batch_size}, {manifest_n['config']['cpus_per_actor'] or 'auto'} CPUs per replica; "
+        "images 640x480 JPEG"
+    )
     print_table(["what", "images", "seconds", "images/s", "efficiency"], rows)
 
 

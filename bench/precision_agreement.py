@@ -5,6 +5,7 @@
 Runs the same letterboxed images through the model in both precisions and reports the share of
 pixels whose class agrees, and each precision's mIoU against the true masks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def main() -> None:
     for precision, predicted in masks.items():
         confusion = sum(confusion_matrix(t, p, classes, args.ignore_index) for t, p in zip(truths, predicted))
         rows.append([precision, mean_iou(confusion), pixel_accuracy(confusion)])
-    print(f"{len(pairs)} labelled images, model {artifact.metadata.name} ({artifact.metadata.sha256[:12]}); "
-          f"bfloat16 vs float32 pixel agreement {agree / total:.5f}, mIoU difference {rows[1][1] - rows[0][1]:+.5f}")
+    print(
+        f"{len(pairs)} labelled images, model {artifact.metadata.name} ({artifact.metadata.sha256[:12]}); "
+        f"bfloat16 vs float32 pixel agreement {agree / total:.5f}, mIoU difference {rows[1][1] - rows[0][1]:+.5f}"
+    )
     print_table(["precision", "mIoU", "pixel accuracy"], rows)
 
 

@@ -14,6 +14,7 @@ Then `query.py review --limit 10` of both mixed runs (how many of the top 10 hol
 `query.py drift` of ordinary-2 against ordinary-1 (expected: status 0) and of the novel night against
 the two ordinary ones (expected: status 6, naming what moved), each run as a user runs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def star_points(rng: np.random.Generator, height: int, width: int) -> list[tuple
     radius = rng.uniform(0.22, 0.35) * min(height, width)
     cy, cx = rng.uniform(radius, height - radius), rng.uniform(radius, width - radius)
     turn = rng.uniform(0, 2 * math.pi)
-    return [(cx + r * math.cos(turn + i * math.pi / 5), cy + r * math.sin(turn + i * math.pi / 5))
-            for i, r in enumerate([radius, radius * 0.45] * 5)]
+    return [
+        (cx + r * math.cos(turn + i * math.pi / 5), cy + r * math.sin(turn + i * math.pi / 5))
+        for i, r in enumerate([radius, radius * 0.45] * 5)
+    ]
 
 
 def write_night(folder: Path, count: int, novel: int, seed: int) -> set[str]:
@@ -61,15 +64,27 @@ def write_night(folder: Path, count: int, novel: int, seed: int) -> set[str]:
 
 
 def segment(folder: Path, output: Path, model: Path, run_id: str, *flags: str) -> None:
-    done = job("segment.py", "--input", str(folder), "--output", str(output), "--model", str(model), "--run-id", run_id,
-               "--quiet", *flags)
+    done = job(
+        "segment.py",
+        "--input",
+        str(folder),
+        "--output",
+        str(output),
+        "--model",
+        str(model),
+        "--run-id",
+        run_id,
+        "--quiet",
+        *flags,
+    )
     if done.returncode:
         sys.exit(f"segment {run_id} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
 def job(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], capture_output=True, text=True,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / script), *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def main() -> None:
@@ -78,8 +93,12 @@ def main() -> None:
     parser.add_argument("--novel", type=int, default=10, help="scenes with the star in the mixed night (default 10)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench-work" / "review-drift")
     parser.add_argument("--model", type=Path, help="segment with this artifact instead of the demo's model")
-    parser.add_argument("--tta-run", action=argparse.BooleanOptionalAction, default=True,
-                        help="also segment the mixed night with --tta flip (default: yes)")
+    parser.add_argument(
+        "--tta-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also segment the mixed night with --tta flip (default: yes)",
+    )
     args = parser.parse_args()
     from jobs.inference.demo import train_demo_model
 
@@ -103,17 +122,30 @@ def main() -> None:
         review = job("query.py", "--output", str(root), "review", "--run", run_id, "--limit", "10", "--format", "json")
         top = json.loads(review.stdout)
         found = sum(Path(row["image_uri"]).name in starred["mixed"] for row in top)
-        print(f"\nreview --run {run_id} --limit 10: {found} of the top 10 hold the star ({len(starred['mixed'])} of "
-              f"the night's {args.images} do)")
-        print_table(["rank", "image", "star", "review score"],
-                    [[rank + 1, Path(row["image_uri"]).name, Path(row["image_uri"]).name in starred["mixed"],
-                      f"{row['review_score']:.4f}"] for rank, row in enumerate(top)])
+        print(
+            f"\nreview --run {run_id} --limit 10: {found} of the top 10 hold the star ({len(starred['mixed'])} of "
+            f"the night's {args.images} do)"
+        )
+        print_table(
+            ["rank", "image", "star", "review score"],
+            [
+                [
+                    rank + 1,
+                    Path(row["image_uri"]).name,
+                    Path(row["image_uri"]).name in starred["mixed"],
+                    f"{row['review_score']:.4f}",
+                ]
+                for rank, row in enumerate(top)
+            ],
+        )
     rows = []
     for run_id, baseline in (("ordinary-2", "1"), ("novel", "2")):
         drift = job("query.py", "--output", str(output), "drift", "--run", run_id, "--baseline-runs", baseline)
         print(f"\n$ query.py drift --run {run_id} --baseline-runs {baseline}: status {drift.returncode}")
         print(drift.stdout + drift.stderr, end="")
-        rows.append([run_id, baseline, drift.returncode, sum(line.startswith("drift:") for line in drift.stderr.splitlines())])
+        rows.append(
+            [run_id, baseline, drift.returncode, sum(line.startswith("drift:") for line in drift.stderr.splitlines())]
+        )
     print()
     print_table(["run", "baseline runs", "drift status", "measures moved"], rows)
 

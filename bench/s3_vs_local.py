@@ -7,6 +7,7 @@ and the pipeline alone as the manifest records it) and the ratio of the medians.
 
     python bench/s3_vs_local.py [--images 200] [--repeats 2] [--size 96]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,25 @@ def write_inputs(root: Path, count: int, size: int, base_filters: int) -> None:
 def run_segment(inputs: str, output: str, model: str, run_id: str, env: dict) -> tuple[float, float]:
     """(process wall seconds, pipeline wall seconds from the manifest)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", inputs, "--output", output,
-                           "--model", model, "--run-id", run_id, "--batch-size", "8"],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "segment.py"),
+            "--input",
+            inputs,
+            "--output",
+            output,
+            "--model",
+            model,
+            "--run-id",
+            run_id,
+            "--batch-size",
+            "8",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{run_id} failed:\n{done.stderr[-3000:]}")
@@ -79,21 +96,30 @@ def main() -> None:
             local_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
             results: dict[str, list[tuple[float, float]]] = {"local -> local": [], "s3 -> s3": []}
             for repeat in range(args.repeats):
-                results["local -> local"].append(run_segment(
-                    str(local / "images"), str(local / "out"), str(local / "model"), f"local-{repeat}", local_env))
-                results["s3 -> s3"].append(run_segment(
-                    "s3://bench/images/", "s3://bench/out", "s3://bench/model", f"s3-{repeat}", s3_env))
-    print(f"{args.images} JPEG images of {args.size}x{args.size}, model base_filters={args.base_filters}, "
-          f"{args.repeats} alternated runs each")
+                results["local -> local"].append(
+                    run_segment(
+                        str(local / "images"), str(local / "out"), str(local / "model"), f"local-{repeat}", local_env
+                    )
+                )
+                results["s3 -> s3"].append(
+                    run_segment("s3://bench/images/", "s3://bench/out", "s3://bench/model", f"s3-{repeat}", s3_env)
+                )
+    print(
+        f"{args.images} JPEG images of {args.size}x{args.size}, model base_filters={args.base_filters}, "
+        f"{args.repeats} alternated runs each"
+    )
     medians = {}
     for kind, runs in results.items():
         medians[kind] = statistics.median(w for w, _ in runs), statistics.median(p for _, p in runs)
-        print(f"{kind:15} process wall s: {', '.join(f'{w:.1f}' for w, _ in runs):20} "
-              f"pipeline s: {', '.join(f'{p:.1f}' for _, p in runs)}")
+        print(
+            f"{kind:15} process wall s: {', '.join(f'{w:.1f}' for w, _ in runs):20} "
+            f"pipeline s: {', '.join(f'{p:.1f}' for _, p in runs)}"
+        )
     ratio_wall = medians["s3 -> s3"][0] / medians["local -> local"][0]
     ratio_pipe = medians["s3 -> s3"][1] / medians["local -> local"][1]
-    print(json.dumps({"s3_over_local_process_wall": round(ratio_wall, 3),
-                      "s3_over_local_pipeline": round(ratio_pipe, 3)}))
+    print(
+        json.dumps({"s3_over_local_process_wall": round(ratio_wall, 3), "s3_over_local_pipeline": round(ratio_pipe, 3)})
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ growth over the post-import baseline.
 Everything is written once under --work and reused by later runs (20 million rows of `current` take
 a few minutes to write; 100 million about 4 GB of disk).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,9 +77,27 @@ def segment(images: Path, output: Path, model: str, run_id: str, checkout: Path)
     cluster RAY_ADDRESS names); its wall time."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}  # its own `jobs`, not the one this environment installed
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(checkout / "jobs" / "segment.py"), "--input", str(images), "--output",
-                           str(output), "--model", model, "--incremental", "--run-id", run_id, "--batch-size", "32"],
-                          cwd=checkout, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(checkout / "jobs" / "segment.py"),
+            "--input",
+            str(images),
+            "--output",
+            str(output),
+            "--model",
+            model,
+            "--incremental",
+            "--run-id",
+            run_id,
+            "--batch-size",
+            "32",
+        ],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"segment.py into {output} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -116,8 +135,13 @@ def append_others(output: Path, rows: int, model_sha256: str, images: Path) -> N
             ids = np.arange(start, start + batch.num_rows)
             start += batch.num_rows
             uris = pc.binary_join_element_wise(
-                f"{images}/img_", pc.utf8_lpad(pc.cast(pa.array(ids % NIGHT_IMAGES), pa.string()), 4, "0"), "-",
-                pc.cast(pa.array(ids), pa.string()), ".png", "")
+                f"{images}/img_",
+                pc.utf8_lpad(pc.cast(pa.array(ids % NIGHT_IMAGES), pa.string()), 4, "0"),
+                "-",
+                pc.cast(pa.array(ids), pa.string()),
+                ".png",
+                "",
+            )
             batch = batch.set_column(batch.schema.get_field_index("image_uri"), "image_uri", uris)
             yield pa.RecordBatch.from_arrays([batch.column(f.name).cast(f.type) for f in schema], schema=schema)
 
@@ -180,8 +204,16 @@ def measure_planning(images: str, output: str, model_sha256: str) -> dict:
     from jobs.output.plans import Plan, make_plan, remove_plan
     from jobs.storage.listing import iter_listing
 
-    header = Plan("planning", inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00",
-                  model_sha256=model_sha256, sources=[images], shards=0)
+    header = Plan(
+        "planning",
+        inputs=0,
+        skipped=0,
+        planned=0,
+        listed_at="2026-01-01T00:00:00+00:00",
+        model_sha256=model_sha256,
+        sources=[images],
+        shards=0,
+    )
     baseline = current_rss()
     started = time.perf_counter()
     plan = make_plan(output, header, iter_listing([images]), Selection(model_sha256, False))
@@ -211,15 +243,35 @@ def main() -> None:
     # in a child: this process stays small, so the planning measurement's child starts with a small peak RSS;
     # with --vs, the roots are written by that (earlier) checkout's code, whose tables this one's job upgrades
     oldest = args.vs or ROOT
-    subprocess.run([sys.executable, __file__, "--prepare", "--work", str(args.work), "--others", *map(str, args.others),
-                    "--earlier-runs", str(args.earlier_runs), "--planning-done", str(args.planning_done),
-                    "--writer", str(oldest)],
-                   cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--prepare",
+            "--work",
+            str(args.work),
+            "--others",
+            *map(str, args.others),
+            "--earlier-runs",
+            str(args.earlier_runs),
+            "--planning-done",
+            str(args.planning_done),
+            "--writer",
+            str(oldest),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     checkouts = {"this": ROOT, **({"vs": args.vs} if args.vs else {})}
-    walls = {(name, count): night(args.work, count, checkout) for count in args.others
-             for name, checkout in checkouts.items()}  # alternated, so drift in the machine hits both
-    print(f"a night of {NIGHT_IMAGES:,} images ({NIGHT_IMAGES - UPDATED} new, {UPDATED} updated), --incremental, "
-          f"into a root with {args.earlier_runs:,} earlier runs" + (f"; vs: {args.vs}" if args.vs else ""))
+    walls = {
+        (name, count): night(args.work, count, checkout)
+        for count in args.others
+        for name, checkout in checkouts.items()
+    }  # alternated, so drift in the machine hits both
+    print(
+        f"a night of {NIGHT_IMAGES:,} images ({NIGHT_IMAGES - UPDATED} new, {UPDATED} updated), --incremental, "
+        f"into a root with {args.earlier_runs:,} earlier runs" + (f"; vs: {args.vs}" if args.vs else "")
+    )
     header, rows = ["other rows in current"], [[f"{count:,}"] for count in args.others]
     for name in checkouts:
         header += [f"{name} wall s", f"{name} ratio"]
@@ -228,15 +280,27 @@ def main() -> None:
     print_table(header, rows)
     if args.planning_done:
         sha = (args.work / "model.sha256").read_text()
-        done = subprocess.run([sys.executable, __file__, "--measure-planning", str(args.work / "night.txt"),
-                               str(args.work / f"planning-{args.planning_done}"), sha], cwd=ROOT,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--measure-planning",
+                str(args.work / "night.txt"),
+                str(args.work / f"planning-{args.planning_done}"),
+                sha,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SystemExit(f"planning failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"planning alone: {NIGHT_IMAGES:,} listed against {args.planning_done:,} done rows: "
-              f"{result['seconds']:.1f} s, peak RSS growth {result['grown'] / 2 ** 20:.0f} MiB, "
-              f"{result['planned']:,} planned")
+        print(
+            f"planning alone: {NIGHT_IMAGES:,} listed against {args.planning_done:,} done rows: "
+            f"{result['seconds']:.1f} s, peak RSS growth {result['grown'] / 2**20:.0f} MiB, "
+            f"{result['planned']:,} planned"
+        )
 
 
 if __name__ == "__main__":

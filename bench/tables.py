@@ -10,6 +10,7 @@
 The earlier layout is restated here in a few lines (it is gone from jobs/) so both run side by side.
 Parts are synthetic: small rows of the real schemas, as a run of tiny images would write.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ from jobs.results.query import run_query
 from jobs.output.readers import SUMMARY_SQL
 from synthetic import run_record, write_part
 
+
 def delta_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
     tables.commit_run(output, run_record(run_id, sum(p.rows for p in parts)), parts)
 
@@ -36,8 +38,11 @@ def delta_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
 def earlier_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
     """The earlier layout's commit: list the run's folders (to drop strays), then write the manifest."""
     listed = {t: sorted(os.listdir(os.path.join(output, t, f"run_id={run_id}"))) for t in ("images", "class_stats")}
-    manifest = {**run_record(run_id, sum(p.rows for p in parts)), "status": "committed",
-                "files": {t: [f"{t}/run_id={run_id}/{n}" for n in names] for t, names in listed.items()}}
+    manifest = {
+        **run_record(run_id, sum(p.rows for p in parts)),
+        "status": "committed",
+        "files": {t: [f"{t}/run_id={run_id}/{n}" for n in names] for t, names in listed.items()},
+    }
     os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     with open(os.path.join(output, "runs", f"{run_id}.json"), "w") as handle:
         json.dump(manifest, handle)
@@ -50,13 +55,18 @@ def earlier_summary(output: str) -> pa.Table:
     folder = os.path.join(output, "runs")
     manifests = [json.load(open(os.path.join(folder, n))) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
     con = duckdb.connect()
-    con.register("runs", pa.Table.from_pylist([{"run_id": m["run_id"], "committed_at": m["committed_at"]}
-                                               for m in manifests]))
+    con.register(
+        "runs", pa.Table.from_pylist([{"run_id": m["run_id"], "committed_at": m["committed_at"]} for m in manifests])
+    )
     partitioning = pads.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
     for table in ("images", "class_stats"):
         paths = [os.path.join(output, name) for m in manifests for name in m["files"][table]]
-        con.register(table, pads.dataset(paths, format="parquet", partitioning=partitioning,
-                                         partition_base_dir=os.path.join(output, table)))
+        con.register(
+            table,
+            pads.dataset(
+                paths, format="parquet", partitioning=partitioning, partition_base_dir=os.path.join(output, table)
+            ),
+        )
     con.execute("""CREATE VIEW current_images AS SELECT i.image_id, i.run_id FROM images i JOIN runs r USING (run_id)
                    QUALIFY row_number() OVER (PARTITION BY i.image_id ORDER BY r.committed_at DESC) = 1""")
     con.execute("""CREATE VIEW scope_class_stats AS SELECT c.* FROM class_stats c
@@ -74,8 +84,10 @@ def bench_commit(parts: int) -> list[list]:
     rows = []
     with tempfile.TemporaryDirectory() as delta_root, tempfile.TemporaryDirectory() as earlier_root:
         tables.ensure_tables(delta_root)
-        for name, root, commit in (("Delta tables", delta_root, delta_commit), ("earlier manifest", earlier_root,
-                                                                                earlier_commit)):
+        for name, root, commit in (
+            ("Delta tables", delta_root, delta_commit),
+            ("earlier manifest", earlier_root, earlier_commit),
+        ):
             written = [write_part(root, "big", index * 4, 4) for index in range(parts)]
             rows.append([f"commit, {parts} parts", name, timed(lambda: commit(root, "big", written))])  # noqa: B023 (called here)
     return rows

@@ -13,6 +13,7 @@ The model is the seed architecture, narrow (base width 4, 21 classes) so that 10
 run in about a minute on two cores; the memory measured does not depend on the width, only on the
 tile size and the number of classes (the blending band holds tile x width x classes floats).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,11 @@ def measure(artifact: str, height: int, width: int, overlap: float) -> dict:
 
 
 def run_one(artifact: str, shape: str, overlap: float) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--measure", shape, "--artifact", artifact,
-                           "--overlap", str(overlap)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", shape, "--artifact", artifact, "--overlap", str(overlap)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"{shape} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -66,8 +70,7 @@ def run_one(artifact: str, shape: str, overlap: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["5000x5000", "2500x10000", "10000x10000"],
-                        metavar="HxW")
+    parser.add_argument("--shapes", nargs="+", default=["5000x5000", "2500x10000", "10000x10000"], metavar="HxW")
     parser.add_argument("--size", type=int, default=256, help="model input, the tile side (default 256)")
     parser.add_argument("--base-filters", type=int, default=4)
     parser.add_argument("--overlap", type=float, default=0.25)
@@ -83,10 +86,19 @@ def main() -> None:
     for shape in args.shapes:
         height, width = (int(v) for v in shape.split("x"))
         result = run_one(artifact, shape, args.overlap)
-        rows.append([shape, height * width / 1e6, result["growth"] / 2 ** 20,
-                     result["growth"] / (height * width), result["seconds"]])
-    print(f"tile mode, one replica: seed U-Net {args.size}x{args.size} base {args.base_filters}, {CLASSES} classes, "
-          f"batch {BATCH}, overlap {args.overlap:g}, float32")
+        rows.append(
+            [
+                shape,
+                height * width / 1e6,
+                result["growth"] / 2**20,
+                result["growth"] / (height * width),
+                result["seconds"],
+            ]
+        )
+    print(
+        f"tile mode, one replica: seed U-Net {args.size}x{args.size} base {args.base_filters}, {CLASSES} classes, "
+        f"batch {BATCH}, overlap {args.overlap:g}, float32"
+    )
     print_table(["image HxW", "megapixels", "peak growth MiB", "bytes per pixel", "seconds"], rows)
 
 

@@ -18,6 +18,7 @@ best, and how many runs ended collapsed (no held-out foreground pixel found). No
 CamVid (default ../shared/data) and trains arms x seeds x sets models, one to three minutes each on
 two cores. Flags it does not know go to every train.py after the recipe's, so they override it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,20 @@ from PIL import Image, ImageDraw
 
 from common import ROOT, print_table
 
-RECIPE = ["--num-classes", "2", "--patch-size", "256", "--base-filters", "8", "--learning-rate", "2e-3",
-          "--batch-size", "8", "--export", "last"]
+RECIPE = [
+    "--num-classes",
+    "2",
+    "--patch-size",
+    "256",
+    "--base-filters",
+    "8",
+    "--learning-rate",
+    "2e-3",
+    "--batch-size",
+    "8",
+    "--export",
+    "last",
+]
 """A careful user's sparse-foreground recipe (the issue's), shortened to fit two cores."""
 
 SETS = {
@@ -95,13 +108,35 @@ def blob_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
 def train_once(checkout: Path, flags: list[str], splits: dict, names: str, seed: int, output: Path) -> dict:
     """One training run of `checkout`'s train.py: its held-out foreground IoU at the last epoch."""
     (train_images, train_masks), (val_images, val_masks) = splits["train"], splits["held_out"]
-    command = [sys.executable, str(checkout / "jobs" / "train.py"), *RECIPE, *flags, "--class-names", names,
-               "--seed", str(seed), "--images", str(train_images), "--masks", str(train_masks),
-               "--val-images", str(val_images), "--val-masks", str(val_masks), "--output", str(output),
-               "--name", output.name, "--storage", str(output.parent / "checkpoints"), "--quiet"]
+    command = [
+        sys.executable,
+        str(checkout / "jobs" / "train.py"),
+        *RECIPE,
+        *flags,
+        "--class-names",
+        names,
+        "--seed",
+        str(seed),
+        "--images",
+        str(train_images),
+        "--masks",
+        str(train_masks),
+        "--val-images",
+        str(val_images),
+        "--val-masks",
+        str(val_masks),
+        "--output",
+        str(output),
+        "--name",
+        output.name,
+        "--storage",
+        str(output.parent / "checkpoints"),
+        "--quiet",
+    ]
     started = time.time()
-    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(checkout)})
+    done = subprocess.run(
+        command, cwd=checkout, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(checkout)}
+    )
     if done.returncode:
         sys.exit(f"{checkout}: train.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
     source = json.loads((output / "metadata.json").read_text())["source"]
@@ -111,8 +146,11 @@ def train_once(checkout: Path, flags: list[str], splits: dict, names: str, seed:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vs", type=Path, metavar="CHECKOUT", help="also train with another checkout's train.py")
-    parser.add_argument("--normalizations", default="none,group",
-                        help="this checkout's arms: one per --normalization (default none,group)")
+    parser.add_argument(
+        "--normalizations",
+        default="none,group",
+        help="this checkout's arms: one per --normalization (default none,group)",
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -128,13 +166,25 @@ def main() -> None:
             results = []
             for seed in range(args.seeds):
                 output = work / "models" / f"arm{index}-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}"
-                results.append(train_once(checkout, flags + SETS[name]["extra"] + extra, splits,
-                                          SETS[name]["names"], seed, output))
-                print(f"{name}, {arm}, seed {seed}: foreground IoU {results[-1]['iou']:.3f} "
-                      f"({results[-1]['seconds']:.0f} s)", flush=True)
+                results.append(
+                    train_once(checkout, flags + SETS[name]["extra"] + extra, splits, SETS[name]["names"], seed, output)
+                )
+                print(
+                    f"{name}, {arm}, seed {seed}: foreground IoU {results[-1]['iou']:.3f} "
+                    f"({results[-1]['seconds']:.0f} s)",
+                    flush=True,
+                )
             ious = [r["iou"] for r in results]
-            rows.append([name, arm, *(f"{iou:.3f}" for iou in ious), f"{statistics.mean(ious):.3f}",
-                         f"{max(ious):.3f}", f"{sum(1 for iou in ious if iou == 0)}/{len(ious)}"])
+            rows.append(
+                [
+                    name,
+                    arm,
+                    *(f"{iou:.3f}" for iou in ious),
+                    f"{statistics.mean(ious):.3f}",
+                    f"{max(ious):.3f}",
+                    f"{sum(1 for iou in ious if iou == 0)}/{len(ious)}",
+                ]
+            )
     print_table(["set", "arm", *(f"seed {s}" for s in range(args.seeds)), "mean", "best", "collapsed"], rows)
     print("collapsed: the last epoch finds no held-out foreground pixel (IoU 0)")
 

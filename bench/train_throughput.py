@@ -8,6 +8,7 @@ job reads, decodes and augments its PNG pairs in a reader actor per worker, sync
 MultiWorkerMirroredStrategy and validates every epoch. Its training rate counts the steps of the epochs
 after the first (tracing) and their wait for data; validation is reported beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,21 +79,54 @@ def write_pairs(folder: Path, count: int, size: int, seed: int) -> tuple[str, st
 
 
 def bare_step(args: argparse.Namespace, steps: int) -> dict:
-    code = BARE_STEP.format(root=str(ROOT), size=args.size, width=args.base_filters, batch=args.batch_size,
-                            steps=steps, precision=args.precision)
+    code = BARE_STEP.format(
+        root=str(ROOT),
+        size=args.size,
+        width=args.base_filters,
+        batch=args.batch_size,
+        steps=steps,
+        precision=args.precision,
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def job(args: argparse.Namespace, workers: int, data: dict, work: Path) -> dict:
     """train.py as a user runs it; rates from its epoch lines after the first."""
-    command = [sys.executable, str(ROOT / "jobs" / "train.py"), "--images", data["train"][0], "--masks",
-               data["train"][1], "--val-images", data["val"][0], "--val-masks", data["val"][1],
-               "--num-classes", "4", "--input-size", str(args.size), "--base-filters", str(args.base_filters),
-               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--workers", str(workers),
-               "--precision", args.precision, "--storage", str(work / "checkpoints"),
-               "--name", f"throughput-{workers}", "--output", str(work / f"model-{workers}"),
-               "--validate-every", "1"]  # every epoch: its validation time is part of what is measured
+    command = [
+        sys.executable,
+        str(ROOT / "jobs" / "train.py"),
+        "--images",
+        data["train"][0],
+        "--masks",
+        data["train"][1],
+        "--val-images",
+        data["val"][0],
+        "--val-masks",
+        data["val"][1],
+        "--num-classes",
+        "4",
+        "--input-size",
+        str(args.size),
+        "--base-filters",
+        str(args.base_filters),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--workers",
+        str(workers),
+        "--precision",
+        args.precision,
+        "--storage",
+        str(work / "checkpoints"),
+        "--name",
+        f"throughput-{workers}",
+        "--output",
+        str(work / f"model-{workers}"),
+        "--validate-every",
+        "1",
+    ]  # every epoch: its validation time is part of what is measured
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - started
@@ -102,11 +136,15 @@ def job(args: argparse.Namespace, workers: int, data: dict, work: Path) -> dict:
     timed = [epoch for epoch in epochs if epoch[0] > 1]
     steps = args.images // args.batch_size
     training = sum(seconds - validation for _, seconds, validation, _ in timed)
-    return {"workers": workers, "precision": re.search(r"training in (\w+)", done.stdout).group(1),
-            "images_per_second": steps * args.batch_size * len(timed) / training,
-            "with_validation": steps * args.batch_size * len(timed) / sum(e[1] for e in timed),
-            "validation_share": sum(e[2] for e in timed) / sum(e[1] for e in timed),
-            "data_wait_share": sum(e[3] for e in timed) / training, "wall": wall}
+    return {
+        "workers": workers,
+        "precision": re.search(r"training in (\w+)", done.stdout).group(1),
+        "images_per_second": steps * args.batch_size * len(timed) / training,
+        "with_validation": steps * args.batch_size * len(timed) / sum(e[1] for e in timed),
+        "validation_share": sum(e[2] for e in timed) / sum(e[1] for e in timed),
+        "data_wait_share": sum(e[3] for e in timed) / training,
+        "wall": wall,
+    }
 
 
 def main() -> None:
@@ -121,22 +159,48 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    data = {"train": write_pairs(work / "train", args.images, args.size, 0),
-            "val": write_pairs(work / "val", args.val_images, args.size, 1)}
+    data = {
+        "train": write_pairs(work / "train", args.images, args.size, 0),
+        "val": write_pairs(work / "val", args.val_images, args.size, 1),
+    }
     bare = bare_step(args, steps=max(4, args.images // args.batch_size))
     runs = [job(args, workers, data, work) for workers in args.workers]
     after = bare_step(args, steps=max(4, args.images // args.batch_size))
     reference = (bare["images_per_second"] + after["images_per_second"]) / 2
-    print(f"size {args.size}, width {args.base_filters}, global batch {args.batch_size}, precision "
-          f"{bare['precision']}; bare step {bare['images_per_second']:.2f} images/s before the jobs, "
-          f"{after['images_per_second']:.2f} after (mean used)")
+    print(
+        f"size {args.size}, width {args.base_filters}, global batch {args.batch_size}, precision "
+        f"{bare['precision']}; bare step {bare['images_per_second']:.2f} images/s before the jobs, "
+        f"{after['images_per_second']:.2f} after (mean used)"
+    )
     rows = [["bare step", 1, bare["precision"], reference, 1.0, "-", "-", "-", "-"]]
-    rows += [[f"train.py, {run['workers']} worker(s)", run["workers"], run["precision"], run["images_per_second"],
-              run["images_per_second"] / reference, run["with_validation"] / reference,
-              f"{run['data_wait_share']:.1%}", f"{1 - run['images_per_second'] / reference - run['data_wait_share']:.1%}",
-              f"{run['validation_share']:.1%}"] for run in runs]
-    print_table(["what", "processes", "precision", "images/s", "ratio", "ratio incl. validation",
-                 "waiting for data", "collectives and the rest", "epoch in validation"], rows)
+    rows += [
+        [
+            f"train.py, {run['workers']} worker(s)",
+            run["workers"],
+            run["precision"],
+            run["images_per_second"],
+            run["images_per_second"] / reference,
+            run["with_validation"] / reference,
+            f"{run['data_wait_share']:.1%}",
+            f"{1 - run['images_per_second'] / reference - run['data_wait_share']:.1%}",
+            f"{run['validation_share']:.1%}",
+        ]
+        for run in runs
+    ]
+    print_table(
+        [
+            "what",
+            "processes",
+            "precision",
+            "images/s",
+            "ratio",
+            "ratio incl. validation",
+            "waiting for data",
+            "collectives and the rest",
+            "epoch in validation",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ ISBI 2012 membranes (../shared/data, see --data): slices 0-24 train, 25-29 are h
 Both are scored from one confusion matrix over the 5 held-out slices at full resolution. Not a test:
 it needs the data set and takes twice the budget.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,20 +30,59 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def run_job(data: dict, work: Path, epochs: int, base_filters: int, patch_size: int,
-            extra: list[str]) -> tuple[dict, float]:
+def run_job(
+    data: dict, work: Path, epochs: int, base_filters: int, patch_size: int, extra: list[str]
+) -> tuple[dict, float]:
     """Train with jobs/train.py and score with jobs/evaluate.py; the metrics and the training wall seconds."""
     name = f"job-{time.strftime('%Y%m%dT%H%M%S')}"
     model, evaluation = work / "models" / name, work / "eval" / name
-    seconds = run("train.py", "--images", str(data["train"][0]), "--masks", str(data["train"][1]),
-                  "--val-images", str(data["held_out"][0]), "--val-masks", str(data["held_out"][1]),
-                  "--num-classes", "2", "--class-names", "membrane,cell", "--mask-map", "255:1",
-                  "--patch-size", str(patch_size), "--base-filters", str(base_filters), "--epochs", str(epochs),
-                  "--export", "last", "--name", name, "--storage", str(work / "checkpoints"), "--output", str(model),
-                  *extra)
-    run("evaluate.py", "--model", str(model), "--images", str(data["held_out"][0]),
-        "--masks", str(data["held_out"][1]), "--output", str(evaluation), "--mask-map", "255:1",
-        "--precision", "float32")
+    seconds = run(
+        "train.py",
+        "--images",
+        str(data["train"][0]),
+        "--masks",
+        str(data["train"][1]),
+        "--val-images",
+        str(data["held_out"][0]),
+        "--val-masks",
+        str(data["held_out"][1]),
+        "--num-classes",
+        "2",
+        "--class-names",
+        "membrane,cell",
+        "--mask-map",
+        "255:1",
+        "--patch-size",
+        str(patch_size),
+        "--base-filters",
+        str(base_filters),
+        "--epochs",
+        str(epochs),
+        "--export",
+        "last",
+        "--name",
+        name,
+        "--storage",
+        str(work / "checkpoints"),
+        "--output",
+        str(model),
+        *extra,
+    )
+    run(
+        "evaluate.py",
+        "--model",
+        str(model),
+        "--images",
+        str(data["held_out"][0]),
+        "--masks",
+        str(data["held_out"][1]),
+        "--output",
+        str(evaluation),
+        "--mask-map",
+        "255:1",
+        "--precision",
+        "float32",
+    )
     return json.loads((evaluation / "metrics.json").read_text()), seconds
 
 
@@ -81,12 +121,21 @@ def run_keras(data: dict, budget: float, base_filters: int) -> tuple[np.ndarray,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
-                        help="folder holding isbi2012-membrane/ (default: ../shared/data)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="folder holding isbi2012-membrane/ (default: ../shared/data)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "bench-work", help="splits, checkpoints, models, metrics")
-    parser.add_argument("--epochs", type=int, default=200, help="the job's epochs, which set the budget "
-                                                                "(default 200: about 15 minutes on 2 cores "
-                                                                "with bfloat16 instructions)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=200,
+        help="the job's epochs, which set the budget "
+        "(default 200: about 15 minutes on 2 cores "
+        "with bfloat16 instructions)",
+    )
     parser.add_argument("--base-filters", type=int, default=8, help="width of both models (default 8)")
     parser.add_argument("--patch-size", type=int, default=256, help="the job's crop side (default 256)")
     parser.add_argument("--keras-seconds", type=float, help="the plain loop's budget (default: the job's wall time)")
@@ -100,12 +149,21 @@ def main() -> None:
 
     confusion, epochs, steps, keras_seconds = run_keras(data, keras_budget, args.base_filters)
     keras_scores = scores(confusion)
-    print_table(["arm", "wall s", "held-out pixel error", "membrane IoU", "cell IoU"], [
-        ["jobs/train.py", budget, *figures(job_metrics["pixel_error"], job_metrics["iou"]["membrane"],
-                                           job_metrics["iou"]["cell"])],
-        [f"keras fit ({epochs} epochs, {steps} steps)", keras_seconds,
-         *figures(1 - keras_scores.pixel_accuracy, *keras_scores.iou)],
-    ])
+    print_table(
+        ["arm", "wall s", "held-out pixel error", "membrane IoU", "cell IoU"],
+        [
+            [
+                "jobs/train.py",
+                budget,
+                *figures(job_metrics["pixel_error"], job_metrics["iou"]["membrane"], job_metrics["iou"]["cell"]),
+            ],
+            [
+                f"keras fit ({epochs} epochs, {steps} steps)",
+                keras_seconds,
+                *figures(1 - keras_scores.pixel_accuracy, *keras_scores.iou),
+            ],
+        ],
+    )
 
 
 def figures(*values: float) -> list[str]:

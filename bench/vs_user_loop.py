@@ -5,6 +5,7 @@
 The user's loop: open each image with Pillow, letterbox it, `model.predict` it, save the mask as a
 PNG and append its class statistics to a Parquet file. Same images, same model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,18 @@ def user_loop(artifact: str, folder: Path, output: Path) -> float:
         left, top = (size - inner.width) // 2, (size - inner.height) // 2
         canvas.paste(inner, (left, top))
         probs = model.predict(np.asarray(canvas, np.float32)[None] / 255.0, verbose=0)[0]
-        mask = probs.argmax(-1)[top:top + inner.height, left:left + inner.width].astype(np.uint8)
+        mask = probs.argmax(-1)[top : top + inner.height, left : left + inner.width].astype(np.uint8)
         mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
         Image.fromarray(mask).save(output / f"{path.stem}.png")
         counts = np.bincount(mask.ravel(), minlength=probs.shape[-1])
-        table = pa.table({"image": [path.name] * len(counts), "class_id": np.arange(len(counts)),
-                          "pixels": counts, "fraction": counts / mask.size})
+        table = pa.table(
+            {
+                "image": [path.name] * len(counts),
+                "class_id": np.arange(len(counts)),
+                "pixels": counts,
+                "fraction": counts / mask.size,
+            }
+        )
         writer = writer or pq.ParquetWriter(output / "stats.parquet", table.schema)
         writer.write_table(table)
     writer.close()
@@ -60,12 +67,17 @@ def main() -> None:
     images = write_images(work / "images", args.count, 480, 640)
     loop = user_loop(artifact, images, work / "loop")
     ours, manifest = run_segment("--input", str(images), "--output", str(work / "ours"), "--model", artifact)
-    print(f"seed U-Net {args.size}x{args.size} base {args.base_filters}, {args.count} JPEG images 640x480; "
-          "the loop timed from its model load (TensorFlow already imported), ours as a whole process (Python, Ray and replica start)")
-    print_table(["what", "seconds", "images/s", "speedup"], [
-        ["user's loop (model.predict per image, float32)", loop, args.count / loop, 1.0],
-        [f"segment.py, default flags ({manifest['config']['precision']})", ours, args.count / ours, loop / ours],
-    ])
+    print(
+        f"seed U-Net {args.size}x{args.size} base {args.base_filters}, {args.count} JPEG images 640x480; "
+        "the loop timed from its model load (TensorFlow already imported), ours as a whole process (Python, Ray and replica start)"
+    )
+    print_table(
+        ["what", "seconds", "images/s", "speedup"],
+        [
+            ["user's loop (model.predict per image, float32)", loop, args.count / loop, 1.0],
+            [f"segment.py, default flags ({manifest['config']['precision']})", ours, args.count / ours, loop / ours],
+        ],
+    )
 
 
 if __name__ == "__main__":

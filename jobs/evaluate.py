@@ -8,6 +8,7 @@ mask back to full size), under the same --precision, --mode, --tile-overlap and 
 defaults; each prediction is compared with its true mask at the image's own size, and one confusion
 matrix summed over the collection gives every metric exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,17 @@ from jobs.training.evaluation import METRICS_FILE, PER_IMAGE_FILE, evaluate
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(parser)
     parser.add_argument("--model", required=True, metavar="URI", help="model artifact folder")
     parser.add_argument("--images", required=True, metavar="URI", help="folder/prefix of labelled images")
     parser.add_argument("--masks", required=True, metavar="URI", help="their masks, paired by file stem")
-    parser.add_argument("--output", required=True, metavar="URI", help=f"folder for {METRICS_FILE} and {PER_IMAGE_FILE}")
-    parser.add_argument("--mask-map", type=mask_map, metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1")
+    parser.add_argument(
+        "--output", required=True, metavar="URI", help=f"folder for {METRICS_FILE} and {PER_IMAGE_FILE}"
+    )
+    parser.add_argument(
+        "--mask-map", type=mask_map, metavar="V:C,...", help="map stored mask values to classes, e.g. 255:1"
+    )
     parser.add_argument("--ignore-index", type=int, default=None, help="label left out of every metric")
     add_replica_flags(parser)
     return config_from(EvaluateConfig, parser.parse_args(argv))
@@ -38,10 +42,14 @@ def print_table(metrics: dict) -> None:
     print(f"{'class':<20} {'pixels':>12} {'IoU':>8} {'Dice':>8}")
     for name in metrics["iou"]:
         iou, dice = metrics["iou"][name], metrics["dice"][name]
-        print(f"{name:<20} {metrics['pixels'][name]:>12,} {'-' if iou is None else f'{iou:.4f}':>8} "
-              f"{'-' if dice is None else f'{dice:.4f}':>8}")
-    print(f"mIoU {metrics['mean_iou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f} "
-          f"(pixel error {metrics['pixel_error']:.4f}) over {metrics['images']} images, {metrics['errors']} errors")
+        print(
+            f"{name:<20} {metrics['pixels'][name]:>12,} {'-' if iou is None else f'{iou:.4f}':>8} "
+            f"{'-' if dice is None else f'{dice:.4f}':>8}"
+        )
+    print(
+        f"mIoU {metrics['mean_iou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f} "
+        f"(pixel error {metrics['pixel_error']:.4f}) over {metrics['images']} images, {metrics['errors']} errors"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@
 empty parts of a name are never followed, so no file lands outside DEST. Two images that would
 get the same mask name (`a.jpg` and `a.png`) both get their image id added: `a-<id8>.png`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,19 @@ from jobs.results.export import INDEX_NAME, ExportConfig, export
 
 
 def parse_args(argv: list[str] | None = None) -> ExportConfig:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(parser)
     parser.add_argument("--output", required=True, metavar="URI", help="output root of the segment job")
     parser.add_argument("--dest", required=True, metavar="URI", help="folder or prefix to write the masks under")
-    parser.add_argument("--run", default=None, metavar="ID",
-                        help="export one committed run (default: the current mask of every image)")
-    parser.add_argument("--relative-to", default=None, metavar="URI",
-                        help="input root whose layout is mirrored (default: the images' common folder)")
+    parser.add_argument(
+        "--run", default=None, metavar="ID", help="export one committed run (default: the current mask of every image)"
+    )
+    parser.add_argument(
+        "--relative-to",
+        default=None,
+        metavar="URI",
+        help="input root whose layout is mirrored (default: the images' common folder)",
+    )
     add_storage_flags(parser)
     return config_from(ExportConfig, parser.parse_args(argv))
 

@@ -9,6 +9,7 @@ attempt that never committed) once older than --retention-hours. Readers still o
 version need its files for that long; a run still in progress holds a lease, and the retention
 is stretched past its start, so none of its files are touched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,20 +24,26 @@ from jobs.output.maintenance import MIN_RETENTION_HOURS, MaintainConfig, maintai
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[MaintainConfig, bool]:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(parser)
     parser.add_argument("--output", required=True, metavar="URI", help="output root of the segment job")
-    parser.add_argument("--retention-hours", type=positive_int, default=168,
-                        help="delete unreferenced files once older than this (default: 168, a week; "
-                             f"at least {MIN_RETENTION_HOURS})")
-    parser.add_argument("--convert-legacy", action="store_true",
-                        help="commit runs recorded by the earlier layout (runs/*.json manifests) into the tables")
+    parser.add_argument(
+        "--retention-hours",
+        type=positive_int,
+        default=168,
+        help=f"delete unreferenced files once older than this (default: 168, a week; at least {MIN_RETENTION_HOURS})",
+    )
+    parser.add_argument(
+        "--convert-legacy",
+        action="store_true",
+        help="commit runs recorded by the earlier layout (runs/*.json manifests) into the tables",
+    )
     add_storage_flags(parser)
     add_json_flag(parser)
     args = parser.parse_args(argv)
-    return MaintainConfig(args.output, args.retention_hours, args.convert_legacy, args.s3_endpoint_url,
-                          args.anonymous), args.json
+    return MaintainConfig(
+        args.output, args.retention_hours, args.convert_legacy, args.s3_endpoint_url, args.anonymous
+    ), args.json
 
 
 def print_report(output: str, report: dict) -> None:
@@ -47,26 +54,40 @@ def print_report(output: str, report: dict) -> None:
     print(f"vacuum: {report['retention'].describe()}")
     for name in tables.TABLES:
         removed, added = report["compacted"][name]
-        print(f"{name}: compacted {removed} files into {added}; "
-              f"vacuumed {report['vacuumed'][name]} unreferenced files older than {report['retention_hours']} h")
+        print(
+            f"{name}: compacted {removed} files into {added}; "
+            f"vacuumed {report['vacuumed'][name]} unreferenced files older than {report['retention_hours']} h"
+        )
     if report["expired_leases"]:
         print(f"removed {report['expired_leases']} leases of attempts that died")
     if report["removed_plans"]:
-        print(f"removed the plans of {len(report['removed_plans'])} committed runs: {', '.join(report['removed_plans'])}")
+        print(
+            f"removed the plans of {len(report['removed_plans'])} committed runs: {', '.join(report['removed_plans'])}"
+        )
     if report["abandoned_plans"]:
-        print(f"removed the plans of {len(report['abandoned_plans'])} runs abandoned for longer than the retention "
-              f"(never committed, no attempt since): {', '.join(report['abandoned_plans'])}")
+        print(
+            f"removed the plans of {len(report['abandoned_plans'])} runs abandoned for longer than the retention "
+            f"(never committed, no attempt since): {', '.join(report['abandoned_plans'])}"
+        )
     print(f"maintained {output}")
 
 
 def machine_report(output: str, report: dict, seconds: float) -> dict:
     """The report as `--json` gives it."""
-    return {"output": output, "seconds": round(seconds, 3), "converted": report["converted"],
-            "completed": report["completed"], "retention_hours": report["retention_hours"],
-            "compacted": {name: {"removed": removed, "added": added} for name, (removed, added)
-                          in report["compacted"].items()},
-            "vacuumed": report["vacuumed"], "expired_leases": report["expired_leases"],
-            "removed_plans": report["removed_plans"], "abandoned_plans": report["abandoned_plans"]}
+    return {
+        "output": output,
+        "seconds": round(seconds, 3),
+        "converted": report["converted"],
+        "completed": report["completed"],
+        "retention_hours": report["retention_hours"],
+        "compacted": {
+            name: {"removed": removed, "added": added} for name, (removed, added) in report["compacted"].items()
+        },
+        "vacuumed": report["vacuumed"],
+        "expired_leases": report["expired_leases"],
+        "removed_plans": report["removed_plans"],
+        "abandoned_plans": report["abandoned_plans"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

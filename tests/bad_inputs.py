@@ -5,6 +5,7 @@ another checkout (`PYTHONPATH=CHECKOUT python tests/bad_inputs.py`) it gives the
 
     python tests/bad_inputs.py [--work DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,15 @@ def places(work: Path) -> dict[str, str]:
     (work / "notes.txt").write_text("a text file\n")
     Image.new("RGB", (4, 4)).save(work / "one.png")
     ensure_tables(str(work / "root"))
-    return {"MISSING": str(work / "no" / "such"), "DIR": str(folder), "FILE": str(work / "notes.txt"),
-            "IMAGE": str(work / "one.png"), "BROKEN": str(broken), "ROOT": str(work / "root"), "OUT": str(work / "out")}
+    return {
+        "MISSING": str(work / "no" / "such"),
+        "DIR": str(folder),
+        "FILE": str(work / "notes.txt"),
+        "IMAGE": str(work / "one.png"),
+        "BROKEN": str(broken),
+        "ROOT": str(work / "root"),
+        "OUT": str(work / "out"),
+    }
 
 
 def run_case(command: str, argv: list[str]) -> dict:
@@ -117,8 +125,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bad-inputs-"))
     named = places(work)
     for command, argv in CASES:
-        concrete = [named.get(arg, arg.replace("OUT", named["OUT"], 1) if arg.startswith("OUT/") else arg)
-                    for arg in argv]
+        concrete = [
+            named.get(arg, arg.replace("OUT", named["OUT"], 1) if arg.startswith("OUT/") else arg) for arg in argv
+        ]
         print(json.dumps({"command": command, "args": argv, **run_case(command, concrete)}), flush=True)
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny seed U-Net artifact and a folder of images of every awkward kind."""
+
 from __future__ import annotations
 
 import io

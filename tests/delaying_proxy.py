@@ -9,6 +9,7 @@ replies pass at once. asyncio, one thread, any number of connections.
     with delaying("http://127.0.0.1:8333", 0.025) as endpoint:
         ...  # talk to `endpoint` instead
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,9 @@ def delaying(upstream: str, delay: float) -> Iterator[str]:
     port: list[int] = []
 
     async def serve() -> asyncio.base_events.Server:
-        server = await asyncio.start_server(lambda r, w: _connection(r, w, target.hostname, target.port, delay),
-                                            "127.0.0.1", 0)
+        server = await asyncio.start_server(
+            lambda r, w: _connection(r, w, target.hostname, target.port, delay), "127.0.0.1", 0
+        )
         port.append(server.sockets[0].getsockname()[1])
         return server
 
@@ -56,12 +58,14 @@ def delaying(upstream: str, delay: float) -> Iterator[str]:
         thread.join(10)
 
 
-async def _connection(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter, host: str, port: int,
-                      delay: float) -> None:
+async def _connection(
+    client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter, host: str, port: int, delay: float
+) -> None:
     try:
         upstream_in, upstream_out = await asyncio.open_connection(host, port)
-        await asyncio.gather(_pump(client_in, upstream_out, delay), _pump(upstream_in, client_out, 0.0),
-                             return_exceptions=True)
+        await asyncio.gather(
+            _pump(client_in, upstream_out, delay), _pump(upstream_in, client_out, 0.0), return_exceptions=True
+        )
     except asyncio.CancelledError:  # the proxy is closing; returning (not raising) keeps asyncio quiet about it
         client_out.close()
 

@@ -1,4 +1,5 @@
 """Reading the output tables with deltalake itself (its own SQL engine), independently of the project's readers."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,13 @@ def table_uri(output: str, table: str) -> str:
 
 def s3_options(env: dict[str, str]) -> dict[str, str]:
     """deltalake's settings for the test S3 server, from the environment a job there runs with."""
-    return {"AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
+    return {
+        "AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"],
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+    }
 
 
 def delta_table(output: str, table: str, storage_options: dict | None = None) -> DeltaTable:

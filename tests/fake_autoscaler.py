@@ -2,6 +2,7 @@
 included) are started as raylets on this machine when demand asks for them, exactly as a cloud
 autoscaler would launch instances. The head is ours: own temp dir and ports, stopped by killing its
 own process group (never `ray stop`, which stops every Ray on the machine)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,23 +19,52 @@ from pathlib import Path
 import psutil
 import yaml
 
-HEAD_PORTS = ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-              "--metrics-export-port", "--node-manager-port", "--object-manager-port", "--ray-client-server-port")
-EMPTY_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-              "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
-              "rsync_filter")
+HEAD_PORTS = (
+    "--port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--ray-client-server-port",
+)
+EMPTY_KEYS = (
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+    "cluster_synced_files",
+    "rsync_exclude",
+    "rsync_filter",
+)
 
 
 def autoscaling_config(gcs_address: str, worker_types: dict[str, dict]) -> dict:
     """A launcher config for the fake provider: the head type plus the given worker types."""
     config = {
-        "cluster_name": "fake", "max_workers": 8, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": gcs_address},
-        "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {}, "file_mounts_sync_continuously": False,
+        "cluster_name": "fake",
+        "max_workers": 8,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
         "head_node_type": "ray.head.default",
-        "available_node_types": {"ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-                                 **worker_types},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            **worker_types,
+        },
     }
     config.update({key: [] for key in EMPTY_KEYS})
     return config
@@ -53,12 +83,28 @@ def fake_autoscaling_cluster(worker_types: dict[str, dict], free_ports):
     config.write_text(yaml.safe_dump(autoscaling_config(address, worker_types)))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # token auth as on the shipped clusters; an explicit token, so no user file is read or written
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=root, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_TMPDIR=root,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--temp-dir={root}/ray",
-               "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--include-dashboard=false",
-               f"--autoscaling-config={config}", "--min-worker-port=0", "--max-worker-port=0",
-               *(f"{flag}={port}" for flag, port in ports.items())]
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--temp-dir={root}/ray",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--include-dashboard=false",
+        f"--autoscaling-config={config}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
     log = open(os.path.join(root, "head.log"), "w")
     head = subprocess.Popen(command, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -6,6 +6,7 @@ cluster" connects to it (as jobs on a long-lived cluster do) instead of starting
 own, which is most of a small job's wall time. Tests whose subject is the local start, the process
 tree or the environment a worker inherits run their own.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -22,9 +23,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HEAD_PORTS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-              "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
-              "--ray-client-server-port")
+HEAD_PORTS = (
+    "--port",
+    "--dashboard-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--ray-client-server-port",
+)
 READY_LINE = "Ray runtime started"
 
 
@@ -82,12 +91,27 @@ def start_head(num_cpus: int = 2, dashboard: bool = False, timeout: float = 120)
     root = tempfile.mkdtemp(prefix="ray-t-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS))))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=root,
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    command = [ray_cli(), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-               f"--temp-dir={root}/ray", f"--num-cpus={num_cpus}", "--disable-usage-stats",
-               f"--include-dashboard={str(dashboard).lower()}", "--min-worker-port=0", "--max-worker-port=0",
-               *(f"{flag}={port}" for flag, port in ports.items())]
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_TMPDIR=root,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    command = [
+        ray_cli(),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--temp-dir={root}/ray",
+        f"--num-cpus={num_cpus}",
+        "--disable-usage-stats",
+        f"--include-dashboard={str(dashboard).lower()}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
     with open(os.path.join(root, "head.log"), "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     head = RayHead(process, root, ports, env)

@@ -1,9 +1,10 @@
 """A real output root for the query, report and export tests, made once per session by the segment job.
 
-    run "first":  every image under scenes/ (two are broken: an empty file and `b/fixme.png`)
-    run "second": b/ again, after `b/fixme.png` was repaired, so its current row is an ok one
-    run "ghost":  part files with no Delta commit (an unfinished run), which no reader may show
+run "first":  every image under scenes/ (two are broken: an empty file and `b/fixme.png`)
+run "second": b/ again, after `b/fixme.png` was repaired, so its current row is an ok one
+run "ghost":  part files with no Delta commit (an unfinished run), which no reader may show
 """
+
 from __future__ import annotations
 
 import glob
@@ -21,8 +22,12 @@ from test_segment_job import run_job
 from unet_core.synthetic import make_scene
 
 SCENES = {  # name -> (height, width)
-    "a/street.png": (48, 64), "a/odd <b>name.png": (40, 40), "a/twin.png": (36, 52), "a/twin.jpg": (52, 36),
-    "b/field.png": (64, 48), "b/nested/deep.png": (30, 70),
+    "a/street.png": (48, 64),
+    "a/odd <b>name.png": (40, 40),
+    "a/twin.png": (36, 52),
+    "a/twin.jpg": (52, 36),
+    "b/field.png": (64, 48),
+    "b/nested/deep.png": (30, 70),
 }
 REPAIRED_SIZE = (44, 44)
 BROKEN = {"empty.png": b"", "b/fixme.png": b"\x89PNG\r\n\x1a\n-broken"}
@@ -48,7 +53,9 @@ def make_output(base: str, artifact: str) -> dict[str, str]:
     _segment(os.path.join(paths["scenes"], "b"), paths["output"], artifact, "second")
     _leave_unfinished_run(paths["output"])
     assert delta_sql(paths["output"], "SELECT run_id FROM runs ORDER BY run_id").column("run_id").to_pylist() == [
-        "first", "second"]
+        "first",
+        "second",
+    ]
     _write(base, COMPLETE, b"")
     return paths
 
@@ -69,8 +76,23 @@ def _write(root: str, name: str, data: bytes) -> None:
 
 
 def _segment(inputs: str, output: str, artifact: str, run_id: str) -> None:
-    done = run_job("segment.py", "--input", inputs, "--output", output, "--model", artifact, "--run-id", run_id,
-                   "--batch-size", "4", "--actors", "1", "--cpus-per-actor", "1")
+    done = run_job(
+        "segment.py",
+        "--input",
+        inputs,
+        "--output",
+        output,
+        "--model",
+        artifact,
+        "--run-id",
+        run_id,
+        "--batch-size",
+        "4",
+        "--actors",
+        "1",
+        "--cpus-per-actor",
+        "1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -7,6 +7,7 @@ gets a fresh bucket (SeaweedFS keeps listing a prefix after its objects are dele
 Registered as a pytest plugin from conftest.py; any test module can use the fixtures, and
 `seaweedfs()` runs the same server outside pytest (the benchmarks use it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,13 @@ class S3Server:
     def env(self, key: str = ADMIN[0], secret: str = ADMIN[1]) -> dict[str, str]:
         """Environment for a process that talks to this server through the AWS credential chain."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_S3")) and k != "RAY_ADDRESS"}
-        return {**env, "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": key,
-                "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1"}
+        return {
+            **env,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_REGION": "us-east-1",
+        }
 
     def filesystem(self, key: str = ADMIN[0], secret: str = ADMIN[1]):
         import s3fs
@@ -70,30 +76,50 @@ def _weed_binary() -> str:
 
 def _identities() -> dict:
     every_action = ["Admin", "Read", "List", "Tagging", "Write"]
-    return {"identities": [
-        {"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}], "actions": every_action},
-        {"name": "reader", "credentials": [{"accessKey": READER[0], "secretKey": READER[1]}],
-         "actions": ["Read", "List"]},
-        {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}", f"List:{PUBLIC_BUCKET}"]},
-    ]}
+    return {
+        "identities": [
+            {"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}], "actions": every_action},
+            {
+                "name": "reader",
+                "credentials": [{"accessKey": READER[0], "secretKey": READER[1]}],
+                "actions": ["Read", "List"],
+            },
+            {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}", f"List:{PUBLIC_BUCKET}"]},
+        ]
+    }
 
 
 def _command(workdir: Path, ports: list[int]) -> list[str]:
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin = ports
     return [
-        _weed_binary(), f"-logdir={workdir}", "mini", f"-dir={workdir / 'data'}",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-        f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-        f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-admin.port={admin}",
-        "-admin.ui=false", "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-        f"-s3.localSocket={workdir / 's3.sock'}", f"-filer.localSocket={workdir / 'filer.sock'}",
+        _weed_binary(),
+        f"-logdir={workdir}",
+        "mini",
+        f"-dir={workdir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3_grpc}",
+        f"-admin.port={admin}",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        f"-s3.localSocket={workdir / 's3.sock'}",
+        f"-filer.localSocket={workdir / 'filer.sock'}",
         f"-s3.config={workdir / 's3.json'}",
         # Every bucket is a collection with volumes of its own. Left to itself, `mini` sizes its volume count
         # from the free disk, so a small disk runs out of volumes after a few dozen buckets; volumes are
         # sparse files, so a fixed count of small ones costs no disk.
-        "-volume.max=10000", "-master.volumeSizeLimitMB=64",
+        "-volume.max=10000",
+        "-master.volumeSizeLimitMB=64",
     ]
 
 

@@ -1,5 +1,6 @@
 """jobs/train.py --backbone-weights end to end: a VGG16 weights file, made here (nothing is downloaded),
 loads into the encoder in both layouts Keras writes, and a file that cannot load is one line."""
+
 import os
 
 import h5py
@@ -14,11 +15,30 @@ from unet_core.synthetic import SCENE_CLASSES
 
 pytestmark = pytest.mark.ray
 
-ENCODER = [f"block{block}_conv{conv}" for block, convs in enumerate((2, 2, 3, 3, 3), start=1)
-           for conv in range(1, convs + 1)]
-ARGS = ["--num-classes", "4", "--class-names", ",".join(SCENE_CLASSES), "--input-size", "32",
-        "--base-filters", "64", "--batch-size", "4", "--workers", "1", "--epochs", "1", "--no-augment",
-        "--optimizer", "adam", "--learning-rate", "1e-9"]  # steps too small to move a weight by 1e-4
+ENCODER = [
+    f"block{block}_conv{conv}" for block, convs in enumerate((2, 2, 3, 3, 3), start=1) for conv in range(1, convs + 1)
+]
+ARGS = [
+    "--num-classes",
+    "4",
+    "--class-names",
+    ",".join(SCENE_CLASSES),
+    "--input-size",
+    "32",
+    "--base-filters",
+    "64",
+    "--batch-size",
+    "4",
+    "--workers",
+    "1",
+    "--epochs",
+    "1",
+    "--no-augment",
+    "--optimizer",
+    "adam",
+    "--learning-rate",
+    "1e-9",
+]  # steps too small to move a weight by 1e-4
 
 
 def vgg16_weights(seed: int) -> tuple:
@@ -32,8 +52,10 @@ def vgg16_weights(seed: int) -> tuple:
     for layer in model.layers:
         if layer.weights:
             kernel, bias = layer.get_weights()
-            weights[layer.name] = [rng.normal(0, 0.05, kernel.shape).astype(np.float32),
-                                   rng.uniform(-0.5, 0.5, bias.shape).astype(np.float32)]
+            weights[layer.name] = [
+                rng.normal(0, 0.05, kernel.shape).astype(np.float32),
+                rng.uniform(-0.5, 0.5, bias.shape).astype(np.float32),
+            ]
             layer.set_weights(weights[layer.name])
     return model, weights
 
@@ -57,7 +79,7 @@ def classic_file(path: str, seed: int) -> dict:
         for name in names:
             group = handle.create_group(name)
             values = weights.get(name, [])
-            group.attrs["weight_names"] = [f"{name}/{part}:0".encode() for part in ("kernel", "bias")][:len(values)]
+            group.attrs["weight_names"] = [f"{name}/{part}:0".encode() for part in ("kernel", "bias")][: len(values)]
             for part, value in zip(("kernel", "bias"), values):
                 group.create_dataset(f"{name}/{part}:0", data=value)
     return weights
@@ -68,16 +90,34 @@ def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
     write_scenes(root / "train", 8, seed=1)
     write_scenes(root / "val", 4, seed=2)
-    return ["--images", str(root / "train" / "images"), "--masks", str(root / "train" / "masks"),
-            "--val-images", str(root / "val" / "images"), "--val-masks", str(root / "val" / "masks")]
+    return [
+        "--images",
+        str(root / "train" / "images"),
+        "--masks",
+        str(root / "train" / "masks"),
+        "--val-images",
+        str(root / "val" / "images"),
+        "--val-masks",
+        str(root / "val" / "masks"),
+    ]
 
 
 def test_backbone_weights_reach_the_exported_encoder(scenes, tmp_path):
     path = str(tmp_path / "vgg16.weights.h5")
     weights = keras3_file(path, seed=7)
     relative = os.path.relpath(path, ROOT)  # to the job's folder, where the driver reads it; workers get the arrays
-    done = run_job("train.py", *scenes, *ARGS, "--backbone-weights", relative, "--storage", str(tmp_path / "runs"),
-                   "--output", str(tmp_path / "model"), timeout=600)
+    done = run_job(
+        "train.py",
+        *scenes,
+        *ARGS,
+        "--backbone-weights",
+        relative,
+        "--storage",
+        str(tmp_path / "runs"),
+        "--output",
+        str(tmp_path / "model"),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"loaded VGG16 weights into 13 encoder layers from {path}" in done.stdout + done.stderr
 
@@ -119,8 +159,9 @@ def no_vgg_layers(path: str) -> str:
 def test_weights_that_cannot_load_are_one_line_before_training(write, scenes, tmp_path):
     path = str(tmp_path / "bad.h5")
     expected = write(path)
-    done = run_job("train.py", *scenes, *ARGS, "--backbone-weights", path, "--output", str(tmp_path / "model"),
-                   timeout=300)
+    done = run_job(
+        "train.py", *scenes, *ARGS, "--backbone-weights", path, "--output", str(tmp_path / "model"), timeout=300
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "training on" not in done.stdout
     assert done.stderr.strip().splitlines()[-1] == f"error: {path}: {expected} (--backbone-weights)"

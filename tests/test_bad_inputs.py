@@ -1,6 +1,7 @@
 """Every command answers a bad input with one line and exit status 2, never a traceback: 52 command
 lines across the seven commands (tests/bad_inputs.py), run in one process of their own as their
 entries run them."""
+
 import json
 import subprocess
 import sys
@@ -15,9 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory) -> list[dict]:
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "bad_inputs.py"), "--work",
-                           str(tmp_path_factory.mktemp("bad-inputs"))], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "bad_inputs.py"), "--work", str(tmp_path_factory.mktemp("bad-inputs"))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines()]
 

@@ -1,4 +1,5 @@
 """The configs in cluster/, checked offline with Ray's own validation and the jobs' own argparse."""
+
 import dataclasses
 import importlib
 import shlex
@@ -59,7 +60,7 @@ def test_launcher_yaml_passes_rays_config_validation():
     # the project is on every node: mounted, then installed (GPU extra on the GPU workers)
     assert prepared["file_mounts"]["/home/ray/unet-segment"] == "."
     assert any("pip install" in c and "/home/ray/unet-segment" in c for c in prepared["head_setup_commands"])
-    assert any('unet-segment[gpu]' in c for c in prepared["worker_setup_commands"])
+    assert any("unet-segment[gpu]" in c for c in prepared["worker_setup_commands"])
     # nothing open to the world: SSH only from a stated range, the dashboard on loopback only
     rules = prepared["provider"]["security_group"]["IpPermissions"]
     assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
@@ -77,8 +78,11 @@ def test_kuberay_cluster_spec_converts_to_a_valid_autoscaler_config(name, metada
     assert gpu["min_workers"] <= gpu["max_workers"]
     assert spec["authOptions"]["mode"] == "token"  # Ray token auth, the secret KubeRay makes or ours
     assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
-    images = {c["image"] for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
-              for c in group["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for c in group["template"]["spec"]["containers"]
+    }
     assert images == {"REGISTRY/unet-segment:0.1.0"}  # the project's image (cluster/Dockerfile) everywhere
     if "train" in name:
         assert gpu["min_workers"] == 2  # two training workers on two pods
@@ -97,8 +101,9 @@ def test_rayjobs_and_the_nightly_schedule_have_the_fields_kuberay_needs():
     minute, hour, day, month, weekday = nightly["schedule"].split()
     assert minute.isdigit() and hour.isdigit() and (day, month, weekday) == ("*", "*", "*")  # once a day
     assert nightly["suspend"] is False and nightly["timeZone"] == "Etc/UTC"
-    segment, maintain, drift = [command for name, command in job_commands()
-                                if name == "raycronjob-nightly-segment.yaml"]
+    segment, maintain, drift = [
+        command for name, command in job_commands() if name == "raycronjob-nightly-segment.yaml"
+    ]
     one_off = dataclasses.asdict(parsed(kinds["rayjob-segment.yaml"]["spec"]["entrypoint"]))
     assert dataclasses.asdict(parsed(segment)) == {**one_off, "incremental": True}  # the one-off run, incremental
     assert parsed(maintain).output == one_off["output"]  # then the same tables compacted and vacuumed

@@ -1,5 +1,6 @@
 """`current` at the cost of the run: committed runs of synthetic parts (no model, no Ray), read back
 with deltalake itself."""
+
 from __future__ import annotations
 
 import threading
@@ -45,10 +46,13 @@ def test_a_run_that_updates_images_rewrites_each_current_file_once_and_adds_the_
     commit(root, "second", 100, 200, version="2")  # images 100..199 change, 200..299 are new
     history = [e for e in delta_table(root, "current").history() if e["version"] > versions_before]
     assert sorted(e["operation"] for e in history) == (["WRITE", "WRITE"] if path == "replace" else ["MERGE", "WRITE"])
-    counts = delta_sql(root, "SELECT source_version, run_id, count(*) AS n FROM current "
-                             "GROUP BY ALL ORDER BY run_id").to_pylist()
-    assert counts == [{"source_version": "1", "run_id": "first", "n": 100},
-                      {"source_version": "2", "run_id": "second", "n": 200}]
+    counts = delta_sql(
+        root, "SELECT source_version, run_id, count(*) AS n FROM current GROUP BY ALL ORDER BY run_id"
+    ).to_pylist()
+    assert counts == [
+        {"source_version": "1", "run_id": "first", "n": 100},
+        {"source_version": "2", "run_id": "second", "n": 200},
+    ]
 
 
 @pytest.mark.parametrize("round", range(3))
@@ -74,7 +78,8 @@ def test_runs_completing_at_once_with_the_same_new_images_leave_one_row_per_imag
         thread.join()
     assert failures == []
     assert delta_sql(root, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM current").to_pylist() == [
-        {"n": 120, "d": 120}]
+        {"n": 120, "d": 120}
+    ]
     assert delta_sql(root, "SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 2}]
 
 

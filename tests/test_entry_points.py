@@ -1,5 +1,6 @@
 """The installed commands: every `[project.scripts]` entry names a function its module defines, and
 every command's flags are in its reference page."""
+
 import importlib
 import pathlib
 import re
@@ -19,10 +20,24 @@ def test_every_entry_point_names_a_function_of_its_command():
         assert callable(getattr(importlib.import_module(module), function, None)), f"{name} -> {target}"
 
 
-PAGES = {"segment": ["--help"], "query": ["find", "--help"], "report": ["--help"], "export_masks": ["--help"],
-         "maintain": ["--help"], "train": ["--help"], "evaluate": ["--help"]}
-REFERENCE = {"segment": "segment.md", "query": "results.md", "report": "results.md", "export_masks": "results.md",
-             "maintain": "output.md", "train": "training.md", "evaluate": "training.md"}
+PAGES = {
+    "segment": ["--help"],
+    "query": ["find", "--help"],
+    "report": ["--help"],
+    "export_masks": ["--help"],
+    "maintain": ["--help"],
+    "train": ["--help"],
+    "evaluate": ["--help"],
+}
+REFERENCE = {
+    "segment": "segment.md",
+    "query": "results.md",
+    "report": "results.md",
+    "export_masks": "results.md",
+    "maintain": "output.md",
+    "train": "training.md",
+    "evaluate": "training.md",
+}
 
 
 @pytest.mark.parametrize("command", sorted(PAGES))

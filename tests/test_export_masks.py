@@ -1,4 +1,5 @@
 """export_masks.py: one palette PNG per image of a real run, in a mirror of the input folders, never outside DEST."""
+
 import csv
 import os
 
@@ -21,8 +22,9 @@ def paths(tmp_path_factory, tiny_artifact) -> dict[str, str]:
 
 
 def files_under(root) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(folder, name), root)
-                  for folder, _, names in os.walk(root) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), root) for folder, _, names in os.walk(root) for name in names
+    )
 
 
 def test_masks_mirror_the_input_folders_and_hold_the_stored_masks(paths, tmp_path):
@@ -30,9 +32,18 @@ def test_masks_mirror_the_input_folders_and_hold_the_stored_masks(paths, tmp_pat
     done = run_job("export_masks.py", "--output", paths["output"], "--dest", str(dest), "--run", "first", timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote 6 masks" in done.stdout
-    assert files_under(dest) == ["a/odd <b>name.png", "a/street.png", *sorted(
-        f"a/twin-{row['image_id'][:8]}.png" for row in read_run(paths["output"], "images", "first").to_pylist()
-        if os.path.basename(row["image_uri"]).startswith("twin.")), "b/field.png", "b/nested/deep.png", "masks.csv"]
+    assert files_under(dest) == [
+        "a/odd <b>name.png",
+        "a/street.png",
+        *sorted(
+            f"a/twin-{row['image_id'][:8]}.png"
+            for row in read_run(paths["output"], "images", "first").to_pylist()
+            if os.path.basename(row["image_uri"]).startswith("twin.")
+        ),
+        "b/field.png",
+        "b/nested/deep.png",
+        "masks.csv",
+    ]
     index = {row["image_uri"]: row["mask_path"] for row in csv.DictReader(open(dest / "masks.csv"))}
     for row in read_run(paths["output"], "images", "first").to_pylist():
         if row["status"] != "ok":
@@ -59,13 +70,16 @@ def test_current_masks_and_an_explicit_root(paths, tmp_path):
             assert np.array_equal(np.asarray(mask), decode_mask_png(row["mask_png"])), row["image_uri"]
 
 
-@pytest.mark.parametrize("uri, root, expected", [
-    ("/data/photos/2026/a.jpg", "/data/photos", "2026/a.png"),
-    ("s3://bucket/photos/x/y.tif", "bucket/photos", "x/y.png"),
-    ("../../etc/passwd.png", "", "__/__/etc/passwd.png"),
-    ("/data/photos/../../../x.png", "data/photos", "x.png"),
-    ("s3://bucket//./a/..", "", "bucket.png"),
-])
+@pytest.mark.parametrize(
+    "uri, root, expected",
+    [
+        ("/data/photos/2026/a.jpg", "/data/photos", "2026/a.png"),
+        ("s3://bucket/photos/x/y.tif", "bucket/photos", "x/y.png"),
+        ("../../etc/passwd.png", "", "__/__/etc/passwd.png"),
+        ("/data/photos/../../../x.png", "data/photos", "x.png"),
+        ("s3://bucket//./a/..", "", "bucket.png"),
+    ],
+)
 def test_names_never_climb_out_of_the_destination(uri, root, expected):
     name = safe_relative(uri, root)
     assert name == expected

@@ -1,5 +1,6 @@
 """Files that crash decoders: seeded mutations of real files of every common format, crafted TIFF
 directories, and files that are not files, through the whole job: one row each, and the job lives."""
+
 import io
 import os
 import random
@@ -15,8 +16,14 @@ from test_segment_job import run_job
 from unet_core import DecodeError, decode_image
 from unet_core.synthetic import make_scene
 
-FORMATS = {"png": ("PNG", {}), "jpg": ("JPEG", {"quality": 90}), "tif": ("TIFF", {"compression": "tiff_lzw"}),
-           "gif": ("GIF", {}), "webp": ("WEBP", {}), "bmp": ("BMP", {})}
+FORMATS = {
+    "png": ("PNG", {}),
+    "jpg": ("JPEG", {"quality": 90}),
+    "tif": ("TIFF", {"compression": "tiff_lzw"}),
+    "gif": ("GIF", {}),
+    "webp": ("WEBP", {}),
+    "bmp": ("BMP", {}),
+}
 MUTATIONS = 1020
 TYPE_ERRORS = [f"crafted-273-{kind}-2-0.tif" for kind in (2, 5, 11, 12)]
 """StripOffsets as two text, rational or float values: Pillow raised TypeError on these."""
@@ -40,16 +47,16 @@ def mutate(data: bytes, seeds: list[bytes], rng: random.Random) -> bytes:
     kind = rng.randrange(4)
     if kind == 0:
         at = rng.randrange(min(len(out), 96))
-        out[at:at + 4] = rng.choice(EXTREMES)
+        out[at : at + 4] = rng.choice(EXTREMES)
     elif kind == 1:
         for _ in range(rng.randint(1, 16)):
             out[rng.randrange(len(out))] = rng.randrange(256)
     elif kind == 2:
-        out = out[:rng.randrange(1, len(out))]
+        out = out[: rng.randrange(1, len(out))]
     else:
         other, at = rng.choice(seeds), rng.randrange(len(out))
         start = rng.randrange(len(other))
-        out = out[:at] + other[start:start + rng.randint(1, 512)] + out[at:]
+        out = out[:at] + other[start : start + rng.randint(1, 512)] + out[at:]
     return bytes(out)
 
 
@@ -105,12 +112,26 @@ def test_a_thousand_mutated_files_and_non_files_each_become_one_row(tmp_path, ti
     os.symlink("/dev/zero", folder / "zero.png")  # reading would never end
     (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300_000))
     output = str(tmp_path / "out")
-    done = run_job("segment.py", "--input", str(folder), "--output", output, "--model", tiny_artifact,
-                   "--max-bytes", "200000", "--run-id", "fuzz", timeout=600)
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(folder),
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--max-bytes",
+        "200000",
+        "--run-id",
+        "fuzz",
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    rows = {os.path.basename(r["image_uri"]): r for r in
-            delta_sql(output, "SELECT image_uri, status, error FROM images").to_pylist()}
+    rows = {
+        os.path.basename(r["image_uri"]): r
+        for r in delta_sql(output, "SELECT image_uri, status, error FROM images").to_pylist()
+    }
     assert sorted(rows) == sorted(os.listdir(folder))  # one row per file, the non-files included
     assert all((r["status"] == "ok") == (r["error"] is None) for r in rows.values())
     assert all(rows[f"seed.{e}"]["status"] == "ok" for e in FORMATS)
@@ -122,8 +143,9 @@ def test_a_thousand_mutated_files_and_non_files_each_become_one_row(tmp_path, ti
     assert not unexplained
     errors = sum(r["status"] == "error" for r in rows.values())
     assert 100 < errors < len(rows)  # the mutations did break files, and some still decode
-    assert f"{len(rows)} images, 0 skipped, {len(rows)} processed: {len(rows) - errors} ok, {errors} errors" \
-        in done.stdout
+    assert (
+        f"{len(rows)} images, 0 skipped, {len(rows)} processed: {len(rows) - errors} ok, {errors} errors" in done.stdout
+    )
 
 
 @pytest.mark.parametrize("limit, refused", [(10, True), (10_000, False)])

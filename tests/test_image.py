@@ -17,12 +17,15 @@ def _encoded(image: Image.Image, fmt: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("make, expected_pixel", [
-    (lambda: Image.new("L", (5, 4), 77), (77, 77, 77)),
-    (lambda: Image.new("LA", (5, 4), (200, 0)), (0, 0, 0)),  # fully transparent over black
-    (lambda: Image.new("RGBA", (5, 4), (10, 20, 30, 255)), (10, 20, 30)),
-    (lambda: Image.new("RGB", (5, 4), (1, 2, 3)), (1, 2, 3)),
-])
+@pytest.mark.parametrize(
+    "make, expected_pixel",
+    [
+        (lambda: Image.new("L", (5, 4), 77), (77, 77, 77)),
+        (lambda: Image.new("LA", (5, 4), (200, 0)), (0, 0, 0)),  # fully transparent over black
+        (lambda: Image.new("RGBA", (5, 4), (10, 20, 30, 255)), (10, 20, 30)),
+        (lambda: Image.new("RGB", (5, 4), (1, 2, 3)), (1, 2, 3)),
+    ],
+)
 def test_decode_modes_to_rgb(make, expected_pixel):
     out = decode_image(png_bytes(make()))
     assert out.shape == (4, 5, 3) and out.dtype == np.uint8
@@ -57,11 +60,14 @@ def test_exif_orientation_is_applied():
     assert out[:5].mean() > 200 and out[-5:].mean() < 50  # the left band is now on top
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty"),
-    (b"plain text, not an image", "not a recognised image"),
-    (png_bytes(Image.new("RGB", (64, 64), 5))[:80], "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"plain text, not an image", "not a recognised image"),
+        (png_bytes(Image.new("RGB", (64, 64), 5))[:80], "corrupt or truncated"),
+    ],
+)
 def test_undecodable_bytes_raise_decode_error(data, reason):
     with pytest.raises(DecodeError, match=reason):
         decode_image(data)
@@ -91,7 +97,7 @@ def test_mask_round_trip_is_exact_when_downscaling(height, width):
     assert original.shape == (height, width)
     again, again_box = letterbox(original, 512, Image.NEAREST)
     assert again_box == box
-    inner = np.s_[box.top:box.top + box.inner_height, box.left:box.left + box.inner_width]
+    inner = np.s_[box.top : box.top + box.inner_height, box.left : box.left + box.inner_width]
     np.testing.assert_array_equal(again[inner], mask[inner])
 
 
@@ -112,8 +118,10 @@ def test_animated_gif_decodes_its_first_frame():
 
 def _gathered(values: np.ndarray, box: Letterbox) -> np.ndarray:
     """The mapping back as it was first written: a gather at each original pixel's centre."""
+
     def nearest(original: int, scaled: int) -> np.ndarray:
         return np.minimum(((np.arange(original) + 0.5) * (scaled / original)).astype(np.int64), scaled - 1)
+
     rows = box.top + nearest(box.height, box.inner_height)
     cols = box.left + nearest(box.width, box.inner_width)
     return values[rows[:, None], cols[None, :]]

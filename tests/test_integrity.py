@@ -3,6 +3,7 @@ an attempt that stalls after its last lease check and wakes up after its success
 stamps from the store that carry SQL, a run id with a trailing newline, and an S3 lease delete that
 arrives after a takeover (a loopback proxy holds the request in flight). No Ray: runs of synthetic
 parts."""
+
 import json
 import os
 import signal
@@ -33,8 +34,9 @@ def root(tmp_path) -> str:
 
 def rows_of(output: str, run_id: str) -> tuple[int, int]:
     """(rows, distinct images) of the run in `images`."""
-    found = delta_sql(output, f"SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM images "
-                              f"WHERE run_id = '{run_id}'").to_pylist()[0]
+    found = delta_sql(
+        output, f"SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM images WHERE run_id = '{run_id}'"
+    ).to_pylist()[0]
     return found["n"], found["d"]
 
 
@@ -94,11 +96,24 @@ def test_a_plan_carrying_sql_or_wrong_types_is_refused_in_one_line(root, tmp_pat
 
     target = tmp_path / "owned.csv"
     fs, folder = fsspec.filesystem("file"), plan_folder(root, "hostile")
-    good = {"run_id": "hostile", "inputs": 1, "skipped": 0, "planned": 1, "listed_at": "2026-01-01T00:00:00+00:00",
-            "model_sha256": "0" * 64, "sources": ["in/"], "shards": 1}
+    good = {
+        "run_id": "hostile",
+        "inputs": 1,
+        "skipped": 0,
+        "planned": 1,
+        "listed_at": "2026-01-01T00:00:00+00:00",
+        "model_sha256": "0" * 64,
+        "sources": ["in/"],
+        "shards": 1,
+    }
     fs.makedirs(folder, exist_ok=True)
-    for bad in ({"listed_at": HOSTILE.format(target=target)}, {"planned": "1; DROP"}, {"sources": "in/"},
-                {"run_id": "other"}, {"shards": -1}):
+    for bad in (
+        {"listed_at": HOSTILE.format(target=target)},
+        {"planned": "1; DROP"},
+        {"sources": "in/"},
+        {"run_id": "other"},
+        {"shards": -1},
+    ):
         fs.pipe_file(f"{folder}/plan.json", json.dumps({**good, **bad}).encode())
         with pytest.raises(UserError, match=f"run hostile: its plan .* {next(iter(bad))}"):
             load_plan(root, "hostile")
@@ -141,9 +156,16 @@ def test_an_s3_lease_delete_that_arrives_after_a_takeover_leaves_the_new_lease(s
     whose write landed while the delete was in flight lost its new lease."""
     output = f"s3://{s3_bucket}/out"
     with serving(HoldingDeletes(s3_server.endpoint)) as proxy:
-        monkeypatch.setitem(fsspec.config.conf, "s3", {
-            "endpoint_url": proxy.endpoint, "key": s3_server.env()["AWS_ACCESS_KEY_ID"],
-            "secret": s3_server.env()["AWS_SECRET_ACCESS_KEY"], "skip_instance_cache": True})
+        monkeypatch.setitem(
+            fsspec.config.conf,
+            "s3",
+            {
+                "endpoint_url": proxy.endpoint,
+                "key": s3_server.env()["AWS_ACCESS_KEY_ID"],
+                "secret": s3_server.env()["AWS_SECRET_ACCESS_KEY"],
+                "skip_instance_cache": True,
+            },
+        )
         first = leases.acquire(output, "released")
         releasing = threading.Thread(target=first.release)
         releasing.start()
@@ -160,8 +182,7 @@ def test_an_s3_lease_delete_that_arrives_after_a_takeover_leaves_the_new_lease(s
     assert found is not None and found[1] == taken, "the takeover's lease was deleted"
 
 
-def test_vacuum_keeps_the_parts_of_a_stalled_writer_whose_lease_expired_and_takes_an_abandoned_runs(
-        root, monkeypatch):
+def test_vacuum_keeps_the_parts_of_a_stalled_writer_whose_lease_expired_and_takes_an_abandoned_runs(root, monkeypatch):
     """Issue 27.1, the writer's side: a driver frozen (SIGSTOP) between its part check and its commit
     outlives its lease while maintenance runs; its parts are older than the retention. Vacuum must
     keep them (it may still wake up and commit, or a takeover resume them), and still delete the
@@ -183,8 +204,9 @@ def test_vacuum_keeps_the_parts_of_a_stalled_writer_whose_lease_expired_and_take
     finally:
         writer.kill()
         writer.wait()
-    left = {table: {name for name in os.listdir(os.path.join(root, table, "run_id=frozen"))} for table in
-            tables.PARTITIONED}
+    left = {
+        table: {name for name in os.listdir(os.path.join(root, table, "run_id=frozen"))} for table in tables.PARTITIONED
+    }
     assert all({part.name for part in parts["frozen"]} <= names for names in left.values())
     assert not any(os.listdir(os.path.join(root, table, "run_id=abandoned")) for table in tables.PARTITIONED)
     tables.commit_run(root, run_record("frozen", 20), parts["frozen"])  # it wakes up and commits: readable
@@ -209,12 +231,27 @@ def test_a_resume_with_other_result_flags_is_refused_naming_them(tmp_path, tiny_
     model = model_info(tiny_artifact, False)
     first = with_model_mode(SegmentConfig(inputs=[folder], output=output, model=tiny_artifact, run_id="mixed"), model)
     _make_plan(first, model, "mixed", iter_listing(first.inputs), time.time())
-    again = run_job("segment.py", "--input", folder, "--output", output, "--model", tiny_artifact, "--run-id", "mixed",
-                    "--tta", "flip", "--precision", "float32", env=dict(os.environ))
+    again = run_job(
+        "segment.py",
+        "--input",
+        folder,
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--run-id",
+        "mixed",
+        "--tta",
+        "flip",
+        "--precision",
+        "float32",
+        env=dict(os.environ),
+    )
     assert again.returncode == 2, again.stderr[-3000:]
     assert again.stderr.strip().splitlines() == [
         "error: run mixed was started with --tta none --precision auto; this attempt asks for --tta flip "
-        "--precision float32: resume it with the same flags or pick another run id (--run-id)"], again.stderr
+        "--precision float32: resume it with the same flags or pick another run id (--run-id)"
+    ], again.stderr
 
 
 def test_maintenance_removes_abandoned_plans_and_their_parts_and_keeps_the_rest(root, monkeypatch):
@@ -228,8 +265,21 @@ def test_maintenance_removes_abandoned_plans_and_their_parts_and_keeps_the_rest(
 
     monkeypatch.setattr(leases, "EXPIRY_SECONDS", 1.0)
     for run_id in ("abandoned", "held", "young"):
-        make_plan(root, Plan(run_id, inputs=0, skipped=0, planned=0, listed_at="2026-01-01T00:00:00+00:00",
-                             model_sha256="ab" * 32, sources=["list"], shards=0), iter(listing_chunks(20, 8)), None)
+        make_plan(
+            root,
+            Plan(
+                run_id,
+                inputs=0,
+                skipped=0,
+                planned=0,
+                listed_at="2026-01-01T00:00:00+00:00",
+                model_sha256="ab" * 32,
+                sources=["list"],
+                shards=0,
+            ),
+            iter(listing_chunks(20, 8)),
+            None,
+        )
         write_run(root, run_id, 0, 10, part_rows=5)
     holder = leases.acquire(root, "held")
     holder._stop.set()  # the attempt stopped renewing: its lease expires, but was held within the retention
@@ -263,9 +313,13 @@ def commit_cut_after_images(output: str, run_id: str) -> None:
     """A driver (at the lowest CPU priority, so the watcher wins the race) frozen the moment its `images`
     commit landed, then killed: the run is in `images` and nowhere else."""
     bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-    proc = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", CUT_COMMIT, output, run_id, bench],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(bench))
+    proc = subprocess.Popen(
+        ["nice", "-n", "19", sys.executable, "-c", CUT_COMMIT, output, run_id, bench],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(bench),
+    )
     assert proc.stdout.readline().strip() == "written"
     log = os.path.join(output, "images", "_delta_log")
     commit = os.path.join(log, f"{len([n for n in os.listdir(log) if n.endswith('.json')]):020d}.json")
@@ -283,8 +337,9 @@ def test_run_starts_read_only_the_images_commits_since_the_last_complete_one(roo
     left mid-commit. Now `runs` carries a watermark (an app transaction's version): the `images`
     version through which every run is complete; a pass reads only the commits after it."""
     for night in range(3):
-        tables.commit_run(root, run_record(f"night-{night}", 10), write_run(root, f"night-{night}", night * 10, 10,
-                                                                                part_rows=10))
+        tables.commit_run(
+            root, run_record(f"night-{night}", 10), write_run(root, f"night-{night}", night * 10, 10, part_rows=10)
+        )
     runs_version = delta_table(root, "runs").version()
     assert tables.complete_pending(root) == []  # a run start: 4 commits behind, it writes nothing
     assert delta_table(root, "runs").version() == runs_version
@@ -296,14 +351,18 @@ def test_run_starts_read_only_the_images_commits_since_the_last_complete_one(roo
         pytest.skip("the kill came after the runs commit")
     assert tables.complete_pending(root, lag=1) == ["cut"]
     assert delta_table(root, "runs").transaction_version(tables.COMPLETE_THROUGH) == images_version + 1
-    counts = delta_sql(root, "SELECT (SELECT count(*) FROM images) AS i, (SELECT count(*) FROM current) AS c, "
-                             "(SELECT count(*) FROM runs) AS r").to_pylist()
+    counts = delta_sql(
+        root,
+        "SELECT (SELECT count(*) FROM images) AS i, (SELECT count(*) FROM current) AS c, "
+        "(SELECT count(*) FROM runs) AS r",
+    ).to_pylist()
     assert counts == [{"i": 50, "c": 50, "r": 4}]
     assert tables.complete_pending(root) == []
 
 
-@pytest.mark.parametrize("hostile", [{"class_stats_parts": [["../../current/x.parquet", 10, 1]]},
-                                     {"run_id": "../escape"}])
+@pytest.mark.parametrize(
+    "hostile", [{"class_stats_parts": [["../../current/x.parquet", 10, 1]]}, {"run_id": "../escape"}]
+)
 def test_a_commit_record_naming_files_or_runs_this_job_never_writes_is_refused(root, hostile):
     """The roll-forward takes a commit's facts from the store: a part name that leaves the run's folder,
     or a run id that is no run id, must not become an add action."""
@@ -311,9 +370,13 @@ def test_a_commit_record_naming_files_or_runs_this_job_never_writes_is_refused(r
 
     images = delta_table(root, "images")
     facts = {**run_record("forged", 0), "class_stats_parts": [], **hostile}
-    images.create_write_transaction([], mode="append", schema=images.schema(), partition_by=["run_id"],
-                                    commit_properties=CommitProperties(custom_metadata={
-                                        tables.RUN_KEY: json.dumps(facts)}))
+    images.create_write_transaction(
+        [],
+        mode="append",
+        schema=images.schema(),
+        partition_by=["run_id"],
+        commit_properties=CommitProperties(custom_metadata={tables.RUN_KEY: json.dumps(facts)}),
+    )
     with pytest.raises(UserError):
         tables.complete_pending(root)
     assert delta_sql(root, "SELECT count(*) AS n FROM class_stats").column("n")[0].as_py() == 0

@@ -1,5 +1,6 @@
 """The architecture as a test: import-linter's contracts in pyproject.toml (commands above the library's
 layers above unet_core; unet_core imports neither jobs nor ray)."""
+
 import os
 import pathlib
 import subprocess
@@ -19,8 +20,16 @@ def test_drivers_and_readers_load_no_tensorflow():
     """Only model replicas and training workers pay TensorFlow's import (seconds per process): the
     commands' drivers plan from the artifact's metadata (so `--help` answers at once, `train.py`'s
     too), and Ray Train's data readers unpickle their functions from the training workers' module."""
-    modules = ["jobs.segment", "jobs.train", "jobs.evaluate", "jobs.query", "jobs.report", "jobs.export_masks",
-               "jobs.maintain", "jobs.training.loop"]
+    modules = [
+        "jobs.segment",
+        "jobs.train",
+        "jobs.evaluate",
+        "jobs.query",
+        "jobs.report",
+        "jobs.export_masks",
+        "jobs.maintain",
+        "jobs.training.loop",
+    ]
     probe = f"import sys; import {', '.join(modules)}; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -3,6 +3,7 @@ runs ahead (libfaketime), maintenance in another PID namespace on the same hostn
 that stops answering, attempts that race to take over a dead lease, an attempt that stalls and
 wakes up after it was taken over, and a process stopped (SIGSTOP) while it holds a lease's lock.
 Durations are shortened by setting the module's constants."""
+
 import os
 import shutil
 import signal
@@ -45,16 +46,26 @@ LOCKER = textwrap.dedent("""
 
 
 def live_seen_by(output: str, *wrapper: str) -> int:
-    done = subprocess.run([*wrapper, sys.executable, "-c", PROBE.format(output=output)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*wrapper, sys.executable, "-c", PROBE.format(output=output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split()[-1])
 
 
 def hold(output: str, *run_ids: str) -> subprocess.Popen:
     """Another process holding leases, as another attempt's driver does."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, output, *run_ids], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, output, *run_ids],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -80,8 +91,7 @@ def test_another_pid_namespace_on_the_same_hostname_still_sees_the_live_lease(tm
 
 
 @pytest.mark.ray
-def test_a_heartbeat_that_cannot_reach_the_store_keeps_trying_and_fences_the_commit(
-        s3_server, s3_bucket, monkeypatch):
+def test_a_heartbeat_that_cannot_reach_the_store_keeps_trying_and_fences_the_commit(s3_server, s3_bucket, monkeypatch):
     """Issue case 1: botocore's EndpointConnectionError is no OSError; it ended the heartbeat, and the
     attempt committed on a lease that had expired."""
     import fsspec
@@ -90,10 +100,17 @@ def test_a_heartbeat_that_cannot_reach_the_store_keeps_trying_and_fences_the_com
     monkeypatch.setattr(leases, "EXPIRY_SECONDS", 3.0)
     output = f"s3://{s3_bucket}/out"
     with dropping_proxy(s3_server.endpoint) as proxy:
-        monkeypatch.setitem(fsspec.config.conf, "s3", {
-            "endpoint_url": proxy.endpoint, "key": s3_server.env()["AWS_ACCESS_KEY_ID"],
-            "secret": s3_server.env()["AWS_SECRET_ACCESS_KEY"], "skip_instance_cache": True,
-            "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}})
+        monkeypatch.setitem(
+            fsspec.config.conf,
+            "s3",
+            {
+                "endpoint_url": proxy.endpoint,
+                "key": s3_server.env()["AWS_ACCESS_KEY_ID"],
+                "secret": s3_server.env()["AWS_SECRET_ACCESS_KEY"],
+                "skip_instance_cache": True,
+                "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+            },
+        )
         lease = leases.acquire(output, "unreachable")
         proxy.shutdown()
         proxy.server_close()  # the store's address now refuses every connection
@@ -185,8 +202,9 @@ def test_a_process_stopped_holding_a_lease_lock_blocks_no_other_run_and_its_own_
     monkeypatch.setattr(leases, "LOCK_WAIT_SECONDS", 0.5)
     output = str(tmp_path / "out")
     stuck = leases.acquire(output, "stuck")
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, output, "stuck"], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, output, "stuck"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert locker.stdout.readline().strip() == "locked"
         locker.send_signal(signal.SIGSTOP)

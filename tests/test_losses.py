@@ -1,4 +1,5 @@
 """Soft Dice and the CE+Dice default: values, ignored pixels, reduced precision, and no collapse to background."""
+
 import keras
 import numpy as np
 import pytest
@@ -43,20 +44,25 @@ def small_squares(rng: np.random.Generator, count: int, size: int = 32, side: in
     images = rng.integers(60, 120, (count, size, size, 3)).astype(np.uint8)
     masks = np.zeros((count, size, size), np.uint8)
     for image, mask, (top, left) in zip(images, masks, rng.integers(0, size - side, (count, 2))):
-        mask[top:top + side, left:left + side] = 1
-        image[top:top + side, left:left + side] = (200, 60, 60)
+        mask[top : top + side, left : left + side] = 1
+        image[top : top + side, left : left + side] = (200, 60, 60)
     return images, masks
 
 
 def foreground_iou_after(loss: str, epochs: int, seed: int, batch: int = 2) -> float:
     keras.utils.set_random_seed(seed)
     images, masks = small_squares(np.random.default_rng(seed), 32)
-    trainer = DistributedTrainer(tf.distribute.get_strategy(), ModelConfig(2, 32, 8), LossConfig(loss),
-                                 OptimizerConfig(learning_rate=5e-3, schedule="constant"), batch,
-                                 epochs * len(images) // batch)
+    trainer = DistributedTrainer(
+        tf.distribute.get_strategy(),
+        ModelConfig(2, 32, 8),
+        LossConfig(loss),
+        OptimizerConfig(learning_rate=5e-3, schedule="constant"),
+        batch,
+        epochs * len(images) // batch,
+    )
     for _ in range(epochs):
         for start in range(0, len(images), batch):
-            trainer.train_step(images[start:start + batch], masks[start:start + batch])
+            trainer.train_step(images[start : start + batch], masks[start : start + batch])
     return float(iou_per_class(confusion_matrix(masks, trainer.predict(images), 2))[1])
 
 

@@ -12,6 +12,7 @@ def test_palette_png_round_trip_is_lossless():
     np.testing.assert_array_equal(decode_mask_png(data), mask)
     from PIL import Image
     import io
+
     with Image.open(io.BytesIO(data)) as image:
         assert image.mode == "P"
         assert image.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]  # VOC colours

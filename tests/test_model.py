@@ -34,12 +34,16 @@ def test_tiny_replica_output_shape_and_probabilities():
 @pytest.mark.parametrize("normalization", ["none", "batch", "group"])
 def test_kernels_are_drawn_as_the_seed_draws_them_or_he_normal_under_a_normalization(normalization):
     model = build_unet(num_classes=3, input_shape=(32, 32, 3), base_filters=2, normalization=normalization)
-    kernels = {layer.name: type(layer.kernel_initializer).__name__ for layer in model.layers
-               if "_conv" in layer.name and getattr(layer, "kernel_size", None) == (3, 3)}
+    kernels = {
+        layer.name: type(layer.kernel_initializer).__name__
+        for layer in model.layers
+        if "_conv" in layer.name and getattr(layer, "kernel_size", None) == (3, 3)
+    }
     assert len(kernels) == 13 + 8
     if normalization == "none":
         assert {name: kind for name, kind in kernels.items() if name.startswith("block")} == {
-            name: "GlorotUniform" for name in kernels if name.startswith("block")}
+            name: "GlorotUniform" for name in kernels if name.startswith("block")
+        }
         assert {kernels[name] for name in kernels if name.startswith("up")} == {"HeNormal"}
     else:
         assert set(kernels.values()) == {"HeNormal"}
@@ -69,9 +73,14 @@ def test_input_sides_must_be_multiples_of_16(shape):
 def test_unet_core_never_imports_ray():
     for path in (ROOT / "unet_core").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n == "ray" or n.startswith("ray.") for n in names), f"{path} imports ray"
-    code = "import sys, unet_core, unet_core.predict, unet_core.synthetic, unet_core.metrics; print('ray' in sys.modules)"
+    code = (
+        "import sys, unet_core, unet_core.predict, unet_core.synthetic, unet_core.metrics; print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

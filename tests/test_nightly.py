@@ -1,4 +1,5 @@
 """Nightly-run guarantees: hostile input, crashes of the driver and of replicas, incremental runs, security."""
+
 import io
 import os
 import re
@@ -50,8 +51,10 @@ def hostile_corpus(folder) -> dict[str, str | None]:
     cases = {
         "zero.png": (b"", "empty file"),
         "truncated.png": (_random_png(40, 40)[:100], "truncated"),
-        "truncated.jpg": (_encoded(Image.fromarray(RNG.integers(0, 255, (40, 40, 3), dtype=np.uint8)), "JPEG")[:300],
-                          "truncated"),
+        "truncated.jpg": (
+            _encoded(Image.fromarray(RNG.integers(0, 255, (40, 40, 3), dtype=np.uint8)), "JPEG")[:300],
+            "truncated",
+        ),
         "text.jpg": (b"this is a text file wearing a .jpg name\n", "not a recognised image"),
         "bomb.png": (bomb_png(200_000, 200_000), "above the max_pixels limit of 50,000,000"),
         "one.png": (_random_png(1, 1), None),
@@ -79,8 +82,21 @@ def hostile_corpus(folder) -> dict[str, str | None]:
 def test_hostile_input_gives_exactly_one_correct_row_per_file(tmp_path, tiny_artifact):
     expected = hostile_corpus(tmp_path / "hostile")
     output = str(tmp_path / "out")
-    done = run_job("segment.py", "--input", str(tmp_path / "hostile"), "--output", output, "--model", tiny_artifact,
-                   "--precision", "float32", "--max-pixels", "50000000", "--run-id", "hostile")
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(tmp_path / "hostile"),
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--precision",
+        "float32",
+        "--max-pixels",
+        "50000000",
+        "--run-id",
+        "hostile",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_dataset(output, "images").to_pylist()
     names = sorted(os.path.basename(r["image_uri"]) for r in rows)
@@ -132,7 +148,8 @@ def test_incremental_run_processes_only_new_and_changed_images(tmp_path, tiny_ar
     assert "31 images, 19 skipped, 12 processed: 12 ok, 0 errors" in second.stdout
     night2 = read_dataset(output, "images").filter(pads.field("run_id") == "night-2").column("image_uri").to_pylist()
     assert sorted(os.path.basename(u) for u in night2) == sorted(
-        [f"img_{i:03d}.png" for i in range(20, 30)] + ["img_003.png", "img_007.png"])
+        [f"img_{i:03d}.png" for i in range(20, 30)] + ["img_003.png", "img_007.png"]
+    )
 
     _images(tmp_path, 1, start=30)
     third = run_job("segment.py", *args, "--run-id", "night-3", "--retry-errors", "--max-error-rate", "0.4")
@@ -147,8 +164,15 @@ def test_incremental_run_processes_only_new_and_changed_images(tmp_path, tiny_ar
 
 def _start_job(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env_extra or {})
-    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "segment.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_parts(output: str, run_id: str, proc: subprocess.Popen, timeout: float = 240) -> int:
@@ -165,11 +189,26 @@ def _wait_for_parts(output: str, run_id: str, proc: subprocess.Popen, timeout: f
 def test_replica_killed_mid_run_is_restarted_and_every_image_is_written(tmp_path, slow_artifact):
     folder = _images(tmp_path, 24)
     output = str(tmp_path / "out")
-    proc = _start_job("--input", str(folder), "--output", output, "--model", slow_artifact, "--run-id", "actor",
-                      "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32")
+    proc = _start_job(
+        "--input",
+        str(folder),
+        "--output",
+        output,
+        "--model",
+        slow_artifact,
+        "--run-id",
+        "actor",
+        "--batch-size",
+        "2",
+        "--rows-per-file",
+        "2",
+        "--precision",
+        "float32",
+    )
     _wait_for_parts(output, "actor", proc)
-    replicas = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                if "MapBatches(Segmenter)" in " ".join(p.cmdline())]
+    replicas = [
+        p for p in psutil.Process(proc.pid).children(recursive=True) if "MapBatches(Segmenter)" in " ".join(p.cmdline())
+    ]
     assert len(replicas) == 1
     replicas[0].kill()
     assert delta_table(output, "images").transaction_version("actor") is None  # killed before the run finished
@@ -187,10 +226,19 @@ def test_model_carrying_code_is_refused_with_one_line(tmp_path, mixed_folder):
 
     inputs = keras.Input((32, 32, 3))
     hidden = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
-    save_artifact(keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(hidden)),
-                  str(tmp_path / "evil"), ["a", "b"])
-    done = run_job("segment.py", "--input", mixed_folder["grey.png"], "--output", str(tmp_path / "out"),
-                   "--model", str(tmp_path / "evil"), timeout=120)
+    save_artifact(
+        keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(hidden)), str(tmp_path / "evil"), ["a", "b"]
+    )
+    done = run_job(
+        "segment.py",
+        "--input",
+        mixed_folder["grey.png"],
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        str(tmp_path / "evil"),
+        timeout=120,
+    )
     assert done.returncode == 2 and "refused by Keras safe mode" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 
@@ -203,8 +251,17 @@ def test_input_names_never_become_output_paths(tmp_path, tiny_artifact):
     (lists / "list.txt").write_text("../../x.png\n")
     output = lists / "out"
     before = {p for p in tmp_path.rglob("*")}
-    done = run_job("segment.py", "--input", str(lists / "list.txt"), "--output", str(output), "--model", tiny_artifact,
-                   "--run-id", "trav")
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(lists / "list.txt"),
+        "--output",
+        str(output),
+        "--model",
+        tiny_artifact,
+        "--run-id",
+        "trav",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     created = {p for p in tmp_path.rglob("*")} - before
     assert created and all(p == output or output in p.parents for p in created)
@@ -219,8 +276,15 @@ def test_credentials_never_reach_outputs_or_logs(tmp_path, tiny_artifact, mixed_
     secrets = {"AWS_ACCESS_KEY_ID": "AKIALEAKCHECK7Q2XZ", "AWS_SECRET_ACCESS_KEY": "leak/Check+Secret9876543210abcdef"}
     ray_tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")
     output = tmp_path / "out"
-    proc = _start_job("--input", os.path.dirname(mixed_folder["grey.png"]), "--output", str(output),
-                      "--model", tiny_artifact, env_extra={**secrets, "RAY_TMPDIR": ray_tmp})
+    proc = _start_job(
+        "--input",
+        os.path.dirname(mixed_folder["grey.png"]),
+        "--output",
+        str(output),
+        "--model",
+        tiny_artifact,
+        env_extra={**secrets, "RAY_TMPDIR": ray_tmp},
+    )
     logs, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, logs[-3000:]
     scanned = 0
@@ -236,7 +300,8 @@ def test_credentials_never_reach_outputs_or_logs(tmp_path, tiny_artifact, mixed_
 
 
 def test_an_image_deleted_from_the_folder_leaves_current_and_the_summary_and_comes_back_when_restored(
-        tmp_path, tiny_artifact):
+    tmp_path, tiny_artifact
+):
     """Issue 27.9: `current` never forgot an image deleted from the collection, so the summary counted it
     and every plan read it. A run that lists a folder whole marks what it did not find (deleted_at),
     in the same update of `current`; a later listing that finds the file again clears the mark."""
@@ -268,7 +333,8 @@ def test_an_image_deleted_from_the_folder_leaves_current_and_the_summary_and_com
 
 
 def test_a_run_in_which_every_processed_image_failed_exits_4_and_says_what_a_list_file_was_read_as(
-        tmp_path, tiny_artifact):
+    tmp_path, tiny_artifact
+):
     """Issue 30: `--input notes.txt` read a text file as a list, found one "image", committed a run with
     every image failed, and exited 0, as if all was well."""
     notes = tmp_path / "notes.txt"
@@ -277,7 +343,9 @@ def test_a_run_in_which_every_processed_image_failed_exits_4_and_says_what_a_lis
     assert done.returncode == 4, done.stderr[-3000:]
     assert "1 images, 0 skipped, 1 processed: 0 ok, 1 errors" in done.stdout
     lines = [line for line in done.stderr.splitlines() if line.startswith((str(notes), "error:"))]
-    assert lines[0] == f"{notes}: read as a list file, one image URI a line; none of its first 1 entries names " \
-                       "an image file (.jpg, .png, ...)"
+    assert (
+        lines[0] == f"{notes}: read as a list file, one image URI a line; none of its first 1 entries names "
+        "an image file (.jpg, .png, ...)"
+    )
     assert lines[1].startswith("error: every one of the 1 processed images failed; `python jobs/query.py --output ")
     assert "Traceback" not in done.stderr

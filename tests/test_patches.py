@@ -1,4 +1,5 @@
 """Foreground-oversampling patch sampler: exact, in-bounds, seeded crops and padding of small images."""
+
 import numpy as np
 import pytest
 
@@ -20,8 +21,8 @@ def test_crops_are_exact_and_inside_the_image():
     assert images.shape == (50, 32, 32, 3) and masks.shape == (50, 32, 32)
     for crop, crop_mask, (top, left) in zip(images, masks, offsets):
         assert 0 <= top <= 120 - 32 and 0 <= left <= 90 - 32
-        assert np.array_equal(crop, image[top:top + 32, left:left + 32])
-        assert np.array_equal(crop_mask, mask[top:top + 32, left:left + 32])
+        assert np.array_equal(crop, image[top : top + 32, left : left + 32])
+        assert np.array_equal(crop_mask, mask[top : top + 32, left : left + 32])
 
 
 @pytest.mark.parametrize("share", [0.0, 0.33, 0.5, 1.0])

@@ -1,4 +1,5 @@
 """Mixed-precision replicas must run the artifact's own graph, not a default one rebuilt beside it."""
+
 import keras
 import numpy as np
 import pytest
@@ -53,8 +54,9 @@ def test_replica_computes_in_bfloat16_and_answers_in_float32(tanh_artifact):
 def test_code_carrying_model_keeps_its_lambda(tmp_path):
     inputs = keras.Input((16, 16, 3))
     hidden = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
-    save_artifact(keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(hidden)),
-                  str(tmp_path / "code"), ["a", "b"])
+    save_artifact(
+        keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(hidden)), str(tmp_path / "code"), ["a", "b"]
+    )
     model = load_artifact(str(tmp_path / "code"), allow_unsafe=True).model
     x = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
     np.testing.assert_allclose(model_in_precision(model, "bfloat16")(x), model(x), atol=0.02)

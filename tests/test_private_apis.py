@@ -1,5 +1,6 @@
 """The private APIs of s3fs and Ray the project relies on, each called for real: an upgrade that
 removes or changes one fails here by name, not deep inside a run."""
+
 import logging
 import os
 import subprocess
@@ -53,9 +54,13 @@ print("ok")
 
 @pytest.mark.ray
 def test_ray_private_state_answers_in_a_ray_it_started():
-    done = subprocess.run([sys.executable, "-c", RAY_PROBE], capture_output=True, text=True, timeout=180,
-                          env={"RAY_AUTH_MODE": "disabled", **{k: v for k, v in os.environ.items()
-                                                                if k != "RAY_ADDRESS"}})
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"RAY_AUTH_MODE": "disabled", **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}},
+    )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 

@@ -1,4 +1,5 @@
 """The progress line: counts, rate and, once the model has run, where the time goes and what bounds the run."""
+
 from jobs.cluster.capacity import bound
 from jobs.inference.progress import Progress
 
@@ -14,8 +15,10 @@ def test_the_line_names_the_stage_that_bounds_the_run_once_the_model_has_run():
     progress.add(part(10, read=0.1, decode=3.0, model=1.0, postprocess=0.5, write=0.1))
     line = progress.line()
     assert line.startswith("run night: 10/100 images (10.0%), ")
-    assert ("; per image read 10 ms, decode 300 ms, model 100 ms, postprocess 50 ms, write 10 ms, "
-            "bound by decode: 3.7 CPUs per replica keep it busy, 0.5 are spare") in line
+    assert (
+        "; per image read 10 ms, decode 300 ms, model 100 ms, postprocess 50 ms, write 10 ms, "
+        "bound by decode: 3.7 CPUs per replica keep it busy, 0.5 are spare"
+    ) in line
 
 
 def test_a_cheap_cpu_side_leaves_the_model_as_the_bound():
@@ -42,4 +45,5 @@ def test_replicas_that_wait_on_the_cpu_side_are_told_once(capsys):
         progress.add(part(10, read=0.1, decode=9.0, model=1.0, postprocess=0.5, write=0.1))
     assert capsys.readouterr().out.splitlines() == [
         "run night: the replicas wait: bound by decode: 5.1 CPUs per replica keep it busy, 0.5 are spare; "
-        "give the CPU side more CPUs (docs/cluster.md#cpus-per-gpu)"]
+        "give the CPU side more CPUs (docs/cluster.md#cpus-per-gpu)"
+    ]

@@ -2,6 +2,7 @@
 driver is killed between its `images` commit and the tables that follow, after maintenance rewrote
 `images` meanwhile, under concurrent completions, and for runs that had nothing to process. Every
 table is read back with deltalake itself."""
+
 import os
 import re
 import shutil
@@ -38,10 +39,32 @@ def cut_root(tmp_path_factory, tiny_artifact) -> str:
 
 
 def cut_after_the_images_commit(output: str, model: str) -> bool:
-    proc = subprocess.Popen(["nice", "-n", "19", sys.executable, str(ROOT / "jobs" / "segment.py"), "--input",
-                             str(Path(output).parent / "in"), "--output", output, "--model", model, "--run-id", "cut",
-                             "--batch-size", "2", "--rows-per-file", "2"], cwd=ROOT, env=shared_head().client_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            "nice",
+            "-n",
+            "19",
+            sys.executable,
+            str(ROOT / "jobs" / "segment.py"),
+            "--input",
+            str(Path(output).parent / "in"),
+            "--output",
+            output,
+            "--model",
+            model,
+            "--run-id",
+            "cut",
+            "--batch-size",
+            "2",
+            "--rows-per-file",
+            "2",
+        ],
+        cwd=ROOT,
+        env=shared_head().client_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     images_commit = os.path.join(output, "images", "_delta_log", f"{1:020d}.json")
     deadline = time.monotonic() + 240
     while not os.path.exists(images_commit) and proc.poll() is None and time.monotonic() < deadline:
@@ -54,8 +77,10 @@ def cut_after_the_images_commit(output: str, model: str) -> bool:
 
 
 def counts(output: str) -> dict[str, int]:
-    return {table: delta_sql(output, f"SELECT count(*) AS n FROM {table} WHERE run_id = 'cut'").column("n")[0].as_py()
-            for table in COUNTS}
+    return {
+        table: delta_sql(output, f"SELECT count(*) AS n FROM {table} WHERE run_id = 'cut'").column("n")[0].as_py()
+        for table in COUNTS
+    }
 
 
 def copy_of(root: str, tmp_path) -> str:
@@ -136,17 +161,40 @@ def test_an_empty_run_commits_its_id_once(tmp_path, tiny_artifact):
     again = run_job("segment.py", *args, "--run-id", "empty")
     assert again.returncode == 2 and "run empty is already committed" in again.stderr
     rows = delta_sql(output, "SELECT run_id, inputs, skipped, processed FROM runs ORDER BY run_id").to_pylist()
-    assert rows == [{"run_id": "empty", "inputs": 2, "skipped": 2, "processed": 0},
-                    {"run_id": "full", "inputs": 2, "skipped": 0, "processed": 2}]
+    assert rows == [
+        {"run_id": "empty", "inputs": 2, "skipped": 2, "processed": 0},
+        {"run_id": "full", "inputs": 2, "skipped": 0, "processed": 2},
+    ]
 
 
 def slow_run_with_parts(folder: str, output: str, model: str, run_id: str) -> tuple[subprocess.Popen, str]:
     """A run of the slow model, two images a part, once its first `images` part is written: (the job,
     its parts folder)."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), "--input", folder, "--output", output,
-                             "--model", model, "--run-id", run_id, "--batch-size", "2", "--rows-per-file", "2",
-                             "--precision", "float32"], cwd=ROOT, env=shared_head().client_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "segment.py"),
+            "--input",
+            folder,
+            "--output",
+            output,
+            "--model",
+            model,
+            "--run-id",
+            run_id,
+            "--batch-size",
+            "2",
+            "--rows-per-file",
+            "2",
+            "--precision",
+            "float32",
+        ],
+        cwd=ROOT,
+        env=shared_head().client_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     parts = os.path.join(output, "images", f"run_id={run_id}")
     deadline = time.monotonic() + 240
     while not whole_parts(parts) and proc.poll() is None and time.monotonic() < deadline:
@@ -170,9 +218,23 @@ def test_maintenance_on_a_host_three_hours_ahead_leaves_a_live_run_whole(tmp_pat
     proc, parts = slow_run_with_parts(str(tmp_path / "in"), output, slow_artifact, "live")
     written = whole_parts(parts)
     assert written and proc.poll() is None, "the run ended before maintenance could run beside it"
-    maintained = subprocess.run(["faketime", "-f", "+3h", sys.executable, str(ROOT / "jobs" / "maintain.py"),
-                                 "--output", output, "--retention-hours", "1"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=300)
+    maintained = subprocess.run(
+        [
+            "faketime",
+            "-f",
+            "+3h",
+            sys.executable,
+            str(ROOT / "jobs" / "maintain.py"),
+            "--output",
+            output,
+            "--retention-hours",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert maintained.returncode == 0, maintained.stderr[-3000:]
     out, _ = proc.communicate(timeout=600)
     assert written <= whole_parts(parts)  # the live run's parts are all still there

@@ -1,5 +1,6 @@
 """Per-image quality signals (issue 31): the NumPy statement on a hand-made probability map, and the
 replica's graph against it."""
+
 import math
 
 import keras
@@ -44,9 +45,10 @@ def test_the_graph_computes_the_numpy_signals_inside_each_box():
     disagreement = np.random.default_rng(0).random(probabilities.shape[:3]) < 0.3
     graph = batch_signals(tf.constant(probabilities), tf.constant(disagreement), tf.constant(boxes)).numpy()
     for image, (top, left, height, width) in enumerate(boxes):
-        region = probabilities[image, top:top + height, left:left + width]
-        expected = quality_signals(region.max(-1), normalized_entropy(region),
-                                   disagreement[image, top:top + height, left:left + width])
+        region = probabilities[image, top : top + height, left : left + width]
+        expected = quality_signals(
+            region.max(-1), normalized_entropy(region), disagreement[image, top : top + height, left : left + width]
+        )
         np.testing.assert_allclose(graph[image], expected, rtol=1e-5)
 
 
@@ -61,7 +63,7 @@ def test_a_replica_returns_the_signals_of_its_own_probabilities(tmp_path, tta):
     prediction = predictor.predict(images, boxes)
     probabilities = predictor.probabilities(images)
     for image, (top, left, height, width) in enumerate(boxes):
-        region = probabilities[image, top:top + height, left:left + width]
+        region = probabilities[image, top : top + height, left : left + width]
         expected = quality_signals(region.max(-1), normalized_entropy(region))
         np.testing.assert_allclose(prediction.signals[image, :4], expected[:4], rtol=1e-4, atol=1e-3)
         assert np.isnan(prediction.signals[image, 4]) != tta

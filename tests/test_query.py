@@ -1,4 +1,5 @@
 """query.py against real runs of the segment job, checked against figures read from the tables by deltalake."""
+
 import csv
 import io
 import json
@@ -69,8 +70,10 @@ def test_find_returns_exactly_the_images_above_the_fraction(output):
     stats = current_rows(output, "class_stats")
     fractions = sorted(s["fraction"] for s in stats if s["class_name"] == "thing")
     threshold = fractions[len(fractions) // 2]
-    expected = sorted(((s["fraction"], s["image_uri"]) for s in stats
-                       if s["class_name"] == "thing" and s["fraction"] >= threshold), key=lambda p: (-p[0], p[1]))
+    expected = sorted(
+        ((s["fraction"], s["image_uri"]) for s in stats if s["class_name"] == "thing" and s["fraction"] >= threshold),
+        key=lambda p: (-p[0], p[1]),
+    )
     rows = query_json(output, "find", "--class", "thing", "--min-fraction", repr(threshold))
     assert [(row["fraction"], row["image_uri"]) for row in rows] == expected
     assert len(expected) >= 2
@@ -81,8 +84,11 @@ def test_find_returns_exactly_the_images_above_the_fraction(output):
 
 def test_errors_follow_the_latest_committed_run(output):
     first = query_json(output, "errors", "--run", "first")
-    expected = {row["image_uri"]: row["error"] for row in read_run(output, "images", "first").to_pylist()
-                if row["status"] == "error"}
+    expected = {
+        row["image_uri"]: row["error"]
+        for row in read_run(output, "images", "first").to_pylist()
+        if row["status"] == "error"
+    }
     assert {row["image_uri"]: row["error"] for row in first} == expected
     assert sorted(os.path.basename(uri) for uri in expected) == ["empty.png", "fixme.png"]
     assert any("empty file" in reason for reason in expected.values())
@@ -98,13 +104,22 @@ def test_sql_sees_committed_rows_and_current_views(output):
         for row in read_run(output, "images", run).to_pylist():
             counted[(run, row["status"])] = counted.get((run, row["status"]), 0) + 1
     assert {(r["run_id"], r["status"]): r["n"] for r in rows} == counted
-    current = query_json(output, "sql", "SELECT run_id, count(*)::INT AS n FROM current_images GROUP BY ALL ORDER BY ALL")
+    current = query_json(
+        output, "sql", "SELECT run_id, count(*)::INT AS n FROM current_images GROUP BY ALL ORDER BY ALL"
+    )
     assert current == [{"run_id": "first", "n": 5}, {"run_id": "second", "n": 3}]
-    joined = query_json(output, "sql", "SELECT sum(c.pixels)::BIGINT AS pixels, sum(i.width * i.height)::BIGINT AS area "
-                                      "FROM current_class_stats c JOIN current_images i USING (image_id) "
-                                      "WHERE c.class_id = 0")
-    assert joined[0]["pixels"] <= joined[0]["area"] == sum(r["width"] * r["height"] for r in current_rows(output, "images")
-                                                           if r["status"] == "ok")
+    joined = query_json(
+        output,
+        "sql",
+        "SELECT sum(c.pixels)::BIGINT AS pixels, sum(i.width * i.height)::BIGINT AS area "
+        "FROM current_class_stats c JOIN current_images i USING (image_id) "
+        "WHERE c.class_id = 0",
+    )
+    assert (
+        joined[0]["pixels"]
+        <= joined[0]["area"]
+        == sum(r["width"] * r["height"] for r in current_rows(output, "images") if r["status"] == "ok")
+    )
 
 
 def test_every_format_holds_the_same_rows(output, tmp_path):
@@ -115,7 +130,9 @@ def test_every_format_holds_the_same_rows(output, tmp_path):
     assert pq.read_table(tmp_path / "r.parquet").to_pylist() == reference
     main([*args, "--format", "csv", "--to", str(tmp_path / "r.csv")])
     parsed = list(csv.DictReader(open(tmp_path / "r.csv")))
-    assert [(r["image_uri"], float(r["fraction"])) for r in parsed] == [(r["image_uri"], r["fraction"]) for r in reference]
+    assert [(r["image_uri"], float(r["fraction"])) for r in parsed] == [
+        (r["image_uri"], r["fraction"]) for r in reference
+    ]
     main([*args, "--to", str(tmp_path / "r.txt")])
     lines = open(tmp_path / "r.txt").read().splitlines()
     assert lines[0].split() == ["image_uri", "fraction", "pixels", "mean_confidence", "run_id", "image_id"]
@@ -130,8 +147,11 @@ def test_the_cli_prints_a_table_and_one_line_errors(output):
     assert done.stdout.splitlines()[0].split() == ["class_id", "class_name", "pixels", "share", "images", "image_share"]
     assert [line.split()[1] for line in done.stdout.splitlines()[2:5]] == TINY_CLASSES
     for args, message, flag in [
-        (["find", "--class", "tree", "--min-fraction", "0.1"], "class 'tree': no such class; classes are background",
-         " (--class)"),
+        (
+            ["find", "--class", "tree", "--min-fraction", "0.1"],
+            "class 'tree': no such class; classes are background",
+            " (--class)",
+        ),
         (["errors", "--run", "ghost"], "run ghost: no committed run of that name", " (--run)"),
         (["sql", "SELECT nope FROM images"], "query failed: Binder Error", ""),
     ]:
@@ -147,8 +167,23 @@ def copy_output(output: str, target) -> str:
 
 
 def segment(inputs: str, output: str, artifact: str, run_id: str) -> None:
-    done = run_job("segment.py", "--input", inputs, "--output", output, "--model", artifact, "--run-id", run_id,
-                   "--batch-size", "4", "--actors", "1", "--cpus-per-actor", "1")
+    done = run_job(
+        "segment.py",
+        "--input",
+        inputs,
+        "--output",
+        output,
+        "--model",
+        artifact,
+        "--run-id",
+        run_id,
+        "--batch-size",
+        "4",
+        "--actors",
+        "1",
+        "--cpus-per-actor",
+        "1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -157,7 +192,8 @@ def test_with_one_committed_run_current_rows_are_that_run(paths, tmp_path, tiny_
     segment(paths["scenes"], single, tiny_artifact, "only")
     assert query_json(single, "summary") == query_json(single, "summary", "--run", "only")
     assert sum(row["pixels"] for row in query_json(single, "summary")) == sum(
-        row["pixels"] for row in read_run(single, "class_stats", "only").to_pylist())
+        row["pixels"] for row in read_run(single, "class_stats", "only").to_pylist()
+    )
     rows = query_json(single, "sql", "SELECT run_id, count(*)::INT AS n FROM current_images GROUP BY ALL")
     assert rows == [{"run_id": "only", "n": 8}]
 
@@ -171,8 +207,9 @@ def reversed_artifact(tmp_path_factory) -> str:
 
     keras.utils.set_random_seed(0)
     uri = str(tmp_path_factory.mktemp("reversed") / "tiny-reversed")
-    save_artifact(build_unet(len(TINY_CLASSES), (32, 32, 3), base_filters=4), uri, TINY_CLASSES[::-1],
-                  name="tiny-reversed")
+    save_artifact(
+        build_unet(len(TINY_CLASSES), (32, 32, 3), base_filters=4), uri, TINY_CLASSES[::-1], name="tiny-reversed"
+    )
     return uri
 
 
@@ -183,15 +220,23 @@ def test_find_by_name_where_runs_number_the_class_differently(paths, tmp_path, r
     assert sorted(zip(*ids.to_pydict().values())) == [("first", 2), ("second", 2), ("third", 0)]
 
     def expected(stats, threshold):
-        return sorted(((s["fraction"], s["image_uri"], s["run_id"]) for s in stats
-                       if s["class_name"] == "stuff" and s["fraction"] >= threshold), key=lambda p: (-p[0], p[1]))
+        return sorted(
+            (
+                (s["fraction"], s["image_uri"], s["run_id"])
+                for s in stats
+                if s["class_name"] == "stuff" and s["fraction"] >= threshold
+            ),
+            key=lambda p: (-p[0], p[1]),
+        )
 
     for run in ("second", "third"):
         rows = query_json(renumbered, "find", "--run", run, "--class", "stuff", "--min-fraction", "0.05")
         stats = read_run(renumbered, "class_stats", run).to_pylist()
         assert [(r["fraction"], r["image_uri"], r["run_id"]) for r in rows] == expected(stats, 0.05)
-    current = (read_run(renumbered, "class_stats", "second").to_pylist()  # b/ from "second", a/ redone by "third"
-               + read_run(renumbered, "class_stats", "third").to_pylist())
+    current = (
+        read_run(renumbered, "class_stats", "second").to_pylist()  # b/ from "second", a/ redone by "third"
+        + read_run(renumbered, "class_stats", "third").to_pylist()
+    )
     rows = query_json(renumbered, "find", "--class", "stuff", "--min-fraction", "0")
     assert [(r["fraction"], r["image_uri"], r["run_id"]) for r in rows] == expected(current, 0)
     assert {r["run_id"] for r in rows} == {"second", "third"} and len(rows) == 7

@@ -1,4 +1,5 @@
 """query.py, report.py and export_masks.py on an s3:// output root served by a real S3 server (SeaweedFS)."""
+
 import json
 import os
 import subprocess
@@ -21,16 +22,26 @@ def local_output(tmp_path_factory, tiny_artifact) -> str:
 
 
 def run_with(env: dict, script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_an_s3_output_root_answers_like_the_local_one(s3_server, s3_bucket, local_output, tmp_path):
     fs = s3_server.filesystem()
     fs.put(local_output, f"{s3_bucket}/seg", recursive=True)
     remote, env = f"s3://{s3_bucket}/seg", s3_server.env()
-    for args in (["runs"], ["summary"], ["errors", "--run", "first"],
-                 ["find", "--class", "thing", "--min-fraction", "0.5"]):
+    for args in (
+        ["runs"],
+        ["summary"],
+        ["errors", "--run", "first"],
+        ["find", "--class", "thing", "--min-fraction", "0.5"],
+    ):
         answers = []
         for root in (local_output, remote):
             done = run_with(env, "query.py", "--output", root, "--format", "json", *args)
@@ -63,7 +74,8 @@ READERS = {"query.py": ["runs"], "report.py": ["--html", "{tmp}/r.html"], "expor
 
 @pytest.mark.parametrize("script", sorted(READERS))
 def test_the_readers_take_the_storage_flags_and_answer_a_storage_failure_in_one_line(
-        script, s3_server, s3_bucket, local_output, tmp_path):
+    script, s3_server, s3_bucket, local_output, tmp_path
+):
     """Issue 30: on an s3:// output without credentials these three printed a 64-line traceback, and none
     took --s3-endpoint-url."""
     fs = s3_server.filesystem()
@@ -84,8 +96,10 @@ def test_a_local_destination_the_readers_cannot_write_is_one_line(local_output, 
     folder, plain = tmp_path / "folder", tmp_path / "plain.txt"
     folder.mkdir()
     plain.write_text("a file, not a folder")
-    for script, args, where in (("query.py", ["runs", "--to", str(folder)], folder),
-                                ("report.py", ["--html", str(folder)], folder),
-                                ("export_masks.py", ["--dest", str(plain)], plain)):
+    for script, args, where in (
+        ("query.py", ["runs", "--to", str(folder)], folder),
+        ("report.py", ["--html", str(folder)], folder),
+        ("export_masks.py", ["--dest", str(plain)], plain),
+    ):
         line = error_line(run_with(env, script, "--output", local_output, *args))
         assert line.startswith(f"error: {where}: "), line

@@ -1,4 +1,5 @@
 """report.py: the HTML report of a real run, rendered in headless Chromium."""
+
 import base64
 import html
 import io
@@ -23,8 +24,16 @@ from unet_core import default_colors, encode_mask_png
 pytestmark = pytest.mark.ray
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,9 @@ def output(tmp_path_factory, tiny_artifact) -> str:
 
 
 def chromium(profile, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_blend_tints_class_pixels_and_leaves_black_classes_alone():
@@ -53,8 +63,9 @@ def test_report_is_self_contained_bounded_and_escaped(output, tmp_path):
     assert "default-src 'none'" in full
     assert "<b>name" not in full and ">odd &lt;b&gt;name.png (40x40)" in full  # file names are escaped
     small = build_report(ReportConfig(output, str(tmp_path / "r.html"), run="first", samples=3, thumb_size=64))
-    thumbs = [Image.open(io.BytesIO(base64.b64decode(data)))
-              for data in re.findall(r"data:image/jpeg;base64,([^\"]+)", small)]
+    thumbs = [
+        Image.open(io.BytesIO(base64.b64decode(data))) for data in re.findall(r"data:image/jpeg;base64,([^\"]+)", small)
+    ]
     assert len(thumbs) == 3 and all(max(t.size) == 64 for t in thumbs)
     latest = build_report(ReportConfig(output, str(tmp_path / "r.html")))
     assert "Segmentation run second</h1>" in latest and "No image failed." in latest
@@ -64,8 +75,11 @@ def test_report_figures_are_the_runs_recorded_ones(output, tmp_path):
     run = delta_sql(output, "SELECT * FROM runs WHERE run_id = 'first'").to_pylist()[0]
     page = build_report(ReportConfig(output, str(tmp_path / "r.html"), run="first"))
     figures = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]*)</dd>", page))
-    assert [figures[k] for k in ("images", "skipped", "ok", "errors")] == [
-        str(run[k]) for k in ("inputs", "skipped", "ok", "errors")] == ["8", "0", "6", "2"]
+    assert (
+        [figures[k] for k in ("images", "skipped", "ok", "errors")]
+        == [str(run[k]) for k in ("inputs", "skipped", "ok", "errors")]
+        == ["8", "0", "6", "2"]
+    )
     assert figures["model"] == f"tiny ({run['model_sha256'][:12]})"
     assert figures["committed"] == run["committed_at"].strftime("%Y-%m-%d %H:%M:%S UTC")
     assert f"Sample images (6 of {run['ok']} ok)" in page
@@ -77,8 +91,11 @@ def test_a_root_with_no_committed_run_is_refused(tmp_path):
         build_report(ReportConfig(str(tmp_path / "empty"), str(tmp_path / "r.html")))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed here (.ci/run installs Debian's chromium "
-                                             "package; without it the browser check cannot run)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed here (.ci/run installs Debian's chromium "
+    "package; without it the browser check cannot run)",
+)
 def test_report_renders_in_headless_chromium(output, tmp_path, tmp_path_factory):
     report = tmp_path / "report.html"
     assert main(["--output", output, "--run", "first", "--html", str(report)]) == 0
@@ -106,8 +123,11 @@ def test_report_renders_in_headless_chromium(output, tmp_path, tmp_path_factory)
     assert dom.count("<tr><td>") == 2 and "empty file (0 bytes)" in dom
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed here (.ci/run installs Debian's chromium "
-                                             "package; without it the browser check cannot run)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed here (.ci/run installs Debian's chromium "
+    "package; without it the browser check cannot run)",
+)
 def test_the_review_report_shows_the_review_queue_in_headless_chromium(output, tmp_path, tmp_path_factory):
     """Issue 31: report.py --review shows the masks query.py review lists first, in its order, escaped
     and fetching nothing."""
@@ -131,12 +151,21 @@ def test_the_review_report_shows_the_review_queue_in_headless_chromium(output, t
     queue = query_json(output, "review", "--run", "first", "--limit", "4")
     assert [html.unescape(uri) for uri in shown] == [row["image_uri"] for row in queue]
     assert re.findall(r"review score ([0-9.]+)", dom) == [f"{row['review_score']:.3f}" for row in queue]
-    assert "<b>name" not in dom and len(re.findall(r'<figure class="sample"><img src="data:image/jpeg;base64,', dom)) == 4
+    assert (
+        "<b>name" not in dom and len(re.findall(r'<figure class="sample"><img src="data:image/jpeg;base64,', dom)) == 4
+    )
 
 
 def test_a_source_gone_since_the_run_still_shows_its_mask(tmp_path):
     mask = np.array([[0, 1, 1, 2], [0, 0, 2, 2]], np.uint8)
-    sample = make_sample(str(tmp_path / "deleted.png"), 4, 2, encode_mask_png(mask, default_colors(3)),
-                         default_colors(3), 32, [("thing", 0.25)])
+    sample = make_sample(
+        str(tmp_path / "deleted.png"),
+        4,
+        2,
+        encode_mask_png(mask, default_colors(3)),
+        default_colors(3),
+        32,
+        [("thing", 0.25)],
+    )
     assert "source unreadable now" in sample.note
     assert Image.open(io.BytesIO(sample.overlay_jpeg)).size == (32, 16)

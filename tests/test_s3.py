@@ -1,4 +1,5 @@
 """The segment job against a real S3 server (SeaweedFS, credentials enforced): s3 -> s3 and its failures."""
+
 import json
 import os
 
@@ -27,9 +28,23 @@ def test_segment_s3_to_s3_with_endpoint_flag_and_list_file(s3_server, s3_bucket,
     fs.pipe_file(f"{s3_bucket}/lists/extra.txt", f"s3://{s3_bucket}/elsewhere/listed.png\n".encode())
     env = s3_server.env()
     env.pop("AWS_ENDPOINT_URL")  # the flag must carry the endpoint to the driver and every worker
-    done = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/", f"s3://{s3_bucket}/lists/extra.txt",
-                   "--output", f"s3://{s3_bucket}/seg", "--model", f"s3://{s3_bucket}/models/tiny",
-                   "--s3-endpoint-url", s3_server.endpoint, "--batch-size", "4", "--run-id", "s3run", env=env)
+    done = run_job(
+        "segment.py",
+        "--input",
+        f"s3://{s3_bucket}/photos/",
+        f"s3://{s3_bucket}/lists/extra.txt",
+        "--output",
+        f"s3://{s3_bucket}/seg",
+        "--model",
+        f"s3://{s3_bucket}/models/tiny",
+        "--s3-endpoint-url",
+        s3_server.endpoint,
+        "--batch-size",
+        "4",
+        "--run-id",
+        "s3run",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run s3run: 8 images, 0 skipped, 8 processed: 7 ok, 1 errors" in done.stdout
 
@@ -58,15 +73,24 @@ def test_anonymous_read_of_a_public_bucket(s3_server, tmp_path, tiny_artifact, m
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(key)
     output = str(tmp_path / "out")
-    args = ("--input", f"s3://{PUBLIC_BUCKET}/anon-test/", "--output", output, "--model", tiny_artifact,
-            "--run-id", "anon")
+    args = (
+        "--input",
+        f"s3://{PUBLIC_BUCKET}/anon-test/",
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--run-id",
+        "anon",
+    )
     done = run_job("segment.py", *args, "--anonymous", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 images, 0 skipped, 1 processed: 1 ok, 0 errors" in done.stdout
 
 
-@pytest.mark.parametrize("case", ["wrong-secret", "missing-input-bucket", "missing-output-bucket",
-                                  "read-only-output", "missing-prefix"])
+@pytest.mark.parametrize(
+    "case", ["wrong-secret", "missing-input-bucket", "missing-output-bucket", "read-only-output", "missing-prefix"]
+)
 def test_storage_errors_are_one_line_naming_the_uri(case, s3_server, s3_bucket, tiny_artifact, mixed_folder):
     fs = s3_server.filesystem()
     upload_inputs(fs, s3_bucket, mixed_folder, tiny_artifact)
@@ -102,8 +126,12 @@ RECOGNISABLE = "recognisable-secret-0123456789"
 def test_credentials_in_fsspec_s3_never_appear_in_errors(case, s3_server, s3_bucket, tmp_path):
     """FSSPEC_S3 may carry s3fs' key, secret and token: whatever is wrong with it or with them, the job
     ends with one clear line that shows none of them."""
-    settings = {"key": ADMIN[0], "secret": RECOGNISABLE, "endpoint_url": s3_server.endpoint,
-                "client_kwargs": {"aws_session_token": f"token-{RECOGNISABLE}"}}
+    settings = {
+        "key": ADMIN[0],
+        "secret": RECOGNISABLE,
+        "endpoint_url": s3_server.endpoint,
+        "client_kwargs": {"aws_session_token": f"token-{RECOGNISABLE}"},
+    }
     flags, encoded = [], json.dumps(settings)
     model = f"s3://{s3_bucket}/models/tiny"
     if case == "flag-conflict":
@@ -115,8 +143,18 @@ def test_credentials_in_fsspec_s3_never_appear_in_errors(case, s3_server, s3_buc
     else:
         encoded, expected = json.dumps([RECOGNISABLE]), "FSSPEC_S3 must be a JSON object"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
-    done = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/", "--output", str(tmp_path / "out"),
-                   "--model", model, *flags, env={**env, "FSSPEC_S3": encoded}, timeout=120)
+    done = run_job(
+        "segment.py",
+        "--input",
+        f"s3://{s3_bucket}/photos/",
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        model,
+        *flags,
+        env={**env, "FSSPEC_S3": encoded},
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert RECOGNISABLE not in done.stdout + done.stderr
     lines = error_lines(done.stderr)
@@ -172,17 +210,41 @@ def write_scene_pairs(fs, prefix: str, count: int, seed: int) -> None:
             fs.pipe_file(f"{prefix}/{kind}/scene{index:03d}.png", buffer.getvalue())
 
 
-@pytest.mark.skipif(not (ROOT / "jobs" / "train.py").exists() or not (ROOT / "jobs" / "evaluate.py").exists(),
-                    reason="jobs/train.py and jobs/evaluate.py are not in this tree")
+@pytest.mark.skipif(
+    not (ROOT / "jobs" / "train.py").exists() or not (ROOT / "jobs" / "evaluate.py").exists(),
+    reason="jobs/train.py and jobs/evaluate.py are not in this tree",
+)
 def test_train_from_s3_checkpoints_to_s3_resumes_then_evaluates_from_s3(s3_server, s3_bucket):
     fs = s3_server.filesystem()
     write_scene_pairs(fs, f"{s3_bucket}/train", 32, seed=1)
     write_scene_pairs(fs, f"{s3_bucket}/val", 8, seed=2)
     root = f"s3://{s3_bucket}"
-    train = ["--images", f"{root}/train/images", "--masks", f"{root}/train/masks",
-             "--val-images", f"{root}/val/images", "--val-masks", f"{root}/val/masks",
-             "--num-classes", "4", "--input-size", "32", "--base-filters", "4", "--batch-size", "8",
-             "--workers", "1", "--name", "s3train", "--storage", f"{root}/checkpoints", "--output", f"{root}/model"]
+    train = [
+        "--images",
+        f"{root}/train/images",
+        "--masks",
+        f"{root}/train/masks",
+        "--val-images",
+        f"{root}/val/images",
+        "--val-masks",
+        f"{root}/val/masks",
+        "--num-classes",
+        "4",
+        "--input-size",
+        "32",
+        "--base-filters",
+        "4",
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+        "--name",
+        "s3train",
+        "--storage",
+        f"{root}/checkpoints",
+        "--output",
+        f"{root}/model",
+    ]
     first = run_job("train.py", *train, "--epochs", "1", env=s3_server.env(), timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     flag_only = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}
@@ -193,8 +255,20 @@ def test_train_from_s3_checkpoints_to_s3_resumes_then_evaluates_from_s3(s3_serve
     assert [p for p in fs.ls(f"{s3_bucket}/checkpoints/s3train") if "/checkpoint_" in p]
     assert fs.exists(f"{s3_bucket}/model/model.keras") and fs.exists(f"{s3_bucket}/model/metadata.json")
 
-    done = run_job("evaluate.py", "--model", f"{root}/model", "--images", f"{root}/val/images",
-                   "--masks", f"{root}/val/masks", "--output", f"{root}/eval", *endpoint, env=flag_only, timeout=600)
+    done = run_job(
+        "evaluate.py",
+        "--model",
+        f"{root}/model",
+        "--images",
+        f"{root}/val/images",
+        "--masks",
+        f"{root}/val/masks",
+        "--output",
+        f"{root}/eval",
+        *endpoint,
+        env=flag_only,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(fs.cat_file(f"{s3_bucket}/eval/metrics.json"))
     assert sum(map(sum, metrics["confusion"])) == 8 * 32 * 32
@@ -208,9 +282,18 @@ def test_credentials_never_reach_s3_outputs_or_logs(s3_server, s3_bucket, tiny_a
     fs = s3_server.filesystem()
     upload_inputs(fs, s3_bucket, mixed_folder, tiny_artifact)
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    done = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/", "--output", f"s3://{s3_bucket}/seg",
-                   "--model", f"s3://{s3_bucket}/models/tiny", "--s3-endpoint-url", s3_server.endpoint,
-                   env={**s3_server.env(), "RAY_TMPDIR": ray_tmp})
+    done = run_job(
+        "segment.py",
+        "--input",
+        f"s3://{s3_bucket}/photos/",
+        "--output",
+        f"s3://{s3_bucket}/seg",
+        "--model",
+        f"s3://{s3_bucket}/models/tiny",
+        "--s3-endpoint-url",
+        s3_server.endpoint,
+        env={**s3_server.env(), "RAY_TMPDIR": ray_tmp},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     written = [p for p in fs.find(f"{s3_bucket}/seg") if not p.endswith("/")]
     assert any(p.endswith(".json") for p in written) and any(p.endswith(".parquet") for p in written)

@@ -1,4 +1,5 @@
 """The S3 test server itself: it must outlast the suite on whatever disk CI gives it."""
+
 import json
 import urllib.request
 

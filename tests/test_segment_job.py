@@ -1,4 +1,5 @@
 """The segment job end to end, as a user runs it: a subprocess with real Ray and TensorFlow."""
+
 import json
 import os
 import pathlib
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.ray
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOOKS_LIKE_FAILURE = re.compile(
-    r"Traceback|\w+(Error|Warning)\b|\b(ERROR|WARNING|CRITICAL)\b|\b[EWF]\d{4} |\s[EWF] \d+ \d+\]|\bfailed\b")
+    r"Traceback|\w+(Error|Warning)\b|\b(ERROR|WARNING|CRITICAL)\b|\b[EWF]\d{4} |\s[EWF] \d+ \d+\]|\bfailed\b"
+)
 """Python exceptions and warnings, Python, Ray and Abseil log lines of warning level or above."""
 RAY_DATA_OWN_ERROR = "has constructor arguments in the object store and max_restarts > 0"
 """Ray Data passes object refs to every actor of a pool, and Ray core logs this at error level for any
@@ -33,8 +35,14 @@ def run_job(script: str, *args: str, timeout: int = 300, env: dict | None = None
     Ray head, as a job on a running cluster does; a test that gives its environment (S3 credentials the
     workers must inherit, a user's plain shell) gets a local Ray of the job's own, started in-process."""
     env = env or shared_head().client_env()
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def failure_lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -51,8 +59,20 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
     folder = os.path.dirname(mixed_folder["grey.png"])
     output = str(tmp_path / "out")
     as_users_run_it = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL")}
-    done = run_job("segment.py", "--input", folder, "--output", output, "--model", tiny_artifact,
-                   "--batch-size", "4", "--run-id", "mixed-1", env=as_users_run_it)
+    done = run_job(
+        "segment.py",
+        "--input",
+        folder,
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--batch-size",
+        "4",
+        "--run-id",
+        "mixed-1",
+        env=as_users_run_it,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run mixed-1: 7 images, 0 skipped, 7 processed: 6 ok, 1 errors" in done.stdout
     assert failure_lines(done) == []  # a corrupt input is a row, not a log line; CPU-only is no failure
@@ -67,8 +87,14 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
     for row in by_name.values():  # issue 31: every mask's signals; no flip pass, so no flip disagreement
         assert 0 < row["confidence_p05"] <= row["confidence_mean"] <= 1 and 0 <= row["uncertain_share"] <= 1
         assert 0 <= row["entropy_mean"] <= 1 and row["flip_disagreement"] is None
-    expected_sizes = {"grey.png": (50, 40), "rgba.png": (65, 33), "palette.png": (129, 37), "grey16.png": (19, 21),
-                      "nested/rotated.jpg": (37, 129), "nested/deeper/odd.png": (257, 513)}
+    expected_sizes = {
+        "grey.png": (50, 40),
+        "rgba.png": (65, 33),
+        "palette.png": (129, 37),
+        "grey16.png": (19, 21),
+        "nested/rotated.jpg": (37, 129),
+        "nested/deeper/odd.png": (257, 513),
+    }
     for name, row in by_name.items():
         assert row["status"] == "ok" and row["error"] is None, name
         assert (row["width"], row["height"]) == expected_sizes[name], name
@@ -93,7 +119,8 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
 
     run = read_dataset(output, "runs").to_pylist()
     assert [(r["run_id"], r["inputs"], r["skipped"], r["processed"], r["ok"], r["errors"]) for r in run] == [
-        ("mixed-1", 7, 0, 7, 6, 1)]
+        ("mixed-1", 7, 0, 7, 6, 1)
+    ]
     assert [r["cuda_visible_devices"] for r in json.loads(run[0]["replicas"])] == [""]  # a CPU replica sees no GPU
     # issue 28: where the time went, and which stage bounds the run
     assert all(run[0][f"{stage}_seconds"] > 0 for stage in ("read", "decode", "model", "postprocess", "write"))
@@ -107,8 +134,7 @@ def test_mixed_folder_gives_one_row_per_image(tmp_path, tiny_artifact, mixed_fol
     scan = f"read_parquet({files}, hive_partitioning = true, hive_types = {{'run_id': 'VARCHAR'}})"
     sql = duckdb.sql(f"SELECT status, count(*) FROM {scan} GROUP BY status ORDER BY status").fetchall()
     assert sql == [("error", 1), ("ok", 6)]
-    total = duckdb.sql(f"SELECT sum(c.pixels) FROM {scan}, UNNEST(classes) AS u(c) "
-                       "WHERE run_id = 'mixed-1'").fetchall()
+    total = duckdb.sql(f"SELECT sum(c.pixels) FROM {scan}, UNNEST(classes) AS u(c) WHERE run_id = 'mixed-1'").fetchall()
     assert total[0][0] == sum(r["width"] * r["height"] for r in by_name.values())
 
 
@@ -117,33 +143,71 @@ def test_list_file_input_and_second_run_beside_the_first(tmp_path, tiny_artifact
     listing.write_text(f"# two images\n{mixed_folder['grey.png']}\n{mixed_folder['rgba.png']}\n")
     output = str(tmp_path / "out")
     for run_id in ("first", "second"):
-        done = run_job("segment.py", "--input", str(listing), "--output", output, "--model", tiny_artifact,
-                       "--run-id", run_id, "--actors", "1", "--cpus-per-actor", "1")
+        done = run_job(
+            "segment.py",
+            "--input",
+            str(listing),
+            "--output",
+            output,
+            "--model",
+            tiny_artifact,
+            "--run-id",
+            run_id,
+            "--actors",
+            "1",
+            "--cpus-per-actor",
+            "1",
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     images = read_dataset(output, "images")
     assert images.num_rows == 4
     assert sorted(images.column("run_id").to_pylist()) == ["first", "first", "second", "second"]
-    again = run_job("segment.py", "--input", str(listing), "--output", output, "--model", tiny_artifact,
-                    "--run-id", "first")
+    again = run_job(
+        "segment.py", "--input", str(listing), "--output", output, "--model", tiny_artifact, "--run-id", "first"
+    )
     assert again.returncode == 2 and "already committed" in again.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--input", "/no/such/folder", "--output", "x", "--model", "MODEL"], "/no/such/folder: no such file or folder"),
-    (["--input", "INPUT", "--output", "x", "--model", "/no/model"], "no model artifact at /no/model (missing "
-                                                                    "metadata.json) (--model)"),
-    (["--input", "INPUT", "--output", "x/notes.txt", "--model", "MODEL"],
-     "notes.txt: is a file; the output root is a folder (or an s3:// prefix) (--output)"),
-    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--actors", "3:1"], "--actors: '3:1': need 1 <= MIN"),
-    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--run-id", "../up"], "run id '../up': use letters, digits, '.', '_' or '-' (not only digits), at most 128 (--run-id)"),
-    (["--input", "INPUT", "--output", "x"], "required: --model"),
-    (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--batch-size", "0"], "must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--input", "/no/such/folder", "--output", "x", "--model", "MODEL"],
+            "/no/such/folder: no such file or folder",
+        ),
+        (
+            ["--input", "INPUT", "--output", "x", "--model", "/no/model"],
+            "no model artifact at /no/model (missing metadata.json) (--model)",
+        ),
+        (
+            ["--input", "INPUT", "--output", "x/notes.txt", "--model", "MODEL"],
+            "notes.txt: is a file; the output root is a folder (or an s3:// prefix) (--output)",
+        ),
+        (
+            ["--input", "INPUT", "--output", "x", "--model", "MODEL", "--actors", "3:1"],
+            "--actors: '3:1': need 1 <= MIN",
+        ),
+        (
+            ["--input", "INPUT", "--output", "x", "--model", "MODEL", "--run-id", "../up"],
+            "run id '../up': use letters, digits, '.', '_' or '-' (not only digits), at most 128 (--run-id)",
+        ),
+        (["--input", "INPUT", "--output", "x"], "required: --model"),
+        (["--input", "INPUT", "--output", "x", "--model", "MODEL", "--batch-size", "0"], "must be at least 1"),
+    ],
+)
 def test_user_errors_are_one_line_without_traceback(args, message, tiny_artifact, mixed_folder, tmp_path):
     folder = os.path.dirname(mixed_folder["grey.png"])
     output = tmp_path / "x"
-    args = [tiny_artifact if a == "MODEL" else folder if a == "INPUT" else a.replace("x", str(output), 1)
-            if a.startswith("x") else a for a in args]
+    args = [
+        tiny_artifact
+        if a == "MODEL"
+        else folder
+        if a == "INPUT"
+        else a.replace("x", str(output), 1)
+        if a.startswith("x")
+        else a
+        for a in args
+    ]
     if "--output" in args and args[args.index("--output") + 1].endswith("notes.txt"):
         output.mkdir()
         (output / "notes.txt").write_text("not a folder")
@@ -167,8 +231,23 @@ def test_tile_mode_segments_at_full_resolution(tmp_path, tiny_artifact):
     image = np.random.default_rng(5).integers(0, 255, (70, 150, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "large.png")
     output = str(tmp_path / "out")
-    done = run_job("segment.py", "--input", str(tmp_path / "large.png"), "--output", output, "--model", tiny_artifact,
-                   "--mode", "tile", "--tile-overlap", "0.5", "--tta", "flip", "--precision", "float32")
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(tmp_path / "large.png"),
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--mode",
+        "tile",
+        "--tile-overlap",
+        "0.5",
+        "--tta",
+        "flip",
+        "--precision",
+        "float32",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     row = read_dataset(output, "images").to_pylist()[0]
     predictor = Predictor(load_artifact(tiny_artifact), batch_size=8, precision="float32", tta=True)
@@ -187,19 +266,39 @@ def test_segment_and_maintain_end_with_one_json_object_for_a_scheduler(tmp_path,
 
     make_images(tmp_path / "in", 3)
     output = str(tmp_path / "out")
-    done = run_job("segment.py", "--input", str(tmp_path / "in"), "--output", output, "--model", tiny_artifact,
-                   "--run-id", "scheduled", "--json")
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--run-id",
+        "scheduled",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert {k: summary[k] for k in ("run_id", "output", "inputs", "processed", "ok", "errors", "commit_version")} == {
-        "run_id": "scheduled", "output": output, "inputs": 3, "processed": 3, "ok": 3, "errors": 0, "commit_version": 1}
+        "run_id": "scheduled",
+        "output": output,
+        "inputs": 3,
+        "processed": 3,
+        "ok": 3,
+        "errors": 0,
+        "commit_version": 1,
+    }
     assert summary["model_sha256"] == model_info(tiny_artifact).sha256 and summary["wall_seconds"] > 0
     assert "class shares" not in done.stdout
     done = run_job("maintain.py", "--output", output, "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["output"] == output and report["completed"] == [] and set(report["vacuumed"]) == set(
-        ["images", "class_stats", "current", "runs"])
+    assert (
+        report["output"] == output
+        and report["completed"] == []
+        and set(report["vacuumed"]) == set(["images", "class_stats", "current", "runs"])
+    )
 
 
 def test_a_quiet_run_prints_only_the_jobs_own_lines(tmp_path, tiny_artifact):
@@ -208,8 +307,18 @@ def test_a_quiet_run_prints_only_the_jobs_own_lines(tmp_path, tiny_artifact):
     from test_tables import make_images
 
     make_images(tmp_path / "in", 1)
-    done = run_job("segment.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                   "--model", tiny_artifact, "--quiet", "--run-id", "hushed")
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        tiny_artifact,
+        "--quiet",
+        "--run-id",
+        "hushed",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = (done.stdout + done.stderr).splitlines()
     ours = [line for line in lines if line.startswith(("run hushed: ", "class shares: ", "committed to the Delta"))]
@@ -230,8 +339,21 @@ def test_model_resolution_masks_are_the_native_ones_before_scaling_and_count_the
     runs = {}
     for resolution in ("native", "model"):
         output = str(tmp_path / resolution)
-        done = run_job("segment.py", "--input", str(tmp_path / "in"), "--output", output, "--model", tiny_artifact,
-                       "--mask-resolution", resolution, "--precision", "float32", "--run-id", resolution)
+        done = run_job(
+            "segment.py",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            output,
+            "--model",
+            tiny_artifact,
+            "--mask-resolution",
+            resolution,
+            "--precision",
+            "float32",
+            "--run-id",
+            resolution,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         runs[resolution] = {row["image_uri"]: row for row in read_dataset(output, "images").to_pylist()}
     assert runs["native"].keys() == runs["model"].keys() and len(runs["native"]) == 3
@@ -254,7 +376,20 @@ def test_an_auto_pool_of_cpu_replicas_leaves_cpus_for_the_decode_tasks(tmp_path,
     make_images(tmp_path / "in", 3)
     half = str((os.cpu_count() or 2) / 2)
     own_ray = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = run_job("segment.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                   "--model", tiny_artifact, "--cpus-per-actor", half, "--run-id", "halves", env=own_ray, timeout=240)
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        tiny_artifact,
+        "--cpus-per-actor",
+        half,
+        "--run-id",
+        "halves",
+        env=own_ray,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run halves: 3 images, model tiny" in done.stdout and f"1-1 replicas x {float(half):g} CPU" in done.stdout

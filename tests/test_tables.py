@@ -1,4 +1,5 @@
 """The Delta tables' guarantees under crashes, strays and concurrency, read back with deltalake itself."""
+
 import glob
 import json
 import os
@@ -35,8 +36,15 @@ def make_images(folder, count: int, start: int = 0, size: tuple[int, int] = (24,
 
 def start_job(*args: str, env: dict | None = None) -> subprocess.Popen:
     env = env or {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "segment.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 240, poll: float = 0.05) -> None:
@@ -72,14 +80,41 @@ def maintain(output: str, *args: str) -> subprocess.CompletedProcess:
 def test_a_driver_killed_halfway_resumes_keeping_its_parts_and_strays_stay_hidden(tmp_path, slow_artifact):
     output = str(tmp_path / "out")
     base = make_images(tmp_path / "base", 4)
-    done = run_job("segment.py", "--input", str(tmp_path / "base"), "--output", output, "--model", slow_artifact,
-                   "--run-id", "base", "--precision", "float32")
+    done = run_job(
+        "segment.py",
+        "--input",
+        str(tmp_path / "base"),
+        "--output",
+        output,
+        "--model",
+        slow_artifact,
+        "--run-id",
+        "base",
+        "--precision",
+        "float32",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     before = snapshot(output)
 
     crash = make_images(tmp_path / "crash", 24)
-    args = ["--input", str(tmp_path / "crash"), "--output", output, "--model", slow_artifact, "--run-id", "crash",
-            "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32", "--progress-every", "1"]
+    args = [
+        "--input",
+        str(tmp_path / "crash"),
+        "--output",
+        output,
+        "--model",
+        slow_artifact,
+        "--run-id",
+        "crash",
+        "--batch-size",
+        "2",
+        "--rows-per-file",
+        "2",
+        "--precision",
+        "float32",
+        "--progress-every",
+        "1",
+    ]
     proc = start_job(*args)
     wait_for(lambda: len(parts_on_disk(output, "images", "crash")) >= 6, proc, "half of the 12 parts")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
@@ -109,8 +144,9 @@ def test_a_driver_killed_halfway_resumes_keeping_its_parts_and_strays_stay_hidde
     assert found and int(found[1]) >= len(kept) and int(found[2]) == 2 * int(found[1]), again.stdout[-3000:]
     resumed = int(found[2])
     if resumed < 24:  # writes in flight at the kill can land every part; then there is nothing to show progress on
-        assert re.search(r"run crash: \d+/24 images \(\d+\.\d%\), [\d.]+ images/s, ETA \S+, 0 errors so far",
-                         again.stdout), again.stdout[-3000:]
+        assert re.search(
+            r"run crash: \d+/24 images \(\d+\.\d%\), [\d.]+ images/s, ETA \S+, 0 errors so far", again.stdout
+        ), again.stdout[-3000:]
     rows = run_rows(output, "crash")
     assert sorted(r["image_uri"] for r in rows) == sorted(crash) and len({r["image_id"] for r in rows}) == 24
     assert sorted(r["image_uri"] for r in run_rows(output, "base")) == sorted(base)
@@ -136,8 +172,20 @@ def test_a_driver_killed_halfway_resumes_keeping_its_parts_and_strays_stay_hidde
 def test_a_kill_during_the_commit_leaves_readable_tables_that_the_next_run_completes(tmp_path, tiny_artifact):
     output = str(tmp_path / "out")
     make_images(tmp_path / "in", 6)
-    proc = start_job("--input", str(tmp_path / "in"), "--output", output, "--model", tiny_artifact,
-                     "--run-id", "cut", "--batch-size", "2", "--rows-per-file", "2")
+    proc = start_job(
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        output,
+        "--model",
+        tiny_artifact,
+        "--run-id",
+        "cut",
+        "--batch-size",
+        "2",
+        "--rows-per-file",
+        "2",
+    )
     images_commit = os.path.join(output, "images", "_delta_log", f"{1:020d}.json")
     wait_for(lambda: os.path.exists(images_commit), proc, "the images commit", poll=0.002)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -151,7 +199,9 @@ def test_a_kill_during_the_commit_leaves_readable_tables_that_the_next_run_compl
 
     report = maintain(output)
     for table, count in (("images", 6), ("class_stats", 18), ("current", 6), ("runs", 1)):
-        assert delta_sql(output, f"SELECT count(*) AS n FROM {table} WHERE run_id = 'cut'").column("n")[0].as_py() == count
+        assert (
+            delta_sql(output, f"SELECT count(*) AS n FROM {table} WHERE run_id = 'cut'").column("n")[0].as_py() == count
+        )
     print("completed after the kill:", [line for line in report.stdout.splitlines() if "completed" in line])
 
 
@@ -159,10 +209,28 @@ def test_concurrent_runs_into_one_root_commit_every_image_exactly_once(tmp_path,
     output = str(tmp_path / "out")
     shared = make_images(tmp_path / "shared", 6)
     own = {name: make_images(tmp_path / name, 3, start=100) for name in ("left", "right")}
-    procs = {name: start_job("--input", str(tmp_path / "shared"), str(tmp_path / name), "--output", output,
-                             "--model", tiny_artifact, "--run-id", name, "--batch-size", "2", "--rows-per-file", "2",
-                             "--actors", "1", "--cpus-per-actor", "0.5")
-             for name in own}
+    procs = {
+        name: start_job(
+            "--input",
+            str(tmp_path / "shared"),
+            str(tmp_path / name),
+            "--output",
+            output,
+            "--model",
+            tiny_artifact,
+            "--run-id",
+            name,
+            "--batch-size",
+            "2",
+            "--rows-per-file",
+            "2",
+            "--actors",
+            "1",
+            "--cpus-per-actor",
+            "0.5",
+        )
+        for name in own
+    }
     for proc in procs.values():
         out, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, out[-3000:]
@@ -180,8 +248,20 @@ def test_concurrent_runs_into_one_root_commit_every_image_exactly_once(tmp_path,
 def test_a_live_run_id_is_refused_with_one_line(tmp_path, slow_artifact):
     output = str(tmp_path / "out")
     make_images(tmp_path / "in", 12)
-    args = ["--input", str(tmp_path / "in"), "--output", output, "--model", slow_artifact, "--run-id", "busy",
-            "--batch-size", "2", "--precision", "float32"]
+    args = [
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        output,
+        "--model",
+        slow_artifact,
+        "--run-id",
+        "busy",
+        "--batch-size",
+        "2",
+        "--precision",
+        "float32",
+    ]
     first = start_job(*args)
     wait_for(lambda: os.path.exists(os.path.join(output, "_leases", "busy.json")), first, "the lease")
     second = run_job("segment.py", *args)
@@ -215,8 +295,17 @@ def test_current_follows_the_version_a_file_has_now_even_an_older_one(tmp_path, 
     environment = dict(os.environ)
 
     def run(run_id: str) -> tuple[int, int, int]:
-        record = segment(SegmentConfig(inputs=[str(folder)], output=output, model=tiny_artifact, actors="1",
-                                       cpus_per_actor=1.0, incremental=True, run_id=run_id))
+        record = segment(
+            SegmentConfig(
+                inputs=[str(folder)],
+                output=output,
+                model=tiny_artifact,
+                actors="1",
+                cpus_per_actor=1.0,
+                incremental=True,
+                run_id=run_id,
+            )
+        )
         return record["inputs"], record["skipped"], record["processed"]
 
     try:  # three nights on one in-process Ray
@@ -226,8 +315,10 @@ def test_current_follows_the_version_a_file_has_now_even_an_older_one(tmp_path, 
         write_version(folder / "a.png", 3, now - 86_400)  # yesterday's a.png, restored over today's
         assert run("night-2") == (2, 1, 1)
         assert run("night-3") == (2, 2, 0)
-        current = {os.path.basename(r["image_uri"]): r["run_id"] for r in
-                   delta_sql(output, "SELECT image_uri, run_id FROM current").to_pylist()}
+        current = {
+            os.path.basename(r["image_uri"]): r["run_id"]
+            for r in delta_sql(output, "SELECT image_uri, run_id FROM current").to_pylist()
+        }
         assert current == {"a.png": "night-2", "b.png": "night-1"}
     finally:
         ray.shutdown()
@@ -246,8 +337,17 @@ def test_a_run_that_listed_earlier_and_commits_later_leaves_current_alone(tmp_pa
     late.send_signal(signal.SIGSTOP)  # listed, and now slow: it commits after the night's run
     try:
         write_version(folder / "a.png", 2, time.time())
-        nightly = run_job("segment.py", "--input", str(folder / "a.png"), "--output", output, "--model",
-                          tiny_artifact, "--run-id", "nightly")
+        nightly = run_job(
+            "segment.py",
+            "--input",
+            str(folder / "a.png"),
+            "--output",
+            output,
+            "--model",
+            tiny_artifact,
+            "--run-id",
+            "nightly",
+        )
         assert nightly.returncode == 0, nightly.stderr[-3000:]
     finally:
         late.send_signal(signal.SIGCONT)
@@ -269,9 +369,22 @@ def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_
     common = ["--output", output, "--model", tiny_artifact, "--batch-size", "2", "--rows-per-file", "2"]
     first = run_job("segment.py", "--input", f"s3://{s3_bucket}/photos/first/", *common, "--run-id", "first", env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    procs = [start_job("--input", f"s3://{s3_bucket}/photos/{name}/", f"s3://{s3_bucket}/photos/first/", *common,
-                       "--run-id", name, "--actors", "1", "--cpus-per-actor", "0.5", env=env)
-             for name in ("left", "right")]
+    procs = [
+        start_job(
+            "--input",
+            f"s3://{s3_bucket}/photos/{name}/",
+            f"s3://{s3_bucket}/photos/first/",
+            *common,
+            "--run-id",
+            name,
+            "--actors",
+            "1",
+            "--cpus-per-actor",
+            "0.5",
+            env=env,
+        )
+        for name in ("left", "right")
+    ]
     for proc in procs:
         out, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, out[-3000:]
@@ -283,10 +396,16 @@ def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_
     fs.copy(part, f"{s3_bucket}/seg/images/run_id=ghost/part-stray.parquet")
     assert snapshot(output, options) == before
 
-    counts = delta_sql(output, "SELECT run_id, count(*) AS n, count(DISTINCT image_id) AS d FROM images "
-                               "GROUP BY run_id ORDER BY run_id", options).to_pylist()
-    assert counts == [{"run_id": "first", "n": 3, "d": 3}, {"run_id": "left", "n": 6, "d": 6},
-                      {"run_id": "right", "n": 6, "d": 6}]
+    counts = delta_sql(
+        output,
+        "SELECT run_id, count(*) AS n, count(DISTINCT image_id) AS d FROM images GROUP BY run_id ORDER BY run_id",
+        options,
+    ).to_pylist()
+    assert counts == [
+        {"run_id": "first", "n": 3, "d": 3},
+        {"run_id": "left", "n": 6, "d": 6},
+        {"run_id": "right", "n": 6, "d": 6},
+    ]
     assert delta_sql(output, "SELECT count(*) AS n FROM current", options).column("n")[0].as_py() == 9
     assert delta_sql(output, "SELECT count(*) AS n FROM runs", options).column("n")[0].as_py() == 3
 
@@ -296,8 +415,22 @@ def test_s3_run_killed_halfway_resumes_with_the_same_run_id(s3_server, s3_bucket
     for path in make_images(tmp_path / "photos", 16):
         fs.put_file(path, f"{s3_bucket}/resume/{os.path.basename(path)}")
     output, env = f"s3://{s3_bucket}/resumed", s3_server.env()
-    args = ["--input", f"s3://{s3_bucket}/resume/", "--output", output, "--model", slow_artifact, "--run-id", "night",
-            "--batch-size", "2", "--rows-per-file", "2", "--precision", "float32"]
+    args = [
+        "--input",
+        f"s3://{s3_bucket}/resume/",
+        "--output",
+        output,
+        "--model",
+        slow_artifact,
+        "--run-id",
+        "night",
+        "--batch-size",
+        "2",
+        "--rows-per-file",
+        "2",
+        "--precision",
+        "float32",
+    ]
     proc = start_job(*args, env=env)
     folder = f"{s3_bucket}/resumed/images/run_id=night"
 

@@ -1,4 +1,5 @@
 """Augmentation and losses: fast checks without Ray."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -60,22 +61,30 @@ def test_cross_entropy_values_and_class_weights():
     weighted = float(segmentation_loss("ce", 3, class_weights=[3.0, 1.0, 1.0])(labels, probabilities)[0])
     assert weighted == pytest.approx((-3 * np.log(0.5) - np.log(0.8)) / 4, rel=1e-5)
     focal = float(segmentation_loss("focal", 3)(labels, probabilities)[0])
-    assert focal == pytest.approx((-(0.5 ** 2) * np.log(0.5) - (0.2 ** 2) * np.log(0.8)) / 2, rel=1e-5)
+    assert focal == pytest.approx((-(0.5**2) * np.log(0.5) - (0.2**2) * np.log(0.8)) / 2, rel=1e-5)
 
 
 def test_better_predictions_have_lower_loss():
     labels = np.random.default_rng(2).integers(0, 3, (2, 8, 8))
     for name in LOSSES:
         loss = segmentation_loss(name, 3)
-        assert np.all(loss(labels, probabilities_for(labels, 0.95)).numpy() < loss(labels, probabilities_for(labels, 0.5)).numpy())
+        assert np.all(
+            loss(labels, probabilities_for(labels, 0.95)).numpy() < loss(labels, probabilities_for(labels, 0.5)).numpy()
+        )
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_step_keeps_float32_master_weights(precision):
     from unet_core.training import DistributedTrainer, LossConfig, ModelConfig, OptimizerConfig
 
-    trainer = DistributedTrainer(tf.distribute.get_strategy(), ModelConfig(3, 32, 4, precision), LossConfig(),
-                                 OptimizerConfig(), global_batch=4, total_steps=3)
+    trainer = DistributedTrainer(
+        tf.distribute.get_strategy(),
+        ModelConfig(3, 32, 4, precision),
+        LossConfig(),
+        OptimizerConfig(),
+        global_batch=4,
+        total_steps=3,
+    )
     convolutions = [layer for layer in trainer.model.layers if layer.name.startswith("block")]
     assert {layer.compute_dtype for layer in convolutions} == {precision}
     assert trainer.model.output.dtype == "float32"  # softmax, and so the loss, in float32
@@ -96,12 +105,21 @@ def test_a_batch_normalized_model_trains_its_weights_and_moves_its_statistics():
     every weight, those too (a checkpoint's state() holds them with the rest)."""
     from unet_core.training import DistributedTrainer, LossConfig, ModelConfig, OptimizerConfig
 
-    trainer = DistributedTrainer(tf.distribute.get_strategy(), ModelConfig(3, 32, 4, "float32", "batch"),
-                                 LossConfig(), OptimizerConfig(), global_batch=4, total_steps=3)
+    trainer = DistributedTrainer(
+        tf.distribute.get_strategy(),
+        ModelConfig(3, 32, 4, "float32", "batch"),
+        LossConfig(),
+        OptimizerConfig(),
+        global_batch=4,
+        total_steps=3,
+    )
     rng = np.random.default_rng(0)
     before = trainer.model.get_weights()
-    assert np.isfinite(trainer.train_step(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
-                                          rng.integers(0, 3, (4, 32, 32), dtype=np.uint8)))
+    assert np.isfinite(
+        trainer.train_step(
+            rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 3, (4, 32, 32), dtype=np.uint8)
+        )
+    )
     assert len(trainer.model.non_trainable_weights) == 2 * 21  # moving mean and variance per 3x3 convolution
     assert all(not np.array_equal(a, b) for a, b in zip(before, trainer.model.get_weights()))
     assert len(trainer.state()) == len(before) + len(trainer.optimizer.variables)

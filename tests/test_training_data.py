@@ -1,4 +1,5 @@
 """Pairing and loading labelled data for training: in-process, no Ray."""
+
 import re
 
 import numpy as np
@@ -8,9 +9,19 @@ from PIL import Image
 from conftest import bomb_png
 from jobs.common.errors import UserError
 from jobs.training.data import (
-    crops_per_image, epoch_order, epoch_samples, header_facts, load_pairs, pair_by_stem, parse_mask_map, read_mask,
-    split_validation, training_batch,
-    voc_pairs, worker_share)
+    crops_per_image,
+    epoch_order,
+    epoch_samples,
+    header_facts,
+    load_pairs,
+    pair_by_stem,
+    parse_mask_map,
+    read_mask,
+    split_validation,
+    training_batch,
+    voc_pairs,
+    worker_share,
+)
 from unet_core.augment import PAD_LABEL
 
 
@@ -77,27 +88,32 @@ def test_masks_are_held_to_the_limits_of_images(tmp_path):
     bomb, big = (str(tmp_path / "lbl" / name) for name in ("bomb.png", "big.png"))
     with pytest.raises(UserError) as over_pixels:
         load_pairs(pairs, 16, parse_mask_map(None))
-    assert str(over_pixels.value) == (f"{bomb}: cannot read mask (mask has 200000x200000 = 40,000,000,000 pixels, "
-                                      "above the max_pixels limit of 100,000,000)")
+    assert str(over_pixels.value) == (
+        f"{bomb}: cannot read mask (mask has 200000x200000 = 40,000,000,000 pixels, "
+        "above the max_pixels limit of 100,000,000)"
+    )
     with pytest.raises(UserError) as over_bytes:
         load_pairs(pairs, 16, parse_mask_map(None), max_bytes=1000)
-    assert re.fullmatch(rf"{big}: cannot read mask \(file has 2,\d+ bytes, above the max_bytes limit of 1,000\)",
-                        str(over_bytes.value))
+    assert re.fullmatch(
+        rf"{big}: cannot read mask \(file has 2,\d+ bytes, above the max_bytes limit of 1,000\)", str(over_bytes.value)
+    )
     with pytest.raises(ValueError, match=r"cannot read mask \(file has more than 1,000 bytes, the max_bytes limit"):
         read_mask(big, parse_mask_map(None), -1, max_bytes=1000)  # unlisted (a VOC tree): read up to the limit
     # the check train.py runs over every pair before training, from listed sizes and headers alone
     pairs["position"] = np.arange(2)
     assert header_facts(pairs, 100_000_000, 1 << 30)["refusal"].tolist() == ["", str(over_pixels.value)]
-    assert header_facts(pairs, 100_000_000, 1000)["refusal"].tolist() == [str(over_bytes.value),
-                                                                          str(over_pixels.value)]
+    assert header_facts(pairs, 100_000_000, 1000)["refusal"].tolist() == [str(over_bytes.value), str(over_pixels.value)]
     assert header_facts(pairs, 100_000_000, 1 << 30)["pixels"].tolist() == [64, 64]  # the images' areas
 
 
-@pytest.mark.parametrize(("pixels", "patch", "crops"), [
-    ([1024 * 768, 256 * 256, 100 * 100, 0], 256, [12, 1, 1, 1]),  # the 1024x768 slices of a new user's set
-    ([512 * 512, 700 * 500], 128, [16, 21]),  # 16 and 21.4 patches' worth
-    ([960 * 720], 512, [3]),  # 2.6 patches' worth: rounded
-])
+@pytest.mark.parametrize(
+    ("pixels", "patch", "crops"),
+    [
+        ([1024 * 768, 256 * 256, 100 * 100, 0], 256, [12, 1, 1, 1]),  # the 1024x768 slices of a new user's set
+        ([512 * 512, 700 * 500], 128, [16, 21]),  # 16 and 21.4 patches' worth
+        ([960 * 720], 512, [3]),  # 2.6 patches' worth: rounded
+    ],
+)
 def test_crops_per_image_cover_each_image_about_once_an_epoch(pixels, patch, crops):
     assert crops_per_image(np.array(pixels), patch).tolist() == crops
 
@@ -122,8 +138,8 @@ def test_the_workers_batches_together_are_the_orders_global_batches():
     order = epoch_order(23, seed=0, epoch=1)  # 2 workers x 2 steps of 5: 3 pairs left for other epochs
     shares = [worker_share(order, rank, 2, 10) for rank in range(2)]
     for step in range(2):
-        together = np.concatenate([share[step * 5:(step + 1) * 5] for share in shares])
-        assert sorted(together) == sorted(order[step * 10:(step + 1) * 10])
+        together = np.concatenate([share[step * 5 : (step + 1) * 5] for share in shares])
+        assert sorted(together) == sorted(order[step * 10 : (step + 1) * 10])
 
 
 def test_patch_batches_are_full_resolution_crops_seeded_by_batch(tmp_path):
@@ -143,9 +159,13 @@ def test_patch_batches_are_full_resolution_crops_seeded_by_batch(tmp_path):
     assert batch["image"].shape == (6, 32, 32, 3) and batch["mask"].shape == (6, 32, 32)
     for (image, mask), crop, label in zip(scenes, batch["image"], batch["mask"]):
         # a crop of the image at full resolution (not resized): found in it at some offset, with its mask
-        found = [(top, left) for top in range(48 - 31) for left in range(80 - 31)
-                 if np.array_equal(image[top:top + 32, left:left + 32], crop)]
-        assert found and any(np.array_equal(mask[t:t + 32, x:x + 32], label) for t, x in found)
+        found = [
+            (top, left)
+            for top in range(48 - 31)
+            for left in range(80 - 31)
+            if np.array_equal(image[top : top + 32, left : left + 32], crop)
+        ]
+        assert found and any(np.array_equal(mask[t : t + 32, x : x + 32], label) for t, x in found)
     again = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=True, seed=[0, 1, 0, 0])
     same = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=True, seed=[0, 1, 0, 0])
     other = training_batch(pairs, 16, parse_mask_map(None), patch_size=32, augment=True, seed=[0, 2, 0, 0])
@@ -164,8 +184,9 @@ def test_training_sees_each_image_as_segment_does(tmp_path):
     photo = np.stack([(rows * 255 // 600), (cols * 255 // 800), (rows + cols) % 256], -1).astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "img" / "a.jpg", quality=90)
     Image.fromarray((rows > 300).astype(np.uint8)).save(tmp_path / "lbl" / "a.png")
-    loaded = load_pairs(pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl")).to_pydict(), 64,
-                        parse_mask_map(None))
+    loaded = load_pairs(
+        pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lbl")).to_pydict(), 64, parse_mask_map(None)
+    )
     expected, box = decode_letterboxed((tmp_path / "img" / "a.jpg").read_bytes(), 64)
     np.testing.assert_array_equal(loaded["image"][0], expected)
     assert (box.height, box.width) == (600, 800) and set(np.unique(box.inner(loaded["mask"][0]))) == {0, 1}

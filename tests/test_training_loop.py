@@ -1,5 +1,6 @@
 """What the training loop decides on its own: when to validate, and when to warn that a class present
 in the validation truth stays at IoU 0."""
+
 import numpy as np
 
 from jobs.training.config import TrainConfig
@@ -53,7 +54,8 @@ def test_the_default_rhythm_keeps_validation_under_a_tenth_of_the_run():
 def test_the_estimate_counts_the_validations_the_rhythm_leaves():
     # after epoch 2 of 10 at every 3: epochs 3, 6, 9 and the last validated; 8 x 40 s + 4 x 10 s = 6 min
     assert estimate(2, 10, 3, train_seconds=40.0, validation_seconds=10.0) == (
-        "an epoch trains in 40.0 s here (validation 10.0 s): the 8 left (4 validated), about 6 min")
+        "an epoch trains in 40.0 s here (validation 10.0 s): the 8 left (4 validated), about 6 min"
+    )
     assert "validation not yet timed" in estimate(2, 10, 3, train_seconds=40.0, validation_seconds=0.0)
 
 
@@ -64,8 +66,10 @@ def test_a_model_finding_one_class_only_is_called_collapsed_from_a_third_of_the_
     all_background = np.array([[90, 0, 0], [8, 0, 0], [2, 0, 0]])
     assert collapsed(all_background, config, 2, 0.84, 0.80) is None  # a third of 9 epochs is 3
     line = collapsed(all_background, config, 3, 0.84, 0.80)
-    assert line.startswith("warning: training collapsed: no validation pixel of any class but background is found at epoch 3/9 "
-                           "(train loss 0.8400 as this attempt began, 0.8000 now).")
+    assert line.startswith(
+        "warning: training collapsed: no validation pixel of any class but background is found at epoch 3/9 "
+        "(train loss 0.8400 as this attempt began, 0.8000 now)."
+    )
     assert "--learning-rate" in line and line.endswith("--stop-on-collapse ends such a run with status 5")
     strays = np.array([[88, 2, 0], [8, 0, 0], [1, 1, 0]])  # a few pixels predicted elsewhere, none found
     assert "any class but background is found" in collapsed(strays, config, 5, 0.84, 0.80)

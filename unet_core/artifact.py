@@ -3,6 +3,7 @@
 Everything `segment.py` needs to run a model (classes, colours, input size, normalisation)
 travels with it, and the sha256 ties every output row to the exact weights that made it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,13 @@ import numpy as np
 
 from unet_core.errors import ArtifactError, UnsafeModelError
 from unet_core.metadata import (
-    DEFAULT_NORMALIZATION, METADATA_FILE, MODEL_FILE, UNSAFE, ArtifactMetadata, read_metadata, sha256_file,
+    DEFAULT_NORMALIZATION,
+    METADATA_FILE,
+    MODEL_FILE,
+    UNSAFE,
+    ArtifactMetadata,
+    read_metadata,
+    sha256_file,
 )
 from unet_core.masks import default_colors
 
@@ -78,7 +85,9 @@ def load_artifact(uri: str, allow_unsafe: bool = False) -> Artifact:
         fs.get_file(f"{root.rstrip('/')}/{MODEL_FILE}", local_model)
         digest = sha256_file(local_model)
         if digest != metadata.sha256:
-            raise ArtifactError(f"{uri}: model file sha256 {digest[:12]}... does not match metadata {metadata.sha256[:12]}...")
+            raise ArtifactError(
+                f"{uri}: model file sha256 {digest[:12]}... does not match metadata {metadata.sha256[:12]}..."
+            )
         try:
             model = keras.models.load_model(local_model, compile=False, safe_mode=not allow_unsafe)
         except ValueError as exc:

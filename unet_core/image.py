@@ -5,6 +5,7 @@ pipeline can turn it into an error row instead of a dead job. Pillow's parsers r
 exception type on crafted files (OverflowError and TypeError from TIFF directories with absurd
 counts or types, struct.error, IndexError, ...), so any exception from Pillow is a DecodeError.
 """
+
 from __future__ import annotations
 
 import io
@@ -84,8 +85,9 @@ def refuse_oversized(width: int, height: int, max_pixels: int, what: str = "imag
     """Refuse from its header's size what would take more than `max_pixels` to decode: a few bytes
     of PNG can declare gigapixels."""
     if width * height > max_pixels:
-        raise DecodeError(f"{what} has {width}x{height} = {width * height:,} pixels, above the max_pixels limit "
-                          f"of {max_pixels:,}")
+        raise DecodeError(
+            f"{what} has {width}x{height} = {width * height:,} pixels, above the max_pixels limit of {max_pixels:,}"
+        )
 
 
 def _reason(exc: Exception) -> str:
@@ -141,13 +143,15 @@ class Letterbox:
 
     def inner(self, values: np.ndarray) -> np.ndarray:
         """The part of a model-space map (image, mask, confidence) that covers the image."""
-        return values[self.top:self.top + self.inner_height, self.left:self.left + self.inner_width]
+        return values[self.top : self.top + self.inner_height, self.left : self.left + self.inner_width]
 
     def repeats(self) -> tuple[np.ndarray, np.ndarray]:
         """How many of the image's rows, and of its columns, map to each row and column of the inner
         box (nearest neighbour at pixel centres, as `unletterbox` maps them)."""
-        return (np.bincount(_nearest_index(self.height, self.inner_height), minlength=self.inner_height),
-                np.bincount(_nearest_index(self.width, self.inner_width), minlength=self.inner_width))
+        return (
+            np.bincount(_nearest_index(self.height, self.inner_height), minlength=self.inner_height),
+            np.bincount(_nearest_index(self.width, self.inner_width), minlength=self.inner_width),
+        )
 
 
 def letterbox(image: np.ndarray, size: int, resample: int = Image.BILINEAR) -> tuple[np.ndarray, Letterbox]:

@@ -5,6 +5,7 @@ global batch size: every replica then contributes its exact share of the global 
 exception: it is one value for the replica's batch, repeated per image, so a replica weighs in by
 its share of the global batch (nnU-Net's unsynchronised batch Dice under DDP does the same).
 """
+
 from __future__ import annotations
 
 from typing import Callable

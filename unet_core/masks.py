@@ -1,4 +1,5 @@
 """Masks as palette PNGs and per-class statistics of one mask."""
+
 from __future__ import annotations
 
 import colorsys
@@ -11,9 +12,27 @@ from PIL import Image
 from unet_core.image import Letterbox, refuse_oversized, unletterbox
 
 VOC_CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -82,8 +101,9 @@ ROWS_PER_BLOCK = 32
 are handed back to the system and faulted in again on every image (4x the counting itself at 512x384)."""
 
 
-def class_statistics(mask: np.ndarray, confidence: np.ndarray, num_classes: int,
-                     repeats: tuple[np.ndarray, np.ndarray] | None = None) -> ClassStats:
+def class_statistics(
+    mask: np.ndarray, confidence: np.ndarray, num_classes: int, repeats: tuple[np.ndarray, np.ndarray] | None = None
+) -> ClassStats:
     """Pixel count, share of the image and mean softmax confidence of each class in one mask.
 
     `repeats` (per row, per column: `Letterbox.repeats`) counts pixel (i, j) rows[i] * cols[j] times:
@@ -101,8 +121,9 @@ def class_statistics(mask: np.ndarray, confidence: np.ndarray, num_classes: int,
         labels = mask[block].ravel()
         counts = rows[block, None] * cols[None, :]
         pixels += np.bincount(labels, weights=counts.ravel(), minlength=num_classes)[:num_classes]
-        confidence_sum += np.bincount(labels, weights=(confidence[block] * counts).ravel(),
-                                      minlength=num_classes)[:num_classes]
+        confidence_sum += np.bincount(labels, weights=(confidence[block] * counts).ravel(), minlength=num_classes)[
+            :num_classes
+        ]
     pixels = pixels.astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.where(pixels > 0, confidence_sum / np.maximum(pixels, 1), np.nan)

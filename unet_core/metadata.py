@@ -5,6 +5,7 @@ code-carrying models from here, so a bad artifact is one clear error before any 
 and the driver never pays TensorFlow's start-up. Each replica still loads the model in Keras'
 safe mode, which remains the guard.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,10 @@ FORMAT = "unet-artifact/1"
 MODEL_FILE = "model.keras"
 DEFAULT_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 METADATA_FILE = "metadata.json"
-UNSAFE = ("the model contains code (e.g. a Lambda layer) and was refused by Keras safe mode; load it only "
-          "if you trust its author")
+UNSAFE = (
+    "the model contains code (e.g. a Lambda layer) and was refused by Keras safe mode; load it only "
+    "if you trust its author"
+)
 CODE_LAYERS = ("Lambda",)
 """Keras layers that carry Python code, which Keras' safe mode refuses to load."""
 
@@ -77,8 +80,9 @@ def check_model_file(uri: str, metadata: ArtifactMetadata, allow_unsafe: bool = 
     with fs.open(f"{root.rstrip('/')}/{MODEL_FILE}", "rb") as handle:
         digest = _sha256_stream(handle)
         if digest != metadata.sha256:
-            raise ArtifactError(f"{uri}: model file sha256 {digest[:12]}... does not match metadata "
-                                f"{metadata.sha256[:12]}...")
+            raise ArtifactError(
+                f"{uri}: model file sha256 {digest[:12]}... does not match metadata {metadata.sha256[:12]}..."
+            )
         if not allow_unsafe and _carries_code(handle):
             raise UnsafeModelError(f"{uri}: {UNSAFE}")
 

@@ -1,4 +1,5 @@
 """Segmentation metrics from one confusion matrix, so they add up exactly across images and workers."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+def confusion_matrix(
+    truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray:
     """Counts[t, p] of pixels with true class t predicted as p; ignored and out-of-range labels drop out."""
     truth = truth.ravel().astype(np.int64)
     pred = pred.ravel().astype(np.int64)

@@ -2,6 +2,7 @@
 
 Layer names follow Keras' VGG16 (`block{i}_conv{j}`) so ImageNet VGG16 weights load by name.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,6 @@ DECODER_WIDTHS = (8, 4, 2, 1)
 
 GROUPS = 8
 """Channel groups of group normalization (fewer where a layer has fewer channels)."""
-
 
 
 def seed_initializer(name: str) -> str:
@@ -48,9 +48,7 @@ def build_unet(
     """
     height, width = input_shape[0], input_shape[1]
     if height % 16 or width % 16:
-        raise ValueError(
-            f"U-Net input sides must be multiples of 16 (four 2x2 poolings); got {height}x{width}"
-        )
+        raise ValueError(f"U-Net input sides must be multiples of 16 (four 2x2 poolings); got {height}x{width}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2; got {num_classes}")
     if normalization not in NORMALIZATIONS:
@@ -65,16 +63,19 @@ def build_unet(
 def _conv_unit(activation: str, normalization: str):
     """A 3x3 convolution and its activation, with the normalization between them when there is one;
     the convolution keeps its VGG16 name so ImageNet weights load by name either way."""
+
     def unit(x, filters: int, name: str):
         if normalization == "none":
-            return layers.Conv2D(filters, 3, activation=activation, padding="same",
-                                 kernel_initializer=seed_initializer(name), name=name)(x)
+            return layers.Conv2D(
+                filters, 3, activation=activation, padding="same", kernel_initializer=seed_initializer(name), name=name
+            )(x)
         x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=name)(x)
         if normalization == "batch":
             x = layers.BatchNormalization(synchronized=True, name=f"{name}_norm")(x)
         else:
             x = layers.GroupNormalization(math.gcd(filters, GROUPS), name=f"{name}_norm")(x)
         return layers.Activation(activation, name=f"{name}_{activation}")(x)
+
     return unit
 
 
@@ -97,9 +98,7 @@ def _decoder(features: list, base_filters: int, conv, num_classes: int):
         x = layers.Concatenate(axis=-1, name=f"up{level}_concat")([skip, x])
         for index in (1, 2):
             x = conv(x, base_filters * multiple, f"up{level}_conv{index}")
-    return layers.Conv2D(
-        num_classes, 1, activation="softmax", dtype="float32", name="final_conv"
-    )(x)
+    return layers.Conv2D(num_classes, 1, activation="softmax", dtype="float32", name="final_conv")(x)
 
 
 def load_vgg16_weights(model: keras.Model, path: str) -> int:
@@ -121,8 +120,10 @@ def load_vgg16_weights(model: keras.Model, path: str) -> int:
                 continue  # pooling layers have groups too, and nothing to load
             values = [dataset[()] for dataset in found[layer.name]]
             if [v.shape for v in values] != [tuple(w.shape) for w in layer.get_weights()]:
-                raise ValueError(f"{path}: layer {layer.name} has shapes {[v.shape for v in values]}, "
-                                 f"the model expects {[tuple(w.shape) for w in layer.get_weights()]}")
+                raise ValueError(
+                    f"{path}: layer {layer.name} has shapes {[v.shape for v in values]}, "
+                    f"the model expects {[tuple(w.shape) for w in layer.get_weights()]}"
+                )
             layer.set_weights(values)
             loaded += 1
     if not loaded:

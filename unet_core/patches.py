@@ -6,6 +6,7 @@ pixels gives the loss something to learn from in every batch. "Background" is ea
 common class rather than label 0: label sets put it anywhere (ISBI's membranes are 0 and the cells
 its background; CamVid's 0 is sky).
 """
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,15 @@ import numpy as np
 from unet_core.augment import PAD_LABEL
 
 
-def sample_patches(image: np.ndarray, mask: np.ndarray, patch_size: int, count: int, rng: np.random.Generator,
-                   foreground_share: float = 0.33,
-                   ignore_index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_patches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    patch_size: int,
+    count: int,
+    rng: np.random.Generator,
+    foreground_share: float = 0.33,
+    ignore_index: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`count` crops (images (N,P,P,C), masks (N,P,P), offsets (N,2) top/left) of `image` and `mask`.
 
     At least `foreground_share` of them (rounded up, in random positions of the batch) are centred on a
@@ -31,10 +38,17 @@ def sample_patches(image: np.ndarray, mask: np.ndarray, patch_size: int, count: 
     classes = _minority_classes(mask, ignore_index)
     image, mask = _pad_to(image, mask, patch_size)
     forced = rng.permutation(count) < math.ceil(count * foreground_share) if classes else np.zeros(count, bool)
-    offsets = np.array([_foreground_offset(mask, classes, patch_size, rng) if centred
-                        else _uniform_offset(mask.shape, patch_size, rng) for centred in forced], np.int64)
-    images = np.stack([image[top:top + patch_size, left:left + patch_size] for top, left in offsets])
-    masks = np.stack([mask[top:top + patch_size, left:left + patch_size] for top, left in offsets])
+    offsets = np.array(
+        [
+            _foreground_offset(mask, classes, patch_size, rng)
+            if centred
+            else _uniform_offset(mask.shape, patch_size, rng)
+            for centred in forced
+        ],
+        np.int64,
+    )
+    images = np.stack([image[top : top + patch_size, left : left + patch_size] for top, left in offsets])
+    masks = np.stack([mask[top : top + patch_size, left : left + patch_size] for top, left in offsets])
     return images, masks, offsets
 
 

@@ -1,6 +1,7 @@
 """Mixed precision shared by inference and training: which precision 'auto' means on this device, and
 the same model graph under a mixed policy.
 """
+
 from __future__ import annotations
 
 import unet_core.quiet_tensorflow  # noqa: F401  (before TensorFlow loads: see its docstring)
@@ -39,8 +40,12 @@ def model_in_precision(model: keras.Model, precision: str) -> keras.Model:
     outputs = {id(tensor) for tensor in model.outputs}
     # Keras' mixed-precision guidance: the layers that make the outputs (the softmax) stay in float32.
     float32 = {id(layer) for layer in model.layers if id(layer.output) in outputs}
-    replica = keras.models.clone_model(model, clone_function=lambda layer: _layer_in_dtype(
-        layer, "float32" if id(layer) in float32 else f"mixed_{precision}"))
+    replica = keras.models.clone_model(
+        model,
+        clone_function=lambda layer: _layer_in_dtype(
+            layer, "float32" if id(layer) in float32 else f"mixed_{precision}"
+        ),
+    )
     replica.set_weights(model.get_weights())
     return replica
 

@@ -3,6 +3,7 @@
 One compiled `tf.function` with a fixed batch shape serves every call (the last partial batch
 is padded), so TensorFlow traces once per process and never again.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -91,7 +92,7 @@ class Predictor:
     def _batched(self, function, *arrays: np.ndarray) -> list:
         results = []
         for start in range(0, len(arrays[0]), self.batch_size):
-            chunks = [array[start:start + self.batch_size] for array in arrays]
+            chunks = [array[start : start + self.batch_size] for array in arrays]
             output = function(*(_pad_batch(chunk, self.batch_size) for chunk in chunks))
             if isinstance(output, tuple):
                 results.append(tuple(o.numpy()[: len(chunks[0])] for o in output))
@@ -119,10 +120,17 @@ def batch_signals(probabilities: tf.Tensor, disagreement: tf.Tensor | None, boxe
         return tf.reduce_sum(tf.cast(values, tf.float32) * inside, axis=[1, 2]) / tf.maximum(count, 1.0)
 
     classes = tf.cast(tf.shape(probabilities)[-1], tf.float32)
-    entropy = -tf.reduce_sum(probabilities * tf.math.log(tf.maximum(probabilities, 1e-12)), axis=-1) / tf.math.log(classes)
+    entropy = -tf.reduce_sum(probabilities * tf.math.log(tf.maximum(probabilities, 1e-12)), axis=-1) / tf.math.log(
+        classes
+    )
     flips = tf.fill(tf.shape(count), float("nan")) if disagreement is None else mean(disagreement)
-    signals = [mean(confidence), _low_percentile(confidence, inside, count), mean(confidence < UNCERTAIN_BELOW),
-               mean(entropy), flips]
+    signals = [
+        mean(confidence),
+        _low_percentile(confidence, inside, count),
+        mean(confidence < UNCERTAIN_BELOW),
+        mean(entropy),
+        flips,
+    ]
     return tf.cast(tf.stack(signals, axis=1), tf.float64)
 
 

@@ -15,6 +15,7 @@ letterbox, or the whole image in tile mode), each model pixel counted once:
 This module is the NumPy statement of them (tile mode computes them with it); the letterboxed
 path computes the same in the replica's graph (`unet_core.predict`), tested equal.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,12 @@ def quality_signals(confidence: np.ndarray, entropy: np.ndarray, disagreement: n
     """The signals (in SIGNALS' order, float64) of one image from its maps of winning probability,
     normalized entropy and (with flip TTA) disagreement, already cut to the image's region."""
     histogram = np.bincount(confidence_bins(confidence).ravel(), minlength=BINS)
-    return np.array([
-        np.mean(confidence, dtype=np.float64), low_percentile(histogram),
-        np.mean(confidence < UNCERTAIN_BELOW), np.mean(entropy, dtype=np.float64),
-        np.nan if disagreement is None else np.mean(disagreement),
-    ])
+    return np.array(
+        [
+            np.mean(confidence, dtype=np.float64),
+            low_percentile(histogram),
+            np.mean(confidence < UNCERTAIN_BELOW),
+            np.mean(entropy, dtype=np.float64),
+            np.nan if disagreement is None else np.mean(disagreement),
+        ]
+    )

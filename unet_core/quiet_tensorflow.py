@@ -11,6 +11,7 @@ Every other line passes through.
 
 Modules that use TensorFlow import this one first; CUDA is probed here, inside the filter.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,7 @@ def below_level(line: str) -> bool:
 
 
 def noise(line: str, expect_gpu: bool) -> bool:
-    return (ABSL_PREAMBLE in line or below_level(line)
-            or (not expect_gpu and any(text in line for text in NO_GPU_LINES)))
+    return ABSL_PREAMBLE in line or below_level(line) or (not expect_gpu and any(text in line for text in NO_GPU_LINES))
 
 
 @contextlib.contextmanager

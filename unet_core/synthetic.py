@@ -2,6 +2,7 @@
 
 They give the demo and the tests labelled data without downloading anything.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,9 @@ def make_scene(rng: np.random.Generator, height: int, width: int, shapes: int = 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Grey, low-frequency blotches plus pixel noise: enough texture that colour alone must be learnt."""
     coarse = rng.uniform(70, 170, size=(max(2, height // 16), max(2, width // 16), 1))
-    blotches = np.asarray(Image.fromarray(coarse[..., 0].astype(np.uint8)).resize((width, height), Image.BILINEAR), np.float64)
+    blotches = np.asarray(
+        Image.fromarray(coarse[..., 0].astype(np.uint8)).resize((width, height), Image.BILINEAR), np.float64
+    )
     noise = rng.normal(0, 12, size=(height, width, 3))
     return np.clip(blotches[..., None] + noise, 0, 255).astype(np.uint8)
 

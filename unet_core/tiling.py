@@ -5,6 +5,7 @@ centres (as nnU-Net does), so seams vanish. Rows are finalised band by band, so 
 probabilities are held for one band (tile x width x classes), never for the whole image; the image,
 its mask and its confidence are whole, so memory grows with the area too (measured: bench/tile_memory.py).
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -62,15 +63,15 @@ def sliding_window(
     band_weight = np.zeros((tile, padded.shape[1], 1), np.float32)
     for index, top in enumerate(rows):
         band, band_weight, band_top = _shift_band(band, band_weight, band_top, top)
-        tiles = np.stack([padded[top:top + tile, left:left + tile] for left in cols])
+        tiles = np.stack([padded[top : top + tile, left : left + tile] for left in cols])
         for left, probs in zip(cols, probabilities(tiles)):
-            band[:, left:left + tile] += probs * weights
-            band_weight[:, left:left + tile] += weights
+            band[:, left : left + tile] += probs * weights
+            band_weight[:, left : left + tile] += weights
         done = (rows[index + 1] if index + 1 < len(rows) else padded.shape[0]) - band_top
         blended = band[:done] / band_weight[:done]
-        mask[band_top:band_top + done] = blended.argmax(-1)
-        confidence[band_top:band_top + done] = blended.max(-1)
-        entropy[band_top:band_top + done] = normalized_entropy(blended)
+        mask[band_top : band_top + done] = blended.argmax(-1)
+        confidence[band_top : band_top + done] = blended.max(-1)
+        entropy[band_top : band_top + done] = normalized_entropy(blended)
     return Tiled(mask[:height, :width], confidence[:height, :width], entropy[:height, :width])
 
 

@@ -5,6 +5,7 @@ each replica computes its images' losses, divides their sum by the *global* batc
 gradients; the optimizer sums gradients across replicas, so every replica applies the same update
 and the weights stay identical everywhere.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,9 +57,11 @@ def learning_rate(config: OptimizerConfig, total_steps: int):
         return config.learning_rate
     if config.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
-            0.0 if config.warmup_steps else config.learning_rate, decay_steps,
+            0.0 if config.warmup_steps else config.learning_rate,
+            decay_steps,
             warmup_target=config.learning_rate if config.warmup_steps else None,
-            warmup_steps=config.warmup_steps)
+            warmup_steps=config.warmup_steps,
+        )
     if config.schedule == "poly":
         return keras.optimizers.schedules.PolynomialDecay(config.learning_rate, total_steps, 0.0, power=0.9)
     raise ValueError(f"unknown schedule {config.schedule!r}; choose from {', '.join(SCHEDULES)}")
@@ -78,26 +81,43 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> keras.optimizer
 class DistributedTrainer:
     """Model, optimizer and compiled steps, all created inside the strategy's scope."""
 
-    def __init__(self, strategy: tf.distribute.Strategy, model_config: ModelConfig, loss_config: LossConfig,
-                 optimizer_config: OptimizerConfig, global_batch: int, total_steps: int):
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        model_config: ModelConfig,
+        loss_config: LossConfig,
+        optimizer_config: OptimizerConfig,
+        global_batch: int,
+        total_steps: int,
+    ):
         self.strategy = strategy
         self.global_batch = global_batch
         self.num_classes = model_config.num_classes
         size = model_config.input_size
         with strategy.scope():
             self.model = model_in_precision(
-                build_unet(model_config.num_classes, (size, size, 3), model_config.base_filters,
-                           normalization=model_config.normalization),
-                model_config.precision)
+                build_unet(
+                    model_config.num_classes,
+                    (size, size, 3),
+                    model_config.base_filters,
+                    normalization=model_config.normalization,
+                ),
+                model_config.precision,
+            )
             self.optimizer = make_optimizer(optimizer_config, total_steps)
             if model_config.precision == "float16":  # float16 gradients underflow without loss scaling
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
-        self._loss = segmentation_loss(loss_config.name, model_config.num_classes,
-                                       list(loss_config.class_weights) if loss_config.class_weights else None,
-                                       loss_config.ignore_index)
+        self._loss = segmentation_loss(
+            loss_config.name,
+            model_config.num_classes,
+            list(loss_config.class_weights) if loss_config.class_weights else None,
+            loss_config.ignore_index,
+        )
         images = tf.TensorSpec([None, size, size, 3], tf.float32)
-        self._train = tf.function(self._distributed_step, input_signature=[images, tf.TensorSpec([None, size, size], tf.uint8)])
+        self._train = tf.function(
+            self._distributed_step, input_signature=[images, tf.TensorSpec([None, size, size], tf.uint8)]
+        )
         self._sum = tf.function(self._distributed_sum)
         self._probabilities = tf.function(lambda x: self.model(x, training=False), input_signature=[images])
 
@@ -147,7 +167,9 @@ class DistributedTrainer:
         weights = [arrays[f"weight_{i}"] for i in range(len(self.model.weights))]
         slots = [arrays[f"optimizer_{i}"] for i in range(len(self.optimizer.variables))]
         if len(arrays) != len(weights) + len(slots):
-            raise ValueError("checkpoint does not match this model and optimizer (different width, classes or optimizer)")
+            raise ValueError(
+                "checkpoint does not match this model and optimizer (different width, classes or optimizer)"
+            )
         self.model.set_weights(weights)
         for variable, value in zip(self.optimizer.variables, slots):
             variable.assign(value)

@@ -1,4 +1,5 @@
 """One-line errors for people: how every command ends, with its exit status."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Argument types shared by the job command lines: a bad number is a one-line argparse error."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """Sizing work to the cluster: the replica layout it holds now or can grow to, and the bounded
 wait for the nodes an autoscaler adds."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,10 @@ def check_holds(bundle: dict[str, float], count: int, what: str, *settings: str)
     """Refuse at once what the cluster can never hold; `settings` are the config fields that asked for it."""
     _, most = capacity(bundle)
     if most is not None and count > most:
-        raise UserError(f"{count} {what} asked for, only {most} of {describe(bundle)} fit on the cluster "
-                        f"({cluster_summary()})", *settings)
+        raise UserError(
+            f"{count} {what} asked for, only {most} of {describe(bundle)} fit on the cluster ({cluster_summary()})",
+            *settings,
+        )
 
 
 def largest_node_cpus() -> float:
@@ -90,8 +93,10 @@ def declared_node_types() -> list[tuple[dict, int]]:
     config = ray_cluster_config()
     if config is None:
         return []
-    return [(dict(group.resources), group.max_count if group.max_count >= 0 else 1024)
-            for group in config.node_group_configs]
+    return [
+        (dict(group.resources), group.max_count if group.max_count >= 0 else 1024)
+        for group in config.node_group_configs
+    ]
 
 
 def started_here() -> bool:
@@ -110,15 +115,20 @@ def await_nodes(bundle: dict[str, float], count: int, timeout_s: float, what: st
 
     if sum(fitting(bundle, node) for node in alive_nodes()) >= count:
         return
-    print(f"waiting up to {timeout_s:g} s for the cluster to hold {count} {what} of {describe(bundle)} "
-          f"({cluster_summary()})", flush=True)
+    print(
+        f"waiting up to {timeout_s:g} s for the cluster to hold {count} {what} of {describe(bundle)} "
+        f"({cluster_summary()})",
+        flush=True,
+    )
     group = placement_group([bundle] * count, strategy="PACK")
     try:
         if not group.wait(timeout_seconds=timeout_s):
             raise UserError(
                 f"waited {timeout_s:g} s for {count} {what} of {describe(bundle)} and the cluster never held them "
                 f"({cluster_summary()}): check the autoscaler's node types, "
-                "max workers and cloud quota, or ask for less or wait longer", "wait_for_nodes")
+                "max workers and cloud quota, or ask for less or wait longer",
+                "wait_for_nodes",
+            )
     finally:
         remove_placement_group(group)
 

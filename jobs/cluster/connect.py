@@ -1,4 +1,5 @@
 """Joining the Ray cluster a job was submitted to, or starting a local one."""
+
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,9 @@ TENSORFLOW_LEVELS = {"debug": "0", "info": "0", "warning": "1", "error": "2"}
 """TF_CPP_MIN_LOG_LEVEL for each level: TensorFlow's C++ logs know no debug level."""
 
 
-def connect_ray(address: str | None, env_vars: dict[str, str] | None = None, verbosity: str = "normal",
-                log_level: str | None = None) -> None:
+def connect_ray(
+    address: str | None, env_vars: dict[str, str] | None = None, verbosity: str = "normal", log_level: str | None = None
+) -> None:
     """Join the cluster this job runs in (RAY_ADDRESS, set by `ray job submit`), else start Ray here.
 
     `env_vars` (the storage settings) go to every worker of the job through its runtime env.

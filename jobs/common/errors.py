@@ -1,5 +1,6 @@
 """The error for a problem the user can fix, and credential redaction: no message any layer
 prints shows a credential."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -32,5 +33,3 @@ def redact(text: str) -> str:
     for value in sorted(_credentials, key=len, reverse=True):
         text = text.replace(value, MASK)
     return text
-
-

@@ -9,6 +9,7 @@ Each is used because the public API cannot do the job:
 - Ray Train v2's `_internal.execution` loggers: they log every report and checkpoint at INFO in the
   worker, and only their own names can quiet them.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Both jobs run the model the same way (`ReplicaConfig`, one set of flags in `jobs.cli.flags`): a
 score is only worth what the masks it scores are, so evaluate runs exactly what segment runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

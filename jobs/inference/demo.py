@@ -3,6 +3,7 @@
 Nothing is downloaded: the scenes are drawn, the model is trained on the spot (about a minute on
 two cores) and kept in the output folder for the next demo run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,10 @@ def run_demo(config, segment: Callable[[object], dict], print_summary: Callable[
         train_demo_model(model_dir)
     record = segment(dataclasses.replace(config, inputs=[scenes], output=root, model=model_dir))
     print_summary(record)
-    print(f"demo model mIoU against the true masks: {demo_miou(root, record['run_id'], truth):.3f} "
-          f"(chance is about {1 / len(SCENE_CLASSES):.2f})")
+    print(
+        f"demo model mIoU against the true masks: {demo_miou(root, record['run_id'], truth):.3f} "
+        f"(chance is about {1 / len(SCENE_CLASSES):.2f})"
+    )
     print(f"Delta tables: {', '.join(os.path.join(root, name) for name in TABLES)}")
     return 0
 
@@ -70,17 +73,25 @@ def train_demo_model(model_dir: str) -> None:
     model = build_unet(len(SCENE_CLASSES), (DEMO_INPUT, DEMO_INPUT, 3), base_filters=8)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     print(f"demo: training a small U-Net on {TRAIN_SCENES} synthetic scenes ({TRAIN_EPOCHS} epochs)...")
-    model.fit(np.stack(images).astype(np.float32) / 255.0, np.stack(masks), batch_size=16,
-              epochs=TRAIN_EPOCHS, verbose=2)
-    save_artifact(model, model_dir, list(SCENE_CLASSES), SCENE_COLORS, name="demo-scenes",
-                  source={"trained_by": "jobs/demo.py", "scenes": TRAIN_SCENES, "epochs": TRAIN_EPOCHS})
+    model.fit(
+        np.stack(images).astype(np.float32) / 255.0, np.stack(masks), batch_size=16, epochs=TRAIN_EPOCHS, verbose=2
+    )
+    save_artifact(
+        model,
+        model_dir,
+        list(SCENE_CLASSES),
+        SCENE_COLORS,
+        name="demo-scenes",
+        source={"trained_by": "jobs/demo.py", "scenes": TRAIN_SCENES, "epochs": TRAIN_EPOCHS},
+    )
     print(f"demo: model trained in {time.time() - started:.0f} s, saved to {model_dir}")
 
 
 def demo_miou(root: str, run_id: str, truth: str) -> float:
     """mIoU of the run's committed masks against the drawn truth, over all demo images together."""
     table = committed_dataset(root, "images").to_table(
-        columns=["image_uri", "mask_png", "status"], filter=(pads.field("run_id") == run_id))
+        columns=["image_uri", "mask_png", "status"], filter=(pads.field("run_id") == run_id)
+    )
     confusion = np.zeros((len(SCENE_CLASSES),) * 2, np.int64)
     for uri, png, status in zip(*(table.column(c).to_pylist() for c in ("image_uri", "mask_png", "status"))):
         if status != "ok":

@@ -1,4 +1,5 @@
 """The model's facts every stage needs, read once on the driver before any replica starts."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@
 
 The stages themselves are in `jobs.inference.stages`.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,9 +57,14 @@ def with_model_mode(config: Config, model: ModelInfo) -> Config:
 
 def inference_of(config: ReplicaConfig) -> Inference:
     """The one reading of the replica flags, so both jobs hand the replicas the same options."""
-    return Inference(precision=config.precision, tile_overlap=config.tile_overlap if config.mode == "tile" else None,
-                     tta=config.tta == "flip", max_pixels=config.max_pixels, max_bytes=config.max_bytes,
-                     allow_unsafe=config.unsafe_allow_code)
+    return Inference(
+        precision=config.precision,
+        tile_overlap=config.tile_overlap if config.mode == "tile" else None,
+        tta=config.tta == "flip",
+        max_pixels=config.max_pixels,
+        max_bytes=config.max_bytes,
+        allow_unsafe=config.unsafe_allow_code,
+    )
 
 
 def segmented_dataset(rows, model: ModelInfo, resources: Resources, inference: Inference):
@@ -66,26 +72,41 @@ def segmented_dataset(rows, model: ModelInfo, resources: Resources, inference: I
     import ray
 
     prepared = rows.map_batches(
-        prepare, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task,
-        fn_kwargs={"input_size": model.input_size, "max_pixels": inference.max_pixels,
-                   "max_bytes": inference.max_bytes, "tile": inference.tile_overlap is not None})
+        prepare,
+        batch_size=resources.batch_size,
+        num_cpus=resources.cpus_per_task,
+        fn_kwargs={
+            "input_size": model.input_size,
+            "max_pixels": inference.max_pixels,
+            "max_bytes": inference.max_bytes,
+            "tile": inference.tile_overlap is not None,
+        },
+    )
     with warnings.catch_warnings():
         # Ray Data restarts dead replicas and retries their batches without limit by default, and
         # names no parameter to bound it yet: the (deprecated) remote args are the only way.
         warnings.simplefilter("ignore", DeprecationWarning)
         return prepared.map_batches(
-            Segmenter, batch_size=resources.batch_size,
+            Segmenter,
+            batch_size=resources.batch_size,
             # all of MAX asked for at once: a pending replica is the demand that makes the autoscaler add
             # its node (a pool that grows only by measured load stays at one GPU replica, ray#59144)
-            compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors,
-                                               initial_size=resources.max_actors),
-            num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=resources.min_actors, max_size=resources.max_actors, initial_size=resources.max_actors
+            ),
+            num_cpus=resources.cpus_per_actor,
+            num_gpus=resources.gpus_per_actor,
             fn_constructor_kwargs={
-                "model_uri": model.uri, "batch_size": resources.batch_size, "precision": inference.precision,
-                "threads": max(1, round(resources.cpus_per_actor)), "allow_unsafe": inference.allow_unsafe,
-                "tile_overlap": inference.tile_overlap, "tta": inference.tta,
+                "model_uri": model.uri,
+                "batch_size": resources.batch_size,
+                "precision": inference.precision,
+                "threads": max(1, round(resources.cpus_per_actor)),
+                "allow_unsafe": inference.allow_unsafe,
+                "tile_overlap": inference.tile_overlap,
+                "tta": inference.tta,
             },
-            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_RESTARTS,
             runtime_env={"env_vars": replica_env(resources.gpus_per_actor)},
         )
 
@@ -99,16 +120,32 @@ def replica_env(gpus: float) -> dict[str, str]:
     return env if gpus else {**env, "CUDA_VISIBLE_DEVICES": ""}
 
 
-def build_dataset(todo: Todo, model: ModelInfo, resources: Resources, inference: Inference, output: str,
-                  run_id: str, rows_per_file: int, mask_resolution: str = "native"):
+def build_dataset(
+    todo: Todo,
+    model: ModelInfo,
+    resources: Resources,
+    inference: Inference,
+    output: str,
+    run_id: str,
+    rows_per_file: int,
+    mask_resolution: str = "native",
+):
     """The whole run as one lazy Ray Dataset whose rows are the Parquet parts it wrote."""
     tasks = {"num_cpus": resources.cpus_per_task}
     return (
         segmented_dataset(plan_dataset(todo, resources), model, resources, inference)
-        .map_batches(finalize, batch_size=resources.batch_size,
-                     fn_kwargs={"model": model, "native_masks": mask_resolution == "native"}, **tasks)
-        .map_batches(write_parts, batch_size=rows_per_file,
-                     fn_kwargs={"output": output, "run_id": run_id, "model": model}, **tasks)
+        .map_batches(
+            finalize,
+            batch_size=resources.batch_size,
+            fn_kwargs={"model": model, "native_masks": mask_resolution == "native"},
+            **tasks,
+        )
+        .map_batches(
+            write_parts,
+            batch_size=rows_per_file,
+            fn_kwargs={"output": output, "run_id": run_id, "model": model},
+            **tasks,
+        )
     )
 
 
@@ -126,7 +163,8 @@ def plan_dataset(todo: Todo, resources: Resources):
 
     pieces = blocks(todo, max(resources.batch_size, -(-todo.rows // MAX_BLOCKS)))
     return ray.data.from_arrow(slices(pieces, 1)).map_batches(
-        read_blocks, batch_size=None, batch_format="pyarrow", num_cpus=resources.cpus_per_task)
+        read_blocks, batch_size=None, batch_format="pyarrow", num_cpus=resources.cpus_per_task
+    )
 
 
 def slices(listing: pa.Table, batch_size: int, max_blocks: int = MAX_BLOCKS) -> list[pa.Table]:

@@ -1,5 +1,6 @@
 """What a long run says about itself while it runs: a line in the job log every so often, and the
 same counts in its lease, where `query.py live` reads them."""
+
 from __future__ import annotations
 
 import threading
@@ -54,8 +55,11 @@ class Progress:
         if limit is None or limit.stage == "model" or self._told_bound:
             return
         self._told_bound = True
-        print(f"run {self.run_id}: the replicas wait: {limit.line()}; give the CPU side more CPUs "
-              "(docs/cluster.md#cpus-per-gpu)", flush=True)
+        print(
+            f"run {self.run_id}: the replicas wait: {limit.line()}; give the CPU side more CPUs "
+            "(docs/cluster.md#cpus-per-gpu)",
+            flush=True,
+        )
 
     @property
     def done(self) -> int:
@@ -68,8 +72,10 @@ class Progress:
         eta = _duration(left / rate) if rate > 0 else "unknown"
         share = self.done / self.planned if self.planned else 1.0
         limit = bound(self.seconds, self.spare)
-        return (f"run {self.run_id}: {self.done:,}/{self.planned:,} images ({share:.1%}), {rate:.1f} images/s, "
-                f"ETA {eta}, {self.errors:,} errors so far" + (f"; {self.stages()}, {limit.line()}" if limit else ""))
+        return (
+            f"run {self.run_id}: {self.done:,}/{self.planned:,} images ({share:.1%}), {rate:.1f} images/s, "
+            f"ETA {eta}, {self.errors:,} errors so far" + (f"; {self.stages()}, {limit.line()}" if limit else "")
+        )
 
     def stages(self) -> str:
         """Per image, what each stage cost so far (the model's in replica time)."""

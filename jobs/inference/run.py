@@ -5,6 +5,7 @@ written once per run id; its parts are kept across attempts (`jobs.output.plans`
 so running a dead attempt's id again resumes it: only the planned images that no finished part holds
 are processed, and the run commits once with every part.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,15 +68,18 @@ def segment(config: SegmentConfig) -> dict:
         lease.report_progress(plan.planned, resumed)
         lease.renew()  # `query.py live` shows the plan from now on, not from the next heartbeat
         if kept:
-            print(f"run {run_id}: resuming: {len(kept)} parts of an earlier attempt hold {resumed:,} of the "
-                  f"{plan.planned:,} planned images; {todo.rows:,} to go")
+            print(
+                f"run {run_id}: resuming: {len(kept)} parts of an earlier attempt hold {resumed:,} of the "
+                f"{plan.planned:,} planned images; {todo.rows:,} to go"
+            )
         started = time.time()
         with Progress(run_id, plan.planned, resumed, config.progress_every, lease.report_progress) as progress:
             parts = kept + (_process(todo, model, config, run_id, storage_env, progress) if todo.rows else [])
         record = run_record(config, model, plan, parts, resumed, started, progress)
         if record["processed"] != plan.planned:
-            raise RuntimeError(f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; "
-                               "not committing")
+            raise RuntimeError(
+                f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; not committing"
+            )
         # the fencing token, and when the listing began by the store's clock (orders versions in `current`)
         record.update(lease_generation=lease.generation, listed_at=plan.listed_at, marks=bool(plan.gone or plan.back))
         if parts:
@@ -96,41 +100,72 @@ def _listing(config: SegmentConfig) -> tuple[Iterator[pa.Table], float]:
     return itertools.chain([first], chunks), began
 
 
-def _make_plan(config: SegmentConfig, model: ModelInfo, run_id: str, listing: Iterator[pa.Table],
-               listed_at: float) -> Plan:
+def _make_plan(
+    config: SegmentConfig, model: ModelInfo, run_id: str, listing: Iterator[pa.Table], listed_at: float
+) -> Plan:
     selection = Selection(model.sha256, config.retry_errors) if config.incremental else None
-    header = Plan(run_id, inputs=0, skipped=0, planned=0, listed_at=_iso(listed_at), model_sha256=model.sha256,
-                  sources=list(config.inputs), shards=0, settings=result_settings(config))
+    header = Plan(
+        run_id,
+        inputs=0,
+        skipped=0,
+        planned=0,
+        listed_at=_iso(listed_at),
+        model_sha256=model.sha256,
+        sources=list(config.inputs),
+        shards=0,
+        settings=result_settings(config),
+    )
     return make_plan(config.output, header, listing, selection, whole_folders(config.inputs))
 
 
 def _check_resumable(plan: Plan, config: SegmentConfig, model: ModelInfo) -> None:
     """An attempt resumes its run as first planned; parts made by another model cannot join it."""
     if plan.model_sha256 != model.sha256:
-        raise UserError(f"run {plan.run_id} was started with another model (sha256 {plan.model_sha256[:12]}, this "
-                        f"one is {model.sha256[:12]}); resume it with that model or pick another run id", "model")
+        raise UserError(
+            f"run {plan.run_id} was started with another model (sha256 {plan.model_sha256[:12]}, this "
+            f"one is {model.sha256[:12]}); resume it with that model or pick another run id",
+            "model",
+        )
     asked = result_settings(config)
     differ = [flag for flag, value in plan.settings.items() if asked.get(flag) != value]
     if differ:
         planned = " ".join(f"{flag} {plan.settings[flag]}" for flag in differ)
-        raise UserError(f"run {plan.run_id} was started with {planned}; this attempt asks for "
-                        f"{' '.join(f'{flag} {asked.get(flag)}' for flag in differ)}: resume it with the same flags "
-                        "or pick another run id", "run_id")
+        raise UserError(
+            f"run {plan.run_id} was started with {planned}; this attempt asks for "
+            f"{' '.join(f'{flag} {asked.get(flag)}' for flag in differ)}: resume it with the same flags "
+            "or pick another run id",
+            "run_id",
+        )
     if plan.sources != list(config.inputs):
-        print(f"run {plan.run_id}: resuming the plan of its first attempt ({plan.planned:,} images from "
-              f"{' '.join(plan.sources)}); --input {' '.join(config.inputs)} is not listed again")
+        print(
+            f"run {plan.run_id}: resuming the plan of its first attempt ({plan.planned:,} images from "
+            f"{' '.join(plan.sources)}); --input {' '.join(config.inputs)} is not listed again"
+        )
 
 
 def result_settings(config: SegmentConfig) -> dict[str, str | float | int | None]:
     """The flags that shape each image's result (not how fast it is made): one run, one setting of each."""
     inference = inference_of(config)
-    return {"--mode": config.mode, "--tile-overlap": inference.tile_overlap, "--tta": config.tta,
-            "--precision": config.precision, "--max-pixels": config.max_pixels, "--max-bytes": config.max_bytes,
-            "--mask-resolution": config.mask_resolution}
+    return {
+        "--mode": config.mode,
+        "--tile-overlap": inference.tile_overlap,
+        "--tta": config.tta,
+        "--precision": config.precision,
+        "--max-pixels": config.max_pixels,
+        "--max-bytes": config.max_bytes,
+        "--mask-resolution": config.mask_resolution,
+    }
 
 
-def run_record(config: SegmentConfig, model: ModelInfo, plan: Plan, parts: list[dict], resumed: int,
-               started: float, progress: Progress) -> dict:
+def run_record(
+    config: SegmentConfig,
+    model: ModelInfo,
+    plan: Plan,
+    parts: list[dict],
+    resumed: int,
+    started: float,
+    progress: Progress,
+) -> dict:
     """The run's row in the `runs` table (also carried in its `images` commit); its stage seconds are
     those of the images this attempt processed, as its progress summed them."""
     wall = time.time() - started
@@ -142,14 +177,24 @@ def run_record(config: SegmentConfig, model: ModelInfo, plan: Plan, parts: list[
         **{f"{stage}_seconds": round(value, 3) for stage, value in progress.seconds.items()},
         "cpus_per_replica": round(limit.cpus_per_replica, 3) if limit else None,
         "bound_by": limit.stage if limit else None,
-        "run_id": plan.run_id, "started_at": _iso(started), "committed_at": _iso(time.time()),
-        "inputs": plan.inputs, "skipped": plan.skipped, "processed": rows, "resumed": resumed,
-        "ok": ok, "errors": rows - ok,
-        "model_name": model.name, "model_sha256": model.sha256, "model_uri": model.uri,
+        "run_id": plan.run_id,
+        "started_at": _iso(started),
+        "committed_at": _iso(time.time()),
+        "inputs": plan.inputs,
+        "skipped": plan.skipped,
+        "processed": rows,
+        "resumed": resumed,
+        "ok": ok,
+        "errors": rows - ok,
+        "model_name": model.name,
+        "model_sha256": model.sha256,
+        "model_uri": model.uri,
         "class_names": list(model.class_names),
         "class_pixels": [int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))],
-        "wall_seconds": round(wall, 3), "images_per_second": round(fresh / wall, 3) if fresh and wall > 0 else None,
-        "replicas": json.dumps(replicas_used(parts)), "config": json.dumps(dataclasses.asdict(config)),
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(fresh / wall, 3) if fresh and wall > 0 else None,
+        "replicas": json.dumps(replicas_used(parts)),
+        "config": json.dumps(dataclasses.asdict(config)),
     }
 
 
@@ -158,22 +203,43 @@ def _iso(seconds: float) -> str:
 
 
 def _part(row: dict) -> tables.Part:
-    return tables.Part(str(row["part"]), int(row["images_bytes"]), int(row["class_stats_bytes"]),
-                       int(row["rows"]), int(row["class_rows"]))
+    return tables.Part(
+        str(row["part"]),
+        int(row["images_bytes"]),
+        int(row["class_stats_bytes"]),
+        int(row["rows"]),
+        int(row["class_rows"]),
+    )
 
 
-def _process(todo: Todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict,
-             progress: Progress) -> list[dict]:
+def _process(
+    todo: Todo, model: ModelInfo, config: SegmentConfig, run_id: str, storage_env: dict, progress: Progress
+) -> list[dict]:
     connect_ray(config.address, storage_env, config.verbosity, config.log_level)
     resources = plan_resources(config)
     progress.spare = spare_cpus_per_replica(resources)
-    await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
-                config.wait_for_nodes, "model replicas")
-    print(f"run {run_id}: {todo.rows} images, model {model.name} ({model.sha256[:12]}), "
-          f"{config.mode} mode, {resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
-          + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""), flush=True)
-    dataset = build_dataset(todo, model, resources, inference_of(config), config.output, run_id, config.rows_per_file,
-                            config.mask_resolution)
+    await_nodes(
+        replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor),
+        resources.min_actors,
+        config.wait_for_nodes,
+        "model replicas",
+    )
+    print(
+        f"run {run_id}: {todo.rows} images, model {model.name} ({model.sha256[:12]}), "
+        f"{config.mode} mode, {resources.min_actors}-{resources.max_actors} replicas x {resources.cpus_per_actor:g} CPU"
+        + (f" + {resources.gpus_per_actor:g} GPU" if resources.gpus_per_actor else ""),
+        flush=True,
+    )
+    dataset = build_dataset(
+        todo,
+        model,
+        resources,
+        inference_of(config),
+        config.output,
+        run_id,
+        config.rows_per_file,
+        config.mask_resolution,
+    )
     parts = []
     for part in dataset.iter_rows():
         parts.append(part)

@@ -1,5 +1,6 @@
 """The per-batch stages of a segmentation run: read and decode, the model replica, masks back to
 full size with statistics, Parquet parts. Every input row comes out as exactly one output row."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -53,8 +54,9 @@ def read_image(uri: str, size: int, max_bytes: int) -> bytes:
     except InputRefused as exc:
         raise ImageError(str(exc), INVALID) from None
     except Exception as exc:  # missing or denied, or the store gave up after its own retries
-        raise ImageError(f"cannot read file ({exc.__class__.__name__}: {exc})",
-                         TRANSIENT if is_transient(exc) else INVALID) from None
+        raise ImageError(
+            f"cannot read file ({exc.__class__.__name__}: {exc})", TRANSIENT if is_transient(exc) else INVALID
+        ) from None
 
 
 def decode_bytes(data: bytes, decode: Callable[[bytes], T]) -> T:
@@ -76,8 +78,11 @@ def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile:
     width, height = np.zeros(count, np.int32), np.zeros(count, np.int32)
     errors, kinds = np.full(count, "", dtype=object), np.full(count, "", dtype=object)
     read_s, decode_s = np.zeros(count), np.zeros(count)
-    decode = (partial(whole_image, max_pixels=max_pixels) if tile
-              else partial(decode_letterboxed, size=input_size, max_pixels=max_pixels))
+    decode = (
+        partial(whole_image, max_pixels=max_pixels)
+        if tile
+        else partial(decode_letterboxed, size=input_size, max_pixels=max_pixels)
+    )
     for row, (uri, size) in enumerate(zip(batch["image_uri"], batch["source_size"])):
         started = time.perf_counter()
         try:
@@ -94,9 +99,16 @@ def prepare(batch: dict, input_size: int, max_pixels: int, max_bytes: int, tile:
         height[row], width[row] = box.height, box.width
         boxes[row] = (box.top, box.left, box.inner_height, box.inner_width)
     return {
-        **batch, "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
-        "width": width, "height": height, "error": errors, "error_kind": kinds, "box": boxes,
-        "pixels": ragged(images) if tile else np.stack(images), "seconds_read": read_s, "seconds_decode": decode_s,
+        **batch,
+        "image_id": np.array([image_id(u) for u in batch["image_uri"]], dtype=object),
+        "width": width,
+        "height": height,
+        "error": errors,
+        "error_kind": kinds,
+        "box": boxes,
+        "pixels": ragged(images) if tile else np.stack(images),
+        "seconds_read": read_s,
+        "seconds_decode": decode_s,
     }
 
 
@@ -118,8 +130,16 @@ def ragged(arrays: list[np.ndarray]) -> np.ndarray:
 class Segmenter:
     """Holds one model replica for the life of its actor and segments batches of prepared images."""
 
-    def __init__(self, model_uri: str, batch_size: int, precision: str, threads: int, allow_unsafe: bool = False,
-                 tile_overlap: float | None = None, tta: bool = False):
+    def __init__(
+        self,
+        model_uri: str,
+        batch_size: int,
+        precision: str,
+        threads: int,
+        allow_unsafe: bool = False,
+        tile_overlap: float | None = None,
+        tta: bool = False,
+    ):
         from unet_core import load_artifact
         from unet_core.predict import Predictor, configure_tensorflow
 
@@ -138,18 +158,27 @@ class Segmenter:
             masks, confidence = self._letterboxed(batch["pixels"], batch["box"], ok, signals)
         else:
             masks, confidence = self._tiled(batch["pixels"], ok, signals)
-        return {**out, "mask": masks, "confidence": confidence, "signals": signals,
-                "replica": np.full(len(ok), self.placement, object),
-                "seconds_model": np.full(len(ok), (time.perf_counter() - started) / len(ok))}
+        return {
+            **out,
+            "mask": masks,
+            "confidence": confidence,
+            "signals": signals,
+            "replica": np.full(len(ok), self.placement, object),
+            "seconds_model": np.full(len(ok), (time.perf_counter() - started) / len(ok)),
+        }
 
-    def _letterboxed(self, pixels: np.ndarray, boxes: np.ndarray, ok: np.ndarray,
-                     signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _letterboxed(
+        self, pixels: np.ndarray, boxes: np.ndarray, ok: np.ndarray, signals: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         masks = np.zeros(pixels.shape[:3], np.uint8)
         confidence = np.zeros(pixels.shape[:3], np.float16)
         if ok.any():
             predicted = self.predictor.predict(pixels[ok], boxes[ok])
             masks[ok], confidence[ok], signals[ok] = (
-                predicted.masks, predicted.confidence.astype(np.float16), predicted.signals)
+                predicted.masks,
+                predicted.confidence.astype(np.float16),
+                predicted.signals,
+            )
         return masks, confidence
 
     def _tiled(self, pixels: np.ndarray, ok: np.ndarray, signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +191,13 @@ class Segmenter:
                 masks.append(np.zeros((1, 1), np.uint8))
                 confidence.append(np.zeros((1, 1), np.float16))
                 continue
-            tiled = sliding_window(image, self.predictor.probabilities, self.predictor.input_size,
-                                   self.predictor.num_classes, self.tile_overlap)
+            tiled = sliding_window(
+                image,
+                self.predictor.probabilities,
+                self.predictor.input_size,
+                self.predictor.num_classes,
+                self.tile_overlap,
+            )
             masks.append(tiled.mask)
             confidence.append(tiled.confidence.astype(np.float16))
             signals[row] = quality_signals(tiled.confidence, tiled.entropy)
@@ -197,8 +231,10 @@ def finalize(batch: dict, model: ModelInfo, native_masks: bool = True) -> dict:
     at the model's. The statistics are taken in model space, each model pixel weighted by the image
     pixels it stands for: those of the full-size mask, without building it (`class_statistics`)."""
     count, classes = len(batch["image_uri"]), len(model.class_names)
-    stats = {name: np.zeros((count, classes), dtype) for name, dtype in
-             (("pixels", np.int64), ("fraction", np.float64), ("mean_confidence", np.float64))}
+    stats = {
+        name: np.zeros((count, classes), dtype)
+        for name, dtype in (("pixels", np.int64), ("fraction", np.float64), ("mean_confidence", np.float64))
+    }
     mask_png = np.full(count, None, dtype=object)
     seconds = np.zeros(count)
     for row in range(count):
@@ -210,7 +246,10 @@ def finalize(batch: dict, model: ModelInfo, native_masks: bool = True) -> dict:
         result = letterboxed_statistics(mask, batch["confidence"][row], box, classes)
         mask_png[row] = encode_mask_png(stored_mask(mask, box, native_masks), list(model.colors))
         stats["pixels"][row], stats["fraction"][row], stats["mean_confidence"][row] = (
-            result.pixels, result.fraction, result.mean_confidence)
+            result.pixels,
+            result.fraction,
+            result.mean_confidence,
+        )
         seconds[row] = time.perf_counter() - started
     out = {key: value for key, value in batch.items() if key not in ("mask", "confidence", "box")}
     return {**out, "mask_png": mask_png, **{f"stats_{k}": v for k, v in stats.items()}, "seconds_postprocess": seconds}
@@ -230,14 +269,20 @@ def write_parts(batch: dict, output: str, run_id: str, model: ModelInfo) -> dict
     started = time.perf_counter()
     class_stats = _class_stats_table(batch, model)
     ok = batch["error"] == ""
-    facts = {"ok": int(ok.sum()), "class_pixels": batch["stats_pixels"][ok].sum(axis=0).tolist(),
-             "replicas": json.dumps(sorted(set(batch["replica"]))),
-             **{f"seconds_{stage}": float(np.sum(batch[f"seconds_{stage}"])) for stage in MEASURED_AHEAD}}
+    facts = {
+        "ok": int(ok.sum()),
+        "class_pixels": batch["stats_pixels"][ok].sum(axis=0).tolist(),
+        "replicas": json.dumps(sorted(set(batch["replica"]))),
+        **{f"seconds_{stage}": float(np.sum(batch[f"seconds_{stage}"])) for stage in MEASURED_AHEAD},
+    }
     images = _images_table(batch, model, class_stats)
     row = write_part(output, run_id, images, class_stats, {**facts, "seconds_write": time.perf_counter() - started})
-    return {key: np.array([value], dtype=object if isinstance(value, str) else
-                          np.float64 if isinstance(value, float) else np.int64)
-            for key, value in row.items()}
+    return {
+        key: np.array(
+            [value], dtype=object if isinstance(value, str) else np.float64 if isinstance(value, float) else np.int64
+        )
+        for key, value in row.items()
+    }
 
 
 MEASURED_AHEAD = tuple(stage for stage in STAGES if stage != "write")
@@ -248,38 +293,46 @@ def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Ta
     count = len(batch["image_uri"])
     errors = batch["error"]
     now = dt.datetime.now(dt.timezone.utc)
-    return pa.table({
-        "image_id": pa.array(batch["image_id"], pa.string()),
-        "image_uri": pa.array(batch["image_uri"], pa.string()),
-        "source_size": pa.array(batch["source_size"], pa.int64()),
-        "source_version": pa.array(batch["source_version"], pa.string()),
-        "source_modified": pa.array(batch["source_modified"], pa.timestamp("us", tz="UTC")),
-        "width": pa.array(batch["width"], pa.int32()),
-        "height": pa.array(batch["height"], pa.int32()),
-        "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
-        "error": pa.array([e or None for e in errors], pa.string()),
-        "error_kind": pa.array([k or None for k in batch["error_kind"]], pa.string()),
-        # a batch of only failures reaches here with the all-null column read back as floats
-        "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
-        "classes": nested_classes(class_stats, batch["error"] == "", len(model.class_names)),
-        "model_name": pa.array([model.name] * count, pa.string()),
-        "model_sha256": pa.array([model.sha256] * count, pa.string()),
-        "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
-        **{name: pa.array(values, pa.float64(), mask=np.isnan(values))
-           for name, values in zip(SIGNALS, np.asarray(batch["signals"], np.float64).T)},
-    }, schema=IMAGES_FILE_SCHEMA)
+    return pa.table(
+        {
+            "image_id": pa.array(batch["image_id"], pa.string()),
+            "image_uri": pa.array(batch["image_uri"], pa.string()),
+            "source_size": pa.array(batch["source_size"], pa.int64()),
+            "source_version": pa.array(batch["source_version"], pa.string()),
+            "source_modified": pa.array(batch["source_modified"], pa.timestamp("us", tz="UTC")),
+            "width": pa.array(batch["width"], pa.int32()),
+            "height": pa.array(batch["height"], pa.int32()),
+            "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
+            "error": pa.array([e or None for e in errors], pa.string()),
+            "error_kind": pa.array([k or None for k in batch["error_kind"]], pa.string()),
+            # a batch of only failures reaches here with the all-null column read back as floats
+            "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
+            "classes": nested_classes(class_stats, batch["error"] == "", len(model.class_names)),
+            "model_name": pa.array([model.name] * count, pa.string()),
+            "model_sha256": pa.array([model.sha256] * count, pa.string()),
+            "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
+            **{
+                name: pa.array(values, pa.float64(), mask=np.isnan(values))
+                for name, values in zip(SIGNALS, np.asarray(batch["signals"], np.float64).T)
+            },
+        },
+        schema=IMAGES_FILE_SCHEMA,
+    )
 
 
 def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
     ok = np.flatnonzero(batch["error"] == "")
     classes = len(model.class_names)
     confidence = batch["stats_mean_confidence"][ok].ravel()
-    return pa.table({
-        "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
-        "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
-        "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
-        "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
-        "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
-        "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
-        "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
-    }, schema=CLASS_STATS_FILE_SCHEMA)
+    return pa.table(
+        {
+            "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
+            "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
+            "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
+            "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
+            "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
+            "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
+            "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
+        },
+        schema=CLASS_STATS_FILE_SCHEMA,
+    )

@@ -5,6 +5,7 @@ The listing streams in; it and `current`'s done versions are cut into hash parti
 driver's scratch disk (`jobs.output.spill`), then joined a partition at a time, so the driver holds
 one batch of the listing or one partition, never the collection.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,8 +52,9 @@ def partitioned(listing: Iterable[pa.Table], scratch: str) -> Partitions:
     return listed
 
 
-def selected(listed: Partitions, output: str, selection: Selection | None,
-             scratch: str) -> Iterator[tuple[int, pa.Table]]:
+def selected(
+    listed: Partitions, output: str, selection: Selection | None, scratch: str
+) -> Iterator[tuple[int, pa.Table]]:
     """The `partitioned` listing a partition at a time: (images listed in it, its rows to process, in
     listing order).
 
@@ -79,9 +81,12 @@ def selected(listed: Partitions, output: str, selection: Selection | None,
             earlier = f"SELECT hi, lo, rest FROM read_parquet([{sql_strings(done)}])" if done else None
         else:
             holding = files_holding(con, files, f"SELECT image_uri FROM read_parquet([{sql_strings(listed.files(0))}])")
-            earlier = (f"SELECT hi, lo, {rest_sql(1)} FROM "
-                       f"({_done_sql(con, holding, selection, 'image_uri IN (SELECT image_uri FROM listed)')})"
-                       if holding else None)
+            earlier = (
+                f"SELECT hi, lo, {rest_sql(1)} FROM "
+                f"({_done_sql(con, holding, selection, 'image_uri IN (SELECT image_uri FROM listed)')})"
+                if holding
+                else None
+            )
         for part in range(passes):
             yield _select(con, listed.files(index), earlier, f"rest % {passes} = {part}", selection)
 
@@ -103,9 +108,11 @@ def marks(listed: Partitions, output: str, folders: list[str]) -> Iterator[pa.Ta
                ANTI JOIN (SELECT image_uri FROM read_parquet([{everything}])) USING (image_uri)
                WHERE deleted_at IS NULL AND ({under})"""
     with spilling_duckdb(output) as con:
-        rows = con.sql(f"""WITH earlier AS (SELECT image_uri, deleted_at FROM ({scan(con, "current", files)}))
+        rows = con.sql(
+            f"""WITH earlier AS (SELECT image_uri, deleted_at FROM ({scan(con, "current", files)}))
                            {back} {f"UNION ALL {gone}" if folders else ""}""",
-                       params={f"folder{i}": folder for i, folder in enumerate(folders)})
+            params={f"folder{i}": folder for i, folder in enumerate(folders)},
+        )
         for batch in rows.to_arrow_reader(BATCH_ROWS):
             yield pa.Table.from_batches([batch])
 
@@ -153,19 +160,23 @@ def _done_sql(con: duckdb.DuckDBPyConnection, files: list[str], selection: Selec
         WHERE model_sha256 = $model {status} AND {where}"""
 
 
-def _spill_done(con: duckdb.DuckDBPyConnection, files: list[str], selection: Selection, count: int,
-                scratch: str) -> Partitions:
+def _spill_done(
+    con: duckdb.DuckDBPyConnection, files: list[str], selection: Selection, count: int, scratch: str
+) -> Partitions:
     """`current`'s done versions cut into the listing's partitions."""
-    reader = con.sql(f"SELECT hi, lo, {partition_sql(count)} FROM ({_done_sql(con, files, selection, 'true')})",
-                     params={"model": selection.model_sha256}).to_arrow_reader(BATCH_ROWS)
+    reader = con.sql(
+        f"SELECT hi, lo, {partition_sql(count)} FROM ({_done_sql(con, files, selection, 'true')})",
+        params={"model": selection.model_sha256},
+    ).to_arrow_reader(BATCH_ROWS)
     done = Partitions(scratch, "done", count)
     for batch in reader:
         done.add(pa.Table.from_batches([batch]))
     return done
 
 
-def _select(con: duckdb.DuckDBPyConnection, listed: list[str], earlier: str | None, rows: str,
-            selection: Selection | None) -> tuple[int, pa.Table]:
+def _select(
+    con: duckdb.DuckDBPyConnection, listed: list[str], earlier: str | None, rows: str, selection: Selection | None
+) -> tuple[int, pa.Table]:
     """One pass over a partition (its `rows`): each URI as last named, and whether its version is
     done. Keys are a 128-bit hash (md5) of the version, so a pass's join holds 16 bytes per listed row;
     an accidental collision (which would skip one image) has odds near 1e-24 even for 10 million
@@ -173,14 +184,16 @@ def _select(con: duckdb.DuckDBPyConnection, listed: list[str], earlier: str | No
     holds the pass's listed keys."""
     if earlier is None:
         earlier = "SELECT 0::UBIGINT AS hi, 0::UBIGINT AS lo, 0::UBIGINT AS rest WHERE false"
-    found = con.sql(f"""
+    found = con.sql(
+        f"""
         WITH listed AS (SELECT *, {VERSION_KEY} FROM read_parquet([{sql_strings(listed)}]) WHERE {rows}
                         QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY position DESC) = 1),
              done AS (SELECT DISTINCT hi, lo FROM ({earlier}) WHERE {rows} AND (hi, lo) IN (SELECT hi, lo FROM listed))
         SELECT image_uri, source_size, source_version, source_modified,
                source_version <> '' AND done.hi IS NOT NULL AS done
         FROM listed LEFT JOIN done USING (hi, lo)
-        ORDER BY position""", params={"model": selection.model_sha256} if selection and "$model" in earlier else None
+        ORDER BY position""",
+        params={"model": selection.model_sha256} if selection and "$model" in earlier else None,
     ).to_arrow_table()
     todo = found.filter(pc.invert(found.column("done"))).drop_columns(["done"])
     return found.num_rows, todo.cast(LISTING_SCHEMA)

@@ -13,6 +13,7 @@ right before it commits (`Lease.check`), and records it in the commit.
 
 Maintenance keeps every file younger than the oldest live lease's start, as the store dates both.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,9 @@ def new_run_id() -> str:
 
 def check_run_id(run_id: str) -> str:
     if not RUN_ID_PATTERN.fullmatch(run_id) or run_id.isdigit():
-        raise UserError(f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (not only digits), at most 128",
-                        "run_id")
+        raise UserError(
+            f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (not only digits), at most 128", "run_id"
+        )
     return run_id
 
 
@@ -99,8 +101,10 @@ class Observed:
         return self.age <= EXPIRY_SECONDS
 
     def describe(self) -> str:
-        return (f"host {self.record.host}, pid {self.record.pid}, generation {self.record.generation}, "
-                f"renewed {self.age:.0f} s ago by the store's clock")
+        return (
+            f"host {self.record.host}, pid {self.record.pid}, generation {self.record.generation}, "
+            f"renewed {self.age:.0f} s ago by the store's clock"
+        )
 
 
 class Lease:
@@ -129,16 +133,21 @@ class Lease:
                 failures = 0
             except Exception as exc:  # whatever the store or its client raised: the next beat tries again
                 failures += 1
-                print(f"run {self.record.run_id}: lease renewal failed ({failures} in a row; "
-                      f"{type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+                print(
+                    f"run {self.record.run_id}: lease renewal failed ({failures} in a row; "
+                    f"{type(exc).__name__}: {exc})",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def renew(self) -> bool:
         """Rewrite the lease if it is still this attempt's; False (and the lease lost) if not."""
         with self._lock:
             if self.lost:
                 return False
-            version = _store(self.output).replace(lease_uri(self.output, self.record.run_id), self.record.body(),
-                                                  self._version)
+            version = _store(self.output).replace(
+                lease_uri(self.output, self.record.run_id), self.record.body(), self._version
+            )
             if version is None:
                 self.lost = True
                 return False
@@ -155,17 +164,23 @@ class Lease:
         holds the lease now."""
         since, safe = time.monotonic() - self.renewed, EXPIRY_SECONDS * SAFE_SHARE
         if not self.lost and since > safe:
-            raise UserError(f"run {self.record.run_id}: this attempt could not renew its lease for {since:.0f} s "
-                            f"(more than {safe:.0f} s); not committing, nothing is visible: run the same run id "
-                            "again")
+            raise UserError(
+                f"run {self.record.run_id}: this attempt could not renew its lease for {since:.0f} s "
+                f"(more than {safe:.0f} s); not committing, nothing is visible: run the same run id "
+                "again"
+            )
         try:
             refused = self.lost or not self.renew()
         except LeaseBusy as exc:
-            raise UserError(f"run {self.record.run_id}: could not confirm this attempt's lease ({exc}); not "
-                            "committing, nothing is visible: run the same run id again") from exc
+            raise UserError(
+                f"run {self.record.run_id}: could not confirm this attempt's lease ({exc}); not "
+                "committing, nothing is visible: run the same run id again"
+            ) from exc
         if refused:
-            raise UserError(f"run {self.record.run_id}: another attempt took over this attempt's lease (generation "
-                            f"{self.generation}); not committing, nothing is visible")
+            raise UserError(
+                f"run {self.record.run_id}: another attempt took over this attempt's lease (generation "
+                f"{self.generation}); not committing, nothing is visible"
+            )
 
     def release(self) -> None:
         self._stop.set()
@@ -191,8 +206,10 @@ def acquire(output: str, run_id: str) -> Lease:
         return Lease(output, Observed(mine, version, 0.0))
     held = observe(output, run_id)
     if held is not None and held.alive():
-        raise UserError(f"run {run_id} is already in progress in {output} ({held.describe()}); "
-                        "wait for it or pick another run id", "run_id")
+        raise UserError(
+            f"run {run_id} is already in progress in {output} ({held.describe()}); wait for it or pick another run id",
+            "run_id",
+        )
     if held is not None:
         mine = replace(mine, generation=held.record.generation + 1, started=min(held.record.started, mine.started))
         with contextlib.suppress(LeaseBusy):  # a stalled taker holds the lock: it is not ours to take
@@ -200,8 +217,9 @@ def acquire(output: str, run_id: str) -> Lease:
     else:  # it was released between our create and our read
         version = store.create(uri, mine.body())
     if version is None:
-        raise UserError(f"run {run_id}: another attempt took over its lease just now; wait for it or pick another "
-                        "run id", "run_id")
+        raise UserError(
+            f"run {run_id}: another attempt took over its lease just now; wait for it or pick another run id", "run_id"
+        )
     return Lease(output, Observed(mine, version, 0.0))
 
 
@@ -222,7 +240,7 @@ def live_leases(output: str) -> list[Observed]:
 def all_leases(output: str) -> list[Observed]:
     store = _store(output)
     names = store.names()
-    found = [observe(output, name[:-len(".json")]) for name in names if name.endswith(".json")]
+    found = [observe(output, name[: -len(".json")]) for name in names if name.endswith(".json")]
     return [lease for lease in found if lease is not None]
 
 
@@ -252,8 +270,10 @@ def check_conditional_writes(output: str) -> None:
     honoured = first is not None and store.create(probe, b"2") is None and store.replace(probe, b"3", '"stale"') is None
     store.delete_if(probe, None)
     if not honoured:
-        raise UserError(f"{output}: this store ignores conditional writes (If-None-Match, If-Match), so concurrent "
-                        "runs could overwrite each other's commits; use AWS S3 or a store that supports them")
+        raise UserError(
+            f"{output}: this store ignores conditional writes (If-None-Match, If-Match), so concurrent "
+            "runs could overwrite each other's commits; use AWS S3 or a store that supports them"
+        )
 
 
 def _record(run_id: str, body: bytes) -> LeaseRecord:
@@ -349,8 +369,9 @@ class _LocalStore:
             finally:
                 os.close(handle)
             if time.monotonic() > deadline:
-                raise LeaseBusy(f"{path}: another process has held this lease's lock for over "
-                                f"{LOCK_WAIT_SECONDS:.0f} s")
+                raise LeaseBusy(
+                    f"{path}: another process has held this lease's lock for over {LOCK_WAIT_SECONDS:.0f} s"
+                )
             time.sleep(0.02)
 
 
@@ -418,8 +439,10 @@ def _store(output: str) -> _LocalStore | _S3Store:
 
 def _precondition_failed(exc: OSError) -> bool:
     response = getattr(exc.__cause__, "response", None) or {}
-    return (response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
-            or response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412))
+    return response.get("Error", {}).get("Code") in (
+        "PreconditionFailed",
+        "ConditionalRequestConflict",
+    ) or response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
 
 
 def _sync_read(fs, stream) -> bytes:

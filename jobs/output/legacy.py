@@ -5,6 +5,7 @@ Each committed run is committed again, part by part: its `images` parts gain the
 null). The manifests move to `_legacy/runs/`; the old part files are left unreferenced, for
 maintenance to vacuum. Interrupted, it can simply be run again: converted runs are skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,10 @@ def _convert_part(output: str, run_id: str, name: str, classes: int) -> tables.P
     images = images.append_column("error_kind", pa.nulls(images.num_rows, pa.string()))  # not recorded then
     for name in SIGNALS:  # nor were these
         images = images.append_column(name, pa.nulls(images.num_rows, pa.float64()))
-    converted = {"images": images.select(tables.IMAGES_FILE_SCHEMA.names).cast(tables.IMAGES_FILE_SCHEMA),
-                 "class_stats": flat.select(tables.CLASS_STATS_FILE_SCHEMA.names).cast(tables.CLASS_STATS_FILE_SCHEMA)}
+    converted = {
+        "images": images.select(tables.IMAGES_FILE_SCHEMA.names).cast(tables.IMAGES_FILE_SCHEMA),
+        "class_stats": flat.select(tables.CLASS_STATS_FILE_SCHEMA.names).cast(tables.CLASS_STATS_FILE_SCHEMA),
+    }
     new_name = f"part-{uuid.uuid4().hex}.parquet"
     sizes = {}
     for table, rows in converted.items():
@@ -88,12 +91,17 @@ def _record(manifest: dict) -> dict:
     counts, model = manifest.get("counts", {}), manifest.get("model", {})
     class_pixels = manifest.get("class_pixels", {})
     return {
-        "run_id": manifest["run_id"], "started_at": manifest.get("started_at"),
+        "run_id": manifest["run_id"],
+        "started_at": manifest.get("started_at"),
         "committed_at": manifest.get("committed_at"),
         **{key: counts.get(key) for key in ("inputs", "skipped", "processed", "ok", "errors")},
-        "model_name": model.get("name"), "model_sha256": model.get("sha256"), "model_uri": model.get("uri"),
+        "model_name": model.get("name"),
+        "model_sha256": model.get("sha256"),
+        "model_uri": model.get("uri"),
         "class_names": model.get("class_names", []),
         "class_pixels": [class_pixels.get(name, 0) for name in model.get("class_names", [])],
-        "wall_seconds": manifest.get("wall_seconds"), "images_per_second": manifest.get("images_per_second"),
-        "replicas": json.dumps(manifest.get("replicas", [])), "config": json.dumps(manifest.get("config", {})),
+        "wall_seconds": manifest.get("wall_seconds"),
+        "images_per_second": manifest.get("images_per_second"),
+        "replicas": json.dumps(manifest.get("replicas", [])),
+        "config": json.dumps(manifest.get("config", {})),
     }

@@ -1,5 +1,6 @@
 """Keeping a root healthy: finish interrupted commits, compact small files, vacuum what no
 commit lists, convert roots of the earlier layout."""
+
 from __future__ import annotations
 
 import math
@@ -107,8 +108,10 @@ class Retention:
         if self.oldest_live_run is not None:
             reasons.append(f"the oldest live run, {self.oldest_live_run}, started {self.oldest_live_hours:.2f} h ago")
         if abs(self.host_ahead_seconds) >= 60:
-            reasons.append(f"this host's clock is {self.host_ahead_seconds / 3600:+.2f} h off the store's, so "
-                           f"vacuum is told {self.vacuum_hours} h")
+            reasons.append(
+                f"this host's clock is {self.host_ahead_seconds / 3600:+.2f} h off the store's, so "
+                f"vacuum is told {self.vacuum_hours} h"
+            )
         return "; ".join(reasons)
 
 
@@ -119,9 +122,14 @@ def retention_for(output: str, hours: int) -> Retention:
     live = sorted((lease for lease in found if lease.alive()), key=lambda lease: lease.record.started)
     oldest = (store_now - live[0].record.started) / 3600 if live else 0.0
     keep = max(hours, MIN_RETENTION_HOURS, math.ceil(oldest) + 1)
-    return Retention(keep, time.time() - store_now, live[0].record.run_id if live else None, oldest,
-                     frozenset(lease.record.run_id for lease in found if lease.age <= keep * 3600),
-                     frozenset(lease.record.run_id for lease in live))
+    return Retention(
+        keep,
+        time.time() - store_now,
+        live[0].record.run_id if live else None,
+        oldest,
+        frozenset(lease.record.run_id for lease in found if lease.age <= keep * 3600),
+        frozenset(lease.record.run_id for lease in live),
+    )
 
 
 def vacuum(output: str, table: str, retention: Retention) -> int:
@@ -135,8 +143,9 @@ def vacuum(output: str, table: str, retention: Retention) -> int:
     still wake up and commit, and a takeover resumes its parts). Those files are kept whatever their
     age; delta-rs lists the candidates and the rest are deleted here."""
     delta = tables.open_table(output, table)
-    candidates = delta.vacuum(retention_hours=retention.vacuum_hours, dry_run=True,
-                              enforce_retention_duration=False, full=True)
+    candidates = delta.vacuum(
+        retention_hours=retention.vacuum_hours, dry_run=True, enforce_retention_duration=False, full=True
+    )
     kept = pending_runs(output, table, retention.held) if table in tables.PARTITIONED else set()
     doomed = [path for path in candidates if _run_of(path) not in kept]
     if doomed:
@@ -158,4 +167,4 @@ def pending_runs(output: str, table: str, held: frozenset[str]) -> set[str]:
 def _run_of(path: str) -> str | None:
     """The run id of a partition file's relative path (`run_id=<id>/...`)."""
     head = path.split("/", 1)[0]
-    return head[len("run_id="):] if head.startswith("run_id=") else None
+    return head[len("run_id=") :] if head.startswith("run_id=") else None

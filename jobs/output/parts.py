@@ -7,6 +7,7 @@ each whole (on local disk to a temporary name, then renamed; on S3 one object wr
 images file means a complete pair. The images file's footer carries the counts the run's record adds
 up (rows, ok, class pixels, replicas): keeping a part costs one footer read, not a scan.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,9 @@ def kept_parts(output: str, run_id: str) -> list[dict]:
         return []
     complete = [n for n in names if n.startswith(PREFIX) and n.endswith(SUFFIX)]
     with ThreadPoolExecutor(READERS) as pool:
-        found = [row for row in pool.map(lambda name: _read_part(fs, f"{folder}/{name}", name), complete)
-                 if row is not None]
+        found = [
+            row for row in pool.map(lambda name: _read_part(fs, f"{folder}/{name}", name), complete) if row is not None
+        ]
     repeating = _repeating(output, [join(part_folder(output, "images", run_id), row["part"]) for row in found])
     return [row for row in found if row["part"] not in repeating]
 

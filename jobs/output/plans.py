@@ -7,6 +7,7 @@ store or the flags say now, so a resumed run processes exactly the set its first
 less what its kept parts already hold. The commit removes the plan; until then `query.py live`
 reads its counts.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -36,8 +37,15 @@ MAX_BLOCKS = 4096
 """Blocks a run's dataset starts from at most (more rows make larger blocks)."""
 ROW_GROUP_ROWS = (64, 8192)
 """Bounds of a shard's row group size."""
-PIECE = pa.schema([("shard", pa.string()), ("written", pa.string()), ("row_group", pa.int64()),
-                   ("start", pa.int64()), ("rows", pa.int64())])
+PIECE = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("written", pa.string()),
+        ("row_group", pa.int64()),
+        ("start", pa.int64()),
+        ("rows", pa.int64()),
+    ]
+)
 """A place in a todo's shards that a read task reads (`blocks`)."""
 
 
@@ -80,8 +88,19 @@ def load_plan(output: str, run_id: str) -> Plan | None:
     return _checked_plan(run_id, text, path)
 
 
-PLAN_TYPES = {"run_id": str, "inputs": int, "skipped": int, "planned": int, "listed_at": str, "model_sha256": str,
-              "sources": list, "shards": int, "settings": dict, "gone": int, "back": int}
+PLAN_TYPES = {
+    "run_id": str,
+    "inputs": int,
+    "skipped": int,
+    "planned": int,
+    "listed_at": str,
+    "model_sha256": str,
+    "sources": list,
+    "shards": int,
+    "settings": dict,
+    "gone": int,
+    "back": int,
+}
 """What each field of plan.json must be: read back from the store, it reaches SQL and the commit."""
 
 
@@ -92,9 +111,12 @@ LATER_FIELDS = {"settings": {}, "gone": 0, "back": 0}
 def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
     """The plan, or one line saying which field is not what this job writes (a plan written by hand, or by
     someone who can write under the root and would have the driver run SQL of their choosing)."""
+
     def refuse(field: str) -> UserError:
-        return UserError(f"run {run_id}: its plan {path} is not one this job wrote (field {field}); remove its "
-                         "folder to plan the run anew")
+        return UserError(
+            f"run {run_id}: its plan {path} is not one this job wrote (field {field}); remove its "
+            "folder to plan the run anew"
+        )
 
     try:
         fields = json.loads(text)
@@ -121,8 +143,9 @@ def _checked_plan(run_id: str, text: bytes, path: str) -> Plan:
     return Plan(**fields)
 
 
-def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection: Selection | None,
-              folders: list[str] = ()) -> Plan:
+def make_plan(
+    output: str, header: Plan, listing: Iterable[pa.Table], selection: Selection | None, folders: list[str] = ()
+) -> Plan:
     """Select the run's images as the listing streams, write them as the plan's shards, then its
     deletion marks (`folders`: those the listing walked whole), then the marker that makes them the
     plan. The listing's partitions live on this machine's scratch disk until then."""
@@ -135,8 +158,15 @@ def make_plan(output: str, header: Plan, listing: Iterable[pa.Table], selection:
                 inputs += images
                 shards.write(todo)
         gone, back = _write_marks(output, header.run_id, marks(listed, output, list(folders)))
-    whole = replace(header, inputs=inputs, skipped=inputs - shards.rows, planned=shards.rows, shards=shards.count,
-                    gone=gone, back=back)
+    whole = replace(
+        header,
+        inputs=inputs,
+        skipped=inputs - shards.rows,
+        planned=shards.rows,
+        shards=shards.count,
+        gone=gone,
+        back=back,
+    )
     fs, root = filesystem(folder)
     fs.pipe_file(f"{root}/plan.json", json.dumps(asdict(whole)).encode())
     return whole
@@ -248,8 +278,10 @@ def blocks(todo: Todo, rows_per_block: int) -> pa.Table:
         metadata = _footer(shard, todo.written)
         for group in range(metadata.num_row_groups):
             rows = metadata.row_group(group).num_rows
-            pieces += [(shard, todo.written, group, start, min(rows_per_block, rows - start))
-                       for start in range(0, rows, rows_per_block)]
+            pieces += [
+                (shard, todo.written, group, start, min(rows_per_block, rows - start))
+                for start in range(0, rows, rows_per_block)
+            ]
     return pa.Table.from_pylist([dict(zip(PIECE.names, piece)) for piece in pieces], schema=PIECE)
 
 

@@ -12,6 +12,7 @@ Views:
                          found gone from their folder left out
     current_class_stats  the class_stats rows of those current rows
 """
+
 from __future__ import annotations
 
 import duckdb
@@ -48,8 +49,10 @@ def connect(output: str) -> duckdb.DuckDBPyConnection:
         con.register_filesystem(filesystem(output)[0])
     for table in TABLES:
         rows = scan(con, table, committed_files(output, table))
-        con.execute(f"CREATE VIEW {_view(table)} AS "
-                    + (f"SELECT * FROM ({rows}) WHERE deleted_at IS NULL" if table == "current" else rows))
+        con.execute(
+            f"CREATE VIEW {_view(table)} AS "
+            + (f"SELECT * FROM ({rows}) WHERE deleted_at IS NULL" if table == "current" else rows)
+        )
     con.execute("""
         CREATE VIEW current_class_stats AS
         SELECT c.* FROM class_stats c SEMI JOIN current_images k ON c.image_id = k.image_id AND c.run_id = k.run_id""")
@@ -65,8 +68,10 @@ def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -
     if run_id is None or con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
         return
     latest = [row[0] for row in con.sql("SELECT run_id FROM runs ORDER BY committed_at DESC LIMIT 5").fetchall()]
-    raise UserError(f"run {run_id}: no committed run of that name in {output} "
-                    f"(latest committed: {', '.join(latest) or 'none'})", "run")
+    raise UserError(
+        f"run {run_id}: no committed run of that name in {output} (latest committed: {', '.join(latest) or 'none'})",
+        "run",
+    )
 
 
 def run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> dict | None:
@@ -96,8 +101,10 @@ def masks(output: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], byt
     wanted = set(keys)
     scanned = committed_dataset(output, "images").to_table(
         columns=["run_id", "image_id", "mask_png"],
-        filter=pc.field("run_id").isin(run_ids) & scan_field("image_id").isin(image_ids))
-    return {(r, i): m for r, i, m in zip(*(scanned.column(c).to_pylist() for c in ("run_id", "image_id", "mask_png")))
-            if (r, i) in wanted}
-
-
+        filter=pc.field("run_id").isin(run_ids) & scan_field("image_id").isin(image_ids),
+    )
+    return {
+        (r, i): m
+        for r, i, m in zip(*(scanned.column(c).to_pylist() for c in ("run_id", "image_id", "mask_png")))
+        if (r, i) in wanted
+    }

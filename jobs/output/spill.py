@@ -4,6 +4,7 @@ A run's listing and the earlier results it is checked against are both cut by th
 image URI into partitions small enough to join one at a time; everything about one image (every
 time it was named, its earlier result) lands in the same partition.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,10 @@ def _write(rows: pa.Table, path: str) -> None:
     try:
         pq.write_table(rows, path, compression="lz4")
     except OSError as exc:
-        raise UserError(f"planning cannot write its scratch file {path} ({exc.strerror or exc}); set TMPDIR to "
-                        "a disk with room for about 100 bytes per listed image") from exc
+        raise UserError(
+            f"planning cannot write its scratch file {path} ({exc.strerror or exc}); set TMPDIR to "
+            "a disk with room for about 100 bytes per listed image"
+        ) from exc
 
 
 class Partitions:

@@ -14,6 +14,7 @@ tables follow from that commit and can be completed by anyone who finds them beh
 is idempotent and marked by the same app transaction. So `images` holds exactly the committed
 runs; `class_stats`, `current` and `runs` never hold a run that `images` does not.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -54,15 +55,29 @@ COMMIT_ATTEMPTS = 12
 PART_NAME = re.compile(r"part-[0-9a-f]{32}\.parquet")
 """The name of every part file the job writes (a fresh uuid), and so of every file a commit's facts may name."""
 
-CLASS_FIELDS = [("class_id", pa.int16()), ("class_name", pa.string()), ("pixels", pa.int64()),
-                ("fraction", pa.float64()), ("mean_confidence", pa.float64())]
+CLASS_FIELDS = [
+    ("class_id", pa.int16()),
+    ("class_name", pa.string()),
+    ("pixels", pa.int64()),
+    ("fraction", pa.float64()),
+    ("mean_confidence", pa.float64()),
+]
 IMAGE_FIELDS = [
-    ("image_id", pa.string()), ("image_uri", pa.string()),
-    ("source_size", pa.int64()), ("source_version", pa.string()), ("source_modified", pa.timestamp("us", tz="UTC")),
-    ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+    ("image_id", pa.string()),
+    ("image_uri", pa.string()),
+    ("source_size", pa.int64()),
+    ("source_version", pa.string()),
+    ("source_modified", pa.timestamp("us", tz="UTC")),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
     ("error_kind", pa.string()),
-    ("mask_png", pa.binary()), ("classes", pa.list_(pa.struct(CLASS_FIELDS))),
-    ("model_name", pa.string()), ("model_sha256", pa.string()), ("processed_at", pa.timestamp("us", tz="UTC")),
+    ("mask_png", pa.binary()),
+    ("classes", pa.list_(pa.struct(CLASS_FIELDS))),
+    ("model_name", pa.string()),
+    ("model_sha256", pa.string()),
+    ("processed_at", pa.timestamp("us", tz="UTC")),
     *((name, pa.float64()) for name in SIGNALS),
 ]
 IMAGES_FILE_SCHEMA = pa.schema(IMAGE_FIELDS)
@@ -72,34 +87,54 @@ RUN_ID = pa.field("run_id", pa.string())
 SCHEMAS = {
     "images": IMAGES_FILE_SCHEMA.append(RUN_ID),
     "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID),
-    "current": pa.schema([f for f in IMAGE_FIELDS if f[0] != "mask_png"]).append(RUN_ID)
-    .append(pa.field("commit_version", pa.int64())).append(pa.field("listed_at", pa.timestamp("us", tz="UTC")))
+    "current": pa.schema([f for f in IMAGE_FIELDS if f[0] != "mask_png"])
+    .append(RUN_ID)
+    .append(pa.field("commit_version", pa.int64()))
+    .append(pa.field("listed_at", pa.timestamp("us", tz="UTC")))
     .append(pa.field("deleted_at", pa.timestamp("us", tz="UTC"))),
-    "runs": pa.schema([
-        ("run_id", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
-        ("committed_at", pa.timestamp("us", tz="UTC")), ("commit_version", pa.int64()),
-        ("inputs", pa.int64()), ("skipped", pa.int64()), ("processed", pa.int64()),
-        ("ok", pa.int64()), ("errors", pa.int64()),
-        ("model_name", pa.string()), ("model_sha256", pa.string()), ("model_uri", pa.string()),
-        ("class_names", pa.list_(pa.string())), ("class_pixels", pa.list_(pa.int64())),
-        ("wall_seconds", pa.float64()), ("images_per_second", pa.float64()),
-        ("replicas", pa.string()), ("config", pa.string()),
-        ("resumed", pa.int64()),
-        ("read_seconds", pa.float64()), ("decode_seconds", pa.float64()), ("model_seconds", pa.float64()),
-        ("postprocess_seconds", pa.float64()), ("write_seconds", pa.float64()),
-        ("cpus_per_replica", pa.float64()), ("bound_by", pa.string()),
-    ]),
+    "runs": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("started_at", pa.timestamp("us", tz="UTC")),
+            ("committed_at", pa.timestamp("us", tz="UTC")),
+            ("commit_version", pa.int64()),
+            ("inputs", pa.int64()),
+            ("skipped", pa.int64()),
+            ("processed", pa.int64()),
+            ("ok", pa.int64()),
+            ("errors", pa.int64()),
+            ("model_name", pa.string()),
+            ("model_sha256", pa.string()),
+            ("model_uri", pa.string()),
+            ("class_names", pa.list_(pa.string())),
+            ("class_pixels", pa.list_(pa.int64())),
+            ("wall_seconds", pa.float64()),
+            ("images_per_second", pa.float64()),
+            ("replicas", pa.string()),
+            ("config", pa.string()),
+            ("resumed", pa.int64()),
+            ("read_seconds", pa.float64()),
+            ("decode_seconds", pa.float64()),
+            ("model_seconds", pa.float64()),
+            ("postprocess_seconds", pa.float64()),
+            ("write_seconds", pa.float64()),
+            ("cpus_per_replica", pa.float64()),
+            ("bound_by", pa.string()),
+        ]
+    ),
 }
 EPOCH = "TIMESTAMP '1970-01-01T00:00:00Z'"
-NEWER = (f"coalesce(s.listed_at, {EPOCH}) > coalesce(t.listed_at, {EPOCH}) OR "
-         f"(coalesce(s.listed_at, {EPOCH}) = coalesce(t.listed_at, {EPOCH}) AND s.commit_version > t.commit_version)")
+NEWER = (
+    f"coalesce(s.listed_at, {EPOCH}) > coalesce(t.listed_at, {EPOCH}) OR "
+    f"(coalesce(s.listed_at, {EPOCH}) = coalesce(t.listed_at, {EPOCH}) AND s.commit_version > t.commit_version)"
+)
 """When a run's row replaces the current one: its run listed the file later, so it saw the version the
 file has now, even when that version is older (a file restored from a backup); a run that listed
 earlier and committed later does not move `current` back. Rows of runs before `listed_at` existed
 read it as null: any later listing replaces them."""
 RUN_COLUMNS = ("commit_version", "listed_at", "deleted_at")
 """Columns of `current` that come from the run, not from its `images` rows."""
-GONE = (f"s.deleted_at IS NOT NULL AND t.deleted_at IS NULL AND s.listed_at > coalesce(t.listed_at, {EPOCH})")
+GONE = f"s.deleted_at IS NOT NULL AND t.deleted_at IS NULL AND s.listed_at > coalesce(t.listed_at, {EPOCH})"
 BACK = "s.deleted_at IS NULL AND t.deleted_at IS NOT NULL AND s.listed_at > t.deleted_at"
 """When a run's listing marks a `current` row deleted (its file was not under a folder the run listed
 whole, and the row came from an earlier listing) or present again (listed after it was marked)."""
@@ -110,6 +145,8 @@ PLANS = "_plans"
 def marks_uri(output: str, run_id: str) -> str:
     """The run's deletion marks, beside its plan: URIs its listing found gone from, or back in, storage."""
     return join(output, PLANS, run_id, "marks.parquet")
+
+
 TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp", pa.int64(): "long", pa.float64(): "double"}
 """Delta's name for each type a column added to an existing table can have."""
 
@@ -129,8 +166,9 @@ def nested_classes(flat: pa.Table, ok: np.ndarray, classes: int) -> pa.Array:
     """The `images.classes` column from flat class_stats rows (`classes` rows per ok image, in
     image order); null for an error row."""
     offsets = np.concatenate([[0], np.cumsum(np.where(ok, classes, 0))]).astype(np.int32)
-    values = pa.StructArray.from_arrays([flat.column(n).combine_chunks() for n, _ in CLASS_FIELDS],
-                                        fields=[pa.field(n, t) for n, t in CLASS_FIELDS])
+    values = pa.StructArray.from_arrays(
+        [flat.column(n).combine_chunks() for n, _ in CLASS_FIELDS], fields=[pa.field(n, t) for n, t in CLASS_FIELDS]
+    )
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~ok))
 
 
@@ -141,7 +179,9 @@ def table_uri(output: str, table: str) -> str:
 def delta_uri(output: str, table: str) -> str:
     """The URI delta-rs takes: absolute on local disk, s3:// as is (s3a:// is the same store)."""
     uri = table_uri(output, table)
-    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else (uri if "://" in uri else os.path.abspath(uri))
+    return (
+        "s3://" + uri[len("s3a://") :] if uri.startswith("s3a://") else (uri if "://" in uri else os.path.abspath(uri))
+    )
 
 
 def open_table(output: str, table: str):
@@ -158,8 +198,10 @@ def check_layout(output: str) -> None:
     """Results of the earlier layout (JSON manifests under runs/) are refused with the way out."""
     fs, folder = filesystem(join(output, "runs"))
     if fs.exists(folder) and any(p.endswith(".json") for p in fs.ls(folder, detail=False)):
-        raise UserError(f"{output} holds results in the earlier layout (runs/*.json manifests); convert it with "
-                        f"`python jobs/maintain.py --output {output} --convert-legacy`")
+        raise UserError(
+            f"{output} holds results in the earlier layout (runs/*.json manifests); convert it with "
+            f"`python jobs/maintain.py --output {output} --convert-legacy`"
+        )
 
 
 def ensure_tables(output: str, converting: bool = False) -> None:
@@ -176,9 +218,13 @@ def ensure_tables(output: str, converting: bool = False) -> None:
                 add_missing_columns(output, table)
             continue
         try:
-            write_deltalake(delta_uri(output, table), SCHEMAS[table].empty_table(), mode="append",
-                            partition_by=["run_id"] if table in PARTITIONED else None,
-                            storage_options=storage_options(output))
+            write_deltalake(
+                delta_uri(output, table),
+                SCHEMAS[table].empty_table(),
+                mode="append",
+                partition_by=["run_id"] if table in PARTITIONED else None,
+                storage_options=storage_options(output),
+            )
         except DeltaError:
             if open_table(output, table) is None:
                 raise
@@ -189,13 +235,15 @@ def missing_columns(table, schema: pa.Schema) -> list:
     from deltalake.schema import Field, PrimitiveType
 
     have = {field.name for field in table.schema().fields}
-    return [Field(field.name, PrimitiveType(TYPES[field.type]), nullable=True) for field in schema
-            if field.name not in have]
+    return [
+        Field(field.name, PrimitiveType(TYPES[field.type]), nullable=True) for field in schema if field.name not in have
+    ]
 
 
 def add_missing_columns(output: str, table: str) -> None:
     """Columns are only ever added, so older files read them as null and every reader keeps working;
     a concurrent run adding them first is a conflict, retried against the table it left."""
+
     def attempt() -> None:
         current = open_table(output, table)
         missing = missing_columns(current, SCHEMAS[table])
@@ -233,13 +281,17 @@ def commit_run(output: str, record: dict, parts: list[Part], fence: Callable[[],
         raise _already_committed(output, run_id)
     class_stats = [(p.name, p.class_stats_bytes, p.class_rows) for p in parts]
     facts = {**record, CLASS_STATS_PARTS: class_stats}
-    properties = CommitProperties(custom_metadata={RUN_KEY: json.dumps(facts, default=str)},
-                                  app_transactions=[Transaction(run_id, 1)], max_commit_retries=COMMIT_ATTEMPTS)
+    properties = CommitProperties(
+        custom_metadata={RUN_KEY: json.dumps(facts, default=str)},
+        app_transactions=[Transaction(run_id, 1)],
+        max_commit_retries=COMMIT_ATTEMPTS,
+    )
     actions = [_add_action(run_id, p.name, p.images_bytes, p.rows) for p in parts]
     fence()
     try:
-        table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=["run_id"],
-                                       commit_properties=properties)
+        table.create_write_transaction(
+            actions, mode="append", schema=table.schema(), partition_by=["run_id"], commit_properties=properties
+        )
     except CommitFailedError as exc:
         if open_table(output, "images").transaction_version(run_id) is not None:
             raise UserError(f"run {run_id} was committed by another attempt meanwhile; this one is discarded") from exc
@@ -256,8 +308,10 @@ def check_parts_exist(output: str, run_id: str, parts: list[Part]) -> None:
         present = _present(output, table, run_id)
         missing = [part.name for part in parts if part.name not in present]
         if missing:
-            raise UserError(f"run {run_id}: {len(missing)} of its {len(parts)} {table} parts are gone from storage "
-                            f"(e.g. {missing[0]}); not committing, nothing is visible: run the same run id again")
+            raise UserError(
+                f"run {run_id}: {len(missing)} of its {len(parts)} {table} parts are gone from storage "
+                f"(e.g. {missing[0]}); not committing, nothing is visible: run the same run id again"
+            )
 
 
 def _present(output: str, table: str, run_id: str) -> set[str]:
@@ -330,9 +384,15 @@ def _advance_complete_through(output: str, version: int) -> None:
     runs = open_table(output, "runs")
     if _complete_through(runs) >= version:
         return
-    runs.create_write_transaction([], mode="append", schema=runs.schema(), partition_by=None,
-                                  commit_properties=CommitProperties(
-                                      app_transactions=[Transaction(COMPLETE_THROUGH, version)], max_commit_retries=0))
+    runs.create_write_transaction(
+        [],
+        mode="append",
+        schema=runs.schema(),
+        partition_by=None,
+        commit_properties=CommitProperties(
+            app_transactions=[Transaction(COMPLETE_THROUGH, version)], max_commit_retries=0
+        ),
+    )
 
 
 def _class_stats_parts(output: str, images, record: dict) -> list[tuple[str, int, int]]:
@@ -342,8 +402,10 @@ def _class_stats_parts(output: str, images, record: dict) -> list[tuple[str, int
     if CLASS_STATS_PARTS in record:
         parts = [tuple(part) for part in record[CLASS_STATS_PARTS]]
         if not all(len(part) == 3 and isinstance(part[0], str) and PART_NAME.fullmatch(part[0]) for part in parts):
-            raise UserError(f"run {record['run_id']}: its images commit names class_stats parts that this job "
-                            "never writes; the store was written by something other than this job")
+            raise UserError(
+                f"run {record['run_id']}: its images commit names class_stats parts that this job "
+                "never writes; the store was written by something other than this job"
+            )
         return parts
     names = sorted(p.rsplit("/", 1)[-1] for p in _run_files(images, record["run_id"]))
     return [_class_stats_file(output, record["run_id"], name) for name in names]
@@ -367,8 +429,12 @@ def _marks_of(output: str, record: dict) -> str | None:
     fs, path = filesystem(uri)
     if fs.exists(path):
         return uri
-    print(f"run {record['run_id']}: its deletion marks ({uri}) are gone; current is brought up to the run "
-          "without them, the next listing of those folders marks them", file=sys.stderr, flush=True)
+    print(
+        f"run {record['run_id']}: its deletion marks ({uri}) are gone; current is brought up to the run "
+        "without them, the next listing of those folders marks them",
+        file=sys.stderr,
+        flush=True,
+    )
     return None
 
 
@@ -381,13 +447,20 @@ def _commit_class_stats(output: str, run_id: str, files: list[tuple[str, int, in
     present = _present(output, "class_stats", run_id)
     gone = [name for name, _, _ in files if name not in present]
     if gone:  # a commit listing a missing file would fail every reader of the table from then on
-        print(f"run {run_id}: {len(gone)} of the {len(files)} class_stats parts its images commit names are gone "
-              f"from storage (e.g. {gone[0]}); committing the rest, those images have no class_stats rows",
-              file=sys.stderr, flush=True)
+        print(
+            f"run {run_id}: {len(gone)} of the {len(files)} class_stats parts its images commit names are gone "
+            f"from storage (e.g. {gone[0]}); committing the rest, those images have no class_stats rows",
+            file=sys.stderr,
+            flush=True,
+        )
     actions = [_add_action(run_id, name, size, rows) for name, size, rows in files if name in present]
-    table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=["run_id"],
-                                   commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)],
-                                                                      max_commit_retries=0))
+    table.create_write_transaction(
+        actions,
+        mode="append",
+        schema=table.schema(),
+        partition_by=["run_id"],
+        commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)], max_commit_retries=0),
+    )
 
 
 def _update_current(output: str, run_id: str, version: int, listed_at: str | None, marks: str | None) -> None:
@@ -412,7 +485,9 @@ def _current_attempt(output: str, run_id: str, version: int, listed_at: str | No
     files = [u.removeprefix("file://") for u in table.file_uris()]
     con, run_rows = _stage_run(output, run_id, version, listed_at, files, marks)
     done = [Transaction(run_id, 1)]
-    updated_rows, marked = con.execute("SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM marks)").fetchall()[0]
+    updated_rows, marked = con.execute(
+        "SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM marks)"
+    ).fetchall()[0]
     new_rows = run_rows - updated_rows  # a run lists each URI once; were one named twice, this only over-counts
     last = None if new_rows else done
     if updated_rows + marked > REPLACE_MAX:
@@ -422,8 +497,12 @@ def _current_attempt(output: str, run_id: str, version: int, listed_at: str | No
         committed = bool(updated_rows + marked) and _replace(table, con, files, last)
     if new_rows or not committed:
         inserts = _typed(con.sql("SELECT * FROM run_rows ANTI JOIN updated USING (image_uri)"))
-        write_deltalake(table, inserts, mode="append",
-                        commit_properties=CommitProperties(app_transactions=done, max_commit_retries=0))
+        write_deltalake(
+            table,
+            inserts,
+            mode="append",
+            commit_properties=CommitProperties(app_transactions=done, max_commit_retries=0),
+        )
 
 
 REPLACE_MAX = 10_000
@@ -440,8 +519,10 @@ def _replace(table, con: duckdb.DuckDBPyConnection, files: list[str], transactio
     from deltalake import CommitProperties, write_deltalake
 
     keys = "SELECT image_uri FROM updated UNION ALL SELECT image_uri FROM marks"
-    con.execute(f"CREATE TEMP TABLE existing AS SELECT * FROM ({scan(con, 'current', files_holding(con, files, keys))}) "
-                f"WHERE image_uri IN ({keys})")
+    con.execute(
+        f"CREATE TEMP TABLE existing AS SELECT * FROM ({scan(con, 'current', files_holding(con, files, keys))}) "
+        f"WHERE image_uri IN ({keys})"
+    )
     rows = con.sql(f"""
         SELECT s.* FROM run_rows s JOIN existing t ON s.image_uri = t.image_uri WHERE {NEWER}
         UNION ALL BY NAME
@@ -450,9 +531,13 @@ def _replace(table, con: duckdb.DuckDBPyConnection, files: list[str], transactio
     if not rows.num_rows:
         return False
     keys = sql_strings(rows.column("image_uri").to_pylist())
-    write_deltalake(table, rows.select(SCHEMAS["current"].names).cast(SCHEMAS["current"]), mode="overwrite",
-                    predicate=f"image_uri IN ({keys})",
-                    commit_properties=CommitProperties(app_transactions=transactions, max_commit_retries=0))
+    write_deltalake(
+        table,
+        rows.select(SCHEMAS["current"].names).cast(SCHEMAS["current"]),
+        mode="overwrite",
+        predicate=f"image_uri IN ({keys})",
+        commit_properties=CommitProperties(app_transactions=transactions, max_commit_retries=0),
+    )
     return True
 
 
@@ -460,16 +545,31 @@ def _merge(table, con: duckdb.DuckDBPyConnection, transactions: list | None) -> 
     """One merge of the run's updated rows and its marks: for a run that changes many images."""
     from deltalake import CommitProperties
 
-    bounds = con.execute("SELECT min(image_uri), max(image_uri) FROM (SELECT image_uri FROM updated UNION ALL "
-                         "SELECT image_uri FROM marks)").fetchall()[0]
-    source = _typed(con.sql("SELECT *, 'run' AS kind FROM run_rows SEMI JOIN updated USING (image_uri) "
-                            "UNION ALL BY NAME SELECT *, 'mark' AS kind FROM marks"), MERGE_SOURCE)
-    (table.merge(source, _merge_predicate(*bounds), source_alias="s", target_alias="t",
-                 commit_properties=CommitProperties(app_transactions=transactions, max_commit_retries=0))
-     .when_matched_update({name: f"s.{name}" for name in SCHEMAS["current"].names},
-                          predicate=f"s.kind = 'run' AND ({NEWER})")
-     .when_matched_update({"deleted_at": "s.deleted_at"}, predicate=f"s.kind = 'mark' AND (({GONE}) OR ({BACK}))")
-     .execute())
+    bounds = con.execute(
+        "SELECT min(image_uri), max(image_uri) FROM (SELECT image_uri FROM updated UNION ALL "
+        "SELECT image_uri FROM marks)"
+    ).fetchall()[0]
+    source = _typed(
+        con.sql(
+            "SELECT *, 'run' AS kind FROM run_rows SEMI JOIN updated USING (image_uri) "
+            "UNION ALL BY NAME SELECT *, 'mark' AS kind FROM marks"
+        ),
+        MERGE_SOURCE,
+    )
+    (
+        table.merge(
+            source,
+            _merge_predicate(*bounds),
+            source_alias="s",
+            target_alias="t",
+            commit_properties=CommitProperties(app_transactions=transactions, max_commit_retries=0),
+        )
+        .when_matched_update(
+            {name: f"s.{name}" for name in SCHEMAS["current"].names}, predicate=f"s.kind = 'run' AND ({NEWER})"
+        )
+        .when_matched_update({"deleted_at": "s.deleted_at"}, predicate=f"s.kind = 'mark' AND (({GONE}) OR ({BACK}))")
+        .execute()
+    )
 
 
 def _merge_predicate(low: str, high: str) -> str:
@@ -479,8 +579,9 @@ def _merge_predicate(low: str, high: str) -> str:
     return f"t.image_uri = s.image_uri AND t.image_uri >= {sql_strings([low])} AND t.image_uri <= {sql_strings([high])}"
 
 
-def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, current_files: list[str],
-               marks: str | None):
+def _stage_run(
+    output: str, run_id: str, version: int, listed_at: str | None, current_files: list[str], marks: str | None
+):
     """A DuckDB connection with `run_rows` (a view: the run's `images` rows as `current` rows, read
     from its committed files), `updated` (a table: those of its image URIs that `current` holds,
     found by reading that one column of `current`) and `marks` (a view: the run's deletion marks as
@@ -488,24 +589,37 @@ def _stage_run(output: str, run_id: str, version: int, listed_at: str | None, cu
     con = duckdb.connect()
     if "://" in output:
         con.register_filesystem(filesystem(output)[0])
-    run_files = [uri.removeprefix("file://")
-                 for uri in open_table(output, "images").file_uris(partition_filters=[("run_id", "=", run_id)])]
+    run_files = [
+        uri.removeprefix("file://")
+        for uri in open_table(output, "images").file_uris(partition_filters=[("run_id", "=", run_id)])
+    ]
     columns = ", ".join(f'"{n}"' for n in SCHEMAS["current"].names if n not in RUN_COLUMNS)
     listed = f"TIMESTAMPTZ '{_checked_time(run_id, listed_at).isoformat()}'" if listed_at else "NULL::TIMESTAMPTZ"
-    con.execute(f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
-                f"{listed} AS listed_at, NULL::TIMESTAMPTZ AS deleted_at FROM ({scan(con, 'images', run_files)})")
-    marked = (f"SELECT image_uri, gone FROM read_parquet([{sql_strings([marks])}]) ANTI JOIN run_rows USING (image_uri)"
-              if marks and listed_at else "SELECT NULL::VARCHAR AS image_uri, NULL::BOOLEAN AS gone WHERE false")
-    con.execute(f"CREATE VIEW marks AS SELECT image_uri, {int(version)}::BIGINT AS commit_version, "
-                f"{listed} AS listed_at, CASE WHEN gone THEN {listed} END AS deleted_at FROM ({marked})")
+    con.execute(
+        f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
+        f"{listed} AS listed_at, NULL::TIMESTAMPTZ AS deleted_at FROM ({scan(con, 'images', run_files)})"
+    )
+    marked = (
+        f"SELECT image_uri, gone FROM read_parquet([{sql_strings([marks])}]) ANTI JOIN run_rows USING (image_uri)"
+        if marks and listed_at
+        else "SELECT NULL::VARCHAR AS image_uri, NULL::BOOLEAN AS gone WHERE false"
+    )
+    con.execute(
+        f"CREATE VIEW marks AS SELECT image_uri, {int(version)}::BIGINT AS commit_version, "
+        f"{listed} AS listed_at, CASE WHEN gone THEN {listed} END AS deleted_at FROM ({marked})"
+    )
     rows, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM run_rows").fetchall()[0]
     # the run's key range: row groups of `current` entirely outside it are skipped unread (a collection
     # whose new images sort after the old, by date or by number, reads nothing of `current` at all)
-    known = (f"SELECT image_uri FROM read_parquet([{sql_strings(current_files)}]) "
-             "WHERE image_uri BETWEEN $low AND $high" if current_files
-             else "SELECT NULL::VARCHAR AS image_uri WHERE false")
-    con.execute(f"CREATE TEMP TABLE updated AS SELECT DISTINCT image_uri FROM run_rows SEMI JOIN ({known}) USING "
-                "(image_uri)", {"low": low, "high": high} if current_files else {})
+    known = (
+        f"SELECT image_uri FROM read_parquet([{sql_strings(current_files)}]) WHERE image_uri BETWEEN $low AND $high"
+        if current_files
+        else "SELECT NULL::VARCHAR AS image_uri WHERE false"
+    )
+    con.execute(
+        f"CREATE TEMP TABLE updated AS SELECT DISTINCT image_uri FROM run_rows SEMI JOIN ({known}) USING (image_uri)",
+        {"low": low, "high": high} if current_files else {},
+    )
     return con, rows
 
 
@@ -517,8 +631,10 @@ def _checked_time(run_id: str, value: str) -> dt.datetime:
     except (TypeError, ValueError):
         parsed = None
     if parsed is None or parsed.tzinfo is None:
-        raise UserError(f"run {run_id}: its record's listed_at {str(value)[:80]!r} is not a time stamp with a time "
-                        "zone; the store was written by something other than this job")
+        raise UserError(
+            f"run {run_id}: its record's listed_at {str(value)[:80]!r} is not a time stamp with a time "
+            "zone; the store was written by something other than this job"
+        )
     return parsed
 
 
@@ -538,8 +654,10 @@ def files_holding(con: duckdb.DuckDBPyConnection, files: list[str], keys: str) -
     reading every column of every file to filter them (20 million rows: 0.6 s against 2.6)."""
     if not files:
         return []
-    found = con.execute(f"SELECT DISTINCT filename FROM read_parquet([{sql_strings(files)}], filename = true) "
-                        f"WHERE image_uri IN ({keys})").fetchall()
+    found = con.execute(
+        f"SELECT DISTINCT filename FROM read_parquet([{sql_strings(files)}], filename = true) "
+        f"WHERE image_uri IN ({keys})"
+    ).fetchall()
     return sorted(name for (name,) in found)
 
 
@@ -559,9 +677,12 @@ def _append_run(output: str, record: dict, version: int | None, fence: Callable[
     row = {**{name: record.get(name) for name in SCHEMAS["runs"].names}, "commit_version": version}
     for key in ("started_at", "committed_at"):
         row[key] = dt.datetime.fromisoformat(row[key]) if isinstance(row[key], str) else row[key]
-    write_deltalake(table, pa.Table.from_pylist([row], schema=SCHEMAS["runs"]), mode="append",
-                    commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)],
-                                                       max_commit_retries=0))
+    write_deltalake(
+        table,
+        pa.Table.from_pylist([row], schema=SCHEMAS["runs"]),
+        mode="append",
+        commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)], max_commit_retries=0),
+    )
 
 
 def append_empty_run(output: str, record: dict, fence: Callable[[], None] = lambda: None) -> None:
@@ -662,9 +783,14 @@ def committed_dataset(output: str, table: str) -> pads.Dataset:
     fs, root = arrow_filesystem(table_uri(output, table))
     paths = [uri.split("://", 1)[1] if "://" in uri else uri for uri in files]
     partitioned = table in PARTITIONED
-    return pads.dataset(paths, schema=SCHEMAS[table], filesystem=fs, format="parquet",
-                        partitioning=pads.partitioning(pa.schema([RUN_ID]), flavor="hive") if partitioned else None,
-                        partition_base_dir=root if partitioned else None)
+    return pads.dataset(
+        paths,
+        schema=SCHEMAS[table],
+        filesystem=fs,
+        format="parquet",
+        partitioning=pads.partitioning(pa.schema([RUN_ID]), flavor="hive") if partitioned else None,
+        partition_base_dir=root if partitioned else None,
+    )
 
 
 def scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
@@ -678,8 +804,10 @@ def scan(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> str:
     listed = sql_strings(files)
     hive = ", hive_partitioning = true, hive_types = {'run_id': 'VARCHAR'}" if table in PARTITIONED else ""
     columns = ", ".join(f'"{name}"' for name in SCHEMAS[table].names)
-    return (f"SELECT {columns} FROM (SELECT * FROM {table}_empty UNION ALL BY NAME "
-            f"SELECT * FROM read_parquet([{listed}]{hive}, union_by_name = true))")
+    return (
+        f"SELECT {columns} FROM (SELECT * FROM {table}_empty UNION ALL BY NAME "
+        f"SELECT * FROM read_parquet([{listed}]{hive}, union_by_name = true))"
+    )
 
 
 def scan_field(name: str) -> pc.Expression:

@@ -1,4 +1,5 @@
 """One mask file per image of a committed run, named after its source image, with an index."""
+
 from __future__ import annotations
 
 import csv
@@ -49,7 +50,7 @@ def safe_relative(uri: str, root: str) -> str:
     """The image's path below `root` with its extension made `.png`; '..', '.' and empty parts can never climb out."""
     path = strip_scheme(uri)
     if root and path.startswith(root.rstrip("/") + "/"):
-        path = path[len(root.rstrip("/")) + 1:]
+        path = path[len(root.rstrip("/")) + 1 :]
     parts = ["__" if part == ".." else part for part in path.split("/") if part not in ("", ".")]
     stem = posixpath.splitext(parts.pop())[0] if parts else ""
     return posixpath.join(*parts, (stem or "_") + ".png")
@@ -61,8 +62,9 @@ def mask_names(rows: list[tuple[str, str]], root: str) -> dict[str, str]:
     taken: dict[str, int] = {}
     for name in wanted.values():
         taken[name] = taken.get(name, 0) + 1
-    return {image_id: name if taken[name] == 1 else f"{name[:-4]}-{image_id[:8]}.png"
-            for image_id, name in wanted.items()}
+    return {
+        image_id: name if taken[name] == 1 else f"{name[:-4]}-{image_id[:8]}.png" for image_id, name in wanted.items()
+    }
 
 
 def checked_target(dest: str, name: str) -> str:
@@ -82,8 +84,9 @@ def export(config: ExportConfig) -> int:
         con = connect(config.output)
         check_run(con, config.run, config.output)
         select_scope(con, config.run)
-        rows = con.sql("SELECT run_id, image_id, image_uri FROM scope_images WHERE status = 'ok' "
-                       "ORDER BY image_uri").fetchall()
+        rows = con.sql(
+            "SELECT run_id, image_id, image_uri FROM scope_images WHERE status = 'ok' ORDER BY image_uri"
+        ).fetchall()
     root = strip_scheme(config.relative_to) if config.relative_to else common_folder([u for _, _, u in rows])
     names = mask_names([(image_id, uri) for _, image_id, uri in rows], root)
     with storage_errors(config.dest):  # the masks are read as they are written: a failure here is mostly the dest's
@@ -121,8 +124,12 @@ def _ok_masks(images: pads.Dataset, run_id: str) -> Iterator[tuple[str, bytes]]:
     """(image_id, mask PNG) of a run's ok rows, read only from its partition, with little read-ahead
     (pyarrow's default keeps dozens of batches in flight, which for large masks can be gigabytes)."""
     batches = images.to_batches(
-        columns=["image_id", "mask_png"], filter=(pc.field("run_id") == run_id) & (scan_field("status") == "ok"),
-        batch_size=MASK_BATCH_ROWS, batch_readahead=2, fragment_readahead=2)
+        columns=["image_id", "mask_png"],
+        filter=(pc.field("run_id") == run_id) & (scan_field("status") == "ok"),
+        batch_size=MASK_BATCH_ROWS,
+        batch_readahead=2,
+        fragment_readahead=2,
+    )
     for batch in batches:
         yield from zip(batch.column("image_id").to_pylist(), batch.column("mask_png").to_pylist())
 

@@ -5,6 +5,7 @@ compares one run's class shares and signal distributions with the committed runs
 Both read only the columns they need, in DuckDB, so they cost the same on a million images as on a
 thousand.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,10 +48,18 @@ NOISE_SES = 3.0
 """A class share moved only past this many standard errors of the difference: what the nights' sizes
 leave to chance (a few hundred images move a share by several points on their own)."""
 
-DRIFT_SCHEMA = pa.schema([
-    ("measure", pa.string()), ("name", pa.string()), ("baseline", pa.float64()), ("run", pa.float64()),
-    ("shift", pa.float64()), ("noise", pa.float64()), ("limit", pa.float64()), ("moved", pa.bool_()),
-])
+DRIFT_SCHEMA = pa.schema(
+    [
+        ("measure", pa.string()),
+        ("name", pa.string()),
+        ("baseline", pa.float64()),
+        ("run", pa.float64()),
+        ("shift", pa.float64()),
+        ("noise", pa.float64()),
+        ("limit", pa.float64()),
+        ("moved", pa.bool_()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -67,23 +76,35 @@ class Drift:
         return [row for row in self.rows.to_pylist() if row["moved"]]
 
 
-def drift(con: duckdb.DuckDBPyConnection, run_id: str | None, baseline_runs: int, max_shift: float,
-          max_psi: float) -> Drift:
+def drift(
+    con: duckdb.DuckDBPyConnection, run_id: str | None, baseline_runs: int, max_shift: float, max_psi: float
+) -> Drift:
     """Compare `run_id` (default: the latest run that segmented any image) with the `baseline_runs`
     committed runs before it that did, pooled. Nights with nothing new are no one's baseline."""
     run_id = run_id or latest_segmenting_run(con)
     if not con.execute("SELECT ok FROM runs WHERE run_id = $run", {"run": run_id}).fetchall()[0][0]:
         raise UserError(f"run {run_id}: segmented no image, so it has nothing to compare", "run")
-    baseline = [row[0] for row in con.execute(
-        "SELECT run_id FROM runs WHERE ok > 0 AND committed_at < (SELECT committed_at FROM runs WHERE run_id = $run) "
-        "ORDER BY committed_at DESC LIMIT $k", {"run": run_id, "k": baseline_runs}).fetchall()]
+    baseline = [
+        row[0]
+        for row in con.execute(
+            "SELECT run_id FROM runs WHERE ok > 0 AND committed_at < (SELECT committed_at FROM runs WHERE run_id = $run) "
+            "ORDER BY committed_at DESC LIMIT $k",
+            {"run": run_id, "k": baseline_runs},
+        ).fetchall()
+    ]
     if not baseline:
         raise UserError(f"run {run_id}: no committed run before it segmented any image to compare with", "run")
-    con.execute("CREATE OR REPLACE TEMP TABLE compared AS SELECT unnest($runs) AS run_id", {"runs": [run_id, *baseline]})
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE compared AS SELECT unnest($runs) AS run_id", {"runs": [run_id, *baseline]}
+    )
     rows = _class_rows(con, run_id, max_shift) + _signal_rows(con, run_id, max_psi)
-    unsignalled = [row[0] for row in con.execute(
-        "SELECT run_id FROM images SEMI JOIN compared USING (run_id) WHERE status = 'ok' "
-        "GROUP BY run_id HAVING count(confidence_mean) = 0 ORDER BY run_id").fetchall()]
+    unsignalled = [
+        row[0]
+        for row in con.execute(
+            "SELECT run_id FROM images SEMI JOIN compared USING (run_id) WHERE status = 'ok' "
+            "GROUP BY run_id HAVING count(confidence_mean) = 0 ORDER BY run_id"
+        ).fetchall()
+    ]
     return Drift(run_id, pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA), baseline, unsignalled)
 
 
@@ -113,7 +134,8 @@ that ratio over images (the ratio estimator's), and its share of the images with
 def _class_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_shift: float) -> list[dict]:
     sides: dict[tuple[str, str], dict[bool, tuple[float, float]]] = {}
     for name, tonight, pixel_share, image_share, image_variance, pixel_variance in con.execute(
-            CLASS_SHARES_SQL, {"run": run_id}).fetchall():
+        CLASS_SHARES_SQL, {"run": run_id}
+    ).fetchall():
         sides.setdefault(("pixel share", name), {})[tonight] = (pixel_share, pixel_variance)
         sides.setdefault(("image share", name), {})[tonight] = (image_share, image_variance)
     rows = []
@@ -121,8 +143,18 @@ def _class_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_shift: float) -
         (before, before_variance), (now, now_variance) = side.get(False, (0.0, 0.0)), side.get(True, (0.0, 0.0))
         noise = NOISE_SES * math.sqrt(before_variance + now_variance)
         shift = now - before
-        rows.append({"measure": measure, "name": name, "baseline": before, "run": now, "shift": shift,
-                     "noise": noise, "limit": max_shift, "moved": abs(shift) > max(max_shift, noise)})
+        rows.append(
+            {
+                "measure": measure,
+                "name": name,
+                "baseline": before,
+                "run": now,
+                "shift": shift,
+                "noise": noise,
+                "limit": max_shift,
+                "moved": abs(shift) > max(max_shift, noise),
+            }
+        )
     return rows
 
 
@@ -149,15 +181,26 @@ def _signal_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_psi: float) ->
         counts = {True: [0] * (len(edges) + 1), False: [0] * (len(edges) + 1)}
         totals = {True: 0.0, False: 0.0}
         for tonight, bin_, images, total in con.execute(
-                SIGNAL_BINS_SQL.format(signal=signal), {"run": run_id, "edges": edges}).fetchall():
+            SIGNAL_BINS_SQL.format(signal=signal), {"run": run_id, "edges": edges}
+        ).fetchall():
             counts[tonight][bin_] += images
             totals[tonight] += total
         if not sum(counts[True]):
             continue  # not recorded tonight
         before, now = (totals[side] / sum(counts[side]) for side in (False, True))
         psi = population_stability(counts[False], counts[True])
-        rows.append({"measure": "signal PSI", "name": signal, "baseline": before, "run": now, "shift": psi,
-                     "noise": None, "limit": max_psi, "moved": psi > max_psi})
+        rows.append(
+            {
+                "measure": "signal PSI",
+                "name": signal,
+                "baseline": before,
+                "run": now,
+                "shift": psi,
+                "noise": None,
+                "limit": max_psi,
+                "moved": psi > max_psi,
+            }
+        )
     return rows
 
 
@@ -170,4 +213,3 @@ def population_stability(expected: list[int], actual: list[int]) -> float:
         e, a = max(e / total_e, PSI_FLOOR), max(a / total_a, PSI_FLOOR)
         psi += (a - e) * math.log(a / e)
     return psi
-

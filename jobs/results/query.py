@@ -1,4 +1,5 @@
 """The query command's subcommands as SQL over the committed tables, and their output formats."""
+
 from __future__ import annotations
 
 import argparse
@@ -85,36 +86,62 @@ def drift_lines(found: Drift) -> list[str]:
     """What a person or a cron mail needs: one line per measure past its limit, and what was not compared."""
     run_id = found.run_id
     before = f"the {len(found.baseline_runs)} run{'s' if len(found.baseline_runs) > 1 else ''} before"
-    lines = [f"note: quality signals not recorded in {', '.join(found.unsignalled_runs)} (written before they "
-             "were): compared where recorded"] if found.unsignalled_runs else []
+    lines = (
+        [
+            f"note: quality signals not recorded in {', '.join(found.unsignalled_runs)} (written before they "
+            "were): compared where recorded"
+        ]
+        if found.unsignalled_runs
+        else []
+    )
     for row in found.moved:
         if row["measure"] == "signal PSI":
-            lines.append(f"drift: signal {row['name']}: mean {row['baseline']:.3f} in {before}, {row['run']:.3f} in "
-                         f"{run_id} (PSI {row['shift']:.2f} > --max-psi {row['limit']:g})")
+            lines.append(
+                f"drift: signal {row['name']}: mean {row['baseline']:.3f} in {before}, {row['run']:.3f} in "
+                f"{run_id} (PSI {row['shift']:.2f} > --max-psi {row['limit']:g})"
+            )
         else:
-            lines.append(f"drift: class {row['name']}: {row['measure']} {row['baseline']:.1%} in {before}, "
-                         f"{row['run']:.1%} in {run_id} ({100 * row['shift']:+.1f} points, past --max-shift "
-                         f"{row['limit']:g} and the {100 * row['noise']:.1f} points chance allows)")
+            lines.append(
+                f"drift: class {row['name']}: {row['measure']} {row['baseline']:.1%} in {before}, "
+                f"{row['run']:.1%} in {run_id} ({100 * row['shift']:+.1f} points, past --max-shift "
+                f"{row['limit']:g} and the {100 * row['noise']:.1f} points chance allows)"
+            )
     return lines
 
 
-LIVE_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("state", pa.string()), ("planned", pa.int64()), ("done", pa.int64()),
-    ("started_at", pa.timestamp("s", tz="UTC")), ("renewed_seconds_ago", pa.float64()), ("generation", pa.int64()),
-    ("host", pa.string()), ("pid", pa.int64()),
-])
+LIVE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("state", pa.string()),
+        ("planned", pa.int64()),
+        ("done", pa.int64()),
+        ("started_at", pa.timestamp("s", tz="UTC")),
+        ("renewed_seconds_ago", pa.float64()),
+        ("generation", pa.int64()),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+    ]
+)
 
 
 def live_runs(output: str) -> pa.Table:
     """Runs not yet committed, from their leases: a live one's progress as of its last renewal (every
     few seconds), and dead attempts whose run id can be resumed."""
     require_tables(output)
-    rows = [{"run_id": lease.record.run_id, "state": "running" if lease.alive() else "dead: resumable",
-             "planned": lease.record.planned, "done": lease.record.done,
-             "started_at": dt.datetime.fromtimestamp(lease.record.started, dt.timezone.utc),
-             "renewed_seconds_ago": round(lease.age, 1), "generation": lease.record.generation,
-             "host": lease.record.host, "pid": lease.record.pid}
-            for lease in all_leases(output)]
+    rows = [
+        {
+            "run_id": lease.record.run_id,
+            "state": "running" if lease.alive() else "dead: resumable",
+            "planned": lease.record.planned,
+            "done": lease.record.done,
+            "started_at": dt.datetime.fromtimestamp(lease.record.started, dt.timezone.utc),
+            "renewed_seconds_ago": round(lease.age, 1),
+            "generation": lease.record.generation,
+            "host": lease.record.host,
+            "pid": lease.record.pid,
+        }
+        for lease in all_leases(output)
+    ]
     return pa.Table.from_pylist(sorted(rows, key=lambda row: row["started_at"]), schema=LIVE_SCHEMA)
 
 
@@ -122,8 +149,10 @@ def check_class(con: duckdb.DuckDBPyConnection, run_id: str | None, name: str) -
     """An unknown class name is a typo far more often than an empty answer: say which names the
     models of the runs in scope (one run, or all) know."""
     where, params = ("WHERE run_id = $run", {"run": run_id}) if run_id else ("", {})
-    known = [row[0] for row in con.execute(
-        f"SELECT DISTINCT unnest(class_names) FROM runs {where} ORDER BY 1", params).fetchall()]
+    known = [
+        row[0]
+        for row in con.execute(f"SELECT DISTINCT unnest(class_names) FROM runs {where} ORDER BY 1", params).fetchall()
+    ]
     if name not in known:
         raise UserError(f"class {name!r}: no such class; classes are {', '.join(known)}", "class_name")
 
@@ -147,7 +176,9 @@ def format_table(table: pa.Table) -> str:
     numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
     cells = [[_cell(v) for v in column.to_pylist()] for column in table.columns]
     widths = [max([len(name)] + [len(c) for c in column]) for name, column in zip(table.column_names, cells)]
-    lines = ["  ".join(name.rjust(w) if num else name.ljust(w) for name, w, num in zip(table.column_names, widths, numeric))]
+    lines = [
+        "  ".join(name.rjust(w) if num else name.ljust(w) for name, w, num in zip(table.column_names, widths, numeric))
+    ]
     lines.append("  ".join("-" * w for w in widths))
     for row in zip(*cells):
         lines.append("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)))

@@ -1,4 +1,5 @@
 """A self-contained HTML report of a run: class shares, sample masks over their images, errors."""
+
 from __future__ import annotations
 
 import base64
@@ -77,17 +78,20 @@ WHERE status = 'ok' AND confidence_mean IS NOT NULL ORDER BY score DESC, image_u
 """The images `query.py review` lists first."""
 
 
-def gallery(con: duckdb.DuckDBPyConnection, config: ReportConfig,
-            num_classes: int) -> tuple[list[Sample], list[tuple[int, int, int]]]:
+def gallery(
+    con: duckdb.DuckDBPyConnection, config: ReportConfig, num_classes: int
+) -> tuple[list[Sample], list[tuple[int, int, int]]]:
     """The gallery's images (a sample, or the review queue's head) with their overlays, and the class
     colours the masks carry. Only the shown masks are read: a run's masks are most of its bytes."""
     rows = con.execute(REVIEW_QUEUE_SQL if config.review else SAMPLE_SQL, {"count": config.samples}).fetchall()
     if not rows:
         return [], default_colors(num_classes)
     pngs = masks(config.output, [(run_id, image_id) for run_id, image_id, *_ in rows])
-    fractions = con.execute("SELECT image_id, class_name, fraction FROM scope_class_stats "
-                            "WHERE image_id IN (SELECT unnest($ids)) AND pixels > 0 ORDER BY fraction DESC",
-                            {"ids": [row[1] for row in rows]}).fetchall()
+    fractions = con.execute(
+        "SELECT image_id, class_name, fraction FROM scope_class_stats "
+        "WHERE image_id IN (SELECT unnest($ids)) AND pixels > 0 ORDER BY fraction DESC",
+        {"ids": [row[1] for row in rows]},
+    ).fetchall()
     palette = mask_palette(pngs[rows[0][:2]], num_classes)
     samples = []
     for run_id, image_id, uri, width, height, score in rows:
@@ -101,12 +105,19 @@ def mask_palette(mask_png: bytes, num_classes: int) -> list[tuple[int, int, int]
     """The class colours stored in a mask PNG's palette: the same ones any mask viewer shows."""
     with Image.open(io.BytesIO(mask_png)) as image:
         flat = image.getpalette() or []
-    colors = [tuple(flat[i:i + 3]) for i in range(0, len(flat) - 2, 3)][:num_classes]
-    return colors + default_colors(num_classes)[len(colors):]
+    colors = [tuple(flat[i : i + 3]) for i in range(0, len(flat) - 2, 3)][:num_classes]
+    return colors + default_colors(num_classes)[len(colors) :]
 
 
-def make_sample(uri: str, width: int, height: int, mask_png: bytes, palette: list[tuple[int, int, int]],
-                thumb_size: int, top: list[tuple[str, float]]) -> Sample:
+def make_sample(
+    uri: str,
+    width: int,
+    height: int,
+    mask_png: bytes,
+    palette: list[tuple[int, int, int]],
+    thumb_size: int,
+    top: list[tuple[str, float]],
+) -> Sample:
     """Blend the mask over a thumbnail of its image; a source that can no longer be read shows the mask alone."""
     mask = decode_mask_png(mask_png)
     scale = thumb_size / max(width, height)
@@ -148,29 +159,47 @@ table.errors td, table.errors th { border: 1px solid #ddd; padding: 3px 8px; tex
 """
 
 
-def render(record: dict, classes: list[dict], palette: list[tuple[int, int, int]], errors: list[dict],
-           samples: list[Sample], review: bool = False) -> str:
+def render(
+    record: dict,
+    classes: list[dict],
+    palette: list[tuple[int, int, int]],
+    errors: list[dict],
+    samples: list[Sample],
+    review: bool = False,
+) -> str:
     """The page, from the run's row of `runs` and what was read for its scope."""
     figures = [
-        ("images", record["inputs"]), ("skipped", record["skipped"]), ("ok", record["ok"]),
-        ("errors", record["errors"]), ("model", f"{record['model_name']} ({str(record['model_sha256'])[:12]})"),
-        ("model URI", record["model_uri"]), ("started", _when(record["started_at"])),
-        ("committed", _when(record["committed_at"])), ("wall time", f"{record['wall_seconds'] or 0:.1f} s"),
+        ("images", record["inputs"]),
+        ("skipped", record["skipped"]),
+        ("ok", record["ok"]),
+        ("errors", record["errors"]),
+        ("model", f"{record['model_name']} ({str(record['model_sha256'])[:12]})"),
+        ("model URI", record["model_uri"]),
+        ("started", _when(record["started_at"])),
+        ("committed", _when(record["committed_at"])),
+        ("wall time", f"{record['wall_seconds'] or 0:.1f} s"),
         ("throughput", "" if record["images_per_second"] is None else f"{record['images_per_second']} images/s"),
     ]
     e = html.escape
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
         "style-src 'unsafe-inline'\">",
         f"<title>Segmentation run {e(record['run_id'])}</title><style>{CSS}</style></head><body>",
         f"<h1>Segmentation run {e(record['run_id'])}</h1>",
         '<dl class="figures">' + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in figures) + "</dl>",
-        "<h2>Pixels per class</h2>", class_chart(classes, palette), legend(classes, palette),
-        (f"<h2>Least trustworthy masks first ({len(samples)} of {record['ok']} ok, by review score)</h2>" if review
-         else f"<h2>Sample images ({len(samples)} of {record['ok']} ok)</h2>"),
+        "<h2>Pixels per class</h2>",
+        class_chart(classes, palette),
+        legend(classes, palette),
+        (
+            f"<h2>Least trustworthy masks first ({len(samples)} of {record['ok']} ok, by review score)</h2>"
+            if review
+            else f"<h2>Sample images ({len(samples)} of {record['ok']} ok)</h2>"
+        ),
         '<section id="gallery">' + "".join(sample_figure(s) for s in samples) + "</section>",
-        error_section(errors, record["errors"] or 0), "</body></html>",
+        error_section(errors, record["errors"] or 0),
+        "</body></html>",
     ]
     return "\n".join(parts) + "\n"
 
@@ -195,16 +224,23 @@ def class_chart(classes: list[dict], palette: list[tuple[int, int, int]]) -> str
             f'<rect x="{label_width}" y="{y}" width="{max(share * bar_width, 1):.1f}" height="{bar_height}" '
             f'fill="{color}" stroke="#333"/>'
             f'<text x="{label_width + share * bar_width + 6:.1f}" y="{y + 15}">{share:.1%} '
-            f'({row["pixels"]:,} px, {row["images"]:,} images)</text></g>')
-    return (f'<svg id="class-chart" xmlns="http://www.w3.org/2000/svg" width="{label_width + bar_width + 260}" '
-            f'height="{height}" font-size="13" role="img" aria-label="share of pixels per class">'
-            + "".join(rows) + "</svg>")
+            f"({row['pixels']:,} px, {row['images']:,} images)</text></g>"
+        )
+    return (
+        f'<svg id="class-chart" xmlns="http://www.w3.org/2000/svg" width="{label_width + bar_width + 260}" '
+        f'height="{height}" font-size="13" role="img" aria-label="share of pixels per class">'
+        + "".join(rows)
+        + "</svg>"
+    )
 
 
 def legend(classes: list[dict], palette: list[tuple[int, int, int]]) -> str:
     items = "".join(
         f'<span><i class="swatch" style="background:#{"%02x%02x%02x" % palette[row["class_id"]]}"></i>'
-        f'{html.escape(row["class_name"])}</span>' for row in classes if row["class_id"] < len(palette))
+        f"{html.escape(row['class_name'])}</span>"
+        for row in classes
+        if row["class_id"] < len(palette)
+    )
     return f'<p class="legend" id="legend">{items}</p>'
 
 
@@ -215,19 +251,28 @@ def sample_figure(sample: Sample) -> str:
     if sample.review_score is not None:
         note = f'<br><span class="score">review score {sample.review_score:.3f}</span>{note}'
     name = sample.image_uri.rsplit("/", 1)[-1]
-    return (f'<figure class="sample"><img src="data:image/jpeg;base64,{data}" alt="{html.escape(name)} with its mask">'
-            f'<figcaption title="{html.escape(sample.image_uri)}">{html.escape(name)} ({sample.width}x{sample.height})'
-            f"<br>{classes}{note}</figcaption></figure>")
+    return (
+        f'<figure class="sample"><img src="data:image/jpeg;base64,{data}" alt="{html.escape(name)} with its mask">'
+        f'<figcaption title="{html.escape(sample.image_uri)}">{html.escape(name)} ({sample.width}x{sample.height})'
+        f"<br>{classes}{note}</figcaption></figure>"
+    )
 
 
 def error_section(errors: list[dict], total: int) -> str:
     if not errors:
         return '<h2>Errors</h2><p id="errors">No image failed.</p>'
-    rows = "".join(f"<tr><td>{html.escape(r['image_uri'])}</td><td>{html.escape(r['error'] or '')}</td></tr>"
-                   for r in errors)
-    more = f"<p>{total - len(errors):,} more not shown; list them all with query.py errors.</p>" if total > len(errors) else ""
-    return (f'<h2>Errors ({total:,})</h2><table class="errors" id="errors"><tr><th>image</th><th>reason</th></tr>'
-            f"{rows}</table>{more}")
+    rows = "".join(
+        f"<tr><td>{html.escape(r['image_uri'])}</td><td>{html.escape(r['error'] or '')}</td></tr>" for r in errors
+    )
+    more = (
+        f"<p>{total - len(errors):,} more not shown; list them all with query.py errors.</p>"
+        if total > len(errors)
+        else ""
+    )
+    return (
+        f'<h2>Errors ({total:,})</h2><table class="errors" id="errors"><tr><th>image</th><th>reason</th></tr>'
+        f"{rows}</table>{more}"
+    )
 
 
 def write_text(uri: str, text: str) -> None:

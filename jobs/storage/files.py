@@ -1,4 +1,5 @@
 """URIs and file systems: one spelling of paths, storage failures as one line, bounded reads."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ def storage_errors(uri: str) -> Iterator[None]:
     except UserError:
         raise
     except PermissionError as exc:
-        raise UserError(f"{uri}: access denied ({_reason(exc)}); check the AWS credentials, the endpoint "
-                        "and the bucket policy") from exc
+        raise UserError(
+            f"{uri}: access denied ({_reason(exc)}); check the AWS credentials, the endpoint and the bucket policy"
+        ) from exc
     except FileNotFoundError as exc:
         raise UserError(f"{uri}: not found ({_reason(exc)})") from exc
     except OSError as exc:
@@ -77,11 +79,24 @@ DEFAULT_MAX_BYTES = 1 << 30
 """Input images larger than this (1 GiB) are refused before reading: a decode task holds the whole file."""
 
 
-TRANSIENT_CODES = frozenset({
-    "ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired", "RequestExpired",
-    "Throttling", "ThrottlingException", "ThrottledException", "SlowDown", "RequestLimitExceeded",
-    "TooManyRequestsException", "RequestThrottled", "RequestThrottledException", "RequestTimeTooSkewed",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "RequestExpired",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "SlowDown",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestTimeTooSkewed",
+    }
+)
 """S3 error codes that say nothing about the object: the caller's session token expired or was
 refused, the store throttled, or the caller's clock was off. Asked again later, the same read works;
 `AccessDenied` (a bucket policy) and `NoSuchKey` stay as they are."""

@@ -3,6 +3,7 @@
 The listing never holds a Python object per image, so a driver listing millions of images holds
 little beyond the URI strings.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
 
 
-LIST_COLUMNS = {"image_uri": ("image_uri", "uri", "path"), "size": ("size",), "version": ("etag", "version"),
-                "modified": ("last_modified", "mtime")}
+LIST_COLUMNS = {
+    "image_uri": ("image_uri", "uri", "path"),
+    "size": ("size",),
+    "version": ("etag", "version"),
+    "modified": ("last_modified", "mtime"),
+}
 """Columns of a .csv or .parquet list file, by role: the first name of each the file has is used; only
 the URI is required."""
 
@@ -46,10 +51,14 @@ the URI is required."""
 TIMESTAMP_US = pa.timestamp("us", tz="UTC")
 
 
-LISTING_SCHEMA = pa.schema([
-    ("image_uri", pa.string()), ("source_size", pa.int64()), ("source_version", pa.string()),
-    ("source_modified", TIMESTAMP_US),
-])
+LISTING_SCHEMA = pa.schema(
+    [
+        ("image_uri", pa.string()),
+        ("source_size", pa.int64()),
+        ("source_version", pa.string()),
+        ("source_modified", TIMESTAMP_US),
+    ]
+)
 """A listed image: canonical URI, size, version (ETag, else mtime in ns), modification time (orders versions)."""
 
 
@@ -202,8 +211,14 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[pa.Table]:
     elif protocol in ("s3", "s3a"):
         yield from _walk_s3(fs, root)
     else:
-        yield _found(fs, [(path, info) for path, info in sorted(fs.find(root, detail=True).items())
-                          if info.get("type") == "file" and is_image_name(path)])
+        yield _found(
+            fs,
+            [
+                (path, info)
+                for path, info in sorted(fs.find(root, detail=True).items())
+                if info.get("type") == "file" and is_image_name(path)
+            ],
+        )
 
 
 def _walk_local(root: str) -> Iterator[str]:
@@ -245,8 +260,9 @@ async def _list_into(pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket
     await pages.put(None)
 
 
-async def _list_tree(pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket: str, prefix: str,
-                     limit: asyncio.Semaphore) -> None:
+async def _list_tree(
+    pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket: str, prefix: str, limit: asyncio.Semaphore
+) -> None:
     """One folder's pages, then its subfolders' (listed concurrently)."""
     folders = []
     async with limit:  # held while this folder's pages come, never while its subfolders are listed
@@ -264,10 +280,12 @@ async def _list_tree(pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket
 
 def _page_table(bucket: str, page: dict) -> pa.Table:
     items = [item for item in page.get("Contents", []) if is_image_name(item["Key"])]
-    return _listing(pa.array([f"s3://{bucket}/{item['Key']}" for item in items], pa.string()),
-                    pa.array([int(item["Size"]) for item in items], pa.int64()),
-                    pa.array([item["ETag"].strip('"') for item in items], pa.string()),
-                    pa.array([item["LastModified"] for item in items], TIMESTAMP_US))
+    return _listing(
+        pa.array([f"s3://{bucket}/{item['Key']}" for item in items], pa.string()),
+        pa.array([int(item["Size"]) for item in items], pa.int64()),
+        pa.array([item["ETag"].strip('"') for item in items], pa.string()),
+        pa.array([item["LastModified"] for item in items], TIMESTAMP_US),
+    )
 
 
 def _found(fs: fsspec.AbstractFileSystem, found: list[tuple[str, dict]]) -> pa.Table:
@@ -277,11 +295,15 @@ def _found(fs: fsspec.AbstractFileSystem, found: list[tuple[str, dict]]) -> pa.T
         return _concat(list(_local_files(canonical_uri(path) for path, _ in found)))
     infos = [info for _, info in found]
     times = pa.array([_timestamp(info.get("LastModified") or info.get("mtime")) for info in infos], TIMESTAMP_US)
-    etags = pa.array([str(info.get("ETag") or info.get("etag") or "").strip('"') or None for info in infos],
-                     pa.string())
-    return _listing(pa.array([canonical_uri(f"{protocol}://{path}") for path, _ in found], pa.string()),
-                    pa.array([int(info.get("size") or 0) for info in infos], pa.int64()),
-                    _or_time_versions(etags, times), times)
+    etags = pa.array(
+        [str(info.get("ETag") or info.get("etag") or "").strip('"') or None for info in infos], pa.string()
+    )
+    return _listing(
+        pa.array([canonical_uri(f"{protocol}://{path}") for path, _ in found], pa.string()),
+        pa.array([int(info.get("size") or 0) for info in infos], pa.int64()),
+        _or_time_versions(etags, times),
+        times,
+    )
 
 
 def _local_files(paths: Iterable[str]) -> Iterator[pa.Table]:
@@ -289,8 +311,12 @@ def _local_files(paths: Iterable[str]) -> Iterator[pa.Table]:
     for chunk in _batched(paths, CHUNK_ROWS):
         stats = [_stat(path) for path in chunk]
         times = pa.array([mtime for _, mtime in stats], pa.int64()).cast(pa.timestamp("ns", "UTC"))
-        yield _listing(pa.array(chunk, pa.string()), pa.array([size for size, _ in stats], pa.int64()),
-                       _time_versions(times), times)
+        yield _listing(
+            pa.array(chunk, pa.string()),
+            pa.array([size for size, _ in stats], pa.int64()),
+            _time_versions(times),
+            times,
+        )
 
 
 def _stat(path: str) -> tuple[int, int | None]:
@@ -315,15 +341,26 @@ def _timestamp(value) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def _listing(uris: ArrowColumn, sizes: ArrowColumn | None, versions: ArrowColumn | None,
-             times: ArrowColumn | None) -> pa.Table:
+def _listing(
+    uris: ArrowColumn, sizes: ArrowColumn | None, versions: ArrowColumn | None, times: ArrowColumn | None
+) -> pa.Table:
     """A LISTING_SCHEMA table; what is unknown reads -1, '' or null. Columns already of the right type
     are taken as they are, never copied."""
     rows = len(uris)
-    size = pa.repeat(pa.scalar(-1, pa.int64()), rows) if sizes is None else \
-        sizes.fill_null(-1) if sizes.null_count else sizes
-    version = pa.repeat(pa.scalar("", pa.string()), rows) if versions is None else \
-        versions.fill_null("") if versions.null_count else versions
+    size = (
+        pa.repeat(pa.scalar(-1, pa.int64()), rows)
+        if sizes is None
+        else sizes.fill_null(-1)
+        if sizes.null_count
+        else sizes
+    )
+    version = (
+        pa.repeat(pa.scalar("", pa.string()), rows)
+        if versions is None
+        else versions.fill_null("")
+        if versions.null_count
+        else versions
+    )
     modified = pa.nulls(rows, TIMESTAMP_US) if times is None else pc.cast(times, TIMESTAMP_US, safe=False)
     return pa.table([uris, size, version, modified], schema=LISTING_SCHEMA)
 
@@ -349,7 +386,7 @@ def _as_times(column: ArrowColumn) -> ArrowColumn:
     if pa.types.is_timestamp(kind):
         return column
     if pa.types.is_integer(kind):
-        return pc.multiply_checked(pc.cast(column, pa.int64()), 10 ** 9).cast(pa.timestamp("ns", "UTC"))
+        return pc.multiply_checked(pc.cast(column, pa.int64()), 10**9).cast(pa.timestamp("ns", "UTC"))
     if pa.types.is_floating(kind):
         return pc.cast(pc.round(pc.multiply(column, 1e9)), pa.int64()).cast(pa.timestamp("ns", "UTC"))
     text = pc.cast(column, pa.string())
@@ -365,7 +402,7 @@ def _decimal_seconds(text: ArrowColumn) -> ArrowColumn:
     if pc.any(pc.match_substring_regex(text, r"\.\d{10}")).as_py():
         text = pc.replace_substring_regex(text, r"(\.\d{9})\d+$", r"\1")  # below a nanosecond: dropped
     seconds = pc.cast(text, pa.decimal128(20, 9))
-    nanoseconds = pc.multiply(seconds, pa.scalar(decimal.Decimal(10 ** 9), pa.decimal128(10, 0)))
+    nanoseconds = pc.multiply(seconds, pa.scalar(decimal.Decimal(10**9), pa.decimal128(10, 0)))
     return pc.cast(nanoseconds, pa.int64()).cast(pa.timestamp("ns", "UTC"))
 
 
@@ -396,8 +433,12 @@ def _say_if_no_image_is_named(spec: str, entries: ArrowColumn) -> None:
     mistake) is still read as a list, as asked; this line says what it was read as."""
     first = entries.slice(0, 1000).to_pylist()
     if not any(is_image_name(entry) for entry in first):
-        print(f"{spec}: read as a list file, one image URI a line; none of its first {len(first)} entries names an "
-              "image file (.jpg, .png, ...)", file=sys.stderr, flush=True)
+        print(
+            f"{spec}: read as a list file, one image URI a line; none of its first {len(first)} entries names an "
+            "image file (.jpg, .png, ...)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _list_rows(raw: pa.Table, roles: dict[str, str], spec: str, uri: str) -> pa.Table:
@@ -424,18 +465,22 @@ def _read_table_list(handle, spec: str, kind: str) -> tuple[Iterator[pa.RecordBa
     roles = _list_columns(next(csv.reader([handle.readline().decode("utf-8-sig")]), []), spec, kind)
     handle.seek(0)
     names = sorted(set(roles.values()))
-    options = pacsv.ConvertOptions(include_columns=names, column_types={name: pa.string() for name in names},
-                                   strings_can_be_null=True)
+    options = pacsv.ConvertOptions(
+        include_columns=names, column_types={name: pa.string() for name in names}, strings_can_be_null=True
+    )
     return pacsv.open_csv(handle, convert_options=options), roles
 
 
 def _list_columns(names: list[str], spec: str, kind: str) -> dict[str, str]:
     """Role -> the list file's column for it: the first of LIST_COLUMNS' names the file has."""
-    roles = {role: next((name for name in candidates if name in names), None)
-             for role, candidates in LIST_COLUMNS.items()}
+    roles = {
+        role: next((name for name in candidates if name in names), None) for role, candidates in LIST_COLUMNS.items()
+    }
     if roles["image_uri"] is None:
-        raise UserError(f"{spec}: a {kind} list file needs an image_uri, uri or path column "
-                        f"(its columns: {', '.join(names) or 'none'})")
+        raise UserError(
+            f"{spec}: a {kind} list file needs an image_uri, uri or path column "
+            f"(its columns: {', '.join(names) or 'none'})"
+        )
     return {role: name for role, name in roles.items() if name is not None}
 
 
@@ -445,9 +490,12 @@ def _read_text_list(handle) -> tuple[Iterator[pa.RecordBatch], dict[str, str]]:
     if not handle.read(1):
         return iter([]), roles
     handle.seek(0)
-    return pacsv.open_csv(handle, read_options=pacsv.ReadOptions(column_names=["image_uri"]),
-                          parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False),
-                          convert_options=pacsv.ConvertOptions(column_types={"image_uri": pa.string()})), roles
+    return pacsv.open_csv(
+        handle,
+        read_options=pacsv.ReadOptions(column_names=["image_uri"]),
+        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False),
+        convert_options=pacsv.ConvertOptions(column_types={"image_uri": pa.string()}),
+    ), roles
 
 
 def _named_rows(raw: pa.Table, name: str, comments: bool) -> pa.Table:
@@ -465,8 +513,10 @@ def _named_rows(raw: pa.Table, name: str, comments: bool) -> pa.Table:
 def _canonical_uris(uris: ArrowColumn, base: str) -> ArrowColumn:
     """`canonical_uri` of every entry of a list file. The usual ones (`s3://...`, clean absolute paths)
     are canonical already and pass untouched; only chunks holding others go through Python."""
-    canonical = pc.or_(pc.starts_with(uris, "s3://"),
-                       pc.and_(pc.starts_with(uris, "/"), pc.invert(pc.match_substring_regex(uris, NOT_CANONICAL))))
+    canonical = pc.or_(
+        pc.starts_with(uris, "s3://"),
+        pc.and_(pc.starts_with(uris, "/"), pc.invert(pc.match_substring_regex(uris, NOT_CANONICAL))),
+    )
     if pc.all(canonical).as_py():
         return uris
     chunks = []
@@ -514,8 +564,12 @@ def _without_repeats(listing: pa.Table) -> pa.Table:
     ordered = np.sort(hashes)
     shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     del ordered
-    candidates = np.concatenate([start + np.flatnonzero(np.isin(hashes[start:start + CHUNK_ROWS], shared))
-                                 for start in range(0, rows, CHUNK_ROWS)])
+    candidates = np.concatenate(
+        [
+            start + np.flatnonzero(np.isin(hashes[start : start + CHUNK_ROWS], shared))
+            for start in range(0, rows, CHUNK_ROWS)
+        ]
+    )
     last: dict[str, int] = {}
     for position in candidates.tolist():  # in input order: a later mention replaces an earlier one
         last[uris[position].as_py()] = position
@@ -534,7 +588,7 @@ def _uri_hashes(listing: pa.Table) -> np.ndarray:
     hashes = np.empty(listing.num_rows, dtype=np.uint64)
     filled = 0
     for batch in con.sql("SELECT hash(image_uri) FROM listing").to_arrow_reader(CHUNK_ROWS):
-        hashes[filled:filled + batch.num_rows] = batch.column(0).to_numpy()
+        hashes[filled : filled + batch.num_rows] = batch.column(0).to_numpy()
         filled += batch.num_rows
     return hashes
 

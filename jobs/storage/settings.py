@@ -5,6 +5,7 @@ roles). The settings live in fsspec's per-protocol config, so every fsspec user 
 (unet_core's artifact loader included) sees them, and in the `FSSPEC_S3` environment variable,
 which is how they reach the Ray workers.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,11 @@ def configure_storage(options: StorageOptions) -> dict[str, str]:
     encoded = json.dumps(settings, sort_keys=True)
     if given and json.loads(given) != settings:
         shown = json.dumps(redacted(json.loads(given)), sort_keys=True)
-        raise UserError(f"{S3_ENV_VAR} already holds the S3 settings ({shown}); give them there or as flags, "
-                        "not both", "s3_endpoint_url", "anonymous")
+        raise UserError(
+            f"{S3_ENV_VAR} already holds the S3 settings ({shown}); give them there or as flags, not both",
+            "s3_endpoint_url",
+            "anonymous",
+        )
     fsspec.config.conf["s3"] = {**fsspec.config.conf.get("s3", {}), **settings}
     os.environ[S3_ENV_VAR] = encoded
     return {} if given else {S3_ENV_VAR: encoded}
@@ -74,8 +78,10 @@ def given_settings(text: str) -> dict:
     try:
         settings = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{S3_ENV_VAR} is not valid JSON ({exc.msg} at character {exc.pos}); "
-                        "its value is not shown, as it may hold credentials") from None
+        raise UserError(
+            f"{S3_ENV_VAR} is not valid JSON ({exc.msg} at character {exc.pos}); "
+            "its value is not shown, as it may hold credentials"
+        ) from None
     if not isinstance(settings, dict):
         raise UserError(f"{S3_ENV_VAR} must be a JSON object of s3fs settings, not a JSON {type(settings).__name__}")
     never_print(credentials(settings))
@@ -97,8 +103,9 @@ def credentials(settings: object, secret: bool = False) -> Iterator[str]:
 def redacted(settings: object) -> object:
     """The settings with each credential's value masked, to be shown."""
     if isinstance(settings, dict):
-        return {name: MASK if CREDENTIAL_NAME.search(str(name)) else redacted(value)
-                for name, value in settings.items()}
+        return {
+            name: MASK if CREDENTIAL_NAME.search(str(name)) else redacted(value) for name, value in settings.items()
+        }
     return [redacted(value) for value in settings] if isinstance(settings, list) else settings
 
 
@@ -109,13 +116,18 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if not uri.startswith(("s3://", "s3a://")):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     settings = fsspec.config.conf.get("s3", {})
-    options = {"anonymous": bool(settings.get("anon")),
-               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
+    options = {
+        "anonymous": bool(settings.get("anon")),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+    }
     endpoint = settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urllib.parse.urlparse(endpoint)
-        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https",
-                       region=os.environ.get("AWS_REGION", "us-east-1"))
+        options.update(
+            endpoint_override=parsed.netloc,
+            scheme=parsed.scheme or "https",
+            region=os.environ.get("AWS_REGION", "us-east-1"),
+        )
     return pafs.S3FileSystem(**options), uri.split("://", 1)[1]
 
 

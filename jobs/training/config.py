@@ -1,4 +1,5 @@
 """What a training run is asked to do (TrainConfig) and what its workers agree on (Plan)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

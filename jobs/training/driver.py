@@ -1,5 +1,6 @@
 """The training driver: checks the config, reads the data once, starts the Ray Train workers,
 exports the best epoch as a model artifact."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,14 +28,17 @@ def read_backbone(config: TrainConfig) -> dict[str, list[np.ndarray]] | None:
     from unet_core import build_unet
     from unet_core.model import load_vgg16_weights
 
-    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters,
-                       normalization=config.normalization)
+    model = build_unet(
+        config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters, normalization=config.normalization
+    )
     try:
         loaded = load_vgg16_weights(model, config.backbone_weights)
     except (OSError, ValueError) as exc:  # OSError: not an HDF5 file
         raise UserError(str(exc), "backbone_weights") from None
     print(f"loaded VGG16 weights into {loaded} encoder layers from {config.backbone_weights}", flush=True)
-    return {layer.name: layer.get_weights() for layer in model.layers if layer.name.startswith("block") and layer.weights}
+    return {
+        layer.name: layer.get_weights() for layer in model.layers if layer.name.startswith("block") and layer.weights
+    }
 
 
 def load_splits(config: TrainConfig) -> tuple:
@@ -58,10 +62,18 @@ def plan_run(config: TrainConfig, train_pairs, val_pairs, pixels) -> tuple[Plan,
     if steps < 1:
         raise UserError(f"{int(crops.sum())} training samples cannot fill one global batch of {config.batch_size}")
     total_cpus = sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
-    cpus = config.cpus_per_worker or (1.0 if config.use_gpu else
-                                      max(0.25, min(largest_node_cpus(), (total_cpus - DATA_CPUS) / config.workers)))
-    plan = Plan(steps, worker_batch, max(1, round(cpus)), training_data.fingerprint(train_pairs),
-                len(train_pairs), len(val_pairs), tuple(int(c) for c in crops))
+    cpus = config.cpus_per_worker or (
+        1.0 if config.use_gpu else max(0.25, min(largest_node_cpus(), (total_cpus - DATA_CPUS) / config.workers))
+    )
+    plan = Plan(
+        steps,
+        worker_batch,
+        max(1, round(cpus)),
+        training_data.fingerprint(train_pairs),
+        len(train_pairs),
+        len(val_pairs),
+        tuple(int(c) for c in crops),
+    )
     return plan, cpus
 
 
@@ -82,10 +94,13 @@ def describe_epoch(config: TrainConfig, plan: Plan) -> str:
     else:
         spread = f"{crops.min()}" if crops.min() == crops.max() else f"{crops.min()}-{crops.max()}"
         why = "set by --patches-per-image" if config.patches_per_image else "about every pixel once"
-        what = (f"{total} {config.patch_size}x{config.patch_size} crops at full resolution ({spread} per image, "
-                f"{why}), validated in tiles")
-    return (f"an epoch: {plan.train_pairs} images, {what}; {plan.steps_per_epoch} steps of global batch "
-            f"{config.batch_size}")
+        what = (
+            f"{total} {config.patch_size}x{config.patch_size} crops at full resolution ({spread} per image, "
+            f"{why}), validated in tiles"
+        )
+    return (
+        f"an epoch: {plan.train_pairs} images, {what}; {plan.steps_per_epoch} steps of global batch {config.batch_size}"
+    )
 
 
 def run_training(config: TrainConfig):
@@ -104,19 +119,31 @@ def run_training(config: TrainConfig):
     worker = {"CPU": cpus, "GPU": 1.0} if config.use_gpu else {"CPU": cpus}
     check_holds(worker, config.workers, "training workers", "workers")
     await_nodes(worker, config.workers, config.wait_for_nodes, "training workers")
-    print(f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
-          f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}", flush=True)
+    print(
+        f"training on {plan.train_pairs} pairs, validating on {plan.val_pairs}; {config.workers} workers x "
+        f"{cpus:g} CPU{' + 1 GPU' if config.use_gpu else ''}",
+        flush=True,
+    )
     print(describe_epoch(config, plan), flush=True)
     trainer = TensorflowTrainer(
         train_worker,
-        train_loop_config={"config": config, "plan": plan, "train_pairs": train_pairs, "val_pairs": val_pairs,
-                           "backbone": backbone},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
+        train_loop_config={
+            "config": config,
+            "plan": plan,
+            "train_pairs": train_pairs,
+            "val_pairs": val_pairs,
+            "backbone": backbone,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": cpus}
+        ),
         run_config=RunConfig(
-            name=config.name, **checkpoint_storage(config.storage),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
-                                               checkpoint_score_order="max")),
+            name=config.name,
+            **checkpoint_storage(config.storage),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val_miou", checkpoint_score_order="max"
+            ),
+        ),
     )
     return trainer.fit(), plan
 
@@ -130,16 +157,23 @@ def check_limits(train_pairs, val_pairs, config: TrainConfig) -> np.ndarray:
 
     pairs = pa.concat_tables([train_pairs, val_pairs]).select(["image_uri", "mask_uri", "source_size", "mask_size"])
     pairs = pairs.append_column("position", pa.array(np.arange(len(pairs)), pa.int64()))
-    facts = ray.data.from_arrow(slices(pairs, 64)).map_batches(
-        training_data.header_facts, batch_size=64, num_cpus=DATA_CPUS,
-        fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes}).take_all()
+    facts = (
+        ray.data.from_arrow(slices(pairs, 64))
+        .map_batches(
+            training_data.header_facts,
+            batch_size=64,
+            num_cpus=DATA_CPUS,
+            fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes},
+        )
+        .take_all()
+    )
     refused = [row["refusal"] for row in sorted(facts, key=lambda row: row["position"]) if row["refusal"]]
     if refused:
         raise UserError(refused[0])
     pixels = np.zeros(len(pairs), np.int64)
     for row in facts:
         pixels[row["position"]] = row["pixels"]
-    return pixels[:len(train_pairs)]
+    return pixels[: len(train_pairs)]
 
 
 def checkpoint_storage(uri: str | None) -> dict:
@@ -164,18 +198,34 @@ def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
         with np.load(os.path.join(folder, STATE_FILE)) as arrays:
             weights = weights_from_state(dict(arrays))
         digests = sorted({Path(p).read_text() for p in Path(folder).glob("replica-*.sha256")})
-    model = build_unet(config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters,
-                       normalization=config.normalization)
+    model = build_unet(
+        config.num_classes, (config.input_size,) * 2 + (3,), config.base_filters, normalization=config.normalization
+    )
     model.set_weights(weights)
     source = {
-        "trained_by": "jobs/train.py", "run_name": config.name, "checkpoint": checkpoint.path,
-        "data_fingerprint": plan.fingerprint, "train_pairs": plan.train_pairs, "val_pairs": plan.val_pairs,
-        "exported": config.export, "exported_epoch": metrics["epoch"], "epochs": config.epochs,
+        "trained_by": "jobs/train.py",
+        "run_name": config.name,
+        "checkpoint": checkpoint.path,
+        "data_fingerprint": plan.fingerprint,
+        "train_pairs": plan.train_pairs,
+        "val_pairs": plan.val_pairs,
+        "exported": config.export,
+        "exported_epoch": metrics["epoch"],
+        "epochs": config.epochs,
         "optimizer_step": metrics["optimizer_step"],
-        "val_miou": metrics["val_miou"], "val_pixel_accuracy": metrics["val_pixel_accuracy"],
-        "val_iou": dict(zip(config.class_names, metrics["val_iou"])), "replica_weight_digests": digests,
-        "workers": config.workers, "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "address"},
+        "val_miou": metrics["val_miou"],
+        "val_pixel_accuracy": metrics["val_pixel_accuracy"],
+        "val_iou": dict(zip(config.class_names, metrics["val_iou"])),
+        "replica_weight_digests": digests,
+        "workers": config.workers,
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "address"},
     }
-    save_artifact(model, config.output, list(config.class_names), name=config.name, source=source,
-                  mode="tile" if config.patch_size else "letterbox")
+    save_artifact(
+        model,
+        config.output,
+        list(config.class_names),
+        name=config.name,
+        source=source,
+        mode="tile" if config.patch_size else "letterbox",
+    )
     return source

@@ -1,5 +1,6 @@
 """Scoring a model on a labelled collection through the segment job's own inference stages:
 one confusion matrix summed over the collection gives every metric exactly."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.parquet"
 
 
-def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int | None, max_pixels: int,
-          max_bytes: int) -> dict:
+def score(
+    batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int | None, max_pixels: int, max_bytes: int
+) -> dict:
     """Compare each predicted mask, mapped back to its image's size as segment.py's `finalize` maps it
     (a tiled mask is already full size: its box is the whole image), with the true mask (held to the
     images' limits: a mask refused is its pair's error row)."""
@@ -39,38 +41,63 @@ def score(batch: dict, model: ModelInfo, lookup: np.ndarray, ignore_index: int |
         if errors[row]:
             continue
         try:
-            truth = training_data.read_mask(batch["mask_uri"][row], lookup, int(batch["mask_size"][row]), max_pixels,
-                                            max_bytes)
+            truth = training_data.read_mask(
+                batch["mask_uri"][row], lookup, int(batch["mask_size"][row]), max_pixels, max_bytes
+            )
         except ValueError as exc:
             errors[row] = str(exc)
             continue
         predicted = unletterbox(batch["mask"][row], letterbox_of(batch, row, model.input_size))
         if truth.shape != predicted.shape:
-            errors[row] = f"mask is {truth.shape[1]}x{truth.shape[0]}, image is {predicted.shape[1]}x{predicted.shape[0]}"
+            errors[row] = (
+                f"mask is {truth.shape[1]}x{truth.shape[0]}, image is {predicted.shape[1]}x{predicted.shape[0]}"
+            )
             continue
         confusion[row] = confusion_matrix(truth, predicted, classes, ignore_index).ravel()
-    return {"image_uri": batch["image_uri"], "mask_uri": batch["mask_uri"], "width": batch["width"],
-            "height": batch["height"], "error": errors, "confusion": confusion}
+    return {
+        "image_uri": batch["image_uri"],
+        "mask_uri": batch["mask_uri"],
+        "width": batch["width"],
+        "height": batch["height"],
+        "error": errors,
+        "confusion": confusion,
+    }
 
 
 def build_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, config: EvaluateConfig):
     """The segment job's own inference stages, then scoring against the true masks."""
-    return segmented_dataset(listing_dataset(pairs, resources.batch_size), model, resources, inference_of(config)).map_batches(
-        score, batch_size=resources.batch_size, num_cpus=resources.cpus_per_task, fn_kwargs={
-            "model": model, "lookup": training_data.parse_mask_map(config.mask_map),
-            "ignore_index": config.ignore_index, "max_pixels": config.max_pixels, "max_bytes": config.max_bytes})
+    return segmented_dataset(
+        listing_dataset(pairs, resources.batch_size), model, resources, inference_of(config)
+    ).map_batches(
+        score,
+        batch_size=resources.batch_size,
+        num_cpus=resources.cpus_per_task,
+        fn_kwargs={
+            "model": model,
+            "lookup": training_data.parse_mask_map(config.mask_map),
+            "ignore_index": config.ignore_index,
+            "max_pixels": config.max_pixels,
+            "max_bytes": config.max_bytes,
+        },
+    )
 
 
 def summarize(confusion: np.ndarray, class_names: tuple[str, ...], ignore_index: int | None) -> dict:
     """Every metric from one confusion matrix; NaN (absent or ignored classes) becomes null."""
+
     def clean(values):
         return {name: None if np.isnan(v) else float(v) for name, v in zip(class_names, values)}
 
     scored = scores(confusion, ignore_index)
-    return {"mean_iou": scored.mean_iou, "pixel_accuracy": scored.pixel_accuracy,
-            "pixel_error": 1.0 - scored.pixel_accuracy, "iou": clean(scored.iou),
-            "dice": clean(scored.dice), "pixels": {n: int(v) for n, v in zip(class_names, confusion.sum(1))},
-            "confusion": confusion.tolist()}
+    return {
+        "mean_iou": scored.mean_iou,
+        "pixel_accuracy": scored.pixel_accuracy,
+        "pixel_error": 1.0 - scored.pixel_accuracy,
+        "iou": clean(scored.iou),
+        "dice": clean(scored.dice),
+        "pixels": {n: int(v) for n, v in zip(class_names, confusion.sum(1))},
+        "confusion": confusion.tolist(),
+    }
 
 
 def per_image_table(rows: dict, classes: int, ignore_index: int | None) -> pa.Table:
@@ -81,14 +108,19 @@ def per_image_table(rows: dict, classes: int, ignore_index: int | None) -> pa.Ta
         scored = scores(matrix, ignore_index) if not error and matrix.sum() > 0 else None
         accuracy.append(scored.pixel_accuracy if scored else None)
         miou.append(scored.mean_iou if scored else None)
-    return pa.table({
-        "image_uri": pa.array(rows["image_uri"], pa.string()), "mask_uri": pa.array(rows["mask_uri"], pa.string()),
-        "width": pa.array(rows["width"], pa.int32()), "height": pa.array(rows["height"], pa.int32()),
-        "status": pa.array(["error" if e else "ok" for e in errors], pa.string()),
-        "error": pa.array([e or None for e in errors], pa.string()),
-        "pixel_accuracy": pa.array(accuracy, pa.float64()), "mean_iou": pa.array(miou, pa.float64()),
-        "confusion": pa.array([list(map(int, c)) for c in rows["confusion"]], pa.list_(pa.int64())),
-    })
+    return pa.table(
+        {
+            "image_uri": pa.array(rows["image_uri"], pa.string()),
+            "mask_uri": pa.array(rows["mask_uri"], pa.string()),
+            "width": pa.array(rows["width"], pa.int32()),
+            "height": pa.array(rows["height"], pa.int32()),
+            "status": pa.array(["error" if e else "ok" for e in errors], pa.string()),
+            "error": pa.array([e or None for e in errors], pa.string()),
+            "pixel_accuracy": pa.array(accuracy, pa.float64()),
+            "mean_iou": pa.array(miou, pa.float64()),
+            "confusion": pa.array([list(map(int, c)) for c in rows["confusion"]], pa.list_(pa.int64())),
+        }
+    )
 
 
 def evaluate(config: EvaluateConfig) -> dict:
@@ -99,8 +131,12 @@ def evaluate(config: EvaluateConfig) -> dict:
     pairs = training_data.pair_by_stem(config.images, config.masks)
     connect_ray(config.address, storage_env, config.verbosity, config.log_level)
     resources = plan_resources(config)
-    await_nodes(replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor), resources.min_actors,
-                config.wait_for_nodes, "model replicas")
+    await_nodes(
+        replica_bundle(resources.cpus_per_actor, resources.gpus_per_actor),
+        resources.min_actors,
+        config.wait_for_nodes,
+        "model replicas",
+    )
     started = time.time()
     rows = build_dataset(pairs, model, resources, config).to_pandas()
     classes = len(model.class_names)
@@ -109,10 +145,15 @@ def evaluate(config: EvaluateConfig) -> dict:
     columns["confusion"] = np.stack(columns["confusion"]) if len(order) else np.zeros((0, classes * classes), np.int64)
     confusion = columns["confusion"].sum(axis=0).reshape(classes, classes)
     errors = int((columns["error"] != "").sum())
-    metrics = {"model": {"uri": model.uri, "name": model.name, "sha256": model.sha256},
-               "images": len(order), "errors": errors, "ignore_index": config.ignore_index,
-               "mask_map": config.mask_map, "wall_seconds": round(time.time() - started, 3),
-               **summarize(confusion, model.class_names, config.ignore_index)}
+    metrics = {
+        "model": {"uri": model.uri, "name": model.name, "sha256": model.sha256},
+        "images": len(order),
+        "errors": errors,
+        "ignore_index": config.ignore_index,
+        "mask_map": config.mask_map,
+        "wall_seconds": round(time.time() - started, 3),
+        **summarize(confusion, model.class_names, config.ignore_index),
+    }
     write_outputs(config.output, metrics, per_image_table(columns, classes, config.ignore_index))
     return metrics
 

@@ -4,6 +4,7 @@ Kept apart from the command line so that workers import only this (Ray Train pic
 by reference to its module) and so that the checkpoint format has one home: `export_artifact` in
 jobs/train.py and a resumed run read what `report` writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,12 +60,15 @@ def train_worker(loop_config: dict) -> None:
     if rank == 0:
         say(f"training in {precision} on {world} workers")
     trainer = DistributedTrainer(
-        strategy, ModelConfig(config.num_classes, config.input_size, config.base_filters, precision,
-                               config.normalization),
+        strategy,
+        ModelConfig(config.num_classes, config.input_size, config.base_filters, precision, config.normalization),
         LossConfig(config.loss, config.class_weights, config.ignore_index),
-        OptimizerConfig(config.optimizer, config.learning_rate, config.schedule,
-                        round(config.warmup_epochs * plan.steps_per_epoch)),
-        config.batch_size, total_steps)
+        OptimizerConfig(
+            config.optimizer, config.learning_rate, config.schedule, round(config.warmup_epochs * plan.steps_per_epoch)
+        ),
+        config.batch_size,
+        total_steps,
+    )
     progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
     train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
     reader = start_reader(world)
@@ -78,24 +82,33 @@ def train_worker(loop_config: dict) -> None:
         validating = time.time()
         confusion = None
         if validates(epoch, every, config.epochs):
-            confusion = validation_confusion(trainer, validation_batches(reader, val_pairs, config, rank, world),
-                                             config)
+            confusion = validation_confusion(
+                trainer, validation_batches(reader, val_pairs, config, rank, world), config
+            )
             confusion = trainer.all_reduce_sum(confusion)
-        timing = {"epoch_seconds": time.time() - started, "validation_seconds": time.time() - validating,
-                  "data_wait_seconds": waited}
+        timing = {
+            "epoch_seconds": time.time() - started,
+            "validation_seconds": time.time() - validating,
+            "data_wait_seconds": waited,
+        }
         if confusion is not None:
             validation_seconds = timing["validation_seconds"]
         if every is None and epoch == warm:  # warm figures (the first epoch starts up), the same on every worker
-            train_seconds, validation_seconds = trainer.all_reduce_sum(
-                np.array([validating - started, validation_seconds])) / world
+            train_seconds, validation_seconds = (
+                trainer.all_reduce_sum(np.array([validating - started, validation_seconds])) / world
+            )
             every = validation_rhythm(train_seconds, validation_seconds)
             if rank == 0:
-                say(f"validation took {validation_seconds:.1f} s against {train_seconds:.1f} s of training in "
-                    f"epoch {epoch}: validating every {every} epochs and the last (--validate-every N sets it)")
+                say(
+                    f"validation took {validation_seconds:.1f} s against {train_seconds:.1f} s of training in "
+                    f"epoch {epoch}: validating every {every} epochs and the last (--validate-every N sets it)"
+                )
         # the confusion is summed over the ranks: every rank reaches the same verdict
         collapse = None if confusion is None else collapsed(confusion, config, epoch, first_loss, loss)
-        metrics = {**epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index),
-                   "collapsed_to": collapsed_class(confusion, config) if collapse else None}
+        metrics = {
+            **epoch_metrics(epoch, loss, confusion, trainer.step, timing, config.ignore_index),
+            "collapsed_to": collapsed_class(confusion, config) if collapse else None,
+        }
         if rank == 0:
             say(format_epoch(metrics, config))
             warning = None if confusion is None else not_learning(confusion, config, epoch)
@@ -137,8 +150,10 @@ def estimate(epoch: int, epochs: int, every: int, train_seconds: float, validati
     validations = sum(validates(e, every, epochs) for e in range(epoch + 1, epochs + 1))
     minutes = math.ceil((left * train_seconds + validations * validation_seconds) / 60)
     validation = f"validation {validation_seconds:.1f} s" if validation_seconds else "validation not yet timed"
-    return (f"an epoch trains in {train_seconds:.1f} s here ({validation}): the {left} left ({validations} "
-            f"validated), about {minutes} min")
+    return (
+        f"an epoch trains in {train_seconds:.1f} s here ({validation}): the {left} left ({validations} "
+        f"validated), about {minutes} min"
+    )
 
 
 def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int, backbone: dict | None) -> dict:
@@ -193,20 +208,30 @@ def start_reader(world: int):
     return ray.remote(BatchReader).options(num_cpus=DATA_CPUS / world, max_concurrency=PREFETCH_BATCHES).remote()
 
 
-def epoch_batches(reader, pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int,
-                  world: int) -> Iterator[dict]:
+def epoch_batches(reader, pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int, world: int) -> Iterator[dict]:
     """This worker's batches of the epoch in `training_data.epoch_order`, decoded and augmented by its
     reader a few batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to
     whichever worker asks first, so no seed could give each epoch its own order, the same on a rerun."""
     order = training_data.epoch_samples(np.array(plan.crops), config.seed, epoch)
     share = training_data.worker_share(order, rank, world, plan.steps_per_epoch * plan.worker_batch)
-    options = {"input_size": config.input_size, "lookup": training_data.parse_mask_map(config.mask_map),
-               "patch_size": config.patch_size, "augment": config.augment, "ignore_index": config.ignore_index,
-               "max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
-    return read_ahead(reader.build.remote(training_data.training_batch,
-                                          pairs.take(share[start:start + plan.worker_batch]).to_pydict(),
-                                          seed=[config.seed, epoch, rank, start], **options)
-                      for start in range(0, len(share), plan.worker_batch))
+    options = {
+        "input_size": config.input_size,
+        "lookup": training_data.parse_mask_map(config.mask_map),
+        "patch_size": config.patch_size,
+        "augment": config.augment,
+        "ignore_index": config.ignore_index,
+        "max_pixels": config.max_pixels,
+        "max_bytes": config.max_bytes,
+    }
+    return read_ahead(
+        reader.build.remote(
+            training_data.training_batch,
+            pairs.take(share[start : start + plan.worker_batch]).to_pydict(),
+            seed=[config.seed, epoch, rank, start],
+            **options,
+        )
+        for start in range(0, len(share), plan.worker_batch)
+    )
 
 
 def validation_batches(reader, pairs, config: TrainConfig, rank: int, world: int) -> Iterator[dict]:
@@ -215,10 +240,15 @@ def validation_batches(reader, pairs, config: TrainConfig, rank: int, world: int
     mine = np.arange(rank, len(pairs), world)
     lookup = training_data.parse_mask_map(config.mask_map)
     limits = {"max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
-    load = (partial(training_data.load_full_pairs, lookup=lookup) if config.patch_size else
-            partial(training_data.load_pairs, input_size=config.input_size, lookup=lookup))
-    return read_ahead(reader.build.remote(load, pairs.take(mine[i:i + VALIDATION_BATCH]).to_pydict(), **limits)
-                      for i in range(0, len(mine), VALIDATION_BATCH))
+    load = (
+        partial(training_data.load_full_pairs, lookup=lookup)
+        if config.patch_size
+        else partial(training_data.load_pairs, input_size=config.input_size, lookup=lookup)
+    )
+    return read_ahead(
+        reader.build.remote(load, pairs.take(mine[i : i + VALIDATION_BATCH]).to_pydict(), **limits)
+        for i in range(0, len(mine), VALIDATION_BATCH)
+    )
 
 
 def read_ahead(requests: Iterator) -> Iterator:
@@ -264,20 +294,27 @@ def validation_confusion(trainer, batches: Iterator[dict], config: TrainConfig) 
     return confusion
 
 
-def epoch_metrics(epoch: int, loss: float, confusion: np.ndarray | None, step: int, timing: dict[str, float],
-                  ignore_index: int | None) -> dict:
+def epoch_metrics(
+    epoch: int, loss: float, confusion: np.ndarray | None, step: int, timing: dict[str, float], ignore_index: int | None
+) -> dict:
     """An epoch's metrics; an epoch not validated scores NaN, which Ray Train ranks below every
     validated checkpoint (it still keeps the latest, which a restart resumes from)."""
     from unet_core.metrics import scores
 
-    common = {"epoch": epoch, "train_loss": loss, "optimizer_step": step, **{k: round(v, 2) for k, v in timing.items()},
-              "validated": confusion is not None}
+    common = {
+        "epoch": epoch,
+        "train_loss": loss,
+        "optimizer_step": step,
+        **{k: round(v, 2) for k, v in timing.items()},
+        "validated": confusion is not None,
+    }
     if confusion is None:
-        return {**common, "val_miou": math.nan, "val_pixel_accuracy": math.nan, "val_iou": None,
-                "val_confusion": None}
+        return {**common, "val_miou": math.nan, "val_pixel_accuracy": math.nan, "val_iou": None, "val_confusion": None}
     scored = scores(confusion, ignore_index)
     return {
-        **common, "val_miou": scored.mean_iou, "val_pixel_accuracy": scored.pixel_accuracy,
+        **common,
+        "val_miou": scored.mean_iou,
+        "val_pixel_accuracy": scored.pixel_accuracy,
         "val_iou": [None if np.isnan(v) else float(v) for v in scored.iou],
         "val_confusion": confusion.astype(np.int64).tolist(),
     }
@@ -297,10 +334,12 @@ def not_learning(confusion: np.ndarray, config: TrainConfig, epoch: int) -> str 
     stuck = [config.class_names[c] for c in unlearnt_classes(np.asarray(confusion))]
     if not stuck:
         return None
-    return (f"warning: {', '.join(stuck)} still at IoU 0 on the validation set at epoch {epoch}/{config.epochs} "
-            "though present in its masks. Usual causes: too few steps (--epochs, --patches-per-image), a "
-            "--mask-map that maps the class away in training, or a class too rare for the loss "
-            "(--class-weights)")
+    return (
+        f"warning: {', '.join(stuck)} still at IoU 0 on the validation set at epoch {epoch}/{config.epochs} "
+        "though present in its masks. Usual causes: too few steps (--epochs, --patches-per-image), a "
+        "--mask-map that maps the class away in training, or a class too rare for the loss "
+        "(--class-weights)"
+    )
 
 
 def collapsed(confusion: np.ndarray, config: TrainConfig, epoch: int, first_loss: float, loss: float) -> str | None:
@@ -311,15 +350,19 @@ def collapsed(confusion: np.ndarray, config: TrainConfig, epoch: int, first_loss
     if epoch < max(2, NOT_LEARNING_SHARE * config.epochs) or only is None:
         return None
     then = "" if config.stop_on_collapse else "; --stop-on-collapse ends such a run with status 5"
-    return (f"warning: training collapsed: no validation pixel of any class but {only} is found at epoch {epoch}/"
-            f"{config.epochs} (train loss {first_loss:.4f} as this attempt began, {loss:.4f} now). {COLLAPSE_CAUSES}"
-            f"{then}")
+    return (
+        f"warning: training collapsed: no validation pixel of any class but {only} is found at epoch {epoch}/"
+        f"{config.epochs} (train loss {first_loss:.4f} as this attempt began, {loss:.4f} now). {COLLAPSE_CAUSES}"
+        f"{then}"
+    )
 
 
-COLLAPSE_CAUSES = ("Likely causes: a model without normalization trained from scratch on sparse foreground, a "
-                   "learning rate too high. Change --normalization group first (docs/training.md measures it), "
-                   "then --learning-rate (lower) or --warmup-epochs, --loss ce+dice, --class-weights, or "
-                   "--patches-per-image")
+COLLAPSE_CAUSES = (
+    "Likely causes: a model without normalization trained from scratch on sparse foreground, a "
+    "learning rate too high. Change --normalization group first (docs/training.md measures it), "
+    "then --learning-rate (lower) or --warmup-epochs, --loss ce+dice, --class-weights, or "
+    "--patches-per-image"
+)
 
 
 def collapsed_class(confusion: np.ndarray, config: TrainConfig) -> str | None:
@@ -331,14 +374,20 @@ def collapsed_class(confusion: np.ndarray, config: TrainConfig) -> str | None:
 
 
 def format_epoch(metrics: dict, config: TrainConfig) -> str:
-    done = (f"epoch {metrics['epoch']}/{config.epochs}: loss {metrics['train_loss']:.4f}, ")
-    timing = (f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.2f} s (validation "
-              f"{metrics['validation_seconds']:.2f} s, steps waiting for data {metrics['data_wait_seconds']:.2f} s)")
+    done = f"epoch {metrics['epoch']}/{config.epochs}: loss {metrics['train_loss']:.4f}, "
+    timing = (
+        f"step {metrics['optimizer_step']}, {metrics['epoch_seconds']:.2f} s (validation "
+        f"{metrics['validation_seconds']:.2f} s, steps waiting for data {metrics['data_wait_seconds']:.2f} s)"
+    )
     if not metrics["validated"]:
         return f"{done}not validated, {timing}"
-    ious = ", ".join(f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in zip(config.class_names, metrics["val_iou"]))
-    return (f"{done}val mIoU {metrics['val_miou']:.4f}, pixel accuracy {metrics['val_pixel_accuracy']:.4f} "
-            f"[{ious}] {timing}")
+    ious = ", ".join(
+        f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in zip(config.class_names, metrics["val_iou"])
+    )
+    return (
+        f"{done}val mIoU {metrics['val_miou']:.4f}, pixel accuracy {metrics['val_pixel_accuracy']:.4f} "
+        f"[{ious}] {timing}"
+    )
 
 
 def report(trainer, metrics: dict, rank: int, plan: Plan) -> None:
