@@ -6,6 +6,7 @@ import io
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,18 @@ def chromium(profile, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
     )
+
+
+def screenshot(report: Path, window: str, tmp_path: Path, tmp_path_factory) -> np.ndarray:
+    """The page as headless Chromium draws it (RGB), its PNG kept among the session's artefacts."""
+    shot = tmp_path / f"{report.stem}.png"
+    done = chromium(tmp_path / "profile-shot", f"--window-size={window}", f"--screenshot={shot}", report.as_uri())
+    assert shot.exists(), done.stderr[-3000:]
+    artefact = tmp_path_factory.getbasetemp() / "artefacts" / f"{report.stem}.png"
+    artefact.parent.mkdir(exist_ok=True)
+    shutil.copy(shot, artefact)
+    print(f"report screenshot: {artefact}")
+    return np.asarray(Image.open(shot).convert("RGB"), np.float32)
 
 
 def test_blend_tints_class_pixels_and_leaves_black_classes_alone():
@@ -99,15 +112,7 @@ def test_a_root_with_no_committed_run_is_refused(tmp_path):
 def test_report_renders_in_headless_chromium(output, tmp_path, tmp_path_factory):
     report = tmp_path / "report.html"
     assert main(["--output", output, "--run", "first", "--html", str(report)]) == 0
-    shot = tmp_path / "report.png"
-    done = chromium(tmp_path / "profile-shot", "--window-size=1200,1400", f"--screenshot={shot}", report.as_uri())
-    assert shot.exists(), done.stderr[-3000:]
-    artefact = tmp_path_factory.getbasetemp() / "artefacts" / "report-first.png"
-    artefact.parent.mkdir(exist_ok=True)
-    shutil.copy(shot, artefact)
-    print(f"report screenshot: {artefact}")
-
-    pixels = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    pixels = screenshot(report, "1200,1400", tmp_path, tmp_path_factory)
     assert pixels.shape[:2] == (1400, 1200)
     assert pixels.std() > 20  # a blank or one-colour page would be close to 0
     gallery_colours = pixels[500:800, :1000].reshape(-1, 3)
@@ -135,14 +140,7 @@ def test_the_review_report_shows_the_review_queue_in_headless_chromium(output, t
     assert main(["--output", output, "--run", "first", "--html", str(report), "--review", "--samples", "4"]) == 0
     text = report.read_text()
     assert "default-src 'none'" in text and not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", text)
-    shot = tmp_path / "review.png"
-    done = chromium(tmp_path / "profile-shot", "--window-size=1200,1000", f"--screenshot={shot}", report.as_uri())
-    assert shot.exists(), done.stderr[-3000:]
-    artefact = tmp_path_factory.getbasetemp() / "artefacts" / "report-review-first.png"
-    artefact.parent.mkdir(exist_ok=True)
-    shutil.copy(shot, artefact)
-    print(f"review report screenshot: {artefact}")
-    pixels = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    pixels = screenshot(report, "1200,1000", tmp_path, tmp_path_factory)
     assert pixels.std() > 20 and len(np.unique(pixels[400:800, :1000].reshape(-1, 3).astype(np.uint8), axis=0)) > 300
 
     dom = chromium(tmp_path / "profile-dom", "--dump-dom", report.as_uri()).stdout
