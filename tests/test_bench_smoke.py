@@ -540,7 +540,19 @@ def test_job_overhead(tmp_path):
 
 def test_init_scale(tmp_path):
     out = run_bench(
-        "init_scale.py", "--base-filters", "2", "--size", "32", "--seeds", "1", tmp_path=tmp_path, timeout=QUICK
+        "init_scale.py",
+        "--base-filters",
+        "2",
+        "--size",
+        "32",
+        "--seeds",
+        "1",
+        "--learn-seeds",
+        "1",
+        "--learn-epochs",
+        "1",
+        tmp_path=tmp_path,
+        timeout=QUICK,
     )
     rows = table(out, ["initialisation", "block 1", "block 2", "block 3", "block 4", "block 5", "block 5 / block 1"])
     assert [row["initialisation"] for row in rows] == [
@@ -550,6 +562,9 @@ def test_init_scale(tmp_path):
         "as built, --normalization group",
     ]
     numbers(rows, "block 1", "block 5", "block 5 / block 1")
+    learnt = table(out, ["initialisation", "seed 0", "learnt"])
+    assert [row["initialisation"] for row in learnt] == [row["initialisation"] for row in rows]
+    numbers(learnt, "seed 0")
 
 
 def test_train_robustness(tmp_path):
