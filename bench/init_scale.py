@@ -20,6 +20,7 @@ learnt anything (IoU above 0).
 from __future__ import annotations
 
 import argparse
+import zlib
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def he_encoder(model, seed: int) -> None:
     for layer in model.layers:
         if layer.name.startswith("block") and "_conv" in layer.name and not layer.name.endswith(("_norm", "_relu")):
             kernel, bias = layer.get_weights()
-            draw = keras.initializers.HeNormal(seed=seed + hash(layer.name) % 1000)
+            draw = keras.initializers.HeNormal(seed=seed + zlib.crc32(layer.name.encode()) % 1000)
             layer.set_weights([np.asarray(draw(kernel.shape)), np.zeros_like(bias)])
 
 
