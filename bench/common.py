@@ -69,7 +69,7 @@ def run_segment(*args: str) -> tuple[float, dict]:
 
 def run_record(output: str) -> dict:
     """The latest committed run's row of the `runs` table under `output`."""
-    from jobs.output.readers import connect, run_record as latest_run
+    from jobs.output.readers import connect, read_run_record as latest_run
 
     record = latest_run(connect(output), None)
     if record is None:

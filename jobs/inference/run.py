@@ -75,7 +75,7 @@ def segment(config: SegmentConfig) -> dict:
         started = time.time()
         with Progress(run_id, plan.planned, resumed, config.progress_every, lease.report_progress) as progress:
             parts = kept + (_process(todo, model, config, run_id, storage_env, progress) if todo.rows else [])
-        record = run_record(config, model, plan, parts, resumed, started, progress)
+        record = make_run_record(config, model, plan, parts, resumed, started, progress)
         if record["processed"] != plan.planned:
             raise RuntimeError(
                 f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; not committing"
@@ -157,7 +157,7 @@ def result_settings(config: SegmentConfig) -> dict[str, str | float | int | None
     }
 
 
-def run_record(
+def make_run_record(
     config: SegmentConfig,
     model: ModelInfo,
     plan: Plan,

@@ -74,7 +74,7 @@ def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -
     )
 
 
-def run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> dict | None:
+def read_run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> dict | None:
     """A committed run's row of `runs` (the latest run when none is named), or None."""
     where, params = ("WHERE run_id = $run", {"run": run_id}) if run_id else ("", {})
     rows = con.sql(f"SELECT * FROM runs {where} ORDER BY committed_at DESC LIMIT 1", params=params).to_arrow_table()

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from jobs.common.errors import UserError
-from jobs.output.readers import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, run_record, select_scope
+from jobs.output.readers import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, read_run_record, select_scope
 from jobs.results.quality import SCORE_SQL
 from jobs.storage.files import filesystem, read_bytes, storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
@@ -59,7 +59,7 @@ def build_report(config: ReportConfig) -> str:
     with storage_errors(config.output):
         con = connect(config.output)
         check_run(con, config.run, config.output)
-        record = run_record(con, config.run)
+        record = read_run_record(con, config.run)
         if record is None:
             raise UserError(f"{config.output}: no committed runs to report")
         select_scope(con, record["run_id"])

@@ -1,4 +1,4 @@
-"""What a training run is asked to do (TrainConfig) and what its workers agree on (Plan)."""
+"""What a training run is asked to do (TrainConfig) and what its workers agree on (TrainingPlan)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Plan:
+class TrainingPlan:
     """What every worker must agree on before the first step."""
 
     steps_per_epoch: int

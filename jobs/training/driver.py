@@ -15,7 +15,7 @@ from jobs.common.errors import UserError
 from jobs.inference.pipeline import slices
 from jobs.storage.settings import StorageOptions, arrow_filesystem, configure_storage
 from jobs.training import data as training_data
-from jobs.training.config import Plan, TrainConfig
+from jobs.training.config import TrainingPlan, TrainConfig
 from jobs.training.loop import DATA_CPUS, STATE_FILE, train_worker
 
 
@@ -51,7 +51,7 @@ def load_splits(config: TrainConfig) -> tuple:
     return training_data.split_validation(pairs, config.val_fraction, config.seed)
 
 
-def plan_run(config: TrainConfig, train_pairs, val_pairs, pixels) -> tuple[Plan, float]:
+def plan_run(config: TrainConfig, train_pairs, val_pairs, pixels) -> tuple[TrainingPlan, float]:
     """Samples per pair and steps per epoch (equal on every worker: the collectives need it), and CPUs
     per worker. `pixels`: each training image's area, from its header."""
     import ray
@@ -65,7 +65,7 @@ def plan_run(config: TrainConfig, train_pairs, val_pairs, pixels) -> tuple[Plan,
     cpus = config.cpus_per_worker or (
         1.0 if config.use_gpu else max(0.25, min(largest_node_cpus(), (total_cpus - DATA_CPUS) / config.workers))
     )
-    plan = Plan(
+    plan = TrainingPlan(
         steps,
         worker_batch,
         max(1, round(cpus)),
@@ -85,7 +85,7 @@ def epoch_crops(config: TrainConfig, pixels) -> np.ndarray:
     return training_data.crops_per_image(pixels, config.patch_size)
 
 
-def describe_epoch(config: TrainConfig, plan: Plan) -> str:
+def describe_epoch(config: TrainConfig, plan: TrainingPlan) -> str:
     """What one epoch is, in the run's first line: a new data set's user must see whether an epoch
     covers their data."""
     crops, total = np.array(plan.crops), sum(plan.crops)
@@ -184,7 +184,7 @@ def checkpoint_storage(uri: str | None) -> dict:
     return {"storage_path": path, "storage_filesystem": filesystem}
 
 
-def export_artifact(result, config: TrainConfig, plan: Plan) -> dict:
+def export_artifact(result, config: TrainConfig, plan: TrainingPlan) -> dict:
     """Write the chosen epoch's weights as an artifact, with the training provenance."""
     from unet_core import build_unet, save_artifact
     from unet_core.training import weights_from_state

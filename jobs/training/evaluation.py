@@ -64,7 +64,7 @@ def score(
     }
 
 
-def build_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, config: EvaluateConfig):
+def evaluation_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, config: EvaluateConfig):
     """The segment job's own inference stages, then scoring against the true masks."""
     return segmented_dataset(
         listing_dataset(pairs, resources.batch_size), model, resources, inference_of(config)
@@ -138,7 +138,7 @@ def evaluate(config: EvaluateConfig) -> dict:
         "model replicas",
     )
     started = time.time()
-    rows = build_dataset(pairs, model, resources, config).to_pandas()
+    rows = evaluation_dataset(pairs, model, resources, config).to_pandas()
     classes = len(model.class_names)
     order = rows["image_uri"].argsort().to_numpy()
     columns = {name: rows[name].to_numpy()[order] for name in rows.columns}

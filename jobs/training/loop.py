@@ -24,7 +24,7 @@ from jobs.common.private_apis import quiet_ray_train_reports
 from jobs.training import data as training_data
 
 if TYPE_CHECKING:
-    from jobs.training.config import Plan, TrainConfig
+    from jobs.training.config import TrainingPlan, TrainConfig
 
 STATE_FILE = "state.npz"
 PROGRESS_FILE = "progress.json"
@@ -47,7 +47,7 @@ def train_worker(loop_config: dict) -> None:
     from unet_core.training import DistributedTrainer, LossConfig, ModelConfig, OptimizerConfig
 
     config: TrainConfig = loop_config["config"]
-    plan: Plan = loop_config["plan"]
+    plan: TrainingPlan = loop_config["plan"]
     configure_tensorflow(plan.threads)
     tf.get_logger().setLevel("ERROR")  # the strategy logs every collective it builds; keep the epoch lines readable
     quiet_ray_train_reports()
@@ -156,7 +156,7 @@ def estimate(epoch: int, epochs: int, every: int, train_seconds: float, validati
     )
 
 
-def restore_or_start(trainer, config: TrainConfig, plan: Plan, rank: int, backbone: dict | None) -> dict:
+def restore_or_start(trainer, config: TrainConfig, plan: TrainingPlan, rank: int, backbone: dict | None) -> dict:
     """Load the latest checkpoint when this run name has one; otherwise start at epoch 0, from the
     backbone's encoder weights where given."""
     import ray.train
@@ -208,7 +208,9 @@ def start_reader(world: int):
     return ray.remote(BatchReader).options(num_cpus=DATA_CPUS / world, max_concurrency=PREFETCH_BATCHES).remote()
 
 
-def epoch_batches(reader, pairs, plan: Plan, config: TrainConfig, epoch: int, rank: int, world: int) -> Iterator[dict]:
+def epoch_batches(
+    reader, pairs, plan: TrainingPlan, config: TrainConfig, epoch: int, rank: int, world: int
+) -> Iterator[dict]:
     """This worker's batches of the epoch in `training_data.epoch_order`, decoded and augmented by its
     reader a few batches ahead. Not Ray Data's split: it streams the pairs in one order every epoch, to
     whichever worker asks first, so no seed could give each epoch its own order, the same on a rerun."""
@@ -390,7 +392,7 @@ def format_epoch(metrics: dict, config: TrainConfig) -> str:
     )
 
 
-def report(trainer, metrics: dict, rank: int, plan: Plan) -> None:
+def report(trainer, metrics: dict, rank: int, plan: TrainingPlan) -> None:
     """Every rank reports; rank 0's checkpoint holds the state, every rank adds its weights' digest
     (Ray merges the ranks' files into one checkpoint folder), which proves the replicas agree."""
     import ray.train
