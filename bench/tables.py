@@ -25,8 +25,7 @@ import pyarrow.dataset as pads
 from common import print_table  # noqa: F401  (puts the project on the path)
 from jobs.output import tables
 from jobs.output.maintenance import maintain, MaintainConfig
-from jobs.query import parse_args
-from jobs.results.query import run_query
+from jobs.results.query import QueryConfig, run_query
 from jobs.output.readers import SUMMARY_SQL
 from synthetic import run_record, write_part
 
@@ -101,7 +100,7 @@ def bench_summary(runs: int, per_run: int) -> list[list]:
             first = index * per_run * 4 // 5
             for root, commit in ((delta_root, delta_commit), (earlier_root, earlier_commit)):
                 commit(root, f"run{index:03d}", [write_part(root, f"run{index:03d}", first, per_run)])
-        args = parse_args(["--output", delta_root, "summary"])
+        args = QueryConfig(delta_root, "summary")
         delta = timed(lambda: run_query(args))
         earlier = timed(lambda: earlier_summary(earlier_root))
         same = run_query(args).to_pylist() == earlier_summary(earlier_root).to_pylist()

@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.cli.flags import add_storage_flags, add_version_flag
+from jobs.cli.flags import add_storage_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
 from jobs.cli.types import fraction, positive_float, positive_int
 from jobs.common.errors import UserError
-from jobs.results.query import FORMATS, drift_lines, run_drift, run_query, run_review, write_result
+from jobs.results.query import FORMATS, QueryConfig, drift_lines, run_drift, run_query, run_review, write_result
 from jobs.storage.files import storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> QueryConfig:
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--output", metavar="URI", help="output root of the segment job (required)")
     common.add_argument(
@@ -108,9 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if "output" not in args:
         parser.error("the following arguments are required: --output")
-    args.format, args.to = getattr(args, "format", "table"), getattr(args, "to", None)
-    args.s3_endpoint_url, args.anonymous = getattr(args, "s3_endpoint_url", None), getattr(args, "anonymous", False)
-    return args
+    return config_from(QueryConfig, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import decimal
 import json
 import math
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import duckdb
@@ -24,6 +24,26 @@ from jobs.results.quality import Drift, drift, review
 FORMATS = ("table", "csv", "json", "parquet")
 
 
+@dataclass(frozen=True)
+class QueryConfig:
+    """One query: the subcommand and what it reads; a library caller builds it, the command parses it."""
+
+    output: str
+    command: str
+    format: str = "table"
+    to: str | None = None
+    run: str | None = None
+    class_name: str | None = None
+    min_fraction: float = 0.0
+    limit: int = 100
+    query: str | None = None
+    baseline_runs: int = 7
+    max_shift: float = 0.05
+    max_psi: float = 0.25
+    s3_endpoint_url: str | None = None
+    anonymous: bool = False
+
+
 RUNS_SQL = """
 SELECT run_id, committed_at, inputs, skipped, ok, errors, model_name, {sha} AS model_sha256,
        wall_seconds, images_per_second, bound_by, cpus_per_replica
@@ -38,7 +58,7 @@ ORDER BY fraction DESC, image_uri LIMIT $limit"""
 """By name: each run's class_stats rows carry its own model's class names, whatever ids it gave them."""
 
 
-def run_query(args: argparse.Namespace) -> pa.Table:
+def run_query(args: QueryConfig) -> pa.Table:
     """The subcommand's result as an Arrow table."""
     if args.command == "live":
         return live_runs(args.output)
@@ -66,7 +86,7 @@ def run_query(args: argparse.Namespace) -> pa.Table:
     return con.sql(FIND_SQL, params=params).to_arrow_table()
 
 
-def run_review(args: argparse.Namespace) -> tuple[pa.Table, int]:
+def run_review(args: QueryConfig) -> tuple[pa.Table, int]:
     """The scope's images, least trustworthy first, and how many carry no signals to rank by."""
     con = connect(args.output)
     check_run(con, args.run, args.output)
@@ -76,7 +96,7 @@ def run_review(args: argparse.Namespace) -> tuple[pa.Table, int]:
     return review(con, args.class_name, args.limit)
 
 
-def run_drift(args: argparse.Namespace) -> Drift:
+def run_drift(args: QueryConfig) -> Drift:
     con = connect(args.output)
     check_run(con, args.run, args.output)
     return drift(con, args.run, args.baseline_runs, args.max_shift, args.max_psi)
