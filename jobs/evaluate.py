@@ -16,7 +16,7 @@ import argparse
 from jobs.cli.flags import add_replica_flags, add_version_flag, config_from
 from jobs.cli.main import run_main
 from jobs.cli.types import mask_map
-from jobs.inference.config import EvaluateConfig
+from jobs.training.config import EvaluateConfig
 from jobs.storage.files import join
 from jobs.training.evaluation import METRICS_FILE, PER_IMAGE_FILE, evaluate
 

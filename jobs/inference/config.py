@@ -1,7 +1,8 @@
-"""What a segmentation or evaluation run is asked to do, as typed configs.
+"""What a segmentation run is asked to do, as typed configs.
 
-Both jobs run the model the same way (`ReplicaConfig`, one set of flags in `jobs.cli.flags`): a
-score is only worth what the masks it scores are, so evaluate runs exactly what segment runs.
+Segment and evaluate run the model the same way (`ReplicaConfig`, one set of flags in
+`jobs.cli.flags`): a score is only worth what the masks it scores are, so evaluate
+(`jobs.training.config.EvaluateConfig`) runs exactly what segment runs.
 """
 
 from __future__ import annotations
@@ -47,12 +48,3 @@ class SegmentConfig(ReplicaConfig):
     incremental: bool = False
     retry_errors: bool = False
     max_error_rate: float = 1.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvaluateConfig(ReplicaConfig):
-    images: str
-    masks: str
-    output: str
-    mask_map: str | None = None
-    ignore_index: int | None = None

@@ -1,9 +1,11 @@
-"""What a training run is asked to do (TrainConfig) and what its workers agree on (TrainingPlan)."""
+"""What a training run is asked to do (TrainConfig), what its workers agree on (TrainingPlan), and what
+an evaluation is asked to do (EvaluateConfig: the segment job's replicas, scored against masks)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.inference.config import ReplicaConfig
 from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core.image import DEFAULT_MAX_PIXELS
 
@@ -70,3 +72,12 @@ class TrainingPlan:
     val_pairs: int
     crops: tuple[int, ...] = ()
     """Samples of each training pair per epoch (crops with patch_size, else 1)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(ReplicaConfig):
+    images: str
+    masks: str
+    output: str
+    mask_map: str | None = None
+    ignore_index: int | None = None

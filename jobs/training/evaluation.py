@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from jobs.cluster.capacity import Resources, await_nodes, plan_resources, replica_bundle
 from jobs.cluster.connect import connect_ray
-from jobs.inference.config import EvaluateConfig
+from jobs.training.config import EvaluateConfig
 from jobs.inference.model import ModelInfo, model_info
 from jobs.inference.pipeline import inference_of, listing_dataset, segmented_dataset, with_model_mode
 from jobs.inference.stages import letterbox_of
