@@ -4,7 +4,8 @@
 
 The job reads JPEGs from disk, decodes, letterboxes, predicts, maps masks back, encodes PNGs,
 counts classes and writes Parquet; the bare model only runs the forward pass on the same images,
-already decoded and letterboxed in memory, with the same batch size and precision. The job runs
+already decoded and letterboxed in memory, with the same batch size and precision, as the replica
+runs it (with the per-image quality signals) and, timed in turn with it, without the signals. The job runs
 on N and 2N images: the difference is its steady-state cost of N images, free of the fixed start-up
 (Ray, replica start, tracing) that a million-image run pays once.
 """
@@ -20,8 +21,12 @@ from common import median_time, print_table, run_segment, seed_artifact, write_i
 import numpy as np  # noqa: E402
 
 
-def bare_model_seconds(artifact: str, folder: Path, precision: str, batch: int, repeats: int) -> float:
-    """Seconds for the forward passes alone over every image of the folder."""
+def bare_model_seconds(artifact: str, folder: Path, precision: str, batch: int, repeats: int) -> tuple[float, float]:
+    """Seconds for the forward passes alone over every image of the folder, as the replica runs them
+    (masks, confidences and the quality signals) and without the signals (masks and confidences
+    only, the graph before them), timed in turn `repeats` times; the medians."""
+    import tensorflow as tf
+
     from unet_core import decode_image, letterbox, load_artifact
     from unet_core.predict import Predictor
 
@@ -29,8 +34,22 @@ def bare_model_seconds(artifact: str, folder: Path, precision: str, batch: int, 
     images = np.stack(
         [letterbox(decode_image(p.read_bytes()), predictor.input_size)[0] for p in sorted(folder.glob("*.jpg"))]
     )
+
+    @tf.function(input_signature=[tf.TensorSpec([batch, *images.shape[1:]], tf.uint8)])
+    def without_signals(chunk):
+        probabilities, _ = predictor._passes(chunk)  # the replica's own passes, less the signals' reductions
+        return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.reduce_max(probabilities, axis=-1)
+
     predictor.predict(images[:batch])
-    return median_time(lambda: predictor.predict(images), repeats)
+    predictor._batched(without_signals, images[:batch])
+    timed = [
+        (
+            median_time(lambda: predictor.predict(images), 1),
+            median_time(lambda: predictor._batched(without_signals, images), 1),
+        )
+        for _ in range(repeats)
+    ]
+    return float(np.median([t[0] for t in timed])), float(np.median([t[1] for t in timed]))
 
 
 def main() -> None:
@@ -57,12 +76,19 @@ def main() -> None:
         "--gpus-per-actor",
         str(args.gpus_per_actor),
     ]
-    bare = bare_model_seconds(artifact, small, args.precision, args.batch_size, args.repeats)
+    bare, unsignalled = bare_model_seconds(artifact, small, args.precision, args.batch_size, args.repeats)
     wall_n, manifest_n = run_segment("--input", str(small), "--output", str(work / "out-n"), *flags)
     wall_2n, _ = run_segment("--input", str(large), "--output", str(work / "out-2n"), *flags)
     steady = wall_2n - wall_n
     rows = [
         ["bare model forward", args.count, bare, args.count / bare, 1.0],
+        [
+            "bare model forward, without the quality signals",
+            args.count,
+            unsignalled,
+            args.count / unsignalled,
+            bare / unsignalled,
+        ],
         ["job, end to end (N)", args.count, wall_n, args.count / wall_n, bare / wall_n],
         ["job, steady state (2N - N)", args.count, steady, args.count / steady, bare / steady],
     ]
@@ -72,6 +98,10 @@ def main() -> None:
         "images 640x480 JPEG"
     )
     print_table(["what", "images", "seconds", "images/s", "efficiency"], rows)
+    print(
+        f"the quality signals add {100 * (bare / unsignalled - 1):+.1f}% to the bare model's time "
+        f"(median of {args.repeats} turns each)"
+    )
 
 
 if __name__ == "__main__":

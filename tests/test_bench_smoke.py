@@ -299,10 +299,12 @@ def test_pipeline_vs_model(tmp_path):
     rows = table(out, ["what", "images", "seconds", "images/s", "efficiency"])
     assert [(r["what"], r["images"]) for r in rows] == [
         ("bare model forward", "2"),
+        ("bare model forward, without the quality signals", "2"),
         ("job, end to end (N)", "2"),
         ("job, steady state (2N - N)", "2"),
     ]
     numbers(rows, "seconds", "images/s", "efficiency")
+    assert re.search(r"the quality signals add [+-][\d.]+% to the bare model's time \(median of 1 turns each\)", out)
 
 
 def test_memory(tmp_path):
