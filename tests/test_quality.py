@@ -43,7 +43,9 @@ def test_the_graph_computes_the_numpy_signals_inside_each_box():
     probabilities = np.stack([np.tile(hand_made(), (2, 3, 1)), np.tile(hand_made()[::-1], (2, 3, 1))])  # (2, 8, 12, 3)
     boxes = np.array([[0, 0, 8, 12], [2, 4, 4, 4]], np.int32)
     disagreement = np.random.default_rng(0).random(probabilities.shape[:3]) < 0.3
-    graph = batch_signals(tf.constant(probabilities), tf.constant(disagreement), tf.constant(boxes)).numpy()
+    graph = batch_signals(
+        tf.constant(probabilities), tf.constant(probabilities.max(-1)), tf.constant(disagreement), tf.constant(boxes)
+    ).numpy()
     for image, (top, left, height, width) in enumerate(boxes):
         region = probabilities[image, top : top + height, left : left + width]
         expected = quality_signals(

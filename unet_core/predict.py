@@ -69,8 +69,9 @@ class Predictor:
 
     def _masks_graph(self, images: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         probabilities, disagreement = self._passes(images)
-        signals = batch_signals(probabilities, disagreement, boxes)
-        return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.reduce_max(probabilities, axis=-1), signals
+        confidence = tf.reduce_max(probabilities, axis=-1)
+        signals = batch_signals(probabilities, confidence, disagreement, boxes)
+        return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), confidence, signals
 
     def predict(self, images: np.ndarray, boxes: np.ndarray | None = None) -> Prediction:
         """Masks, confidences and signals of uint8 images of the model's input size; each image's
@@ -109,20 +110,20 @@ def _inside(boxes: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     return tf.cast(inside, tf.float32)
 
 
-def batch_signals(probabilities: tf.Tensor, disagreement: tf.Tensor | None, boxes: tf.Tensor) -> tf.Tensor:
-    """`unet_core.quality.quality_signals` of a batch of probability maps (N, H, W, C), each inside
-    its box, on the device that made them: (N, len(SIGNALS)) float64, and only these cross to the CPU."""
+def batch_signals(
+    probabilities: tf.Tensor, confidence: tf.Tensor, disagreement: tf.Tensor | None, boxes: tf.Tensor
+) -> tf.Tensor:
+    """`unet_core.quality.quality_signals` of a batch of probability maps (N, H, W, C) and their
+    maxima (the confidence the masks come with), each inside its box, on the device that made them:
+    (N, len(SIGNALS)) float64, and only these cross to the CPU."""
     inside = _inside(boxes, tf.shape(probabilities)[1:3])
-    confidence = tf.reduce_max(probabilities, axis=-1)
     count = tf.reduce_sum(inside, axis=[1, 2])
 
     def mean(values: tf.Tensor) -> tf.Tensor:
         return tf.reduce_sum(tf.cast(values, tf.float32) * inside, axis=[1, 2]) / tf.maximum(count, 1.0)
 
     classes = tf.cast(tf.shape(probabilities)[-1], tf.float32)
-    entropy = -tf.reduce_sum(probabilities * tf.math.log(tf.maximum(probabilities, 1e-12)), axis=-1) / tf.math.log(
-        classes
-    )
+    entropy = -tf.reduce_sum(tf.math.xlogy(probabilities, probabilities), axis=-1) / tf.math.log(classes)
     flips = tf.fill(tf.shape(count), float("nan")) if disagreement is None else mean(disagreement)
     signals = [
         mean(confidence),
@@ -138,8 +139,11 @@ def _low_percentile(confidence: tf.Tensor, inside: tf.Tensor, count: tf.Tensor) 
     """Per image, the lower edge of the confidence bin where the pixels inside reach PERCENTILE."""
     images = tf.shape(confidence)[0]
     bins = tf.clip_by_value(tf.cast(tf.floor(confidence * BINS), tf.int32), 0, BINS - 1)
-    segments = bins + tf.range(images)[:, None, None] * BINS
-    histogram = tf.reshape(tf.math.unsorted_segment_sum(inside, segments, images * BINS), [images, BINS])
+    slots = tf.reshape(bins + tf.range(images)[:, None, None] * BINS, [-1])  # one run of BINS per image
+    counted = tf.math.bincount(
+        slots, weights=tf.reshape(inside, [-1]), minlength=images * BINS, maxlength=images * BINS
+    )
+    histogram = tf.reshape(counted, [images, BINS])
     reached = tf.cumsum(histogram, axis=1) >= PERCENTILE * count[:, None]
     return tf.cast(tf.argmax(tf.cast(reached, tf.int32), axis=1), tf.float32) / BINS
 
