@@ -38,7 +38,7 @@ def main() -> None:
     boxed = [letterbox(image, size) for image in images]
     masks = {}
     for precision in ("float32", "bfloat16"):
-        predicted, _ = Predictor(artifact, args.batch, precision).predict(np.stack([b for b, _ in boxed]))
+        predicted = Predictor(artifact, args.batch, precision).predict(np.stack([b for b, _ in boxed])).masks
         masks[precision] = [unletterbox(m, box) for m, (_, box) in zip(predicted, boxed)]
     agree = sum(int((a == b).sum()) for a, b in zip(masks["float32"], masks["bfloat16"]))
     total = sum(m.size for m in masks["float32"])
