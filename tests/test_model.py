@@ -58,6 +58,8 @@ def test_normalization_sits_between_each_3x3_convolution_and_its_relu(normalizat
     for name in convolutions:
         assert model.get_layer(name).activation.__name__ == "linear"
         assert model.get_layer(f"{name}_relu").input is model.get_layer(f"{name}_norm").output
+        if normalization == "batch":  # replicas all-reduce their batch statistics, so their weights stay equal
+            assert model.get_layer(f"{name}_norm").synchronized
     out = model(np.random.default_rng(0).random((2, 32, 48, 3), dtype=np.float32), training=True).numpy()
     np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="normalization must be one of none, batch, group"):

@@ -98,28 +98,3 @@ def test_mixed_precision_step_keeps_float32_master_weights(precision):
     assert trainer.step == 3
     assert all(w.dtype == np.float32 for w in trainer.model.get_weights())
     assert any(not np.array_equal(a, b) for a, b in zip(before, trainer.model.get_weights()))
-
-
-def test_a_batch_normalized_model_trains_its_weights_and_moves_its_statistics():
-    """--normalization batch adds moving statistics, weights that no gradient trains: one step moves
-    every weight, those too (a checkpoint's state() holds them with the rest)."""
-    from unet_core.training import DistributedTrainer, LossConfig, ModelConfig, OptimizerConfig
-
-    trainer = DistributedTrainer(
-        tf.distribute.get_strategy(),
-        ModelConfig(3, 32, 4, "float32", "batch"),
-        LossConfig(),
-        OptimizerConfig(),
-        global_batch=4,
-        total_steps=3,
-    )
-    rng = np.random.default_rng(0)
-    before = trainer.model.get_weights()
-    assert np.isfinite(
-        trainer.train_step(
-            rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 3, (4, 32, 32), dtype=np.uint8)
-        )
-    )
-    assert len(trainer.model.non_trainable_weights) == 2 * 21  # moving mean and variance per 3x3 convolution
-    assert all(not np.array_equal(a, b) for a, b in zip(before, trainer.model.get_weights()))
-    assert len(trainer.state()) == len(before) + len(trainer.optimizer.variables)
