@@ -97,12 +97,12 @@ def drift(
     con.execute(
         "CREATE OR REPLACE TEMP TABLE compared AS SELECT unnest($runs) AS run_id", {"runs": [run_id, *baseline]}
     )
+    con.execute(COMPARED_SIGNALS_SQL)
     rows = _class_rows(con, run_id, max_shift) + _signal_rows(con, run_id, max_psi)
     unsignalled = [
         row[0]
         for row in con.execute(
-            "SELECT run_id FROM images SEMI JOIN compared USING (run_id) WHERE status = 'ok' "
-            "GROUP BY run_id HAVING count(confidence_mean) = 0 ORDER BY run_id"
+            "SELECT run_id FROM compared_signals GROUP BY run_id HAVING count(confidence_mean) = 0 ORDER BY run_id"
         ).fetchall()
     ]
     return Drift(run_id, pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA), baseline, unsignalled)
@@ -158,8 +158,13 @@ def _class_rows(con: duckdb.DuckDBPyConnection, run_id: str, max_shift: float) -
     return rows
 
 
+COMPARED_SIGNALS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE compared_signals AS
+SELECT run_id, {", ".join(SIGNALS)} FROM images SEMI JOIN compared USING (run_id) WHERE status = 'ok'"""
+"""The compared runs' signals, read from the store once for every measure that needs them."""
+
 BASELINE_DECILES_SQL = """
-SELECT quantile_cont({signal}, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]) FROM images SEMI JOIN compared USING (run_id)
+SELECT quantile_cont({signal}, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]) FROM compared_signals
 WHERE run_id != $run AND {signal} IS NOT NULL"""
 """The PSI's bin edges: the baseline's deciles, so each bin holds a tenth of the nights before (signals
 crowd near 0 or 1, where equal-width bins would put nearly every image in one); equal deciles merge."""
@@ -167,7 +172,7 @@ crowd near 0 or 1, where equal-width bins would put nearly every image in one); 
 SIGNAL_BINS_SQL = """
 SELECT run_id = $run AS tonight, len(list_filter($edges, lambda edge: edge < {signal})) AS bin, count(*) AS images,
        sum({signal}) AS total
-FROM images SEMI JOIN compared USING (run_id) WHERE {signal} IS NOT NULL GROUP BY ALL"""
+FROM compared_signals WHERE {signal} IS NOT NULL GROUP BY ALL"""
 """Per side, how many images fall in each bin between the edges (a value on an edge goes below it)."""
 
 
