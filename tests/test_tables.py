@@ -412,7 +412,7 @@ def test_s3_root_with_runs_takes_concurrent_runs_and_hides_strays(s3_server, s3_
 
 def test_s3_run_killed_halfway_resumes_with_the_same_run_id(s3_server, s3_bucket, slow_artifact, tmp_path):
     fs = s3_server.filesystem()
-    for path in make_images(tmp_path / "photos", 16):
+    for path in make_images(tmp_path / "photos", 32):
         fs.put_file(path, f"{s3_bucket}/resume/{os.path.basename(path)}")
     output, env = f"s3://{s3_bucket}/resumed", s3_server.env()
     args = [
@@ -437,22 +437,23 @@ def test_s3_run_killed_halfway_resumes_with_the_same_run_id(s3_server, s3_bucket
     def written() -> list[str]:
         return [p for p in fs.find(folder) if p.endswith(".parquet")] if fs.exists(folder) else []
 
-    wait_for(lambda: len(written()) >= 4, proc, "half of the 8 parts", poll=0.2)
+    # 16 parts, killed after the first 4: parts land several at a time, so the margin keeps the kill mid-run
+    wait_for(lambda: len(written()) >= 4, proc, "a quarter of the 16 parts", poll=0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     kept = written()
-    assert 4 <= len(kept) < 8
+    assert 4 <= len(kept) < 16
     # the lease's expiry by the store's clock is tested in test_leases; here the dead attempt's lease goes as
     # its expiry would take it
     fs.rm(f"{s3_bucket}/resumed/_leases/night.json")
     again = run_job("segment.py", *args, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     # a write in flight at the kill may still land: the attempt counts what it finds when it starts
-    found = re.search(r"resuming: (\d+) parts of an earlier attempt hold (\d+) of the 16 planned images", again.stdout)
+    found = re.search(r"resuming: (\d+) parts of an earlier attempt hold (\d+) of the 32 planned images", again.stdout)
     assert found and int(found[1]) >= len(kept) and int(found[2]) == 2 * int(found[1]), again.stdout[-3000:]
     options = s3_options(env)
     counts = delta_sql(output, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM images", options)
-    assert counts.to_pylist() == [{"n": 16, "d": 16}]
+    assert counts.to_pylist() == [{"n": 32, "d": 32}]
     assert delta_sql(output, "SELECT resumed FROM runs", options).to_pylist() == [{"resumed": int(found[2])}]
     committed = {uri.rsplit("/", 1)[-1] for uri in delta_table(output, "images", options).file_uris()}
     assert {path.rsplit("/", 1)[-1] for path in kept} <= committed
