@@ -13,6 +13,19 @@ from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core.image import DEFAULT_MAX_PIXELS
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How each image is fed to the model: what travels from the flags to every replica."""
+
+    precision: str = "auto"
+    tile_overlap: float | None = None
+    """None: letterbox the whole image into one model input; else sliding-window tiles at full size."""
+    tta: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    allow_unsafe: bool = False
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReplicaConfig:
     """The model, how its replicas are laid out, and how images meet it."""
@@ -35,6 +48,17 @@ class ReplicaConfig:
     log_level: str | None = None
     s3_endpoint_url: str | None = None
     anonymous: bool = False
+
+    def inference(self) -> Inference:
+        """The one reading of the replica flags, so both jobs hand the replicas the same options."""
+        return Inference(
+            precision=self.precision,
+            tile_overlap=self.tile_overlap if self.mode == "tile" else None,
+            tta=self.tta == "flip",
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_bytes,
+            allow_unsafe=self.unsafe_allow_code,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,38 +12,21 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TypeVar
 
 import pyarrow as pa
 
 from jobs.cluster.capacity import ACTOR_RESTARTS, Resources
-from jobs.inference.config import ReplicaConfig
+from jobs.inference.config import Inference, ReplicaConfig
 from jobs.inference.model import ModelInfo
 from jobs.inference.stages import Segmenter, finalize, prepare, write_parts
 from jobs.output.plans import MAX_BLOCKS, Todo, blocks, read_blocks
-from jobs.storage.files import DEFAULT_MAX_BYTES
-from unet_core import (
-    DEFAULT_MAX_PIXELS,
-)
 
 MODES = ("letterbox", "tile")
 """How images meet the model: scaled whole into one input, or in full-resolution tiles."""
 MASK_RESOLUTIONS = ("native", "model")
 """The size of the stored mask: its image's, or the model's (the part of the input the image filled)."""
-
-
-@dataclass(frozen=True)
-class Inference:
-    """How each image is fed to the model."""
-
-    precision: str = "auto"
-    tile_overlap: float | None = None
-    """None: letterbox the whole image into one model input; else sliding-window tiles at full size."""
-    tta: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
-    allow_unsafe: bool = False
 
 
 Config = TypeVar("Config", bound=ReplicaConfig)
@@ -53,18 +36,6 @@ def with_model_mode(config: Config, model: ModelInfo) -> Config:
     """The job's config with `--mode` defaulted to the model's training mode, so that its run record
     says which mode ran."""
     return replace(config, mode=config.mode or model.mode)
-
-
-def inference_of(config: ReplicaConfig) -> Inference:
-    """The one reading of the replica flags, so both jobs hand the replicas the same options."""
-    return Inference(
-        precision=config.precision,
-        tile_overlap=config.tile_overlap if config.mode == "tile" else None,
-        tta=config.tta == "flip",
-        max_pixels=config.max_pixels,
-        max_bytes=config.max_bytes,
-        allow_unsafe=config.unsafe_allow_code,
-    )
 
 
 def segmented_dataset(rows, model: ModelInfo, resources: Resources, inference: Inference):
@@ -96,15 +67,7 @@ def segmented_dataset(rows, model: ModelInfo, resources: Resources, inference: I
             ),
             num_cpus=resources.cpus_per_actor,
             num_gpus=resources.gpus_per_actor,
-            fn_constructor_kwargs={
-                "model_uri": model.uri,
-                "batch_size": resources.batch_size,
-                "precision": inference.precision,
-                "threads": max(1, round(resources.cpus_per_actor)),
-                "allow_unsafe": inference.allow_unsafe,
-                "tile_overlap": inference.tile_overlap,
-                "tta": inference.tta,
-            },
+            fn_constructor_args=(model.uri, inference, resources.batch_size, max(1, round(resources.cpus_per_actor))),
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
             runtime_env={"env_vars": replica_env(resources.gpus_per_actor)},

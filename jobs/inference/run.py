@@ -22,7 +22,7 @@ from jobs.cluster.connect import connect_ray
 from jobs.common.errors import UserError
 from jobs.inference.config import SegmentConfig
 from jobs.inference.model import ModelInfo, model_info
-from jobs.inference.pipeline import build_dataset, inference_of, with_model_mode
+from jobs.inference.pipeline import build_dataset, with_model_mode
 from jobs.inference.progress import Progress
 from jobs.output import leases, tables
 from jobs.output.incremental import Selection
@@ -145,7 +145,7 @@ def _check_resumable(plan: Plan, config: SegmentConfig, model: ModelInfo) -> Non
 
 def result_settings(config: SegmentConfig) -> dict[str, str | float | int | None]:
     """The flags that shape each image's result (not how fast it is made): one run, one setting of each."""
-    inference = inference_of(config)
+    inference = config.inference()
     return {
         "--mode": config.mode,
         "--tile-overlap": inference.tile_overlap,
@@ -234,7 +234,7 @@ def _process(
         todo,
         model,
         resources,
-        inference_of(config),
+        config.inference(),
         config.output,
         run_id,
         config.rows_per_file,

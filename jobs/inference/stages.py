@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.cluster.capacity import STAGES
+from jobs.inference.config import Inference
 from jobs.inference.model import ModelInfo
 from jobs.output.parts import write_part
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
@@ -130,22 +131,14 @@ def ragged(arrays: list[np.ndarray]) -> np.ndarray:
 class Segmenter:
     """Holds one model replica for the life of its actor and segments batches of prepared images."""
 
-    def __init__(
-        self,
-        model_uri: str,
-        batch_size: int,
-        precision: str,
-        threads: int,
-        allow_unsafe: bool = False,
-        tile_overlap: float | None = None,
-        tta: bool = False,
-    ):
+    def __init__(self, model_uri: str, inference: Inference, batch_size: int, threads: int):
         from unet_core import load_artifact
         from unet_core.predict import Predictor, configure_tensorflow
 
         configure_tensorflow(threads)
-        self.predictor = Predictor(load_artifact(model_uri, allow_unsafe=allow_unsafe), batch_size, precision, tta)
-        self.tile_overlap = tile_overlap
+        artifact = load_artifact(model_uri, allow_unsafe=inference.allow_unsafe)
+        self.predictor = Predictor(artifact, batch_size, inference.precision, inference.tta)
+        self.tile_overlap = inference.tile_overlap
         self.placement = json.dumps(replica_placement(), sort_keys=True)
         print(f"model replica placed: {self.placement}")
 

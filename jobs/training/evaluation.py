@@ -14,7 +14,7 @@ from jobs.cluster.capacity import Resources, await_nodes, plan_resources, replic
 from jobs.cluster.connect import connect_ray
 from jobs.training.config import EvaluateConfig
 from jobs.inference.model import ModelInfo, model_info
-from jobs.inference.pipeline import inference_of, listing_dataset, segmented_dataset, with_model_mode
+from jobs.inference.pipeline import listing_dataset, segmented_dataset, with_model_mode
 from jobs.inference.stages import letterbox_of
 from jobs.storage.files import filesystem, join, storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
@@ -67,7 +67,7 @@ def score(
 def evaluation_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, config: EvaluateConfig):
     """The segment job's own inference stages, then scoring against the true masks."""
     return segmented_dataset(
-        listing_dataset(pairs, resources.batch_size), model, resources, inference_of(config)
+        listing_dataset(pairs, resources.batch_size), model, resources, config.inference()
     ).map_batches(
         score,
         batch_size=resources.batch_size,
