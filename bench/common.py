@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -74,7 +75,7 @@ def run_record(output: str) -> dict:
     record = latest_run(connect(output), None)
     if record is None:
         raise SystemExit(f"segment.py committed no run under {output}")
-    return {**record, "config": json.loads(record["config"])}
+    return {**dataclasses.asdict(record), "config": json.loads(record.config)}
 
 
 def median_time(function, repeats: int) -> float:

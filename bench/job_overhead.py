@@ -60,7 +60,7 @@ def collection(folder: Path, count: int, width: int, height: int, scenes: Path) 
 def one_process_seconds(artifact: str, folder: Path, work: Path) -> float:
     """Per image, the job's stages in turn in this process, batches of 8, no Ray."""
     from jobs.inference.model import model_info
-    from jobs.inference.stages import finalize, prepare, write_parts
+    from jobs.inference.stages import finalize, prepare, signal_columns, write_parts
     from unet_core import load_artifact
     from unet_core.predict import Predictor
 
@@ -85,7 +85,7 @@ def one_process_seconds(artifact: str, folder: Path, work: Path) -> float:
             **prepared,
             "mask": masks,
             "confidence": confidence.astype(np.float16),
-            "signals": signals,
+            **signal_columns(signals),
             "replica": np.full(len(rows), "this process", dtype=object),
             "seconds_model": np.full(len(rows), (time.perf_counter() - clock) / len(rows)),
         }

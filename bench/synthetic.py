@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.output import tables
+from jobs.output.records import RunRecord
 from unet_core.quality import SIGNALS
 
 CLASSES = ("background", "thing", "stuff")
@@ -76,25 +77,23 @@ def write_run(
     ]
 
 
-def run_record(run_id: str, rows: int) -> dict:
-    now = dt.datetime.now(dt.timezone.utc).isoformat()
-    return {
-        "run_id": run_id,
-        "started_at": now,
-        "committed_at": now,
-        "inputs": rows,
-        "skipped": 0,
-        "processed": rows,
-        "ok": rows,
-        "errors": 0,
-        "model_name": "bench",
-        "model_sha256": "0" * 64,
-        "model_uri": "/m",
-        "class_names": list(CLASSES),
-        "class_pixels": [0] * len(CLASSES),
-        "wall_seconds": 1.0,
-        "images_per_second": 1.0,
-        "replicas": "[]",
-        "config": "{}",
-        "listed_at": now,
-    }
+def run_record(run_id: str, rows: int) -> RunRecord:
+    now = dt.datetime.now(dt.timezone.utc)
+    return RunRecord(
+        run_id=run_id,
+        started_at=now,
+        committed_at=now,
+        inputs=rows,
+        processed=rows,
+        ok=rows,
+        model_name="bench",
+        model_sha256="0" * 64,
+        model_uri="/m",
+        class_names=tuple(CLASSES),
+        class_pixels=(0,) * len(CLASSES),
+        wall_seconds=1.0,
+        images_per_second=1.0,
+        replicas="[]",
+        config="{}",
+        listed_at=now.isoformat(),
+    )

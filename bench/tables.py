@@ -38,7 +38,7 @@ def earlier_commit(output: str, run_id: str, parts: list[tables.Part]) -> None:
     """The earlier layout's commit: list the run's folders (to drop strays), then write the manifest."""
     listed = {t: sorted(os.listdir(os.path.join(output, t, f"run_id={run_id}"))) for t in ("images", "class_stats")}
     manifest = {
-        **run_record(run_id, sum(p.rows for p in parts)),
+        **run_record(run_id, sum(p.rows for p in parts)).commit_metadata(),
         "status": "committed",
         "files": {t: [f"{t}/run_id={run_id}/{n}" for n in names] for t, names in listed.items()},
     }

@@ -20,7 +20,7 @@ from jobs.cli.flags import add_json_flag, add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
 from jobs.cli.types import positive_int
 from jobs.output import tables
-from jobs.output.maintenance import MIN_RETENTION_HOURS, MaintainConfig, maintain
+from jobs.output.maintenance import MIN_RETENTION_HOURS, MaintainConfig, MaintenanceReport, maintain
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[MaintainConfig, bool]:
@@ -46,47 +46,45 @@ def parse_args(argv: list[str] | None = None) -> tuple[MaintainConfig, bool]:
     ), args.json
 
 
-def print_report(output: str, report: dict) -> None:
-    for run_id in report["converted"]:
+def print_report(output: str, report: MaintenanceReport) -> None:
+    for run_id in report.converted:
         print(f"converted run {run_id} of the earlier layout")
-    for run_id in report["completed"]:
+    for run_id in report.completed:
         print(f"completed the commit of run {run_id}")
-    print(f"vacuum: {report['retention'].describe()}")
+    print(f"vacuum: {report.retention.describe()}")
     for name in tables.TABLES:
-        removed, added = report["compacted"][name]
+        removed, added = report.compacted[name]
         print(
             f"{name}: compacted {removed} files into {added}; "
-            f"vacuumed {report['vacuumed'][name]} unreferenced files older than {report['retention_hours']} h"
+            f"vacuumed {report.vacuumed[name]} unreferenced files older than {report.retention_hours} h"
         )
-    if report["expired_leases"]:
-        print(f"removed {report['expired_leases']} leases of attempts that died")
-    if report["removed_plans"]:
+    if report.expired_leases:
+        print(f"removed {report.expired_leases} leases of attempts that died")
+    if report.removed_plans:
+        print(f"removed the plans of {len(report.removed_plans)} committed runs: {', '.join(report.removed_plans)}")
+    if report.abandoned_plans:
         print(
-            f"removed the plans of {len(report['removed_plans'])} committed runs: {', '.join(report['removed_plans'])}"
-        )
-    if report["abandoned_plans"]:
-        print(
-            f"removed the plans of {len(report['abandoned_plans'])} runs abandoned for longer than the retention "
-            f"(never committed, no attempt since): {', '.join(report['abandoned_plans'])}"
+            f"removed the plans of {len(report.abandoned_plans)} runs abandoned for longer than the retention "
+            f"(never committed, no attempt since): {', '.join(report.abandoned_plans)}"
         )
     print(f"maintained {output}")
 
 
-def machine_report(output: str, report: dict, seconds: float) -> dict:
+def machine_report(output: str, report: MaintenanceReport, seconds: float) -> dict:
     """The report as `--json` gives it."""
     return {
         "output": output,
         "seconds": round(seconds, 3),
-        "converted": report["converted"],
-        "completed": report["completed"],
-        "retention_hours": report["retention_hours"],
+        "converted": report.converted,
+        "completed": report.completed,
+        "retention_hours": report.retention_hours,
         "compacted": {
-            name: {"removed": removed, "added": added} for name, (removed, added) in report["compacted"].items()
+            name: {"removed": removed, "added": added} for name, (removed, added) in report.compacted.items()
         },
-        "vacuumed": report["vacuumed"],
-        "expired_leases": report["expired_leases"],
-        "removed_plans": report["removed_plans"],
-        "abandoned_plans": report["abandoned_plans"],
+        "vacuumed": report.vacuumed,
+        "expired_leases": report.expired_leases,
+        "removed_plans": report.removed_plans,
+        "abandoned_plans": report.abandoned_plans,
     }
 
 

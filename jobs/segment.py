@@ -17,6 +17,7 @@ from jobs.inference.config import SegmentConfig
 from jobs.inference.pipeline import MASK_RESOLUTIONS
 from jobs.inference.run import error_rate_exceeded, segment
 from jobs.output import leases
+from jobs.output.records import RunRecord
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool, bool]:
@@ -110,27 +111,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[SegmentConfig, bool, bool
     return config_from(SegmentConfig, args), args.demo, args.json
 
 
-def print_summary(record: dict) -> None:
-    total = sum(record["class_pixels"]) or 1
-    shares = ", ".join(
-        f"{name} {pixels / total:.1%}" for name, pixels in zip(record["class_names"], record["class_pixels"])
-    )
-    resumed = f" ({record['resumed']} kept from an earlier attempt)" if record["resumed"] else ""
-    rate = f" ({record['images_per_second']} images/s)" if record["images_per_second"] else ""
-    stage = "the model" if record["bound_by"] == "model" else record["bound_by"]
-    bound = f"; bound by {stage} ({record['cpus_per_replica']:.2g} CPUs per replica keep it busy)" if stage else ""
+def print_summary(record: RunRecord, output: str) -> None:
+    total = sum(record.class_pixels) or 1
+    shares = ", ".join(f"{name} {pixels / total:.1%}" for name, pixels in zip(record.class_names, record.class_pixels))
+    resumed = f" ({record.resumed} kept from an earlier attempt)" if record.resumed else ""
+    rate = f" ({record.images_per_second} images/s)" if record.images_per_second else ""
+    stage = "the model" if record.bound_by == "model" else record.bound_by
+    bound = f"; bound by {stage} ({record.cpus_per_replica:.2g} CPUs per replica keep it busy)" if stage else ""
     print(
-        f"run {record['run_id']}: {record['inputs']} images, {record['skipped']} skipped, "
-        f"{record['processed']} processed{resumed}: {record['ok']} ok, {record['errors']} errors "
-        f"in {record['wall_seconds']:.1f} s{rate}{bound}"
+        f"run {record.run_id}: {record.inputs} images, {record.skipped} skipped, "
+        f"{record.processed} processed{resumed}: {record.ok} ok, {record.errors} errors "
+        f"in {record.wall_seconds:.1f} s{rate}{bound}"
     )
     print(f"class shares: {shares}")
-    print(f"committed to the Delta tables under {record['output']}")
+    print(f"committed to the Delta tables under {output}")
 
 
 SUMMARY_FIELDS = (
-    "run_id",
-    "output",
     "inputs",
     "skipped",
     "processed",
@@ -151,7 +148,7 @@ SUMMARY_FIELDS = (
     "cpus_per_replica",
     "bound_by",
 )
-"""What `--json` reports of a run (its whole record is the `runs` row)."""
+"""What `--json` reports of a run, after its id and output (its whole record is the `runs` row)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,19 +159,20 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(config, segment, print_summary)
     record = segment(config)
     if as_json:
-        print(json.dumps({name: record.get(name) for name in SUMMARY_FIELDS}))
+        summary = {name: getattr(record, name) for name in SUMMARY_FIELDS}
+        print(json.dumps({"run_id": record.run_id, "output": config.output, **summary}))
     else:
-        print_summary(record)
-    if record["processed"] and not record["ok"]:
+        print_summary(record, config.output)
+    if record.processed and not record.ok:
         print(
-            f"error: every one of the {record['processed']} processed images failed; `python jobs/query.py "
-            f"--output {record['output']} errors --run {record['run_id']}` lists why",
+            f"error: every one of the {record.processed} processed images failed; `python jobs/query.py "
+            f"--output {config.output} errors --run {record.run_id}` lists why",
             file=sys.stderr,
         )
         return 4
     if error_rate_exceeded(record, config.max_error_rate):
         print(
-            f"error: {record['errors']} of {record['processed']} images failed, "
+            f"error: {record.errors} of {record.processed} images failed, "
             f"above --max-error-rate {config.max_error_rate:g}",
             file=sys.stderr,
         )

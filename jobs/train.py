@@ -11,12 +11,9 @@ optimizer state). The artifact goes straight to jobs/segment.py and jobs/evaluat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 from jobs.cli.flags import add_cluster_flags, add_json_flag, add_limit_flags, add_storage_flags, add_version_flag
 from jobs.cli.main import run_main
@@ -26,7 +23,6 @@ from jobs.training.config import TrainConfig
 from jobs.training.driver import export_artifact, run_training
 from jobs.training.loop import COLLAPSE_CAUSES
 from unet_core.image import PRECISIONS
-from unet_core.masks import VOC_CLASS_NAMES
 from unet_core.metadata import read_metadata
 from unet_core.recipe import LOSSES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES
 
@@ -181,43 +177,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     as_json = args.pop("json")
     args["class_names"] = tuple(args["class_names"].split(",")) if args["class_names"] else None
     args["class_weights"] = _weights(args["class_weights"])
-    return check_config(TrainConfig(**args)), as_json
-
-
-def check_config(config: TrainConfig) -> TrainConfig:
-    """Flags that contradict each other, refused before anything starts; the defaults they leave filled in."""
-    if (config.voc is None) == (config.images is None):
-        raise UserError("give either --images and --masks, or --voc")
-    if config.images and not config.masks:
-        raise UserError("--images needs --masks")
-    if bool(config.val_images) != bool(config.val_masks):
-        raise UserError("--val-images and --val-masks go together")
-    if config.num_classes < 2:
-        raise UserError("--num-classes must be at least 2")
-    if config.patch_size and config.input_size not in (None, config.patch_size):
-        raise UserError("--patch-size sets the model input: drop --input-size")
-    if config.patches_per_image and not config.patch_size:
-        raise UserError("--patches-per-image needs --patch-size")
-    size = config.patch_size or config.input_size or 256
-    if size % 16:
-        raise UserError(f"--{'patch' if config.patch_size else 'input'}-size {size}: must be a multiple of 16")
-    if config.batch_size % config.workers:
-        raise UserError(f"--batch-size {config.batch_size} must be a multiple of --workers {config.workers}")
-    names = config.class_names or (
-        VOC_CLASS_NAMES[: config.num_classes] if config.voc and config.num_classes <= 21 else None
-    )
-    names = names or tuple(f"class_{i}" for i in range(config.num_classes))
-    if len(names) != config.num_classes:
-        raise UserError(f"--class-names gives {len(names)} names for --num-classes {config.num_classes}")
-    if config.class_weights and len(config.class_weights) != config.num_classes:
-        raise UserError(f"--class-weights gives {len(config.class_weights)} weights for {config.num_classes} classes")
-    if config.backbone_weights and config.base_filters != 64:
-        raise UserError("--backbone-weights holds VGG16 at full width: use --base-filters 64")
-    if config.backbone_weights and not os.path.isfile(config.backbone_weights):
-        raise UserError(f"--backbone-weights {config.backbone_weights}: no such file")
-    name = config.name or Path(config.output.rstrip("/")).name or "unet"
-    weights = config.backbone_weights and os.path.abspath(config.backbone_weights)  # provenance names the file in full
-    return dataclasses.replace(config, class_names=tuple(names), name=name, input_size=size, backbone_weights=weights)
+    return TrainConfig(**args).checked(), as_json
 
 
 def _weights(text: str | None) -> tuple[float, ...] | None:

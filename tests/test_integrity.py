@@ -4,6 +4,7 @@ stamps from the store that carry SQL, a run id with a trailing newline, and an S
 arrives after a takeover (a loopback proxy holds the request in flight). No Ray: runs of synthetic
 parts."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -80,7 +81,7 @@ def test_a_listed_at_carrying_sql_runs_none_of_it_and_commits_nothing_more(root,
     """Issue 27.3: a commit's listed_at was pasted into DuckDB SQL; the COPY ran on the driver's host."""
     target = tmp_path / "owned.csv"
     parts = write_run(root, "hostile", 0, 10, part_rows=10)
-    record = {**run_record("hostile", 10), "listed_at": HOSTILE.format(target=target)}
+    record = dataclasses.replace(run_record("hostile", 10), listed_at=HOSTILE.format(target=target))
     with pytest.raises(UserError, match="listed_at .* is not a time stamp"):
         tables.commit_run(root, record, parts)
     # the roll-forward reads the same record back from the images commit: refused again, nothing run
@@ -291,7 +292,7 @@ def test_maintenance_removes_abandoned_plans_and_their_parts_and_keeps_the_rest(
             for name in names:
                 os.utime(os.path.join(folder, name), (past, past))
     report = maintain(MaintainConfig(root, retention_hours=1))
-    assert report["abandoned_plans"] == ["abandoned"] and report["removed_plans"] == []
+    assert report.abandoned_plans == ["abandoned"] and report.removed_plans == []
     assert planned_run_ids(root) == ["held", "young"]
     assert not os.listdir(os.path.join(root, "images", "run_id=abandoned"))
     assert len(os.listdir(os.path.join(root, "images", "run_id=held"))) == 2
@@ -369,7 +370,7 @@ def test_a_commit_record_naming_files_or_runs_this_job_never_writes_is_refused(r
     from deltalake import CommitProperties
 
     images = delta_table(root, "images")
-    facts = {**run_record("forged", 0), "class_stats_parts": [], **hostile}
+    facts = {**run_record("forged", 0).commit_metadata(), "class_stats_parts": [], **hostile}
     images.create_write_transaction(
         [],
         mode="append",

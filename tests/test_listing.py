@@ -250,7 +250,7 @@ def incremental_run():
             record = segment(config)
         finally:
             os.chdir(cwd)
-        return record["inputs"], record["skipped"], record["processed"]
+        return record.inputs, record.skipped, record.processed
 
     try:
         yield run

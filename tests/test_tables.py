@@ -306,7 +306,7 @@ def test_current_follows_the_version_a_file_has_now_even_an_older_one(tmp_path, 
                 run_id=run_id,
             )
         )
-        return record["inputs"], record["skipped"], record["processed"]
+        return record.inputs, record.skipped, record.processed
 
     try:  # three nights on one in-process Ray
         write_version(folder / "a.png", 1, now)

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow.dataset as pads
 from PIL import Image
 
+from jobs.inference.config import SegmentConfig
+from jobs.output.records import RunRecord
 from jobs.output.tables import TABLES, committed_dataset
 from unet_core import build_unet, decode_mask_png, letterbox, read_metadata, save_artifact
 from unet_core.metrics import confusion_matrix, mean_iou
@@ -26,7 +28,11 @@ TRAIN_SCENES = 600
 TRAIN_EPOCHS = 12
 
 
-def run_demo(config, segment: Callable[[object], dict], print_summary: Callable[[dict], None]) -> int:
+def run_demo(
+    config: SegmentConfig,
+    segment: Callable[[SegmentConfig], RunRecord],
+    print_summary: Callable[[RunRecord, str], None],
+) -> int:
     root = os.path.abspath(config.output)
     scenes, truth, model_dir = (os.path.join(root, name) for name in ("scenes", "truth", "model"))
     if not os.path.isdir(scenes):
@@ -35,9 +41,9 @@ def run_demo(config, segment: Callable[[object], dict], print_summary: Callable[
     if not _has_model(model_dir):
         train_demo_model(model_dir)
     record = segment(dataclasses.replace(config, inputs=[scenes], output=root, model=model_dir))
-    print_summary(record)
+    print_summary(record, root)
     print(
-        f"demo model mIoU against the true masks: {demo_miou(root, record['run_id'], truth):.3f} "
+        f"demo model mIoU against the true masks: {demo_miou(root, record.run_id, truth):.3f} "
         f"(chance is about {1 / len(SCENE_CLASSES):.2f})"
     )
     print(f"Delta tables: {', '.join(os.path.join(root, name) for name in TABLES)}")

@@ -27,13 +27,14 @@ from jobs.inference.progress import Progress
 from jobs.output import leases, tables
 from jobs.output.incremental import Selection
 from jobs.output.parts import kept_files, kept_parts
+from jobs.output.records import RunRecord
 from jobs.output.plans import Plan, Todo, load_plan, make_plan, remaining, remove_plan
 from jobs.storage.files import check_writable, storage_errors
 from jobs.storage.listing import iter_listing, whole_folders
 from jobs.storage.settings import StorageOptions, configure_storage
 
 
-def segment(config: SegmentConfig) -> dict:
+def segment(config: SegmentConfig) -> RunRecord:
     """Run the job (or resume the run id's dead attempt) and commit it; returns the run's record."""
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     with storage_errors(config.model):
@@ -75,19 +76,19 @@ def segment(config: SegmentConfig) -> dict:
         started = time.time()
         with Progress(run_id, plan.planned, resumed, config.progress_every, lease.report_progress) as progress:
             parts = kept + (_process(todo, model, config, run_id, storage_env, progress) if todo.rows else [])
-        record = make_run_record(config, model, plan, parts, resumed, started, progress)
-        if record["processed"] != plan.planned:
+        record = make_run_record(config, model, plan, parts, resumed, started, progress, lease.generation)
+        if record.processed != plan.planned:
             raise RuntimeError(
-                f"run {run_id}: {record['processed']} result rows for {plan.planned} planned images; not committing"
+                f"run {run_id}: {record.processed} result rows for {plan.planned} planned images; not committing"
             )
-        # the fencing token, and when the listing began by the store's clock (orders versions in `current`)
-        record.update(lease_generation=lease.generation, listed_at=plan.listed_at, marks=bool(plan.gone or plan.back))
         if parts:
-            record["commit_version"] = tables.commit_run(config.output, record, [_part(p) for p in parts], lease.check)
+            record = record.with_version(
+                tables.commit_run(config.output, record, [_part(p) for p in parts], lease.check)
+            )
         else:
             tables.append_empty_run(config.output, record, lease.check)
         remove_plan(config.output, run_id)
-    return {**record, "output": config.output}
+    return record
 
 
 def _listing(config: SegmentConfig) -> tuple[Iterator[pa.Table], float]:
@@ -165,41 +166,50 @@ def make_run_record(
     resumed: int,
     started: float,
     progress: Progress,
-) -> dict:
-    """The run's row in the `runs` table (also carried in its `images` commit); its stage seconds are
-    those of the images this attempt processed, as its progress summed them."""
+    lease_generation: int,
+) -> RunRecord:
+    """The run's row in the `runs` table (also carried in its `images` commit, with the attempt's
+    fencing token and when its listing began by the store's clock); its stage seconds are those of
+    the images this attempt processed, as its progress summed them."""
     wall = time.time() - started
     rows = sum(int(p["rows"]) for p in parts)
     ok = sum(int(p["ok"]) for p in parts)
     fresh = rows - resumed
     limit = bound(progress.seconds, progress.spare)
-    return {
+    return RunRecord(
         **{f"{stage}_seconds": round(value, 3) for stage, value in progress.seconds.items()},
-        "cpus_per_replica": round(limit.cpus_per_replica, 3) if limit else None,
-        "bound_by": limit.stage if limit else None,
-        "run_id": plan.run_id,
-        "started_at": _iso(started),
-        "committed_at": _iso(time.time()),
-        "inputs": plan.inputs,
-        "skipped": plan.skipped,
-        "processed": rows,
-        "resumed": resumed,
-        "ok": ok,
-        "errors": rows - ok,
-        "model_name": model.name,
-        "model_sha256": model.sha256,
-        "model_uri": model.uri,
-        "class_names": list(model.class_names),
-        "class_pixels": [int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))],
-        "wall_seconds": round(wall, 3),
-        "images_per_second": round(fresh / wall, 3) if fresh and wall > 0 else None,
-        "replicas": json.dumps(replicas_used(parts)),
-        "config": json.dumps(dataclasses.asdict(config)),
-    }
+        cpus_per_replica=round(limit.cpus_per_replica, 3) if limit else None,
+        bound_by=limit.stage if limit else None,
+        run_id=plan.run_id,
+        started_at=_utc(started),
+        committed_at=_utc(time.time()),
+        inputs=plan.inputs,
+        skipped=plan.skipped,
+        processed=rows,
+        resumed=resumed,
+        ok=ok,
+        errors=rows - ok,
+        model_name=model.name,
+        model_sha256=model.sha256,
+        model_uri=model.uri,
+        class_names=tuple(model.class_names),
+        class_pixels=tuple(int(sum(p["class_pixels"][c] for p in parts)) for c in range(len(model.class_names))),
+        wall_seconds=round(wall, 3),
+        images_per_second=round(fresh / wall, 3) if fresh and wall > 0 else None,
+        replicas=json.dumps(replicas_used(parts)),
+        config=json.dumps(dataclasses.asdict(config)),
+        lease_generation=lease_generation,
+        listed_at=plan.listed_at,
+        marks=bool(plan.gone or plan.back),
+    )
+
+
+def _utc(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
 
 
 def _iso(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="microseconds")
+    return _utc(seconds).isoformat(timespec="microseconds")
 
 
 def _part(row: dict) -> tables.Part:
@@ -253,5 +263,5 @@ def replicas_used(parts: list[dict]) -> list[dict]:
     return [json.loads(placement) for placement in sorted(placements)]
 
 
-def error_rate_exceeded(record: dict, limit: float) -> bool:
-    return record["processed"] > 0 and record["errors"] / record["processed"] > limit
+def error_rate_exceeded(record: RunRecord, limit: float) -> bool:
+    return record.processed > 0 and record.errors / record.processed > limit

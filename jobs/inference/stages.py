@@ -18,6 +18,7 @@ from jobs.cluster.capacity import STAGES
 from jobs.inference.config import Inference
 from jobs.inference.model import ModelInfo
 from jobs.output.parts import write_part
+from jobs.output.columns import CLASS_STATS_COLUMNS, IMAGE_COLUMNS, TIMESTAMP
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
 from jobs.storage.files import InputRefused, is_transient, read_input
 from unet_core.image import DecodeError, Letterbox, decode_image, decode_letterboxed, unletterbox
@@ -155,7 +156,7 @@ class Segmenter:
             **out,
             "mask": masks,
             "confidence": confidence,
-            "signals": signals,
+            **signal_columns(signals),
             "replica": np.full(len(ok), self.placement, object),
             "seconds_model": np.full(len(ok), (time.perf_counter() - started) / len(ok)),
         }
@@ -195,6 +196,11 @@ class Segmenter:
             confidence.append(tiled.confidence.astype(np.float16))
             signals[row] = quality_signals(tiled.confidence, tiled.entropy)
         return ragged(masks), ragged(confidence)
+
+
+def signal_columns(signals: np.ndarray) -> dict[str, np.ndarray]:
+    """The batch columns of the quality signals (one row per image, NaN where an image has none)."""
+    return {name: signals[:, index] for index, name in enumerate(SIGNALS)}
 
 
 def replica_placement() -> dict:
@@ -283,49 +289,49 @@ MEASURED_AHEAD = tuple(stage for stage in STAGES if stage != "write")
 
 
 def _images_table(batch: dict, model: ModelInfo, class_stats: pa.Table) -> pa.Table:
-    count = len(batch["image_uri"])
-    errors = batch["error"]
-    now = dt.datetime.now(dt.timezone.utc)
+    """The part's `images` rows: every column the batch carries as it is (NaN read as null), and
+    those the declaration marks `made` made here."""
+    made = _made_image_columns(batch, model, class_stats)
     return pa.table(
         {
-            "image_id": pa.array(batch["image_id"], pa.string()),
-            "image_uri": pa.array(batch["image_uri"], pa.string()),
-            "source_size": pa.array(batch["source_size"], pa.int64()),
-            "source_version": pa.array(batch["source_version"], pa.string()),
-            "source_modified": pa.array(batch["source_modified"], pa.timestamp("us", tz="UTC")),
-            "width": pa.array(batch["width"], pa.int32()),
-            "height": pa.array(batch["height"], pa.int32()),
-            "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
-            "error": pa.array([e or None for e in errors], pa.string()),
-            "error_kind": pa.array([k or None for k in batch["error_kind"]], pa.string()),
-            # a batch of only failures reaches here with the all-null column read back as floats
-            "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
-            "classes": nested_classes(class_stats, batch["error"] == "", len(model.class_names)),
-            "model_name": pa.array([model.name] * count, pa.string()),
-            "model_sha256": pa.array([model.sha256] * count, pa.string()),
-            "processed_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
-            **{
-                name: pa.array(values, pa.float64(), mask=np.isnan(values))
-                for name, values in zip(SIGNALS, np.asarray(batch["signals"], np.float64).T)
-            },
+            column.name: made[column.name]
+            if column.made
+            else pa.array(batch[column.name], column.type, from_pandas=True)
+            for column in IMAGE_COLUMNS
         },
         schema=IMAGES_FILE_SCHEMA,
     )
 
 
+def _made_image_columns(batch: dict, model: ModelInfo, class_stats: pa.Table) -> dict[str, pa.Array]:
+    count = len(batch["image_uri"])
+    errors = batch["error"]
+    now = dt.datetime.now(dt.timezone.utc)
+    return {
+        "status": pa.array(np.where(errors == "", "ok", "error"), pa.string()),
+        "error": pa.array([e or None for e in errors], pa.string()),
+        "error_kind": pa.array([k or None for k in batch["error_kind"]], pa.string()),
+        # a batch of only failures reaches here with the all-null column read back as floats
+        "mask_png": pa.array([v if isinstance(v, bytes) else None for v in batch["mask_png"]], pa.binary()),
+        "classes": nested_classes(class_stats, errors == "", len(model.class_names)),
+        "model_name": pa.array([model.name] * count, pa.string()),
+        "model_sha256": pa.array([model.sha256] * count, pa.string()),
+        "processed_at": pa.array([now] * count, TIMESTAMP),
+    }
+
+
 def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
+    """The part's `class_stats` rows: one per ok image and class, every column made here."""
     ok = np.flatnonzero(batch["error"] == "")
     classes = len(model.class_names)
     confidence = batch["stats_mean_confidence"][ok].ravel()
-    return pa.table(
-        {
-            "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
-            "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
-            "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
-            "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
-            "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
-            "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
-            "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
-        },
-        schema=CLASS_STATS_FILE_SCHEMA,
-    )
+    made = {
+        "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
+        "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
+        "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
+        "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
+        "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
+        "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
+        "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
+    }
+    return pa.table({column.name: made[column.name] for column in CLASS_STATS_COLUMNS}, schema=CLASS_STATS_FILE_SCHEMA)

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.output import tables
+from jobs.output.records import RunRecord
 from jobs.storage.files import filesystem, join
 from unet_core.quality import SIGNALS
 
@@ -87,21 +88,23 @@ def _read(uri: str) -> pa.Table:
         return pq.read_table(handle)
 
 
-def _record(manifest: dict) -> dict:
+def _record(manifest: dict) -> RunRecord:
     counts, model = manifest.get("counts", {}), manifest.get("model", {})
     class_pixels = manifest.get("class_pixels", {})
-    return {
-        "run_id": manifest["run_id"],
-        "started_at": manifest.get("started_at"),
-        "committed_at": manifest.get("committed_at"),
-        **{key: counts.get(key) for key in ("inputs", "skipped", "processed", "ok", "errors")},
-        "model_name": model.get("name"),
-        "model_sha256": model.get("sha256"),
-        "model_uri": model.get("uri"),
-        "class_names": model.get("class_names", []),
-        "class_pixels": [class_pixels.get(name, 0) for name in model.get("class_names", [])],
-        "wall_seconds": manifest.get("wall_seconds"),
-        "images_per_second": manifest.get("images_per_second"),
-        "replicas": json.dumps(manifest.get("replicas", [])),
-        "config": json.dumps(manifest.get("config", {})),
-    }
+    return RunRecord.read(
+        {
+            "run_id": manifest["run_id"],
+            "started_at": manifest.get("started_at"),
+            "committed_at": manifest.get("committed_at"),
+            **{key: counts.get(key) for key in ("inputs", "skipped", "processed", "ok", "errors")},
+            "model_name": model.get("name"),
+            "model_sha256": model.get("sha256"),
+            "model_uri": model.get("uri"),
+            "class_names": model.get("class_names", []),
+            "class_pixels": [class_pixels.get(name, 0) for name in model.get("class_names", [])],
+            "wall_seconds": manifest.get("wall_seconds"),
+            "images_per_second": manifest.get("images_per_second"),
+            "replicas": json.dumps(manifest.get("replicas", [])),
+            "config": json.dumps(manifest.get("config", {})),
+        }
+    )

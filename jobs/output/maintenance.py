@@ -27,7 +27,33 @@ class MaintainConfig:
     anonymous: bool = False
 
 
-def maintain(config: MaintainConfig) -> dict:
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """What each step of `maintain` did: the command words it for people or as JSON, and a library
+    caller reads the same fields."""
+
+    converted: list[str]
+    """Runs of the earlier layout committed into the tables."""
+    completed: list[str]
+    """Runs whose interrupted commit was finished."""
+    compacted: dict[str, tuple[int, int]]
+    """(files removed, files added) by table."""
+    retention: Retention
+    vacuumed: dict[str, int]
+    """Unreferenced files deleted, by table."""
+    expired_leases: int
+    removed_plans: list[str]
+    """Run ids of committed runs whose plan was left behind."""
+    abandoned_plans: list[str]
+    """Run ids of runs abandoned for longer than the retention."""
+
+    @property
+    def retention_hours(self) -> int:
+        """The hours vacuum kept files for: --retention-hours raised to the floor and past every live run."""
+        return self.retention.keep_hours
+
+
+def maintain(config: MaintainConfig) -> MaintenanceReport:
     """Run every step; returns what each did."""
     configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     fs, root = filesystem(config.output)
@@ -37,14 +63,15 @@ def maintain(config: MaintainConfig) -> dict:
         leases.check_conditional_writes(config.output)
         converted = legacy.convert(config.output) if config.convert_legacy else []
         tables.require_tables(config.output)
-        report = {"converted": converted, "completed": tables.complete_pending(config.output, lag=1)}
-        report["compacted"] = {name: compact(config.output, name) for name in tables.TABLES}
-        report["retention"] = retention_for(config.output, config.retention_hours)
-        report["retention_hours"] = report["retention"].keep_hours
-        report["vacuumed"] = {name: vacuum(config.output, name, report["retention"]) for name in tables.TABLES}
-        report["expired_leases"] = leases.remove_dead(config.output)
-        report["removed_plans"], report["abandoned_plans"] = remove_finished_plans(config.output, report["retention"])
-    return report
+        completed = tables.complete_pending(config.output, lag=1)
+        compacted = {name: compact(config.output, name) for name in tables.TABLES}
+        retention = retention_for(config.output, config.retention_hours)
+        vacuumed = {name: vacuum(config.output, name, retention) for name in tables.TABLES}
+        expired_leases = leases.remove_dead(config.output)
+        removed_plans, abandoned_plans = remove_finished_plans(config.output, retention)
+    return MaintenanceReport(
+        converted, completed, compacted, retention, vacuumed, expired_leases, removed_plans, abandoned_plans
+    )
 
 
 def remove_finished_plans(output: str, retention: Retention) -> tuple[list[str], list[str]]:

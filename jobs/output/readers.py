@@ -27,6 +27,7 @@ from jobs.output.tables import (
     scan,
     scan_field,
 )
+from jobs.output.records import RunRecord
 from jobs.storage.files import filesystem
 
 SUMMARY_SQL = """
@@ -74,11 +75,11 @@ def check_run(con: duckdb.DuckDBPyConnection, run_id: str | None, output: str) -
     )
 
 
-def read_run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> dict | None:
+def read_run_record(con: duckdb.DuckDBPyConnection, run_id: str | None) -> RunRecord | None:
     """A committed run's row of `runs` (the latest run when none is named), or None."""
     where, params = ("WHERE run_id = $run", {"run": run_id}) if run_id else ("", {})
     rows = con.sql(f"SELECT * FROM runs {where} ORDER BY committed_at DESC LIMIT 1", params=params).to_arrow_table()
-    return rows.to_pylist()[0] if rows.num_rows else None
+    return RunRecord.read(rows.to_pylist()[0]) if rows.num_rows else None
 
 
 def select_scope(con: duckdb.DuckDBPyConnection, run_id: str | None) -> None:

@@ -35,10 +35,19 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
+from jobs.output.columns import (
+    CLASS_COLUMNS,
+    CLASS_STATS_COLUMNS,
+    CURRENT_COLUMNS,
+    CURRENT_RUN_COLUMNS,
+    IMAGE_COLUMNS,
+    RUN_ID,
+    schema,
+)
 from jobs.output.leases import check_run_id
+from jobs.output.records import RUNS_SCHEMA, RunRecord
 from jobs.storage.files import filesystem, join
 from jobs.storage.settings import arrow_filesystem, storage_options
-from unet_core.quality import SIGNALS
 
 TABLES = ("images", "class_stats", "current", "runs")
 PARTITIONED = ("images", "class_stats")
@@ -55,73 +64,15 @@ COMMIT_ATTEMPTS = 12
 PART_NAME = re.compile(r"part-[0-9a-f]{32}\.parquet")
 """The name of every part file the job writes (a fresh uuid), and so of every file a commit's facts may name."""
 
-CLASS_FIELDS = [
-    ("class_id", pa.int16()),
-    ("class_name", pa.string()),
-    ("pixels", pa.int64()),
-    ("fraction", pa.float64()),
-    ("mean_confidence", pa.float64()),
-]
-IMAGE_FIELDS = [
-    ("image_id", pa.string()),
-    ("image_uri", pa.string()),
-    ("source_size", pa.int64()),
-    ("source_version", pa.string()),
-    ("source_modified", pa.timestamp("us", tz="UTC")),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("error_kind", pa.string()),
-    ("mask_png", pa.binary()),
-    ("classes", pa.list_(pa.struct(CLASS_FIELDS))),
-    ("model_name", pa.string()),
-    ("model_sha256", pa.string()),
-    ("processed_at", pa.timestamp("us", tz="UTC")),
-    *((name, pa.float64()) for name in SIGNALS),
-]
-IMAGES_FILE_SCHEMA = pa.schema(IMAGE_FIELDS)
+IMAGES_FILE_SCHEMA = schema(IMAGE_COLUMNS)
 """What a worker writes into an `images` part; `run_id` lives in the partition path."""
-CLASS_STATS_FILE_SCHEMA = pa.schema([("image_id", pa.string()), ("image_uri", pa.string()), *CLASS_FIELDS])
-RUN_ID = pa.field("run_id", pa.string())
+CLASS_STATS_FILE_SCHEMA = schema(CLASS_STATS_COLUMNS)
+RUN_ID_FIELD = pa.field(RUN_ID.name, RUN_ID.type)
 SCHEMAS = {
-    "images": IMAGES_FILE_SCHEMA.append(RUN_ID),
-    "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID),
-    "current": pa.schema([f for f in IMAGE_FIELDS if f[0] != "mask_png"])
-    .append(RUN_ID)
-    .append(pa.field("commit_version", pa.int64()))
-    .append(pa.field("listed_at", pa.timestamp("us", tz="UTC")))
-    .append(pa.field("deleted_at", pa.timestamp("us", tz="UTC"))),
-    "runs": pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("started_at", pa.timestamp("us", tz="UTC")),
-            ("committed_at", pa.timestamp("us", tz="UTC")),
-            ("commit_version", pa.int64()),
-            ("inputs", pa.int64()),
-            ("skipped", pa.int64()),
-            ("processed", pa.int64()),
-            ("ok", pa.int64()),
-            ("errors", pa.int64()),
-            ("model_name", pa.string()),
-            ("model_sha256", pa.string()),
-            ("model_uri", pa.string()),
-            ("class_names", pa.list_(pa.string())),
-            ("class_pixels", pa.list_(pa.int64())),
-            ("wall_seconds", pa.float64()),
-            ("images_per_second", pa.float64()),
-            ("replicas", pa.string()),
-            ("config", pa.string()),
-            ("resumed", pa.int64()),
-            ("read_seconds", pa.float64()),
-            ("decode_seconds", pa.float64()),
-            ("model_seconds", pa.float64()),
-            ("postprocess_seconds", pa.float64()),
-            ("write_seconds", pa.float64()),
-            ("cpus_per_replica", pa.float64()),
-            ("bound_by", pa.string()),
-        ]
-    ),
+    "images": IMAGES_FILE_SCHEMA.append(RUN_ID_FIELD),
+    "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID_FIELD),
+    "current": schema(CURRENT_COLUMNS),
+    "runs": RUNS_SCHEMA,
 }
 EPOCH = "TIMESTAMP '1970-01-01T00:00:00Z'"
 NEWER = (
@@ -132,8 +83,6 @@ NEWER = (
 file has now, even when that version is older (a file restored from a backup); a run that listed
 earlier and committed later does not move `current` back. Rows of runs before `listed_at` existed
 read it as null: any later listing replaces them."""
-RUN_COLUMNS = ("commit_version", "listed_at", "deleted_at")
-"""Columns of `current` that come from the run, not from its `images` rows."""
 GONE = f"s.deleted_at IS NOT NULL AND t.deleted_at IS NULL AND s.listed_at > coalesce(t.listed_at, {EPOCH})"
 BACK = "s.deleted_at IS NULL AND t.deleted_at IS NOT NULL AND s.listed_at > t.deleted_at"
 """When a run's listing marks a `current` row deleted (its file was not under a folder the run listed
@@ -145,10 +94,6 @@ PLANS = "_plans"
 def marks_uri(output: str, run_id: str) -> str:
     """The run's deletion marks, beside its plan: URIs its listing found gone from, or back in, storage."""
     return join(output, PLANS, run_id, "marks.parquet")
-
-
-TYPES = {pa.string(): "string", pa.timestamp("us", tz="UTC"): "timestamp", pa.int64(): "long", pa.float64(): "double"}
-"""Delta's name for each type a column added to an existing table can have."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +112,7 @@ def nested_classes(flat: pa.Table, ok: np.ndarray, classes: int) -> pa.Array:
     image order); null for an error row."""
     offsets = np.concatenate([[0], np.cumsum(np.where(ok, classes, 0))]).astype(np.int32)
     values = pa.StructArray.from_arrays(
-        [flat.column(n).combine_chunks() for n, _ in CLASS_FIELDS], fields=[pa.field(n, t) for n, t in CLASS_FIELDS]
+        [flat.column(c.name).combine_chunks() for c in CLASS_COLUMNS], fields=list(schema(CLASS_COLUMNS))
     )
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~ok))
 
@@ -230,14 +175,14 @@ def ensure_tables(output: str, converting: bool = False) -> None:
                 raise
 
 
-def missing_columns(table, schema: pa.Schema) -> list:
-    """Today's columns that a table written by an earlier version lacks."""
-    from deltalake.schema import Field, PrimitiveType
+def missing_columns(table, wanted: pa.Schema) -> list:
+    """Today's columns that a table written by an earlier version lacks, in Delta's types (whatever
+    Arrow type a column has, nested ones included)."""
+    from deltalake import Schema
 
     have = {field.name for field in table.schema().fields}
-    return [
-        Field(field.name, PrimitiveType(TYPES[field.type]), nullable=True) for field in schema if field.name not in have
-    ]
+    missing = [field for field in wanted if field.name not in have]
+    return Schema.from_arrow(pa.schema(missing)).fields if missing else []
 
 
 def add_missing_columns(output: str, table: str) -> None:
@@ -263,7 +208,7 @@ def require_tables(output: str) -> None:
         raise UserError(f"{output}: no results here yet (no images table)")
 
 
-def commit_run(output: str, record: dict, parts: list[Part], fence: Callable[[], None] = lambda: None) -> int:
+def commit_run(output: str, record: RunRecord, parts: list[Part], fence: Callable[[], None] = lambda: None) -> int:
     """Commit a run: its `images` transaction, then the tables that follow from it. Returns the
     `images` version that committed it (the run's place in commit order).
 
@@ -274,13 +219,13 @@ def commit_run(output: str, record: dict, parts: list[Part], fence: Callable[[],
     from deltalake import CommitProperties, Transaction
     from deltalake.exceptions import CommitFailedError
 
-    run_id = record["run_id"]
+    run_id = record.run_id
     check_parts_exist(output, run_id, parts)
     table = open_table(output, "images")
     if table.transaction_version(run_id) is not None or _committed_empty(output, run_id):
         raise _already_committed(output, run_id)
     class_stats = [(p.name, p.class_stats_bytes, p.class_rows) for p in parts]
-    facts = {**record, CLASS_STATS_PARTS: class_stats}
+    facts = {**record.commit_metadata(), CLASS_STATS_PARTS: class_stats}
     properties = CommitProperties(
         custom_metadata={RUN_KEY: json.dumps(facts, default=str)},
         app_transactions=[Transaction(run_id, 1)],
@@ -360,8 +305,8 @@ def complete_pending(output: str, lag: int = WATERMARK_LAG) -> list[str]:
     records = _run_records(images, since=through)
     pending = sorted(run_id for run_id in records if runs.transaction_version(run_id) is None)
     for run_id in pending:
-        version, record = records[run_id]
-        _complete(output, record, version, _class_stats_parts(output, images, record))
+        version, facts = records[run_id]
+        _complete(output, RunRecord.read(facts), version, _class_stats_parts(output, images, facts))
     if newest - through >= lag:
         retry_conflicts(lambda: _advance_complete_through(output, newest))
     return pending
@@ -395,42 +340,42 @@ def _advance_complete_through(output: str, version: int) -> None:
     )
 
 
-def _class_stats_parts(output: str, images, record: dict) -> list[tuple[str, int, int]]:
+def _class_stats_parts(output: str, images, facts: dict) -> list[tuple[str, int, int]]:
     """The run's class_stats parts as its `images` commit recorded them: nothing done to the tables
     since (a compaction renames every file) changes them. Runs committed before the commit carried
     them are read from their `images` files, which compaction had not touched before this version."""
-    if CLASS_STATS_PARTS in record:
-        parts = [tuple(part) for part in record[CLASS_STATS_PARTS]]
+    if CLASS_STATS_PARTS in facts:
+        parts = [tuple(part) for part in facts[CLASS_STATS_PARTS]]
         if not all(len(part) == 3 and isinstance(part[0], str) and PART_NAME.fullmatch(part[0]) for part in parts):
             raise UserError(
-                f"run {record['run_id']}: its images commit names class_stats parts that this job "
+                f"run {facts['run_id']}: its images commit names class_stats parts that this job "
                 "never writes; the store was written by something other than this job"
             )
         return parts
-    names = sorted(p.rsplit("/", 1)[-1] for p in _run_files(images, record["run_id"]))
-    return [_class_stats_file(output, record["run_id"], name) for name in names]
+    names = sorted(p.rsplit("/", 1)[-1] for p in _run_files(images, facts["run_id"]))
+    return [_class_stats_file(output, facts["run_id"], name) for name in names]
 
 
-def _complete(output: str, record: dict, version: int, class_stats_files: list[tuple[str, int, int]]) -> None:
+def _complete(output: str, record: RunRecord, version: int, class_stats_files: list[tuple[str, int, int]]) -> None:
     """Each step checks the run's app transaction in a freshly loaded table and retries on a conflict
     (our retry, not delta-rs': it reloads the table and checks the app transaction again), so any
     number of processes completing one run at once all succeed, and each table takes it once."""
-    run_id = record["run_id"]
+    run_id = record.run_id
     retry_conflicts(lambda: _commit_class_stats(output, run_id, class_stats_files))
-    _update_current(output, run_id, version, record.get("listed_at"), _marks_of(output, record))
+    _update_current(output, run_id, version, record.listed_at, _marks_of(output, record))
     retry_conflicts(lambda: _append_run(output, record, version))
 
 
-def _marks_of(output: str, record: dict) -> str | None:
+def _marks_of(output: str, record: RunRecord) -> str | None:
     """The run's deletion marks file, where its record says it has one and it is still there."""
-    if not record.get("marks"):
+    if not record.marks:
         return None
-    uri = marks_uri(output, record["run_id"])
+    uri = marks_uri(output, record.run_id)
     fs, path = filesystem(uri)
     if fs.exists(path):
         return uri
     print(
-        f"run {record['run_id']}: its deletion marks ({uri}) are gone; current is brought up to the run "
+        f"run {record.run_id}: its deletion marks ({uri}) are gone; current is brought up to the run "
         "without them, the next listing of those folders marks them",
         file=sys.stderr,
         flush=True,
@@ -593,7 +538,8 @@ def _stage_run(
         uri.removeprefix("file://")
         for uri in open_table(output, "images").file_uris(partition_filters=[("run_id", "=", run_id)])
     ]
-    columns = ", ".join(f'"{n}"' for n in SCHEMAS["current"].names if n not in RUN_COLUMNS)
+    from_run = {column.name for column in CURRENT_RUN_COLUMNS}
+    columns = ", ".join(f'"{n}"' for n in SCHEMAS["current"].names if n not in from_run)
     listed = f"TIMESTAMPTZ '{_checked_time(run_id, listed_at).isoformat()}'" if listed_at else "NULL::TIMESTAMPTZ"
     con.execute(
         f"CREATE VIEW run_rows AS SELECT {columns}, {int(version)}::BIGINT AS commit_version, "
@@ -666,34 +612,31 @@ def sql_strings(files: list[str]) -> str:
     return ", ".join("'" + uri.replace("'", "''") + "'" for uri in files)
 
 
-def _append_run(output: str, record: dict, version: int | None, fence: Callable[[], None] = lambda: None) -> None:
+def _append_run(output: str, record: RunRecord, version: int | None, fence: Callable[[], None] = lambda: None) -> None:
     from deltalake import CommitProperties, Transaction, write_deltalake
 
     table = open_table(output, "runs")
-    run_id = record["run_id"]
+    run_id = record.run_id
     if table.transaction_version(run_id) is not None:
         return
     fence()
-    row = {**{name: record.get(name) for name in SCHEMAS["runs"].names}, "commit_version": version}
-    for key in ("started_at", "committed_at"):
-        row[key] = dt.datetime.fromisoformat(row[key]) if isinstance(row[key], str) else row[key]
     write_deltalake(
         table,
-        pa.Table.from_pylist([row], schema=SCHEMAS["runs"]),
+        pa.Table.from_pylist([record.with_version(version).row()], schema=SCHEMAS["runs"]),
         mode="append",
         commit_properties=CommitProperties(app_transactions=[Transaction(run_id, 1)], max_commit_retries=0),
     )
 
 
-def append_empty_run(output: str, record: dict, fence: Callable[[], None] = lambda: None) -> None:
+def append_empty_run(output: str, record: RunRecord, fence: Callable[[], None] = lambda: None) -> None:
     """A run that had nothing to process (an incremental night with no new images) is a `runs` row,
     checked and committed on one snapshot of `runs` as `commit_run` does with `images`, and then the
     deletion marks its listing found."""
-    check_not_committed(output, record["run_id"])
+    check_not_committed(output, record.run_id)
     retry_conflicts(lambda: _append_run(output, record, None, fence))
     marks = _marks_of(output, record)
     if marks:  # after the run's row: marks of a run that never committed would be the only trace of it
-        _update_current(output, record["run_id"], 0, record.get("listed_at"), marks)
+        _update_current(output, record.run_id, 0, record.listed_at, marks)
 
 
 def retry_conflicts(attempt) -> None:
@@ -788,7 +731,7 @@ def committed_dataset(output: str, table: str) -> pads.Dataset:
         schema=SCHEMAS[table],
         filesystem=fs,
         format="parquet",
-        partitioning=pads.partitioning(pa.schema([RUN_ID]), flavor="hive") if partitioned else None,
+        partitioning=pads.partitioning(pa.schema([RUN_ID_FIELD]), flavor="hive") if partitioned else None,
         partition_base_dir=root if partitioned else None,
     )
 

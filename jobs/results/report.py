@@ -15,6 +15,7 @@ from PIL import Image
 
 from jobs.common.errors import UserError
 from jobs.output.readers import ERRORS_SQL, SUMMARY_SQL, check_run, connect, masks, read_run_record, select_scope
+from jobs.output.records import RunRecord
 from jobs.results.quality import SCORE_SQL
 from jobs.storage.files import filesystem, read_bytes, storage_errors
 from jobs.storage.settings import StorageOptions, configure_storage
@@ -62,10 +63,10 @@ def build_report(config: ReportConfig) -> str:
         record = read_run_record(con, config.run)
         if record is None:
             raise UserError(f"{config.output}: no committed runs to report")
-        select_scope(con, record["run_id"])
+        select_scope(con, record.run_id)
         classes = con.sql(SUMMARY_SQL).to_arrow_table().to_pylist()
         errors = con.sql(f"{ERRORS_SQL} LIMIT {MAX_ERRORS_SHOWN}").to_arrow_table().to_pylist()
-        samples, palette = gallery(con, config, len(record["class_names"]))
+        samples, palette = gallery(con, config, len(record.class_names))
     return render(record, classes, palette, errors, samples, config.review)
 
 
@@ -160,7 +161,7 @@ table.errors td, table.errors th { border: 1px solid #ddd; padding: 3px 8px; tex
 
 
 def render(
-    record: dict,
+    record: RunRecord,
     classes: list[dict],
     palette: list[tuple[int, int, int]],
     errors: list[dict],
@@ -169,16 +170,16 @@ def render(
 ) -> str:
     """The page, from the run's row of `runs` and what was read for its scope."""
     figures = [
-        ("images", record["inputs"]),
-        ("skipped", record["skipped"]),
-        ("ok", record["ok"]),
-        ("errors", record["errors"]),
-        ("model", f"{record['model_name']} ({str(record['model_sha256'])[:12]})"),
-        ("model URI", record["model_uri"]),
-        ("started", _when(record["started_at"])),
-        ("committed", _when(record["committed_at"])),
-        ("wall time", f"{record['wall_seconds'] or 0:.1f} s"),
-        ("throughput", "" if record["images_per_second"] is None else f"{record['images_per_second']} images/s"),
+        ("images", record.inputs),
+        ("skipped", record.skipped),
+        ("ok", record.ok),
+        ("errors", record.errors),
+        ("model", f"{record.model_name} ({str(record.model_sha256)[:12]})"),
+        ("model URI", record.model_uri),
+        ("started", _when(record.started_at)),
+        ("committed", _when(record.committed_at)),
+        ("wall time", f"{record.wall_seconds or 0:.1f} s"),
+        ("throughput", "" if record.images_per_second is None else f"{record.images_per_second} images/s"),
     ]
     e = html.escape
     parts = [
@@ -186,19 +187,19 @@ def render(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
         "style-src 'unsafe-inline'\">",
-        f"<title>Segmentation run {e(record['run_id'])}</title><style>{CSS}</style></head><body>",
-        f"<h1>Segmentation run {e(record['run_id'])}</h1>",
+        f"<title>Segmentation run {e(record.run_id)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Segmentation run {e(record.run_id)}</h1>",
         '<dl class="figures">' + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in figures) + "</dl>",
         "<h2>Pixels per class</h2>",
         class_chart(classes, palette),
         legend(classes, palette),
         (
-            f"<h2>Least trustworthy masks first ({len(samples)} of {record['ok']} ok, by review score)</h2>"
+            f"<h2>Least trustworthy masks first ({len(samples)} of {record.ok} ok, by review score)</h2>"
             if review
-            else f"<h2>Sample images ({len(samples)} of {record['ok']} ok)</h2>"
+            else f"<h2>Sample images ({len(samples)} of {record.ok} ok)</h2>"
         ),
         '<section id="gallery">' + "".join(sample_figure(s) for s in samples) + "</section>",
-        error_section(errors, record["errors"] or 0),
+        error_section(errors, record.errors or 0),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"

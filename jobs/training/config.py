@@ -3,11 +3,15 @@ an evaluation is asked to do (EvaluateConfig: the segment job's replicas, scored
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+from jobs.common.errors import UserError
 from jobs.inference.config import ReplicaConfig
 from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core.image import DEFAULT_MAX_PIXELS
+from unet_core.masks import VOC_CLASS_NAMES
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,8 @@ class TrainConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     ignore_index: int | None = None
     class_names: tuple[str, ...] | None = None
-    input_size: int = 256
+    input_size: int | None = None
+    """Square model input side; None: 256, or patch_size (filled in by `checked`)."""
     patch_size: int | None = None
     patches_per_image: int | None = None
     """With patch_size: crops of each image per epoch; None: its area in patches (`crops_per_image`)."""
@@ -58,6 +63,43 @@ class TrainConfig:
     log_level: str | None = None
     s3_endpoint_url: str | None = None
     anonymous: bool = False
+
+    def checked(self) -> TrainConfig:
+        """Settings that contradict each other, refused before anything starts; the defaults they leave
+        filled in. Held here, not in the command, so that a library caller gets the same rules as
+        jobs/train.py; the messages name the flags, which the command's users type."""
+        if (self.voc is None) == (self.images is None):
+            raise UserError("give either --images and --masks, or --voc")
+        if self.images and not self.masks:
+            raise UserError("--images needs --masks")
+        if bool(self.val_images) != bool(self.val_masks):
+            raise UserError("--val-images and --val-masks go together")
+        if self.num_classes < 2:
+            raise UserError("--num-classes must be at least 2")
+        if self.patch_size and self.input_size not in (None, self.patch_size):
+            raise UserError("--patch-size sets the model input: drop --input-size")
+        if self.patches_per_image and not self.patch_size:
+            raise UserError("--patches-per-image needs --patch-size")
+        size = self.patch_size or self.input_size or 256
+        if size % 16:
+            raise UserError(f"--{'patch' if self.patch_size else 'input'}-size {size}: must be a multiple of 16")
+        if self.batch_size % self.workers:
+            raise UserError(f"--batch-size {self.batch_size} must be a multiple of --workers {self.workers}")
+        names = self.class_names or (
+            VOC_CLASS_NAMES[: self.num_classes] if self.voc and self.num_classes <= 21 else None
+        )
+        names = names or tuple(f"class_{i}" for i in range(self.num_classes))
+        if len(names) != self.num_classes:
+            raise UserError(f"--class-names gives {len(names)} names for --num-classes {self.num_classes}")
+        if self.class_weights and len(self.class_weights) != self.num_classes:
+            raise UserError(f"--class-weights gives {len(self.class_weights)} weights for {self.num_classes} classes")
+        if self.backbone_weights and self.base_filters != 64:
+            raise UserError("--backbone-weights holds VGG16 at full width: use --base-filters 64")
+        if self.backbone_weights and not os.path.isfile(self.backbone_weights):
+            raise UserError(f"--backbone-weights {self.backbone_weights}: no such file")
+        name = self.name or Path(self.output.rstrip("/")).name or "unet"
+        weights = self.backbone_weights and os.path.abspath(self.backbone_weights)  # provenance names the file in full
+        return replace(self, class_names=tuple(names), name=name, input_size=size, backbone_weights=weights)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,9 @@ def describe_epoch(config: TrainConfig, plan: TrainingPlan) -> str:
 
 
 def run_training(config: TrainConfig):
-    """Fit with Ray Train and return the Result."""
+    """Fit with Ray Train and return the Result. The config is checked here, so that a caller who
+    builds a TrainConfig rather than parsing flags gets the command's refusals and defaults."""
+    config = config.checked()
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     train_pairs, val_pairs = load_splits(config)
     backbone = read_backbone(config)
