@@ -1,6 +1,7 @@
 """The private APIs of s3fs and Ray the project relies on, each called for real: an upgrade that
 removes or changes one fails here by name, not deep inside a run."""
 
+import datetime as dt
 import logging
 import os
 import subprocess
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from jobs.common.private_apis import quiet_ray_train_reports, s3_call, s3_pages
+from jobs.common.private_apis import (
+    iso_timestamp,
+    parse_timestamps_fast,
+    quiet_ray_train_reports,
+    s3_call,
+    s3_pages,
+)
 from jobs.storage.files import filesystem
 
 
@@ -73,3 +80,40 @@ def test_the_loggers_of_ray_train_reports_are_the_ones_quieted():
     assert "Reporting training result" in Path(context.__file__).read_text()
     assert "Checkpoint successfully created" in Path(storage.__file__).read_text()
     assert not context.logger.isEnabledFor(logging.INFO) and not storage.logger.isEnabledFor(logging.INFO)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-12-06T17:04:05.000Z",
+        "2026-12-06T17:04:05Z",
+        "2026-12-06T17:04:05.123456+02:00",
+        "Sun, 06 Dec 2026 17:04:05 GMT",
+    ],
+)
+def test_timestamps_read_as_botocore_reads_them(value):
+    from botocore.utils import parse_timestamp
+
+    assert iso_timestamp(value) == parse_timestamp(value)
+
+
+def test_clients_made_after_the_switch_read_listed_times_with_it():
+    import botocore.parsers
+    import botocore.session
+
+    before = botocore.parsers.DEFAULT_TIMESTAMP_PARSER
+    try:
+        parse_timestamps_fast()
+        body = (
+            b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>'
+            b"<Contents><Key>a.png</Key><LastModified>2026-12-06T17:04:05.000Z</LastModified>"
+            b"<ETag>&quot;e&quot;</ETag><Size>3</Size></Contents></ListBucketResult>"
+        )
+        shape = botocore.session.get_session().get_service_model("s3").operation_model("ListObjectsV2").output_shape
+        parser = botocore.parsers.create_parser("rest-xml")
+        page = parser.parse({"status_code": 200, "headers": {}, "body": body}, shape)
+    finally:
+        botocore.parsers.DEFAULT_TIMESTAMP_PARSER = before
+    modified = page["Contents"][0]["LastModified"]
+    assert modified.tzinfo is dt.timezone.utc  # the standard library's zone: dateutil's would be tzutc()
+    assert modified == dt.datetime(2026, 12, 6, 17, 4, 5, tzinfo=dt.timezone.utc)

@@ -4,6 +4,8 @@ fails by name when an upgrade removes one.
 Each is used because the public API cannot do the job:
 - s3fs `_call_s3`: a PUT with `If-None-Match: *` (create only if absent), which `pipe_file` cannot send.
 - s3fs `_list_pages`: one listing page at a time; `find` holds every key's info and fills a cache.
+- botocore `parsers.DEFAULT_TIMESTAMP_PARSER`: the parser of every timestamp in a response. Public
+  would be `set_parser_defaults` on a session's parser factory, but s3fs makes its sessions itself.
 - Ray `_private.state.state.get_cluster_config()`: the autoscaler's node types (what the cluster can grow to).
 - Ray `_private.worker._global_node`: whether this process started its Ray (then nothing can be added).
 - Ray Train v2's `_internal.execution` loggers: they log every report and checkpoint at INFO in the
@@ -12,6 +14,7 @@ Each is used because the public API cannot do the job:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any, AsyncIterator
 
@@ -26,6 +29,31 @@ def s3_call(fs: Any, method: str, **request: Any) -> dict:
 def s3_pages(fs: Any, method: str, **request: Any) -> AsyncIterator[dict]:
     """The pages of a paginated botocore call, to be awaited one at a time on `fs.loop`."""
     return fs._list_pages(method, **request, **fs.req_kw).__aiter__()
+
+
+def parse_timestamps_fast() -> None:
+    """botocore reads each listed key's LastModified with dateutil's general parser: about 70% of the
+    CPU a listing costs (2.7 of 3.7 s for 20,000 keys, profiled), and a listing of millions of keys
+    is bound by that CPU. S3 writes them in ISO 8601, which the standard library reads directly. Takes
+    effect for the clients made after it: each parser takes the default when it is built."""
+    import botocore.parsers
+
+    botocore.parsers.DEFAULT_TIMESTAMP_PARSER = iso_timestamp
+
+
+def iso_timestamp(value: Any) -> dt.datetime:
+    """An ISO 8601 time with its zone by the standard library; anything else (HTTP dates, epochs) as
+    botocore parses it."""
+    from botocore.utils import parse_timestamp
+
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    return parse_timestamp(value)
 
 
 def ray_cluster_config() -> Any | None:

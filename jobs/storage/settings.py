@@ -20,6 +20,7 @@ import fsspec.asyn
 import pyarrow.fs as pafs
 
 from jobs.common.errors import MASK, UserError, never_print
+from jobs.common.private_apis import parse_timestamps_fast
 
 S3_ENV_VAR = "FSSPEC_S3"
 
@@ -68,6 +69,7 @@ def configure_storage(options: StorageOptions) -> dict[str, str]:
             "anonymous",
         )
     fsspec.config.conf["s3"] = {**fsspec.config.conf.get("s3", {}), **settings}
+    parse_timestamps_fast()
     os.environ[S3_ENV_VAR] = encoded
     return {} if given else {S3_ENV_VAR: encoded}
 
