@@ -18,7 +18,7 @@ from jobs.cli.main import run_main
 from jobs.cli.types import mask_map
 from jobs.training.config import EvaluateConfig
 from jobs.storage.files import join
-from jobs.training.evaluation import METRICS_FILE, PER_IMAGE_FILE, evaluate
+from jobs.training.evaluation import METRICS_FILE, PER_IMAGE_FILE, Evaluation, evaluate
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
@@ -38,24 +38,24 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
     return config_from(EvaluateConfig, parser.parse_args(argv))
 
 
-def print_table(metrics: dict) -> None:
+def print_table(evaluation: Evaluation) -> None:
+    summary = evaluation.summary
     print(f"{'class':<20} {'pixels':>12} {'IoU':>8} {'Dice':>8}")
-    for name in metrics["iou"]:
-        iou, dice = metrics["iou"][name], metrics["dice"][name]
+    for name in summary.iou:
+        iou, dice = summary.iou[name], summary.dice[name]
         print(
-            f"{name:<20} {metrics['pixels'][name]:>12,} {'-' if iou is None else f'{iou:.4f}':>8} "
+            f"{name:<20} {summary.pixels[name]:>12,} {'-' if iou is None else f'{iou:.4f}':>8} "
             f"{'-' if dice is None else f'{dice:.4f}':>8}"
         )
     print(
-        f"mIoU {metrics['mean_iou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f} "
-        f"(pixel error {metrics['pixel_error']:.4f}) over {metrics['images']} images, {metrics['errors']} errors"
+        f"mIoU {summary.mean_iou:.4f}, pixel accuracy {summary.pixel_accuracy:.4f} "
+        f"(pixel error {summary.pixel_error:.4f}) over {evaluation.images} images, {evaluation.errors} errors"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    metrics = evaluate(config)
-    print_table(metrics)
+    print_table(evaluate(config))
     print(f"written: {join(config.output, METRICS_FILE)}, {join(config.output, PER_IMAGE_FILE)}")
     return 0
 

@@ -205,15 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return COLLAPSED
-    source = export_artifact(result, config, plan)
+    exported = export_artifact(result, config, plan)
     if as_json:
         print(
             json.dumps(
                 {
                     "output": config.output,
                     "export": config.export,
-                    "exported_epoch": source["exported_epoch"],
-                    "val_miou": source["val_miou"],
+                    "exported_epoch": exported.epoch,
+                    "val_miou": exported.val_miou,
                     "seconds": round(time.time() - started, 3),
                     "model_sha256": read_metadata(config.output).sha256,
                 }
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(
-            f"{config.export} epoch {source['exported_epoch']}: val mIoU {source['val_miou']:.4f}; artifact written "
+            f"{config.export} epoch {exported.epoch}: val mIoU {exported.val_miou:.4f}; artifact written "
             f"to {config.output} ({time.time() - started:.0f} s)"
         )
     return 0

@@ -1,17 +1,23 @@
-"""What a training run is asked to do (TrainConfig), what its workers agree on (TrainingPlan), and what
-an evaluation is asked to do (EvaluateConfig: the segment job's replicas, scored against masks)."""
+"""What a training run is asked to do (TrainConfig), what its workers agree on (TrainingPlan), what each
+worker starts from (WorkerTask), and what an evaluation is asked to do (EvaluateConfig: the segment
+job's replicas, scored against masks)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.common.errors import UserError
 from jobs.inference.config import ReplicaConfig
 from jobs.storage.files import DEFAULT_MAX_BYTES
 from unet_core.image import DEFAULT_MAX_PIXELS
 from unet_core.masks import VOC_CLASS_NAMES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,21 @@ class TrainingPlan:
     val_pairs: int
     crops: tuple[int, ...] = ()
     """Samples of each training pair per epoch (crops with patch_size, else 1)."""
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """What every training worker starts from, all read on the driver. Ray Train hands its workers one
+    dict (`train_loop_config`); the task travels as that dict's single value, under "task", so what a
+    worker receives is declared and typed here instead of being a contract of key names between the
+    driver and the loop."""
+
+    config: TrainConfig
+    plan: TrainingPlan
+    train_pairs: pa.Table
+    val_pairs: pa.Table
+    backbone: dict[str, list[np.ndarray]] | None
+    """The --backbone-weights encoder layers' weights by layer name; None: start from random weights."""
 
 
 @dataclass(frozen=True, kw_only=True)

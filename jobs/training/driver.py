@@ -15,7 +15,7 @@ from jobs.common.errors import UserError
 from jobs.inference.pipeline import slices
 from jobs.storage.settings import StorageOptions, arrow_filesystem, configure_storage
 from jobs.training import data as training_data
-from jobs.training.config import TrainingPlan, TrainConfig
+from jobs.training.config import TrainingPlan, TrainConfig, WorkerTask
 from jobs.training.loop import DATA_CPUS, STATE_FILE, train_worker
 
 
@@ -129,13 +129,7 @@ def run_training(config: TrainConfig):
     print(describe_epoch(config, plan), flush=True)
     trainer = TensorflowTrainer(
         train_worker,
-        train_loop_config={
-            "config": config,
-            "plan": plan,
-            "train_pairs": train_pairs,
-            "val_pairs": val_pairs,
-            "backbone": backbone,
-        },
+        train_loop_config={"task": WorkerTask(config, plan, train_pairs, val_pairs, backbone)},
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": cpus}
         ),
@@ -186,7 +180,16 @@ def checkpoint_storage(uri: str | None) -> dict:
     return {"storage_path": path, "storage_filesystem": filesystem}
 
 
-def export_artifact(result, config: TrainConfig, plan: TrainingPlan) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """The epoch that became the artifact, as the command reports it to its user. The full provenance
+    stays a dict (`source` in the artifact's metadata): the metadata's JSON is its only reader."""
+
+    epoch: int
+    val_miou: float
+
+
+def export_artifact(result, config: TrainConfig, plan: TrainingPlan) -> Exported:
     """Write the chosen epoch's weights as an artifact, with the training provenance."""
     from unet_core import build_unet, save_artifact
     from unet_core.training import weights_from_state
@@ -230,4 +233,4 @@ def export_artifact(result, config: TrainConfig, plan: TrainingPlan) -> dict:
         source=source,
         mode="tile" if config.patch_size else "letterbox",
     )
-    return source
+    return Exported(metrics["epoch"], metrics["val_miou"])

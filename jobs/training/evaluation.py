@@ -3,6 +3,7 @@ one confusion matrix summed over the collection gives every metric exactly."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -82,22 +83,63 @@ def evaluation_dataset(pairs: pa.Table, model: ModelInfo, resources: Resources, 
     )
 
 
-def summarize(confusion: np.ndarray, class_names: tuple[str, ...], ignore_index: int | None) -> dict:
-    """Every metric from one confusion matrix; NaN (absent or ignored classes) becomes null."""
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Every metric of the collection, from its one confusion matrix, per class by class name: what the
+    command prints and what METRICS_FILE holds. None (JSON null) where a metric is NaN, for a class
+    absent from truth and prediction or the ignored one, so that the file stays valid JSON."""
 
+    mean_iou: float
+    pixel_accuracy: float
+    pixel_error: float
+    iou: dict[str, float | None]
+    dice: dict[str, float | None]
+    pixels: dict[str, int]
+    """True pixels of each class."""
+    confusion: list[list[int]]
+    """Rows: true class; columns: predicted."""
+
+
+def summarize(confusion: np.ndarray, class_names: tuple[str, ...], ignore_index: int | None) -> Summary:
     def clean(values):
         return {name: None if np.isnan(v) else float(v) for name, v in zip(class_names, values)}
 
     scored = scores(confusion, ignore_index)
-    return {
-        "mean_iou": scored.mean_iou,
-        "pixel_accuracy": scored.pixel_accuracy,
-        "pixel_error": 1.0 - scored.pixel_accuracy,
-        "iou": clean(scored.iou),
-        "dice": clean(scored.dice),
-        "pixels": {n: int(v) for n, v in zip(class_names, confusion.sum(1))},
-        "confusion": confusion.tolist(),
-    }
+    return Summary(
+        mean_iou=scored.mean_iou,
+        pixel_accuracy=scored.pixel_accuracy,
+        pixel_error=1.0 - scored.pixel_accuracy,
+        iou=clean(scored.iou),
+        dice=clean(scored.dice),
+        pixels={n: int(v) for n, v in zip(class_names, confusion.sum(1))},
+        confusion=confusion.tolist(),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """An evaluation's result, returned to the command that prints it and written as METRICS_FILE
+    (`as_json`, whose keys and order are the file's format)."""
+
+    model: ModelInfo
+    images: int
+    errors: int
+    """Pairs scored as errors (unreadable, refused or of mismatched sizes): out of every metric."""
+    ignore_index: int | None
+    mask_map: str | None
+    wall_seconds: float
+    summary: Summary
+
+    def as_json(self) -> dict:
+        return {
+            "model": {"uri": self.model.uri, "name": self.model.name, "sha256": self.model.sha256},
+            "images": self.images,
+            "errors": self.errors,
+            "ignore_index": self.ignore_index,
+            "mask_map": self.mask_map,
+            "wall_seconds": self.wall_seconds,
+            **dataclasses.asdict(self.summary),
+        }
 
 
 def per_image_table(rows: dict, classes: int, ignore_index: int | None) -> pa.Table:
@@ -123,7 +165,7 @@ def per_image_table(rows: dict, classes: int, ignore_index: int | None) -> pa.Ta
     )
 
 
-def evaluate(config: EvaluateConfig) -> dict:
+def evaluate(config: EvaluateConfig) -> Evaluation:
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     with storage_errors(config.model):
         model = model_info(config.model, config.unsafe_allow_code)
@@ -145,23 +187,23 @@ def evaluate(config: EvaluateConfig) -> dict:
     columns["confusion"] = np.stack(columns["confusion"]) if len(order) else np.zeros((0, classes * classes), np.int64)
     confusion = columns["confusion"].sum(axis=0).reshape(classes, classes)
     errors = int((columns["error"] != "").sum())
-    metrics = {
-        "model": {"uri": model.uri, "name": model.name, "sha256": model.sha256},
-        "images": len(order),
-        "errors": errors,
-        "ignore_index": config.ignore_index,
-        "mask_map": config.mask_map,
-        "wall_seconds": round(time.time() - started, 3),
-        **summarize(confusion, model.class_names, config.ignore_index),
-    }
-    write_outputs(config.output, metrics, per_image_table(columns, classes, config.ignore_index))
-    return metrics
+    evaluation = Evaluation(
+        model=model,
+        images=len(order),
+        errors=errors,
+        ignore_index=config.ignore_index,
+        mask_map=config.mask_map,
+        wall_seconds=round(time.time() - started, 3),
+        summary=summarize(confusion, model.class_names, config.ignore_index),
+    )
+    write_outputs(config.output, evaluation, per_image_table(columns, classes, config.ignore_index))
+    return evaluation
 
 
-def write_outputs(output: str, metrics: dict, per_image: pa.Table) -> None:
+def write_outputs(output: str, evaluation: Evaluation, per_image: pa.Table) -> None:
     fs, root = filesystem(output)
     fs.makedirs(root, exist_ok=True)
     with fs.open(join(root, PER_IMAGE_FILE), "wb") as handle:
         pq.write_table(per_image, handle)
     with fs.open(join(root, METRICS_FILE), "w") as handle:
-        json.dump(metrics, handle, indent=2)
+        json.dump(evaluation.as_json(), handle, indent=2)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from jobs.common.private_apis import quiet_ray_train_reports
 from jobs.training import data as training_data
 
 if TYPE_CHECKING:
-    from jobs.training.config import TrainingPlan, TrainConfig
+    from jobs.training.config import TrainingPlan, TrainConfig, WorkerTask
 
 STATE_FILE = "state.npz"
 PROGRESS_FILE = "progress.json"
@@ -35,7 +36,7 @@ PREFETCH_BATCHES = 4
 VALIDATION_BATCH = 8
 
 
-def train_worker(loop_config: dict) -> None:
+def train_worker(loop_config: dict[str, WorkerTask]) -> None:
     """One data-parallel worker: MultiWorkerMirroredStrategy over Ray Train's TF_CONFIG."""
     import keras
     import ray.train
@@ -46,8 +47,8 @@ def train_worker(loop_config: dict) -> None:
     from unet_core.predict import configure_tensorflow
     from unet_core.training import DistributedTrainer, LossConfig, ModelConfig, OptimizerConfig
 
-    config: TrainConfig = loop_config["config"]
-    plan: TrainingPlan = loop_config["plan"]
+    task: WorkerTask = loop_config["task"]
+    config, plan = task.config, task.plan
     configure_tensorflow(plan.threads)
     tf.get_logger().setLevel("ERROR")  # the strategy logs every collective it builds; keep the epoch lines readable
     quiet_ray_train_reports()
@@ -69,21 +70,20 @@ def train_worker(loop_config: dict) -> None:
         config.batch_size,
         total_steps,
     )
-    progress = restore_or_start(trainer, config, plan, rank, loop_config["backbone"])
-    train_pairs, val_pairs = loop_config["train_pairs"], loop_config["val_pairs"]
+    progress = restore_or_start(trainer, plan, rank, task.backbone)
     reader = start_reader(world)
-    warned, told_collapse, every, warm = False, False, config.validate_every, progress["epoch"] + 2
+    warned, told_collapse, every, warm = False, False, config.validate_every, progress.epoch + 2
     first_loss = None
     validation_seconds = 0.0
-    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.time()
-        loss, waited = train_epoch(trainer, epoch_batches(reader, train_pairs, plan, config, epoch, rank, world))
+        loss, waited = train_epoch(trainer, epoch_batches(reader, task.train_pairs, plan, config, epoch, rank, world))
         first_loss = loss if first_loss is None else first_loss
         validating = time.time()
         confusion = None
         if validates(epoch, every, config.epochs):
             confusion = validation_confusion(
-                trainer, validation_batches(reader, val_pairs, config, rank, world), config
+                trainer, validation_batches(reader, task.val_pairs, config, rank, world), config
             )
             confusion = trainer.all_reduce_sum(confusion)
         timing = {
@@ -156,7 +156,25 @@ def estimate(epoch: int, epochs: int, every: int, train_seconds: float, validati
     )
 
 
-def restore_or_start(trainer, config: TrainConfig, plan: TrainingPlan, rank: int, backbone: dict | None) -> dict:
+@dataclass(frozen=True)
+class Progress:
+    """Where a checkpoint left the run: the two facts a resumed attempt acts on, out of the checkpoint's
+    PROGRESS_FILE, which `report` writes as the epoch's metrics plus the data fingerprint (the rest is
+    for a person reading the checkpoint)."""
+
+    epoch: int
+    """The last epoch trained; 0 before the first."""
+    fingerprint: str
+    """Of the training pairs the epochs were trained on (`training_data.fingerprint`)."""
+
+    @classmethod
+    def read(cls, folder: str) -> Progress:
+        with open(os.path.join(folder, PROGRESS_FILE)) as handle:
+            written = json.load(handle)
+        return cls(written["epoch"], written["fingerprint"])
+
+
+def restore_or_start(trainer, plan: TrainingPlan, rank: int, backbone: dict[str, list[np.ndarray]] | None) -> Progress:
     """Load the latest checkpoint when this run name has one; otherwise start at epoch 0, from the
     backbone's encoder weights where given."""
     import ray.train
@@ -165,15 +183,14 @@ def restore_or_start(trainer, config: TrainConfig, plan: TrainingPlan, rank: int
     if checkpoint is None:
         for name, weights in (backbone or {}).items():
             trainer.model.get_layer(name).set_weights(weights)
-        return {"epoch": 0}
+        return Progress(0, plan.fingerprint)
     with checkpoint.as_directory() as folder:
         with np.load(os.path.join(folder, STATE_FILE)) as arrays:
             trainer.restore(dict(arrays))
-        with open(os.path.join(folder, PROGRESS_FILE)) as handle:
-            progress = json.load(handle)
+        progress = Progress.read(folder)
     if rank == 0:
-        say(f"resuming after epoch {progress['epoch']} (optimizer step {trainer.step})")
-        if progress["fingerprint"] != plan.fingerprint:
+        say(f"resuming after epoch {progress.epoch} (optimizer step {trainer.step})")
+        if progress.fingerprint != plan.fingerprint:
             say("warning: the training data differ from those the checkpoint was trained on")
     return progress
 
