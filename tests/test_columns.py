@@ -3,6 +3,8 @@ other one, whatever its Arrow type (nested ones included), and reads the old row
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 from delta_read import delta_sql, delta_table
 from deltalake import Schema, write_deltalake
@@ -35,3 +37,10 @@ def test_the_schemas_are_the_declarations():
     assert tables.CLASS_STATS_FILE_SCHEMA.names == [c.name for c in CLASS_STATS_COLUMNS]
     assert tables.SCHEMAS["current"].names == [c.name for c in CURRENT_COLUMNS]
     assert tables.SCHEMAS["images"].names[-1] == RUN_ID.name
+
+
+def test_every_column_is_documented():
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "output.md").read_text()
+    for table, schema in tables.SCHEMAS.items():
+        missing = [name for name in schema.names if f"`{name}`" not in documented]
+        assert not missing, f"{table}: {missing} not in docs/output.md"
