@@ -523,7 +523,16 @@ def test_cpu_side(tmp_path):
 
 def test_job_overhead(tmp_path):
     out = run_bench(
-        "job_overhead.py", "--counts", "8:64x48", "--sample", "8", tmp_path=tmp_path, timeout=WITH_RAY, shared_ray=True
+        "job_overhead.py",
+        "--counts",
+        "8:64x48",
+        "--sample",
+        "8",
+        "--cpus-per-actor",
+        "1",
+        tmp_path=tmp_path,
+        timeout=WITH_RAY,
+        shared_ray=True,
     )
     rows = table(
         out,
