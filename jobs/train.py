@@ -196,7 +196,7 @@ COLLAPSED = 5
 def main(argv: list[str] | None = None) -> int:
     config, as_json = parse_args(argv)
     started = time.time()
-    result, plan = run_training(config)
+    result, plan, config = run_training(config)
     collapsed_to = (result.metrics or {}).get("collapsed_to")
     if config.stop_on_collapse and collapsed_to:
         print(

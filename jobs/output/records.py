@@ -13,12 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
+from jobs.common.errors import UserError
+from jobs.output.columns import TIMESTAMP
 
 
-def column(arrow_type: pa.DataType, default: Any = None) -> Any:
-    """A field that is a column of `runs`, of this Arrow type; optional fields read as null."""
-    return field(default=default, metadata={"arrow": arrow_type})
+def column(arrow_type: pa.DataType) -> Any:
+    """A field that is a column of `runs`, of this Arrow type; a record of an earlier release that
+    lacks it reads it as null, as the table does."""
+    return field(default=None, metadata={"arrow": arrow_type})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,23 +32,24 @@ class RunRecord:
     committed_at: dt.datetime | None = column(TIMESTAMP)
     commit_version: int | None = column(pa.int64())
     """The `images` version that committed the run (its place in commit order); None for an empty run."""
-    inputs: int = column(pa.int64(), 0)
-    skipped: int = column(pa.int64(), 0)
-    processed: int = column(pa.int64(), 0)
-    ok: int = column(pa.int64(), 0)
-    errors: int = column(pa.int64(), 0)
+    inputs: int | None = column(pa.int64())
+    skipped: int | None = column(pa.int64())
+    processed: int | None = column(pa.int64())
+    ok: int | None = column(pa.int64())
+    errors: int | None = column(pa.int64())
     model_name: str | None = column(pa.string())
     model_sha256: str | None = column(pa.string())
     model_uri: str | None = column(pa.string())
-    class_names: tuple[str, ...] = column(pa.list_(pa.string()), ())
-    class_pixels: tuple[int, ...] = column(pa.list_(pa.int64()), ())
+    class_names: tuple[str, ...] | None = column(pa.list_(pa.string()))
+    class_pixels: tuple[int, ...] | None = column(pa.list_(pa.int64()))
     wall_seconds: float | None = column(pa.float64())
     images_per_second: float | None = column(pa.float64())
     replicas: str | None = column(pa.string())
     """JSON: every replica that segmented images in the run (node, GPUs, TensorFlow device)."""
     config: str | None = column(pa.string())
     """JSON: the run's whole config."""
-    resumed: int = column(pa.int64(), 0)
+    resumed: int | None = column(pa.int64())
+    """Images kept from an earlier attempt; null in records of releases before resuming existed."""
     read_seconds: float | None = column(pa.float64())
     decode_seconds: float | None = column(pa.float64())
     model_seconds: float | None = column(pa.float64())
@@ -83,10 +86,22 @@ class RunRecord:
         values = {name: value for name, value in facts.items() if name in known}
         for name in ("started_at", "committed_at"):
             if isinstance(values.get(name), str):
-                values[name] = dt.datetime.fromisoformat(values[name])
+                values[name] = _time(values.get("run_id"), name, values[name])
         for name in ("class_names", "class_pixels"):
-            values[name] = tuple(values.get(name) or ())
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         return cls(**values)
+
+
+def _time(run_id: Any, name: str, value: str) -> dt.datetime:
+    """A time read from the store: anything but an ISO time is refused by name, not deep in a commit."""
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(
+            f"run {str(run_id)[:80]}: its record's {name} {value[:80]!r} is not a time stamp; the store was "
+            "written by something other than this job"
+        ) from None
 
 
 RUNS_SCHEMA = pa.schema([(f.name, f.metadata["arrow"]) for f in fields(RunRecord) if "arrow" in f.metadata])

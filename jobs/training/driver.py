@@ -104,8 +104,9 @@ def describe_epoch(config: TrainConfig, plan: TrainingPlan) -> str:
 
 
 def run_training(config: TrainConfig):
-    """Fit with Ray Train and return the Result. The config is checked here, so that a caller who
-    builds a TrainConfig rather than parsing flags gets the command's refusals and defaults."""
+    """Fit with Ray Train; returns the Result, the plan and the checked config, the one that
+    `export_artifact` takes. The config is checked here, so that a caller who builds a TrainConfig
+    rather than parsing flags gets the command's refusals and defaults."""
     config = config.checked()
     storage_env = configure_storage(StorageOptions(config.s3_endpoint_url, config.anonymous))
     train_pairs, val_pairs = load_splits(config)
@@ -141,7 +142,7 @@ def run_training(config: TrainConfig):
             ),
         ),
     )
-    return trainer.fit(), plan
+    return trainer.fit(), plan, config
 
 
 def check_limits(train_pairs, val_pairs, config: TrainConfig) -> np.ndarray:
