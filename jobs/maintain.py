@@ -56,7 +56,7 @@ def print_report(output: str, report: MaintenanceReport) -> None:
         removed, added = report.compacted[name]
         print(
             f"{name}: compacted {removed} files into {added}; "
-            f"vacuumed {report.vacuumed[name]} unreferenced files older than {report.retention_hours} h"
+            f"vacuumed {report.vacuumed[name]} unreferenced files older than {report.retention.keep_hours} h"
         )
     if report.expired_leases:
         print(f"removed {report.expired_leases} leases of attempts that died")
@@ -77,7 +77,7 @@ def machine_report(output: str, report: MaintenanceReport, seconds: float) -> di
         "seconds": round(seconds, 3),
         "converted": report.converted,
         "completed": report.completed,
-        "retention_hours": report.retention_hours,
+        "retention_hours": report.retention.keep_hours,
         "compacted": {
             name: {"removed": removed, "added": added} for name, (removed, added) in report.compacted.items()
         },

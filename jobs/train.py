@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     as_json = args.pop("json")
     args["class_names"] = tuple(args["class_names"].split(",")) if args["class_names"] else None
     args["class_weights"] = _weights(args["class_weights"])
-    return TrainConfig(**args).checked(), as_json
+    return TrainConfig(**args), as_json  # checked by run_training, before it starts anything
 
 
 def _weights(text: str | None) -> tuple[float, ...] | None:

@@ -69,7 +69,7 @@ def test_a_season_of_nightly_runs_then_maintenance_drop_files_and_keep_every_row
     assert compacted["runs"] == 1 < files["runs"] == NIGHTS
     assert compacted["current"] <= files["current"]
     # the replaced small files stay on disk for readers of older versions until the retention passes
-    assert report.retention_hours == 1 and sum(removed for removed, _ in report.compacted.values()) > 3 * NIGHTS
+    assert report.retention.keep_hours == 1 and sum(removed for removed, _ in report.compacted.values()) > 3 * NIGHTS
     current = delta_sql(output, "SELECT count(*) AS n, count(DISTINCT image_uri) AS d FROM current").to_pylist()
     assert current == [{"n": 2 * NIGHTS, "d": 2 * NIGHTS}]
     readers_agree_after_compaction(output, folder, record.model_sha256)

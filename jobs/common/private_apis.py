@@ -44,8 +44,6 @@ def parse_timestamps_fast() -> None:
 def iso_timestamp(value: Any) -> dt.datetime:
     """An ISO 8601 time with its zone by the standard library; anything else (HTTP dates, epochs) as
     botocore parses it."""
-    from botocore.utils import parse_timestamp
-
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value)
@@ -53,6 +51,8 @@ def iso_timestamp(value: Any) -> dt.datetime:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
             return parsed
+    from botocore.utils import parse_timestamp  # only off the path every listed key takes
+
     return parse_timestamp(value)
 
 

@@ -18,7 +18,7 @@ from jobs.cluster.capacity import STAGES
 from jobs.inference.config import Inference
 from jobs.inference.model import ModelInfo
 from jobs.output.parts import write_part
-from jobs.output.columns import CLASS_STATS_COLUMNS, IMAGE_COLUMNS, TIMESTAMP
+from jobs.output.columns import IMAGE_COLUMNS, TIMESTAMP
 from jobs.output.tables import CLASS_STATS_FILE_SCHEMA, IMAGES_FILE_SCHEMA, nested_classes
 from jobs.storage.files import InputRefused, is_transient, read_input
 from unet_core.image import DecodeError, Letterbox, decode_image, decode_letterboxed, unletterbox
@@ -321,17 +321,20 @@ def _made_image_columns(batch: dict, model: ModelInfo, class_stats: pa.Table) ->
 
 
 def _class_stats_table(batch: dict, model: ModelInfo) -> pa.Table:
-    """The part's `class_stats` rows: one per ok image and class, every column made here."""
+    """The part's `class_stats` rows: one per ok image and class, every column made here (a column
+    declared and not made is a KeyError here, not a wrong file)."""
     ok = np.flatnonzero(batch["error"] == "")
     classes = len(model.class_names)
     confidence = batch["stats_mean_confidence"][ok].ravel()
-    made = {
-        "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
-        "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
-        "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
-        "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
-        "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
-        "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
-        "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
-    }
-    return pa.table({column.name: made[column.name] for column in CLASS_STATS_COLUMNS}, schema=CLASS_STATS_FILE_SCHEMA)
+    return pa.table(
+        {
+            "image_id": pa.array(np.repeat(batch["image_id"][ok], classes), pa.string()),
+            "image_uri": pa.array(np.repeat(batch["image_uri"][ok], classes), pa.string()),
+            "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int16), len(ok)), pa.int16()),
+            "class_name": pa.array(np.tile(np.array(model.class_names, dtype=object), len(ok)), pa.string()),
+            "pixels": pa.array(batch["stats_pixels"][ok].ravel(), pa.int64()),
+            "fraction": pa.array(batch["stats_fraction"][ok].ravel(), pa.float64()),
+            "mean_confidence": pa.array(confidence, pa.float64(), mask=np.isnan(confidence)),
+        },
+        schema=CLASS_STATS_FILE_SCHEMA,
+    )

@@ -26,9 +26,13 @@ class Column:
     made: bool = False
     """Made by the part writer from other values, not carried by the batches under this name."""
 
+    @property
+    def field(self) -> pa.Field:
+        return pa.field(self.name, self.type)
+
 
 def schema(columns: tuple[Column, ...]) -> pa.Schema:
-    return pa.schema([(column.name, column.type) for column in columns])
+    return pa.schema([column.field for column in columns])
 
 
 CLASS_COLUMNS = (

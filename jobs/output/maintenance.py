@@ -47,11 +47,6 @@ class MaintenanceReport:
     abandoned_plans: list[str]
     """Run ids of runs abandoned for longer than the retention."""
 
-    @property
-    def retention_hours(self) -> int:
-        """The hours vacuum kept files for: --retention-hours raised to the floor and past every live run."""
-        return self.retention.keep_hours
-
 
 def maintain(config: MaintainConfig) -> MaintenanceReport:
     """Run every step; returns what each did."""

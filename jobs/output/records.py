@@ -81,7 +81,7 @@ class RunRecord:
     @classmethod
     def read(cls, facts: dict[str, Any]) -> RunRecord:
         """A record read back (a commit's metadata, a row of `runs`): the fields this release knows,
-        those a record of an earlier release lacks left at their defaults."""
+        those a record of an earlier release lacks read as null."""
         known = {f.name for f in fields(cls)}
         values = {name: value for name, value in facts.items() if name in known}
         for name in ("started_at", "committed_at"):

@@ -67,10 +67,9 @@ PART_NAME = re.compile(r"part-[0-9a-f]{32}\.parquet")
 IMAGES_FILE_SCHEMA = schema(IMAGE_COLUMNS)
 """What a worker writes into an `images` part; `run_id` lives in the partition path."""
 CLASS_STATS_FILE_SCHEMA = schema(CLASS_STATS_COLUMNS)
-RUN_ID_FIELD = pa.field(RUN_ID.name, RUN_ID.type)
 SCHEMAS = {
-    "images": IMAGES_FILE_SCHEMA.append(RUN_ID_FIELD),
-    "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID_FIELD),
+    "images": IMAGES_FILE_SCHEMA.append(RUN_ID.field),
+    "class_stats": CLASS_STATS_FILE_SCHEMA.append(RUN_ID.field),
     "current": schema(CURRENT_COLUMNS),
     "runs": RUNS_SCHEMA,
 }
@@ -731,7 +730,7 @@ def committed_dataset(output: str, table: str) -> pads.Dataset:
         schema=SCHEMAS[table],
         filesystem=fs,
         format="parquet",
-        partitioning=pads.partitioning(pa.schema([RUN_ID_FIELD]), flavor="hive") if partitioned else None,
+        partitioning=pads.partitioning(pa.schema([RUN_ID.field]), flavor="hive") if partitioned else None,
         partition_base_dir=root if partitioned else None,
     )
 
