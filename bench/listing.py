@@ -1,6 +1,7 @@
 """Benchmark: listing an S3 prefix of many folders, folder by folder with several listers at once
 (what `list_inputs` does) against one paginator over the whole prefix (what it did before), and the
-paginator with botocore's own timestamp parser (dateutil) against the standard library's.
+paginator with botocore's own timestamp parser (dateutil) against the standard library's, and with
+the keys read by the listing (`jobs/storage/list_pages.py`) instead of botocore's model.
 
     python bench/listing.py [--keys 100000] [--folders 100] [--latency-ms 0 25]
 
@@ -31,6 +32,7 @@ from s3_server import seaweedfs  # noqa: E402
 
 from jobs.common.private_apis import s3_pages  # noqa: E402
 from jobs.storage import listing  # noqa: E402
+from jobs.storage.list_pages import read_keys_fast  # noqa: E402
 from jobs.storage.settings import S3_ENV_VAR, StorageOptions, configure_storage  # noqa: E402
 
 UPLOAD_BATCH = 2000
@@ -92,16 +94,21 @@ def both_listings(server, keys: int, latency: float) -> list[list]:
     old, old_cpu, before = timed(lambda: one_paginator(server.filesystem(), "bench"))
     configure_storage(StorageOptions(server.endpoint, False))
     single, single_cpu, expected = timed(lambda: one_paginator(server.filesystem(), "bench"))
+    fast = server.filesystem()
+    read_keys_fast(fast.s3)
+    own, own_cpu, read = timed(lambda: one_paginator(fast, "bench"))
     fanned, fanned_cpu, listed = timed(lambda: listing.list_inputs(["s3://bench/photos/"]))
-    same = [sorted(t.column("image_uri").to_pylist()) for t in (before, expected, listed)]
-    times = [t.column("source_modified") for t in (before, expected, listed)]
+    tables = (before, expected, read, listed)
+    same = [sorted(t.column("image_uri").to_pylist()) for t in tables]
+    times = [t.column("source_modified") for t in tables]
     print(
-        f"latency {latency:g} ms: the same {listed.num_rows:,} keys from all three: {same[0] == same[1] == same[2]}; "
-        f"the same times from both parsers: {times[0].equals(times[1])}"
+        f"latency {latency:g} ms: the same {listed.num_rows:,} keys from all four: {all(s == same[0] for s in same)}; "
+        f"the same times from all three parsers: {all(t.equals(times[0]) for t in times[:3])}"
     )
     return [
         [latency, "one paginator, botocore's timestamps", old, old_cpu, keys / old, 1.0],
         [latency, "one paginator", single, single_cpu, keys / single, old / single],
+        [latency, "one paginator, keys read by the listing", own, own_cpu, keys / own, old / own],
         [latency, f"{listing.LISTERS} listers, folder by folder", fanned, fanned_cpu, keys / fanned, old / fanned],
     ]
 

@@ -1,4 +1,4 @@
-"""The private APIs of s3fs and Ray the project relies on, each called for real: an upgrade that
+"""The private APIs of s3fs, botocore and Ray the project relies on, each called for real: an upgrade that
 removes or changes one fails here by name, not deep inside a run."""
 
 import datetime as dt
@@ -15,6 +15,7 @@ from jobs.common.private_apis import (
     parse_timestamps_fast,
     quiet_ray_train_reports,
     s3_call,
+    s3_error_check,
     s3_pages,
 )
 from jobs.storage.files import filesystem
@@ -117,3 +118,17 @@ def test_clients_made_after_the_switch_read_listed_times_with_it():
     modified = page["Contents"][0]["LastModified"]
     assert modified.tzinfo is dt.timezone.utc  # the standard library's zone: dateutil's would be tzutc()
     assert modified == dt.datetime(2026, 12, 6, 17, 4, 5, tzinfo=dt.timezone.utc)
+
+
+def test_botocore_checks_s3_answers_with_the_handler_the_listing_moves():
+    import botocore.handlers
+
+    assert (
+        "before-parse.s3.*",
+        s3_error_check(),
+        botocore.handlers.REGISTER_FIRST,
+    ) in botocore.handlers.BUILTIN_HANDLERS
+    operation = botocore.session.get_session().get_service_model("s3").operation_model("ListObjectsV2")
+    answer = {"status_code": 200, "headers": {}, "body": b"<Error><Code>InternalError</Code></Error>"}
+    s3_error_check()(operation_model=operation, response_dict=answer)
+    assert answer["status_code"] == 500

@@ -1,4 +1,4 @@
-"""The only place the project touches private APIs of s3fs and Ray; `tests/test_private_apis.py`
+"""The only place the project touches private APIs of s3fs, botocore and Ray; `tests/test_private_apis.py`
 fails by name when an upgrade removes one.
 
 Each is used because the public API cannot do the job:
@@ -6,6 +6,9 @@ Each is used because the public API cannot do the job:
 - s3fs `_list_pages`: one listing page at a time; `find` holds every key's info and fills a cache.
 - botocore `parsers.DEFAULT_TIMESTAMP_PARSER`: the parser of every timestamp in a response. Public
   would be `set_parser_defaults` on a session's parser factory, but s3fs makes its sessions itself.
+- botocore `handlers._handle_200_error`: its check of S3's 200 answers, which must run after the
+  listing has taken a page's keys (jobs/storage/list_pages.py); a client's handlers can only be
+  reordered by unregistering one and registering it again.
 - Ray `_private.state.state.get_cluster_config()`: the autoscaler's node types (what the cluster can grow to).
 - Ray `_private.worker._global_node`: whether this process started its Ray (then nothing can be added).
 - Ray Train v2's `_internal.execution` loggers: they log every report and checkpoint at INFO in the
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import fsspec.asyn
 
@@ -54,6 +57,13 @@ def iso_timestamp(value: Any) -> dt.datetime:
     from botocore.utils import parse_timestamp  # only off the path every listed key takes
 
     return parse_timestamp(value)
+
+
+def s3_error_check() -> Callable[..., None]:
+    """botocore's handler that turns an error or a truncated body inside a 200 answer into a 500."""
+    import botocore.handlers
+
+    return botocore.handlers._handle_200_error
 
 
 def ray_cluster_config() -> Any | None:

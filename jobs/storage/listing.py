@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from jobs.common.errors import UserError
 from jobs.common.private_apis import s3_pages
+from jobs.storage.list_pages import read_keys_fast
 from jobs.storage.files import filesystem, protocol_of, storage_errors
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -251,6 +252,8 @@ def _walk_s3(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[pa.Table]:
 async def _list_into(pages: asyncio.Queue, fs: fsspec.AbstractFileSystem, bucket: str, prefix: str) -> None:
     """The walk, then its end marker (after an error too: the consumer then reads the error)."""
     try:
+        await fs.set_session()
+        read_keys_fast(await fs.get_s3(bucket))
         await _list_tree(pages, fs, bucket, prefix, asyncio.Semaphore(LISTERS))
     except asyncio.CancelledError:
         raise  # the consumer stopped: nobody waits for the end
