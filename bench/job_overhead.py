@@ -1,6 +1,6 @@
 """Benchmark: Ray Data's own overhead, with a model that costs nearly nothing.
 
-    python bench/job_overhead.py [--counts 2000:640x480 300:4032x3024] [--cpus-per-actor 1]
+    python bench/job_overhead.py [--counts 2000:640x480 300:4032x3024] [--cpus-per-actor 1] [--actors 2]
 
 The seed model hides the job's CPU side (on two cores it alone takes 90 ms per 512x512 image even at
 base width 1), so here the model is one 1x1 convolution and a softmax at 512x512, saved as an
@@ -100,6 +100,7 @@ def main() -> None:
         "--cpus-per-actor",
         help="the replica's CPUs (default: the job's own, the node's CPUs less 0.5 left for decoding)",
     )
+    parser.add_argument("--actors", help="the replica pool's size (default: the job's own, auto)")
     parser.add_argument("--sample", type=int, default=64, help="images the one-process reference times")
     args = parser.parse_args()
     from unet_core.predict import configure_tensorflow
@@ -131,6 +132,7 @@ def main() -> None:
                     "float32",
                     "--quiet",
                     *(["--cpus-per-actor", args.cpus_per_actor] if args.cpus_per_actor else []),
+                    *(["--actors", args.actors] if args.actors else []),
                 )
             steady = walls[2 * count] - walls[count]
             ideal = cores / per_image
