@@ -8,6 +8,7 @@ import fsspec.asyn
 import pytest
 
 from jobs.common.private_apis import s3_pages
+from jobs.common.private_apis import s3_error_check
 from jobs.storage.list_pages import EVENT, read_keys_fast
 
 AWKWARD = ["a b.png", "plus+sign.png", "amp&lt.png", "less<more>.png", "été.png", "100%.png", "quote\"'.png"]
@@ -47,7 +48,6 @@ def _client(fast: bool):
     )
     if fast:
         read_keys_fast(client)
-        read_keys_fast(client)  # a second walk on the same client changes nothing
     return client
 
 
@@ -99,8 +99,16 @@ def test_a_key_with_a_field_it_does_not_know_leaves_the_page_to_botocore():
     assert page == _answer(_client(fast=False), body)[1] and page["Contents"][1]["Owner"]["ID"].startswith("75aa")
 
 
-@pytest.mark.parametrize("body", [b"<ListBucketResult><Contents><Key>cut", b"<Error><Code>SlowDown</Code></Error>"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<ListBucketResult><Contents><Key>cut",
+        b"<Error><Code>SlowDown</Code></Error>",
+        b'<?xml version="1.0" encoding="latin-1"?><ListBucketResult><Contents><Key>\xe9</Key></Contents></ListBucketResult>',
+    ],
+)
 def test_an_error_in_a_200_answer_is_still_botocores_retried_500(body):
+    # the answer S3 sends when a page is cut off or an error comes with a 200: botocore retries a 500
     client = _client(fast=True)
     operation = client.meta.service_model.operation_model("ListObjectsV2")
     response, custom = {"status_code": 200, "headers": {}, "body": body}, {}
@@ -111,3 +119,23 @@ def test_an_error_in_a_200_answer_is_still_botocores_retried_500(body):
         customized_response_dict=custom,
     )
     assert response == {"status_code": 500, "headers": {}, "body": body} and custom == {}
+
+
+def _handlers(client) -> list[str]:
+    """The names of the handlers a ListObjectsV2 answer meets before its parse, in the order they run
+    (the emitter's own lookup; no public call lists them)."""
+    found = client.meta.events._emitter._handlers.prefix_search("before-parse.s3.ListObjectsV2")
+    return [handler.__name__ for handler in found]
+
+
+def test_the_keys_are_taken_before_botocores_check_on_the_clients_the_listing_uses():
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key="k", secret="s", endpoint_url="http://127.0.0.1:9", skip_instance_cache=True)
+    client = fs.s3  # aiobotocore's, as every walk gets it; made without a request
+    before = _handlers(client)
+    assert before[0] == s3_error_check().__name__
+    for _ in range(3):  # each walk on a cached filesystem registers again
+        read_keys_fast(client)
+        assert _handlers(client) == ["take_keys", *before]
+    assert _handlers(s3fs.S3FileSystem(key="k", secret="s", skip_instance_cache=True).s3) == before

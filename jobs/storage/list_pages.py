@@ -7,6 +7,9 @@ that CPU, so the listing reads the keys itself, on botocore's own `before-parse`
 into the response as botocore would have read them, and botocore checks and parses the rest of the
 page (the continuation token, the folders), which is small. A key with a field this module does not know
 (`Owner`, `RestoreStatus`: asked for, never in the listing's pages) leaves its page to botocore.
+Times are read by the standard library (`iso_timestamp`), equal to botocore's reading. The handler
+stays with the client, so every ListObjectsV2 of that filesystem (s3fs' `ls`, `find`) reads its
+keys this way from then on, to the same result.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def take_keys(response_dict: dict, customized_response_dict: dict, operation_mod
         return
     with collector_paused():
         try:
-            root = ElementTree.fromstring(body)
-        except ElementTree.ParseError:
+            root = _parsed(body)
+        except (ElementTree.ParseError, LookupError, ValueError):
             return
         entries = [element for element in root if element.tag in CONTENTS]
         keys = [_key(entry) for entry in entries]
@@ -71,7 +74,8 @@ def collector_paused() -> Iterator[None]:
     """A page is some 8,000 short-lived XML elements. Each batch of them starts a collection by
     CPython's cycle collector, and in the driver (some 140,000 long-lived objects of Ray, Arrow and
     botocore) those were two thirds of the page's CPU (measured). The elements hold no cycles, so
-    they are freed as soon as the page is read, collector or not."""
+    they are freed as soon as the page is read, collector or not. The switch is the process's: a
+    thread that turns the collector off meanwhile finds it on again after the page."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -79,6 +83,13 @@ def collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _parsed(body: bytes) -> ElementTree.Element:
+    """The page as botocore parses it: as UTF-8, whatever the body declares."""
+    parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(), encoding="utf-8")
+    parser.feed(body)
+    return parser.close()
 
 
 def _key(entry: ElementTree.Element) -> dict | None:
