@@ -56,17 +56,23 @@ def _client(fast: bool):
     return client
 
 
-def _answer(client, body: bytes) -> tuple[dict, dict]:
-    """What the client's endpoint does with a 200 answer: its before-parse handlers, then its parse."""
-    operation = client.meta.service_model.operation_model("ListObjectsV2")
+def _before_parse(client, body: bytes) -> tuple[dict, dict]:
+    """A 200 answer after the client's before-parse handlers: the answer, and what they add to the result."""
     response, custom = {"status_code": 200, "headers": {}, "body": body}, {}
     client.meta.events.emit(
         "before-parse.s3.ListObjectsV2",
-        operation_model=operation,
+        operation_model=client.meta.service_model.operation_model("ListObjectsV2"),
         response_dict=response,
         customized_response_dict=custom,
     )
-    page = botocore.parsers.create_parser("rest-xml").parse(response, operation.output_shape)
+    return response, custom
+
+
+def _answer(client, body: bytes) -> tuple[dict, dict]:
+    """What the client's endpoint does with a 200 answer: its before-parse handlers, then its parse."""
+    response, custom = _before_parse(client, body)
+    shape = client.meta.service_model.operation_model("ListObjectsV2").output_shape
+    page = botocore.parsers.create_parser("rest-xml").parse(response, shape)
     page.update(custom)
     page.pop("ResponseMetadata")
     return response, page
@@ -114,15 +120,7 @@ def test_a_key_with_a_field_it_does_not_know_leaves_the_page_to_botocore():
 )
 def test_an_error_in_a_200_answer_is_still_botocores_retried_500(body):
     # the answer S3 sends when a page is cut off or an error comes with a 200: botocore retries a 500
-    client = _client(fast=True)
-    operation = client.meta.service_model.operation_model("ListObjectsV2")
-    response, custom = {"status_code": 200, "headers": {}, "body": body}, {}
-    client.meta.events.emit(
-        "before-parse.s3.ListObjectsV2",
-        operation_model=operation,
-        response_dict=response,
-        customized_response_dict=custom,
-    )
+    response, custom = _before_parse(_client(fast=True), body)
     assert response == {"status_code": 500, "headers": {}, "body": body} and custom == {}
 
 
